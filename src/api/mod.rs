@@ -1,0 +1,68 @@
+//! HTTP surface (axum): carrier webhooks and stream upgrades, health, metrics.
+//!
+//! Handlers are thin: they check admission and hand the socket to a call task.
+
+pub mod twilio;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::Config;
+use crate::runtime::call_task::CallContext;
+
+/// Shared server state (read-only but for the admission flag).
+pub struct AppState {
+    /// Effective configuration.
+    pub config: Config,
+    /// What every call task gets.
+    pub call: Arc<CallContext>,
+    /// Prometheus renderer.
+    pub metrics: PrometheusHandle,
+    /// False once shutdown began: new calls are refused.
+    pub accepting: AtomicBool,
+}
+
+impl AppState {
+    /// Whether a new call may be admitted now.
+    pub fn admit(&self) -> Result<(), (StatusCode, &'static str)> {
+        if !self.accepting.load(Ordering::Acquire) {
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+        }
+        if self.call.registry.len() >= self.config.server.max_calls {
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "at capacity"));
+        }
+        Ok(())
+    }
+}
+
+/// The full router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/twilio/voice", post(twilio::voice))
+        .route("/twilio/stream", get(twilio::stream))
+        .with_state(state)
+}
+
+async fn healthz(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    if s.accepting.load(Ordering::Acquire) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    }
+}
+
+async fn metrics_text(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}

@@ -1,0 +1,213 @@
+//! The embedded local engine: answers with no keys, no network, no callback.
+//!
+//! It plays an optional greeting when the call starts and a fixed reply clip at
+//! the end of every caller turn. Clips are decoded once at start-up and shared by
+//! every call (`Arc<[i16]>`), so a response costs one `Arc` clone and no copy.
+//! It answers in the same instant it is asked, which makes it the reference
+//! engine for latency benchmarks: everything measured is callbridge itself.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{AudioChunk, EngineCommand, EngineEvent, EngineFormat};
+use crate::audio::resample::Resampler;
+use crate::audio::wav::{WavError, read_wav_mono_i16};
+use crate::ids::ResponseId;
+
+/// The built-in greeting ("Thanks for calling Rapid Rooter plumbing…").
+pub const BUILTIN_GREETING: &[u8] = include_bytes!("../../fixtures/audio/bot_greeting_8k.wav");
+/// The built-in reply ("Got it. I can book a technician…").
+pub const BUILTIN_REPLY: &[u8] = include_bytes!("../../fixtures/audio/bot_reply_8k.wav");
+
+/// Rate the local engine's clips are converted to at load time.
+pub const LOCAL_RATE: u32 = 8000;
+
+/// Errors loading clips.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalEngineError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// path given in config
+        path: String,
+        /// cause
+        source: std::io::Error,
+    },
+    /// Not a usable WAV.
+    #[error("{path}: {source}")]
+    Wav {
+        /// path given in config
+        path: String,
+        /// cause
+        source: WavError,
+    },
+    /// The clip's rate cannot be converted to 8 kHz.
+    #[error("{path}: cannot resample {rate} Hz to 8000 Hz")]
+    Rate {
+        /// path given in config
+        path: String,
+        /// clip rate
+        rate: u32,
+    },
+}
+
+/// Clips shared by every call using the local engine.
+#[derive(Debug, Clone)]
+pub struct LocalClips {
+    /// Played when the call starts, if any.
+    pub greeting: Option<Arc<[i16]>>,
+    /// Played at the end of every caller turn.
+    pub reply: Arc<[i16]>,
+}
+
+impl LocalClips {
+    /// Load clips named in config: a path, `builtin:greeting`, `builtin:reply`,
+    /// or empty for no greeting.
+    pub fn load(greeting: &str, reply: &str) -> Result<Self, LocalEngineError> {
+        let greeting = if greeting.trim().is_empty() {
+            None
+        } else {
+            Some(load_clip(greeting)?)
+        };
+        let reply = load_clip(if reply.trim().is_empty() {
+            "builtin:reply"
+        } else {
+            reply
+        })?;
+        Ok(Self { greeting, reply })
+    }
+
+    /// The built-in clips.
+    pub fn builtin() -> Self {
+        Self::load("builtin:greeting", "builtin:reply").expect("built-in clips are valid")
+    }
+}
+
+fn load_clip(spec: &str) -> Result<Arc<[i16]>, LocalEngineError> {
+    let bytes: std::borrow::Cow<'static, [u8]> = match spec {
+        "builtin:greeting" => BUILTIN_GREETING.into(),
+        "builtin:reply" => BUILTIN_REPLY.into(),
+        path => std::fs::read(Path::new(path))
+            .map_err(|source| LocalEngineError::Io {
+                path: path.to_string(),
+                source,
+            })?
+            .into(),
+    };
+    let (rate, samples) = read_wav_mono_i16(&bytes).map_err(|source| LocalEngineError::Wav {
+        path: spec.to_string(),
+        source,
+    })?;
+    if rate == LOCAL_RATE {
+        return Ok(samples.into());
+    }
+    let block = rate as usize / 50;
+    let mut r = Resampler::new(rate, LOCAL_RATE, block).map_err(|_| LocalEngineError::Rate {
+        path: spec.to_string(),
+        rate,
+    })?;
+    let mut out = Vec::with_capacity(samples.len() * LOCAL_RATE as usize / rate as usize + 2);
+    let mut buf = vec![0i16; LOCAL_RATE as usize / 50 + 2];
+    for chunk in samples.chunks(block) {
+        let n = r.process(chunk, &mut buf);
+        out.extend_from_slice(&buf[..n]);
+    }
+    Ok(out.into())
+}
+
+/// One call's local engine.
+#[derive(Debug)]
+pub struct LocalEngine {
+    clips: LocalClips,
+    next_id: u32,
+    events: VecDeque<EngineEvent>,
+}
+
+impl LocalEngine {
+    /// An engine playing `clips`.
+    pub fn new(clips: LocalClips) -> Self {
+        Self {
+            clips,
+            next_id: 0,
+            events: VecDeque::with_capacity(4),
+        }
+    }
+
+    /// Formats: wants no caller audio, speaks 8 kHz.
+    pub fn format(&self) -> EngineFormat {
+        EngineFormat {
+            input_rate: None,
+            output_rate: LOCAL_RATE,
+        }
+    }
+
+    fn respond(&mut self, clip: Arc<[i16]>) {
+        self.next_id += 1;
+        let id = ResponseId(self.next_id);
+        self.events.push_back(EngineEvent::ResponseStarted(id));
+        self.events
+            .push_back(EngineEvent::Audio(AudioChunk::whole(id, clip)));
+        self.events.push_back(EngineEvent::ResponseDone(id));
+    }
+
+    /// Feed a command; answers are queued immediately.
+    pub fn handle_command(&mut self, cmd: EngineCommand<'_>) {
+        match cmd {
+            EngineCommand::Start => {
+                if let Some(g) = self.clips.greeting.clone() {
+                    self.respond(g);
+                }
+            }
+            EngineCommand::CreateResponse => self.respond(self.clips.reply.clone()),
+            // Responses are emitted whole, so there is nothing left to stop here;
+            // the session drops the queued audio by id.
+            EngineCommand::Cancel { .. } | EngineCommand::Audio(_) | EngineCommand::Stop => {}
+        }
+    }
+
+    /// Next event, if any.
+    pub fn poll_event(&mut self) -> Option<EngineEvent> {
+        self.events.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greets_then_replies_with_new_ids() {
+        let mut e = LocalEngine::new(LocalClips::builtin());
+        e.handle_command(EngineCommand::Start);
+        assert_eq!(
+            e.poll_event(),
+            Some(EngineEvent::ResponseStarted(ResponseId(1)))
+        );
+        assert!(matches!(e.poll_event(), Some(EngineEvent::Audio(c)) if c.len() > 8000));
+        assert_eq!(
+            e.poll_event(),
+            Some(EngineEvent::ResponseDone(ResponseId(1)))
+        );
+        assert_eq!(e.poll_event(), None);
+        e.handle_command(EngineCommand::CreateResponse);
+        assert_eq!(
+            e.poll_event(),
+            Some(EngineEvent::ResponseStarted(ResponseId(2)))
+        );
+    }
+
+    #[test]
+    fn empty_greeting_means_none_and_16k_clips_are_converted() {
+        let clips = LocalClips::load("", "fixtures/audio/caller_leak_16k.wav").unwrap();
+        assert!(clips.greeting.is_none());
+        let (_, s16) =
+            read_wav_mono_i16(&std::fs::read("fixtures/audio/caller_leak_16k.wav").unwrap())
+                .unwrap();
+        assert!((clips.reply.len() as i64 - s16.len() as i64 / 2).abs() <= 160);
+        let mut e = LocalEngine::new(clips);
+        e.handle_command(EngineCommand::Start);
+        assert_eq!(e.poll_event(), None);
+        assert!(LocalClips::load("", "/nonexistent.wav").is_err());
+    }
+}

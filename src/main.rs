@@ -1,0 +1,127 @@
+//! `callbridge` command line: `callbridge serve [--config PATH] [--listen ADDR]`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing::info;
+
+use callbridge::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "callbridge",
+    version,
+    about = "Real-time audio media server for phone calls and AI speech engines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Config file read over the embedded default (config/default.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen address; overrides `server.listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Print the embedded default configuration.
+    DefaultConfig,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::DefaultConfig => {
+            print!("{}", callbridge::config::DEFAULT_TOML);
+            Ok(())
+        }
+        Command::Serve { config, listen } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            let mut cfg = match &config {
+                Some(p) => Config::load(p).with_context(|| format!("loading {}", p.display()))?,
+                None => Config::embedded(),
+            };
+            if let Some(l) = listen {
+                cfg.server.listen = l;
+            }
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            rt.enable_all();
+            if cfg.server.worker_threads > 0 {
+                rt.worker_threads(cfg.server.worker_threads);
+            }
+            rt.build()?.block_on(run(cfg, config))
+        }
+    }
+}
+
+async fn run(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    info!(
+        config = %path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<embedded default>".into()),
+        "effective configuration (no secrets are configured in the file):\n{}",
+        toml::to_string(&toml::Value::try_from(EffectiveConfig(&cfg))?).unwrap_or_default()
+    );
+    let listener = callbridge::server::bind(cfg.server.listen)
+        .await
+        .context("binding listener")?;
+    let addr = listener.local_addr()?;
+    let state = callbridge::server::build_state(cfg).context("loading engine clips")?;
+    info!(%addr, "callbridge listening (POST /twilio/voice, GET /twilio/stream, /healthz, /metrics)");
+    callbridge::server::serve(state, listener, shutdown_signal()).await?;
+    info!("callbridge stopped");
+    Ok(())
+}
+
+/// A serializable view of the config for the start-up log.
+struct EffectiveConfig<'a>(&'a Config);
+
+impl serde::Serialize for EffectiveConfig<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let c = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("server.listen", &c.server.listen.to_string())?;
+        m.serialize_entry("server.public_url", &c.server.public_url)?;
+        m.serialize_entry(
+            "engine.kind",
+            &format!("{:?}", c.engine.kind).to_lowercase(),
+        )?;
+        m.serialize_entry("turn", &format!("{:?}", c.turn))?;
+        m.serialize_entry("vad", &format!("{:?}", c.vad))?;
+        m.serialize_entry("playback", &format!("{:?}", c.playback))?;
+        m.end()
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    info!("shutdown signal received: refusing new calls, draining live ones");
+}

@@ -1,0 +1,165 @@
+//! Metric names, their descriptions, the Prometheus recorder, and the per-call
+//! handle struct.
+//!
+//! Labels are low-cardinality only (`carrier`, `engine`, `kind`, `reason`),
+//! never call ids or phone numbers. Handles are resolved once per call so the
+//! per-frame cost is an atomic add.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{
+    Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Live calls.
+pub const CALLS_ACTIVE: &str = "callbridge_calls_active";
+/// Calls accepted since start.
+pub const CALLS_TOTAL: &str = "callbridge_calls_total";
+/// Calls refused (over capacity, shutting down).
+pub const CALLS_REJECTED: &str = "callbridge_calls_rejected_total";
+/// Calls ended, by reason.
+pub const CALLS_ENDED: &str = "callbridge_calls_ended_total";
+/// 20 ms caller frames processed.
+pub const FRAMES_IN: &str = "callbridge_frames_in_total";
+/// Bot audio frames sent to carriers.
+pub const FRAMES_OUT: &str = "callbridge_frames_out_total";
+/// Barge-ins.
+pub const BARGE_INS: &str = "callbridge_barge_ins_total";
+/// Frames dropped anywhere (queue full, stale response audio), by kind.
+pub const DROPPED_FRAMES: &str = "callbridge_dropped_frames_total";
+/// Protocol errors from carriers, by kind.
+pub const PROTOCOL_ERRORS: &str = "callbridge_protocol_errors_total";
+/// End of caller speech → first bot audio sent.
+pub const RESPONSE_LATENCY: &str = "callbridge_response_latency_seconds";
+/// Caller speech onset → `clear` sent.
+pub const BARGE_IN_LATENCY: &str = "callbridge_barge_in_latency_seconds";
+/// CPU time to process one inbound message and everything it caused.
+pub const FRAME_PROCESSING: &str = "callbridge_frame_processing_seconds";
+/// Caller turns.
+pub const TURNS: &str = "callbridge_turns_total";
+/// DTMF key presses.
+pub const DTMF: &str = "callbridge_dtmf_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Install the Prometheus recorder (once per process) and return its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let latency = [
+                0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0,
+            ];
+            let cpu = [
+                1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 1e-2,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(RESPONSE_LATENCY.into()), &latency)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(BARGE_IN_LATENCY.into()), &latency)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(FRAME_PROCESSING.into()), &cpu)
+                })
+                .expect("bucket lists are non-empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (embedding applications);
+            // then our handle simply renders nothing of theirs.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(CALLS_ACTIVE, "Calls in progress");
+    describe_counter!(CALLS_TOTAL, "Calls accepted since start");
+    describe_counter!(CALLS_REJECTED, "Calls refused (capacity or shutdown)");
+    describe_counter!(CALLS_ENDED, "Calls ended, by reason");
+    describe_counter!(FRAMES_IN, "20 ms caller audio frames processed");
+    describe_counter!(FRAMES_OUT, "20 ms bot audio frames sent to carriers");
+    describe_counter!(BARGE_INS, "Times the caller interrupted the bot");
+    describe_counter!(DROPPED_FRAMES, "Audio frames dropped, by kind");
+    describe_counter!(PROTOCOL_ERRORS, "Carrier protocol errors, by kind");
+    describe_histogram!(
+        RESPONSE_LATENCY,
+        metrics::Unit::Seconds,
+        "End of caller speech to first bot audio sent"
+    );
+    describe_histogram!(
+        BARGE_IN_LATENCY,
+        metrics::Unit::Seconds,
+        "Caller speech onset to carrier clear sent"
+    );
+    describe_histogram!(
+        FRAME_PROCESSING,
+        metrics::Unit::Seconds,
+        "Time to process one inbound carrier message (sampled 1 in 8)"
+    );
+    describe_counter!(TURNS, "Caller turns detected");
+    describe_counter!(DTMF, "DTMF digits received");
+}
+
+/// Metric handles for one call, resolved once at call start.
+#[derive(Clone)]
+pub struct CallMetrics {
+    /// frames in
+    pub frames_in: Counter,
+    /// frames out
+    pub frames_out: Counter,
+    /// barge-ins
+    pub barge_ins: Counter,
+    /// dropped: outbound queue full
+    pub dropped_queue: Counter,
+    /// dropped: stale response audio
+    pub dropped_stale: Counter,
+    /// response latency
+    pub response_latency: Histogram,
+    /// barge-in latency
+    pub barge_in_latency: Histogram,
+    /// per-message processing time
+    pub frame_processing: Histogram,
+    /// turns
+    pub turns: Counter,
+    /// dtmf
+    pub dtmf: Counter,
+    carrier: &'static str,
+}
+
+impl CallMetrics {
+    /// Handles for a call on `carrier` using `engine`.
+    pub fn new(carrier: &'static str, engine: &'static str) -> Self {
+        Self {
+            frames_in: counter!(FRAMES_IN, "carrier" => carrier),
+            frames_out: counter!(FRAMES_OUT, "carrier" => carrier),
+            barge_ins: counter!(BARGE_INS, "carrier" => carrier, "engine" => engine),
+            dropped_queue: counter!(DROPPED_FRAMES, "kind" => "queue_full"),
+            dropped_stale: counter!(DROPPED_FRAMES, "kind" => "stale_response"),
+            response_latency: histogram!(RESPONSE_LATENCY, "engine" => engine),
+            barge_in_latency: histogram!(BARGE_IN_LATENCY, "engine" => engine),
+            frame_processing: histogram!(FRAME_PROCESSING),
+            turns: counter!(TURNS),
+            dtmf: counter!(DTMF),
+            carrier,
+        }
+    }
+
+    /// Count a protocol error of `kind` (stable code).
+    pub fn protocol_error(&self, kind: &'static str) {
+        counter!(PROTOCOL_ERRORS, "carrier" => self.carrier, "kind" => kind).increment(1);
+    }
+}
+
+/// Record a duration on a histogram in seconds.
+pub fn observe(h: &Histogram, d: Duration) {
+    h.record(d.as_secs_f64());
+}
+
+/// Live-call gauge.
+pub fn calls_active() -> Gauge {
+    gauge!(CALLS_ACTIVE)
+}

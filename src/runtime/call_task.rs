@@ -1,0 +1,519 @@
+//! The call task: one tokio task per call that owns the carrier socket, the
+//! codec, the session and the engine, and moves bytes between them.
+//!
+//! Loop: wait for the first of {control command, carrier message, writer
+//! progress, session deadline}, feed the session, drain its outputs into a
+//! bounded outbound queue, and flush that queue in one write per wake-up
+//! (batching). Control and `clear` jump ahead of queued audio (priority lane).
+//!
+//! Invariants: nothing here blocks or holds a lock across an await; every queue
+//! is bounded and counts what it drops; a failing call only ever closes itself.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::carrier::twilio::{TwilioCodec, TwilioLimits};
+use crate::carrier::{CarrierCommand, CarrierEvent};
+use crate::engine::local::{LocalClips, LocalEngine};
+use crate::ids::CallId;
+use crate::metrics::{CallMetrics, observe};
+use crate::runtime::registry::{CallHandle, Registry};
+use crate::session::{
+    ControlCommand, HangupReason, Input, Output, Session, SessionConfig, Telemetry,
+};
+
+/// WebSocket close codes we use.
+pub mod close {
+    /// Normal end of call.
+    pub const NORMAL: u16 = 1000;
+    /// Server going away (shutdown).
+    pub const GOING_AWAY: u16 = 1001;
+    /// Data we cannot accept (wrong format).
+    pub const UNSUPPORTED: u16 = 1003;
+    /// Protocol violation.
+    pub const POLICY: u16 = 1008;
+    /// Message too big.
+    pub const TOO_BIG: u16 = 1009;
+    /// Internal error.
+    pub const INTERNAL: u16 = 1011;
+}
+
+/// Per-call transport settings (from `[server]`).
+#[derive(Debug, Clone)]
+pub struct CallLimits {
+    /// Close a peer that takes no writes for this long.
+    pub write_timeout: Duration,
+    /// Close a peer that sends nothing for this long.
+    pub idle_timeout: Duration,
+    /// Outbound messages queued before audio is dropped.
+    pub max_queued_messages: usize,
+    /// Non-fatal protocol errors tolerated.
+    pub max_protocol_errors: u32,
+    /// Codec limits.
+    pub twilio: TwilioLimits,
+}
+
+/// What a call needs from the server.
+pub struct CallContext {
+    /// Session tuning.
+    pub session: SessionConfig,
+    /// Transport limits.
+    pub limits: CallLimits,
+    /// Local engine clips.
+    pub clips: LocalClips,
+    /// Live calls.
+    pub registry: Arc<Registry>,
+}
+
+/// How a call ended, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEnd {
+    /// The session ended it.
+    Hangup(HangupReason),
+    /// The peer closed the socket.
+    PeerClosed,
+    /// A protocol error made the stream unusable.
+    Protocol(&'static str),
+    /// The peer stopped taking our writes.
+    SlowConsumer,
+    /// The peer went silent.
+    Idle,
+    /// The socket failed.
+    Transport,
+}
+
+impl CallEnd {
+    fn code(&self) -> &'static str {
+        match self {
+            CallEnd::Hangup(r) => r.code(),
+            CallEnd::PeerClosed => "peer_closed",
+            CallEnd::Protocol(_) => "protocol_error",
+            CallEnd::SlowConsumer => "slow_consumer",
+            CallEnd::Idle => "idle_timeout",
+            CallEnd::Transport => "transport_error",
+        }
+    }
+}
+
+struct Outbound {
+    msg: Message,
+    audio: bool,
+}
+
+/// Bounded outbound queue plus the socket's write half.
+struct Writer {
+    sink: SplitSink<WebSocket, Message>,
+    queue: VecDeque<Outbound>,
+    cap: usize,
+    needs_flush: bool,
+    stalled_since: Option<Instant>,
+    text: String,
+}
+
+impl Writer {
+    fn has_work(&self) -> bool {
+        !self.queue.is_empty() || self.needs_flush
+    }
+
+    /// Queue one encoded message. Audio is dropped (returns false) when full;
+    /// control is always queued, ahead of audio if `priority`.
+    fn push(&mut self, audio: bool, priority: bool) -> bool {
+        let text = std::mem::replace(&mut self.text, String::with_capacity(320));
+        let msg = Message::Text(Utf8Bytes::from(text));
+        if priority {
+            // Audio still queued here belongs to what is being cleared.
+            self.queue.retain(|m| !m.audio);
+            self.queue.push_front(Outbound { msg, audio });
+            return true;
+        }
+        if audio && self.queue.len() >= self.cap {
+            return false;
+        }
+        self.queue.push_back(Outbound { msg, audio });
+        true
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+        while !self.queue.is_empty() {
+            ready!(self.sink.poll_ready_unpin(cx))?;
+            let m = self.queue.pop_front().expect("non-empty");
+            self.sink.start_send_unpin(m.msg)?;
+            self.needs_flush = true;
+        }
+        if self.needs_flush {
+            ready!(self.sink.poll_flush_unpin(cx))?;
+            self.needs_flush = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+enum Engine {
+    Local(LocalEngine),
+}
+
+impl Engine {
+    fn label(&self) -> &'static str {
+        match self {
+            Engine::Local(_) => "local",
+        }
+    }
+}
+
+/// Run one Twilio media-stream call to its end.
+pub async fn run_twilio_call(socket: WebSocket, ctx: Arc<CallContext>) {
+    let id = CallId::random();
+    let (control_tx, control_rx) = mpsc::channel(16);
+    let registration = ctx.registry.register(
+        id,
+        CallHandle {
+            control: control_tx,
+            carrier: "twilio",
+            carrier_call_id: None,
+        },
+    );
+    metrics::counter!(crate::metrics::CALLS_TOTAL, "carrier" => "twilio").increment(1);
+    let engine = Engine::Local(LocalEngine::new(ctx.clips.clone()));
+    let format = match &engine {
+        Engine::Local(e) => e.format(),
+    };
+    let m = CallMetrics::new("twilio", engine.label());
+    let (sink, stream) = socket.split();
+    let mut call = Call {
+        id,
+        ctx: ctx.clone(),
+        codec: TwilioCodec::new(ctx.limits.twilio),
+        session: Session::new(ctx.session.clone(), format, Instant::now().into_std()),
+        engine,
+        writer: Writer {
+            sink,
+            queue: VecDeque::with_capacity(ctx.limits.max_queued_messages.min(64)),
+            cap: ctx.limits.max_queued_messages,
+            needs_flush: false,
+            stalled_since: None,
+            text: String::with_capacity(320),
+        },
+        metrics: m,
+        protocol_errors: 0,
+        logged_errors: 0,
+        inbound_count: 0,
+    };
+    let end = call.run(stream, control_rx).await;
+    metrics::counter!(crate::metrics::CALLS_ENDED, "reason" => end.code()).increment(1);
+    info!(call = %id, reason = end.code(), "call ended");
+    drop(registration);
+}
+
+struct Call {
+    id: CallId,
+    ctx: Arc<CallContext>,
+    codec: TwilioCodec,
+    session: Session,
+    engine: Engine,
+    writer: Writer,
+    metrics: CallMetrics,
+    protocol_errors: u32,
+    logged_errors: u32,
+    inbound_count: u64,
+}
+
+enum Step {
+    Continue,
+    End(CallEnd, Option<(u16, String)>),
+}
+
+impl Call {
+    async fn run(
+        &mut self,
+        mut stream: SplitStream<WebSocket>,
+        mut control: mpsc::Receiver<ControlCommand>,
+    ) -> CallEnd {
+        let limits = self.ctx.limits.clone();
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut sleep = pin!(tokio::time::sleep_until(far));
+        let mut last_rx = Instant::now();
+        let mut control_open = true;
+        let (end, close) = loop {
+            // Everything the last input caused, then the next deadline.
+            if let Some(end) = self.pump() {
+                break (
+                    CallEnd::Hangup(end),
+                    Some((
+                        if end == HangupReason::Shutdown {
+                            close::GOING_AWAY
+                        } else {
+                            close::NORMAL
+                        },
+                        format!("call ended: {}", end.code()),
+                    )),
+                );
+            }
+            let now = Instant::now();
+            let mut deadline = last_rx + limits.idle_timeout;
+            if let Some(t) = self.session.poll_timeout() {
+                deadline = deadline.min(Instant::from_std(t));
+            }
+            if let Some(s) = self.writer.stalled_since {
+                deadline = deadline.min(s + limits.write_timeout);
+            }
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            let has_work = self.writer.has_work();
+            let step = tokio::select! {
+                biased;
+                cmd = control.recv(), if control_open => match cmd {
+                    Some(cmd) => {
+                        let _ = self.session.handle_input(Instant::now().into_std(), Input::Control(cmd));
+                        Step::Continue
+                    }
+                    None => { control_open = false; Step::Continue }
+                },
+                res = poll_fn(|cx| self.writer.poll_write(cx)), if has_work => match res {
+                    Ok(()) => { self.writer.stalled_since = None; Step::Continue }
+                    Err(e) => { debug!(call = %self.id, error = %e, "write failed"); Step::End(CallEnd::Transport, None) }
+                },
+                msg = stream.next() => {
+                    last_rx = Instant::now();
+                    self.on_message(msg)
+                }
+                () = &mut sleep => {
+                    let now = Instant::now();
+                    if self.writer.stalled_since.is_some_and(|s| now >= s + limits.write_timeout) {
+                        self.metrics.protocol_error("slow_consumer");
+                        warn!(call = %self.id, "peer stopped reading; disconnecting");
+                        Step::End(CallEnd::SlowConsumer, None)
+                    } else if now >= last_rx + limits.idle_timeout {
+                        self.metrics.protocol_error("idle_timeout");
+                        warn!(call = %self.id, "peer sent nothing for {:?}; disconnecting", limits.idle_timeout);
+                        Step::End(CallEnd::Idle, Some((close::POLICY, "idle timeout".into())))
+                    } else {
+                        self.session.handle_timeout(now.into_std());
+                        Step::Continue
+                    }
+                }
+            };
+            // A write that could not complete this turn marks the start of a stall.
+            if self.writer.has_work() {
+                self.writer.stalled_since.get_or_insert(now);
+            } else {
+                self.writer.stalled_since = None;
+            }
+            if let Step::End(end, close) = step {
+                break (end, close);
+            }
+        };
+        // Say goodbye where the socket can still take it (bounded in time).
+        if !matches!(end, CallEnd::SlowConsumer | CallEnd::Transport) {
+            let _ = self.pump();
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = poll_fn(|cx| self.writer.poll_write(cx)).await;
+                if let Some((code, reason)) = close {
+                    let reason: String = reason.chars().take(120).collect();
+                    let frame = CloseFrame {
+                        code,
+                        reason: Utf8Bytes::from(reason),
+                    };
+                    let _ = self.writer.sink.send(Message::Close(Some(frame))).await;
+                }
+                let _ = self.writer.sink.close().await;
+            })
+            .await;
+        }
+        end
+    }
+
+    fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Step {
+        let started = std::time::Instant::now();
+        self.inbound_count += 1;
+        let now = Instant::now().into_std();
+        let step = match msg {
+            None => {
+                let _ = self
+                    .session
+                    .handle_input(now, Input::Carrier(CarrierEvent::Stop));
+                if self.session.is_ended() {
+                    Step::Continue
+                } else {
+                    Step::End(CallEnd::PeerClosed, None)
+                }
+            }
+            Some(Err(e)) => {
+                let too_big = match e.into_inner().downcast::<tungstenite::Error>() {
+                    Ok(te) => matches!(*te, tungstenite::Error::Capacity(_)),
+                    Err(_) => false,
+                };
+                if too_big {
+                    self.metrics.protocol_error("message_too_big");
+                    warn!(call = %self.id, "message over the size limit; closing");
+                    Step::End(
+                        CallEnd::Protocol("message_too_big"),
+                        Some((close::TOO_BIG, "message too big".into())),
+                    )
+                } else {
+                    Step::End(CallEnd::Transport, None)
+                }
+            }
+            Some(Ok(Message::Text(text))) => match self.codec.decode(text.as_str()) {
+                Ok(ev) => {
+                    if let CarrierEvent::Audio(a) = &ev {
+                        if a.pcm.len() % crate::audio::frame_samples(8000) != 0 {
+                            self.metrics.protocol_error("partial_frame");
+                        }
+                    }
+                    if let CarrierEvent::Start(info) = &ev {
+                        info!(call = %self.id, stream = %info.stream_sid, "stream started");
+                        self.ctx
+                            .registry
+                            .set_carrier_call_id(self.id, info.call_sid.clone());
+                    }
+                    match self.session.handle_input(now, Input::Carrier(ev)) {
+                        Ok(()) => Step::Continue,
+                        Err(e) => {
+                            warn!(call = %self.id, error = %e, "cannot set up the call");
+                            Step::End(
+                                CallEnd::Protocol("setup"),
+                                Some((close::INTERNAL, e.to_string())),
+                            )
+                        }
+                    }
+                }
+                Err(e) => {
+                    let code = e.code();
+                    self.metrics.protocol_error(code);
+                    self.protocol_errors += 1;
+                    if self.logged_errors < 5 {
+                        self.logged_errors += 1;
+                        warn!(call = %self.id, kind = code, error = %e, "carrier protocol error");
+                    }
+                    if e.is_fatal() {
+                        let close = if code == "unsupported_format" {
+                            close::UNSUPPORTED
+                        } else {
+                            close::POLICY
+                        };
+                        Step::End(CallEnd::Protocol(code), Some((close, e.to_string())))
+                    } else if self.protocol_errors > self.ctx.limits.max_protocol_errors {
+                        Step::End(
+                            CallEnd::Protocol("too_many_errors"),
+                            Some((close::POLICY, "too many protocol errors".into())),
+                        )
+                    } else {
+                        Step::Continue
+                    }
+                }
+            },
+            Some(Ok(Message::Binary(_))) => {
+                self.metrics.protocol_error("binary_frame");
+                self.protocol_errors += 1;
+                if self.protocol_errors > self.ctx.limits.max_protocol_errors {
+                    Step::End(
+                        CallEnd::Protocol("too_many_errors"),
+                        Some((close::POLICY, "too many protocol errors".into())),
+                    )
+                } else {
+                    Step::Continue
+                }
+            }
+            Some(Ok(Message::Close(_))) => {
+                let _ = self
+                    .session
+                    .handle_input(now, Input::Carrier(CarrierEvent::Stop));
+                Step::Continue
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Step::Continue,
+        };
+        if let Step::Continue = step {
+            if let Some(end) = self.pump() {
+                return Step::End(
+                    CallEnd::Hangup(end),
+                    Some((close::NORMAL, format!("call ended: {}", end.code()))),
+                );
+            }
+        }
+        if self.inbound_count % 8 == 0 {
+            observe(&self.metrics.frame_processing, started.elapsed());
+        }
+        step
+    }
+
+    /// Drain session outputs (and the engine's answers) until both are quiet.
+    /// Returns the hang-up reason if the session ended the call.
+    fn pump(&mut self) -> Option<HangupReason> {
+        let mut ended = None;
+        loop {
+            let mut progressed = false;
+            while let Some(out) = self.session.poll_output() {
+                progressed = true;
+                match out {
+                    Output::ToCarrier(cmd) => {
+                        if self.codec.encode(&cmd, &mut self.writer.text).is_err() {
+                            self.writer.text.clear();
+                            continue;
+                        }
+                        let audio = cmd.is_audio();
+                        if self
+                            .writer
+                            .push(audio, matches!(cmd, CarrierCommand::Clear))
+                        {
+                            if audio {
+                                self.metrics.frames_out.increment(1);
+                            }
+                        } else {
+                            self.metrics.dropped_queue.increment(1);
+                        }
+                    }
+                    Output::ToEngine(cmd) => match &mut self.engine {
+                        Engine::Local(e) => e.handle_command(cmd),
+                    },
+                    Output::Telemetry(t) => self.record(t),
+                    Output::End(r) => ended = Some(r),
+                }
+            }
+            match &mut self.engine {
+                Engine::Local(e) => {
+                    while let Some(ev) = e.poll_event() {
+                        progressed = true;
+                        let _ = self
+                            .session
+                            .handle_input(Instant::now().into_std(), Input::Engine(ev));
+                    }
+                }
+            }
+            if !progressed {
+                return ended;
+            }
+        }
+    }
+
+    fn record(&mut self, t: Telemetry) {
+        match t {
+            Telemetry::TurnStarted => self.metrics.turns.increment(1),
+            Telemetry::TurnEnded => {}
+            Telemetry::ResponseLatency(d) => observe(&self.metrics.response_latency, d),
+            Telemetry::BargeIn { latency, heard_ms } => {
+                self.metrics.barge_ins.increment(1);
+                observe(&self.metrics.barge_in_latency, latency);
+                debug!(call = %self.id, latency_ms = latency.as_millis() as u64, heard_ms, "barge-in");
+            }
+            Telemetry::StaleAudioDropped(n) => {
+                self.metrics.dropped_stale.increment(n.div_ceil(160) as u64)
+            }
+            Telemetry::QueueOverflow(n) => {
+                self.metrics.dropped_queue.increment(n.div_ceil(160) as u64)
+            }
+            Telemetry::Dtmf(_) => self.metrics.dtmf.increment(1),
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! The I/O shell: tokio tasks at the edge that own sockets and feed the sans-IO
+//! core. One task per call; a registry of bounded control senders; nothing else
+//! shared.
+
+pub mod call_task;
+pub mod registry;

@@ -1,0 +1,151 @@
+//! Assembling and running the server: state from config, the listener, and
+//! graceful shutdown (stop admitting, let live calls finish up to a deadline,
+//! then tell the rest to hang up).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::api::{AppState, router};
+use crate::carrier::twilio::TwilioLimits;
+use crate::config::Config;
+use crate::engine::local::{LocalClips, LocalEngineError};
+use crate::runtime::call_task::{CallContext, CallLimits};
+use crate::runtime::registry::Registry;
+use crate::session::ControlCommand;
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Clips for the local engine could not be loaded.
+    #[error(transparent)]
+    Clips(#[from] LocalEngineError),
+    /// Binding or serving failed.
+    #[error("server I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Build the shared state for `config`.
+pub fn build_state(config: Config) -> Result<Arc<AppState>, ServerError> {
+    let clips = LocalClips::load(
+        &config.engine.local.greeting_wav,
+        &config.engine.local.reply_wav,
+    )?;
+    let s = &config.server;
+    let limits = CallLimits {
+        write_timeout: Duration::from_millis(s.write_timeout_ms),
+        idle_timeout: Duration::from_millis(s.idle_timeout_ms),
+        max_queued_messages: s.max_queued_messages,
+        max_protocol_errors: s.max_protocol_errors,
+        twilio: TwilioLimits {
+            max_payload_bytes: (s.max_message_bytes / 4 * 3).min(64 * 1024),
+        },
+    };
+    let call = Arc::new(CallContext {
+        session: config.session(),
+        limits,
+        clips,
+        registry: Registry::new(),
+    });
+    Ok(Arc::new(AppState {
+        config,
+        call,
+        metrics: crate::metrics::install(),
+        accepting: AtomicBool::new(true),
+    }))
+}
+
+/// A running server's address and a handle to stop it.
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Shared state (for tests and embedding).
+    pub state: Arc<AppState>,
+}
+
+/// Bind `config.server.listen` (or `listen` if given) and serve until `shutdown`
+/// resolves, then drain calls. `on_bound` learns the bound address.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let grace = Duration::from_millis(state.config.server.shutdown_grace_ms);
+    let app = router(state.clone());
+    let listener = listener.tap_io(|tcp| {
+        // Latency: never let Nagle hold a 20 ms frame back.
+        let _ = tcp.set_nodelay(true);
+    });
+    let st = state.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        st.accepting.store(false, Ordering::Release);
+        let _ = stop_tx.send(true);
+    });
+    server.await?;
+    if *stop_rx.borrow() {
+        drain(&state, grace).await;
+    }
+    Ok(())
+}
+
+/// Let live calls finish for up to `grace`, then hang the rest up.
+pub async fn drain(state: &AppState, grace: Duration) {
+    let registry = &state.call.registry;
+    let live = registry.len();
+    if live == 0 {
+        return;
+    }
+    info!(
+        live,
+        grace_ms = grace.as_millis() as u64,
+        "shutdown: waiting for live calls"
+    );
+    if tokio::time::timeout(grace, registry.wait_empty())
+        .await
+        .is_err()
+    {
+        let n = registry.broadcast(ControlCommand::Shutdown);
+        warn!(told = n, "shutdown grace over: hanging up remaining calls");
+        let _ = tokio::time::timeout(Duration::from_secs(3), registry.wait_empty()).await;
+    }
+}
+
+/// Bind a listener for `addr`.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    Ok(TcpListener::bind(addr).await?)
+}
+
+/// Start a server on `addr` in the background (tests, embedding). Returns its
+/// address, its state, and a sender that triggers graceful shutdown.
+pub async fn spawn(
+    config: Config,
+    addr: SocketAddr,
+) -> Result<
+    (
+        Running,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), ServerError>>,
+    ),
+    ServerError,
+> {
+    let state = build_state(config)?;
+    let listener = bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let st = state.clone();
+    let join = tokio::spawn(async move {
+        serve(st, listener, async move {
+            let _ = rx.await;
+        })
+        .await
+    });
+    Ok((Running { addr, state }, tx, join))
+}
