@@ -90,8 +90,7 @@ const FLOOR_BLOCKS: usize = 8;
 
 /// Energy gate against a noise floor tracked by minimum statistics: the floor is
 /// the quietest frame of the last ≈2 s. Speech always has short dips, so the
-/// floor stays at the line noise, yet a noisier line is learned within 2 s and
-/// from the very first frame (no slow adaptation period).
+/// floor stays at the line noise, yet a noisier line is learned within 2 s.
 #[derive(Debug, Clone)]
 pub struct EnergyGate {
     margin_db: f32,
@@ -99,20 +98,14 @@ pub struct EnergyGate {
     blocks: [f32; FLOOR_BLOCKS],
     block: usize,
     in_block: u32,
-    filled: usize,
 }
 
 impl EnergyGate {
     /// A gate opening `margin_db` above the tracked floor and never below `min_db`.
     pub fn new(margin_db: f32, min_db: f32) -> Self {
-        Self {
-            margin_db,
-            min_db,
-            blocks: [f32::INFINITY; FLOOR_BLOCKS],
-            block: 0,
-            in_block: 0,
-            filled: 1,
-        }
+        // Until a window of audio has been seen, assume the quietest line we
+        // accept: a call that opens with speech must not learn it as the floor.
+        Self { margin_db, min_db, blocks: [min_db; FLOOR_BLOCKS], block: 0, in_block: 0 }
     }
 
     /// Level of a frame in dBFS (−100 for digital silence).
@@ -144,9 +137,14 @@ impl EnergyGate {
             self.in_block = 0;
             self.block = (self.block + 1) % FLOOR_BLOCKS;
             self.blocks[self.block] = f32::INFINITY;
-            self.filled = (self.filled + 1).min(FLOOR_BLOCKS);
         }
         level_db > self.min_db && level_db > floor + self.margin_db
+    }
+
+    /// Start the floor window from a measured level (end of warm-up), never
+    /// below what the gate accepts anyway.
+    pub fn seed_floor(&mut self, level_db: f32) {
+        self.blocks = [level_db.max(self.min_db - 45.0); FLOOR_BLOCKS];
     }
 
     /// The tracked noise floor (dBFS).
@@ -167,7 +165,14 @@ pub struct VoiceDetector {
     hangover: u32,
     hang_left: u32,
     model_runs: u64,
+    frames: u32,
+    warmup_min: f32,
 }
+
+/// Frames at the start of a stream during which the gate and the model adapt
+/// and no speech is reported (libfvad calls the first ≈80 ms of line noise
+/// speech before its noise model settles).
+pub const WARMUP_FRAMES: u32 = 5;
 
 impl std::fmt::Debug for VoiceDetector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -199,6 +204,8 @@ impl VoiceDetector {
             hangover: cfg.hangover_frames,
             hang_left: 0,
             model_runs: 0,
+            frames: 0,
+            warmup_min: f32::INFINITY,
         })
     }
 
@@ -216,6 +223,14 @@ impl VoiceDetector {
                     v.is_speech(frame).unwrap_or(false)
                 }
             };
+        if self.frames < WARMUP_FRAMES {
+            self.frames += 1;
+            self.warmup_min = self.warmup_min.min(level);
+            if self.frames == WARMUP_FRAMES {
+                self.gate.seed_floor(self.warmup_min);
+            }
+            return VadDecision { speech: false, level_dbfs: level };
+        }
         let speech = if raw {
             self.hang_left = self.hangover;
             true

@@ -1,0 +1,194 @@
+//! Shared test helpers: a virtual-time session harness and synthetic audio.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use callbridge::audio::vad::{VadConfig, VadKind};
+use callbridge::carrier::{AudioEncoding, AudioIn, CarrierCommand, CarrierEvent, StreamInfo};
+use callbridge::engine::local::{LocalClips, LocalEngine};
+use callbridge::engine::{EngineCommand, EngineEvent};
+use callbridge::ids::{MarkId, ResponseId};
+use callbridge::session::{ControlCommand, HangupReason, Input, Output, Session, SessionConfig, Telemetry};
+
+pub const FRAME: Duration = Duration::from_millis(20);
+
+/// A 20 ms 8 kHz frame of a 440 Hz tone at `dbfs` (mean-square level).
+pub fn tone(dbfs: f32) -> Vec<i16> {
+    let rms = 10f32.powf(dbfs / 20.0) * 32768.0;
+    let amp = rms * std::f32::consts::SQRT_2;
+    (0..160).map(|i| (amp * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 8000.0).sin()) as i16).collect()
+}
+
+pub fn silence() -> Vec<i16> {
+    vec![0; 160]
+}
+
+pub fn stream_info() -> StreamInfo {
+    StreamInfo {
+        carrier: "test",
+        call_sid: "CA1".into(),
+        stream_sid: "MZ1".into(),
+        account_sid: "AC1".into(),
+        custom_parameters: vec![],
+        encoding: AudioEncoding::Pcmu,
+        sample_rate: 8000,
+    }
+}
+
+/// Energy VAD so tone frames are "speech" exactly when loud enough.
+pub fn energy_config() -> SessionConfig {
+    SessionConfig { vad: VadConfig { kind: VadKind::Energy, ..VadConfig::default() }, ..SessionConfig::default() }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sent {
+    Audio { at: Instant, first_sample: i16 },
+    Mark(MarkId),
+    Clear { at: Instant },
+}
+
+/// Drives a Session plus the local engine in virtual time, recording outputs.
+pub struct Harness {
+    pub session: Session,
+    pub engine: LocalEngine,
+    pub t0: Instant,
+    pub now: Instant,
+    pub sent: Vec<Sent>,
+    pub telemetry: Vec<(Instant, Telemetry)>,
+    pub engine_cmds: Vec<(Instant, String)>,
+    pub cancels: Vec<(ResponseId, u32)>,
+    pub ended: Option<HangupReason>,
+}
+
+impl Harness {
+    pub fn new(cfg: SessionConfig, clips: LocalClips) -> Self {
+        let t0 = Instant::now();
+        let engine = LocalEngine::new(clips);
+        let session = Session::new(cfg, engine.format(), t0);
+        let mut h = Self {
+            session,
+            engine,
+            t0,
+            now: t0,
+            sent: vec![],
+            telemetry: vec![],
+            engine_cmds: vec![],
+            cancels: vec![],
+            ended: None,
+        };
+        h.input(Input::Carrier(CarrierEvent::Start(stream_info())));
+        // As on a real line, the call opens with a moment of silence (the VAD's
+        // warm-up), then the test's script begins.
+        h.frames(&silence(), callbridge::audio::vad::WARMUP_FRAMES as usize);
+        h.t0 = h.now;
+        h
+    }
+
+    /// A reply clip of `ms` milliseconds of a constant non-zero value and no greeting.
+    pub fn with_reply_ms(cfg: SessionConfig, ms: usize) -> Self {
+        Self::new(cfg, LocalClips { greeting: None, reply: Arc::from(vec![1000i16; ms * 8]) })
+    }
+
+    pub fn input(&mut self, i: Input<'_>) {
+        self.session.handle_input(self.now, i).unwrap();
+        self.drain();
+    }
+
+    pub fn drain(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(o) = self.session.poll_output() {
+                progressed = true;
+                match o {
+                    Output::ToCarrier(CarrierCommand::Audio(a)) => self.sent.push(Sent::Audio { at: self.now, first_sample: a[0] }),
+                    Output::ToCarrier(CarrierCommand::Mark(m)) => self.sent.push(Sent::Mark(m)),
+                    Output::ToCarrier(CarrierCommand::Clear) => self.sent.push(Sent::Clear { at: self.now }),
+                    Output::ToEngine(c) => {
+                        self.engine_cmds.push((self.now, format!("{c:?}")));
+                        if let EngineCommand::Cancel { response, heard_ms } = c {
+                            self.cancels.push((response, heard_ms));
+                        }
+                        self.engine.handle_command(c);
+                    }
+                    Output::Telemetry(t) => self.telemetry.push((self.now, t)),
+                    Output::End(r) => self.ended = Some(r),
+                }
+            }
+            while let Some(ev) = self.engine.poll_event() {
+                progressed = true;
+                self.session.handle_input(self.now, Input::Engine(ev)).unwrap();
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    /// Inject an engine event directly (e.g. late audio of a cancelled response).
+    pub fn engine_event(&mut self, ev: EngineEvent) {
+        self.input(Input::Engine(ev));
+    }
+
+    /// Advance virtual time to `t`, firing session timers on the way.
+    pub fn advance_to(&mut self, t: Instant) {
+        while let Some(d) = self.session.poll_timeout() {
+            if d > t {
+                break;
+            }
+            self.now = self.now.max(d);
+            self.session.handle_timeout(self.now);
+            self.drain();
+        }
+        self.now = self.now.max(t);
+        self.session.handle_timeout(self.now);
+        self.drain();
+    }
+
+    /// One caller frame arriving 20 ms after the previous one.
+    pub fn frame(&mut self, pcm: &[i16]) {
+        let t = self.now + FRAME;
+        self.advance_to(t);
+        self.input(Input::Carrier(CarrierEvent::Audio(AudioIn { pcm, encoded: &[], timestamp_ms: None })));
+    }
+
+    pub fn frames(&mut self, pcm: &[i16], n: usize) {
+        for _ in 0..n {
+            self.frame(pcm);
+        }
+    }
+
+    pub fn control(&mut self, c: ControlCommand) {
+        self.input(Input::Control(c));
+    }
+
+    pub fn clears(&self) -> Vec<Instant> {
+        self.sent.iter().filter_map(|s| if let Sent::Clear { at } = s { Some(*at) } else { None }).collect()
+    }
+
+    pub fn audio_frames(&self) -> usize {
+        self.sent.iter().filter(|s| matches!(s, Sent::Audio { .. })).count()
+    }
+
+    pub fn count_cmd(&self, prefix: &str) -> usize {
+        self.engine_cmds.iter().filter(|(_, c)| c.starts_with(prefix)).count()
+    }
+
+    pub fn barge_ins(&self) -> Vec<(Duration, u32)> {
+        self.telemetry
+            .iter()
+            .filter_map(|(_, t)| if let Telemetry::BargeIn { latency, heard_ms } = t { Some((*latency, *heard_ms)) } else { None })
+            .collect()
+    }
+
+    pub fn response_latencies(&self) -> Vec<Duration> {
+        self.telemetry
+            .iter()
+            .filter_map(|(_, t)| if let Telemetry::ResponseLatency(d) = t { Some(*d) } else { None })
+            .collect()
+    }
+
+    pub fn ms(&self) -> u128 {
+        (self.now - self.t0).as_millis()
+    }
+}
