@@ -85,6 +85,9 @@ pub struct ServerConfig {
     pub worker_threads: usize,
     /// A call that sends nothing (not even `start`) for this long is closed.
     pub idle_timeout_ms: u64,
+    /// Kernel send buffer per connection (SO_SNDBUF); 0 keeps the OS default.
+    /// Bounds kernel memory per call and how long a dead peer goes unnoticed.
+    pub socket_send_buffer_bytes: usize,
 }
 
 /// `[engine]`

@@ -78,9 +78,13 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let grace = Duration::from_millis(state.config.server.shutdown_grace_ms);
     let app = router(state.clone());
-    let listener = listener.tap_io(|tcp| {
+    let sndbuf = state.config.server.socket_send_buffer_bytes;
+    let listener = listener.tap_io(move |tcp| {
         // Latency: never let Nagle hold a 20 ms frame back.
         let _ = tcp.set_nodelay(true);
+        if sndbuf > 0 {
+            let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(sndbuf);
+        }
     });
     let st = state.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -105,7 +105,13 @@ impl EnergyGate {
     pub fn new(margin_db: f32, min_db: f32) -> Self {
         // Until a window of audio has been seen, assume the quietest line we
         // accept: a call that opens with speech must not learn it as the floor.
-        Self { margin_db, min_db, blocks: [min_db; FLOOR_BLOCKS], block: 0, in_block: 0 }
+        Self {
+            margin_db,
+            min_db,
+            blocks: [min_db; FLOOR_BLOCKS],
+            block: 0,
+            in_block: 0,
+        }
     }
 
     /// Level of a frame in dBFS (−100 for digital silence).
@@ -229,7 +235,10 @@ impl VoiceDetector {
             if self.frames == WARMUP_FRAMES {
                 self.gate.seed_floor(self.warmup_min);
             }
-            return VadDecision { speech: false, level_dbfs: level };
+            return VadDecision {
+                speech: false,
+                level_dbfs: level,
+            };
         }
         let speech = if raw {
             self.hang_left = self.hangover;

@@ -7,6 +7,7 @@
 //! the same vocabulary, so the session never knows which carrier it talks to.
 
 pub mod twilio;
+pub mod twilio_peer;
 
 use crate::ids::MarkId;
 

@@ -1,0 +1,195 @@
+//! Real-socket helpers: a server on 127.0.0.1 port 0 and a fake Twilio client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use callbridge::api::AppState;
+use callbridge::audio::g711;
+use callbridge::carrier::twilio_peer::{ServerMessage, TwilioPeer};
+use callbridge::config::Config;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    join: Option<tokio::task::JoinHandle<Result<(), callbridge::server::ServerError>>>,
+}
+
+impl TestServer {
+    pub async fn start(extra_toml: &str) -> Self {
+        let cfg = Config::from_toml(extra_toml, "test").expect("test config");
+        let (running, stop, join) = callbridge::server::spawn(cfg, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        Self {
+            addr: running.addr,
+            state: running.state,
+            stop: Some(stop),
+            join: Some(join),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/twilio/stream", self.addr)
+    }
+
+    /// Sum of a metric's samples whose label set contains every `labels` pair.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.state.metrics.render();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(j) = self.join.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), j).await;
+        }
+    }
+
+    /// Wait (bounded) until no call is live.
+    pub async fn wait_no_calls(&self) {
+        let r = self.state.call.registry.clone();
+        tokio::time::timeout(Duration::from_secs(5), r.wait_empty())
+            .await
+            .expect("calls ended");
+    }
+}
+
+/// Load a WAV fixture as µ-law bytes.
+pub fn ulaw_fixture(name: &str) -> Vec<u8> {
+    let (rate, pcm) = callbridge::audio::wav::read_wav_mono_i16(
+        &std::fs::read(format!("fixtures/audio/{name}")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rate, 8000);
+    let mut out = vec![0u8; pcm.len()];
+    g711::ulaw_encode(&pcm, &mut out);
+    out
+}
+
+/// What the fake Twilio received, with arrival times.
+#[derive(Debug)]
+pub enum Rx {
+    Msg(Instant, ServerMessage),
+    Bad(String),
+    Closed(Option<(u16, String)>),
+}
+
+/// A fake Twilio client: a writer half and a reader task reporting messages.
+pub struct FakeTwilio {
+    pub peer: TwilioPeer,
+    pub tx: SplitSink<Ws, Message>,
+    pub rx: mpsc::UnboundedReceiver<Rx>,
+    pub ts: u64,
+}
+
+impl FakeTwilio {
+    pub async fn connect(url: &str, n: u64) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        Self::from_ws(ws, n)
+    }
+
+    pub fn from_ws(ws: Ws, n: u64) -> Self {
+        let (tx, stream) = ws.split();
+        let peer = TwilioPeer::new(n);
+        let (etx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(read_loop(stream, peer.clone(), etx));
+        Self {
+            peer,
+            tx,
+            rx,
+            ts: 0,
+        }
+    }
+
+    pub async fn send(&mut self, text: String) {
+        self.tx.send(Message::text(text)).await.expect("send");
+    }
+
+    pub async fn start(&mut self) {
+        let c = self.peer.connected();
+        self.send(c).await;
+        let s = self.peer.start(&[("tenant", "test")]);
+        self.send(s).await;
+    }
+
+    pub async fn frame(&mut self, ulaw: &[u8]) {
+        let m = self.peer.media(ulaw, self.ts);
+        self.ts += 20;
+        self.send(m).await;
+    }
+
+    /// Next received event within `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<Rx> {
+        tokio::time::timeout(within, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Wait for the socket to close; returns the close frame.
+    pub async fn closed(&mut self, within: Duration) -> Option<(u16, String)> {
+        let deadline = Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(Rx::Closed(c))) => return c,
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => panic!("socket did not close within {within:?}"),
+            }
+        }
+    }
+}
+
+async fn read_loop(mut stream: SplitStream<Ws>, peer: TwilioPeer, tx: mpsc::UnboundedSender<Rx>) {
+    while let Some(m) = stream.next().await {
+        match m {
+            Ok(Message::Text(t)) => {
+                let ev = match peer.parse(t.as_str()) {
+                    Ok(msg) => Rx::Msg(Instant::now(), msg),
+                    Err(e) => Rx::Bad(e.to_string()),
+                };
+                let _ = tx.send(ev);
+            }
+            Ok(Message::Close(c)) => {
+                let _ = tx.send(Rx::Closed(
+                    c.map(|c| (u16::from(c.code), c.reason.to_string())),
+                ));
+                return;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = tx.send(Rx::Closed(None));
+}
+
+/// Whether a µ-law frame carries sound (not silence).
+pub fn is_loud(ulaw: &[u8]) -> bool {
+    let mut pcm = vec![0i16; ulaw.len()];
+    g711::ulaw_decode(ulaw, &mut pcm);
+    callbridge::audio::vad::EnergyGate::level_dbfs(&pcm) > -45.0
+}
