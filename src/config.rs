@@ -126,41 +126,28 @@ impl Config {
 
     /// Parse a TOML document. Keys missing from it take the embedded defaults.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let mut base: toml::Table = DEFAULT_TOML.parse().map_err(|e| ConfigError::Parse {
-            path: "<embedded>".into(),
-            source: Box::new(e),
-        })?;
-        let over: toml::Table = text.parse().map_err(|e| ConfigError::Parse {
-            path: origin.into(),
-            source: Box::new(e),
-        })?;
+        let mut base: toml::Table =
+            DEFAULT_TOML.parse().map_err(|e| ConfigError::Parse { path: "<embedded>".into(), source: Box::new(e) })?;
+        let over: toml::Table =
+            text.parse().map_err(|e| ConfigError::Parse { path: origin.into(), source: Box::new(e) })?;
         merge(&mut base, over);
         let cfg: Config = toml::Value::Table(base)
             .try_into()
-            .map_err(|e| ConfigError::Parse {
-                path: origin.into(),
-                source: Box::new(e),
-            })?;
+            .map_err(|e| ConfigError::Parse { path: origin.into(), source: Box::new(e) })?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// Load a file over the embedded defaults.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
     /// Session settings for one call.
     pub fn session(&self) -> SessionConfig {
-        SessionConfig {
-            turn: self.turn.clone(),
-            vad: self.vad.clone(),
-            playback: self.playback.clone(),
-        }
+        SessionConfig { turn: self.turn.clone(), vad: self.vad.clone(), playback: self.playback.clone() }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -177,9 +164,7 @@ impl Config {
         if self.server.max_message_bytes < 1024 {
             return bad("server.max_message_bytes must be at least 1024");
         }
-        if !(self.server.public_url.starts_with("ws://")
-            || self.server.public_url.starts_with("wss://"))
-        {
+        if !(self.server.public_url.starts_with("ws://") || self.server.public_url.starts_with("wss://")) {
             return bad("server.public_url must start with wss:// (or ws:// for local testing)");
         }
         Ok(())
@@ -209,10 +194,7 @@ mod tests {
         // default.toml mirrors every default in code
         assert_eq!(c.turn, crate::session::turn::TurnConfig::default());
         assert_eq!(c.vad, crate::audio::vad::VadConfig::default());
-        assert_eq!(
-            c.playback,
-            crate::session::playback::PlaybackConfig::default()
-        );
+        assert_eq!(c.playback, crate::session::playback::PlaybackConfig::default());
     }
 
     #[test]

@@ -10,11 +10,7 @@ use tracing::info;
 use callbridge::config::Config;
 
 #[derive(Parser)]
-#[command(
-    name = "callbridge",
-    version,
-    about = "Real-time audio media server for phone calls and AI speech engines"
-)]
+#[command(name = "callbridge", version, about = "Real-time audio media server for phone calls and AI speech engines")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -72,9 +68,7 @@ async fn run(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         "effective configuration (no secrets are configured in the file):\n{}",
         toml::to_string(&toml::Value::try_from(EffectiveConfig(&cfg))?).unwrap_or_default()
     );
-    let listener = callbridge::server::bind(cfg.server.listen)
-        .await
-        .context("binding listener")?;
+    let listener = callbridge::server::bind(cfg.server.listen).await.context("binding listener")?;
     let addr = listener.local_addr()?;
     let state = callbridge::server::build_state(cfg).context("loading engine clips")?;
     info!(%addr, "callbridge listening (POST /twilio/voice, GET /twilio/stream, /healthz, /metrics)");
@@ -93,10 +87,7 @@ impl serde::Serialize for EffectiveConfig<'_> {
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("server.listen", &c.server.listen.to_string())?;
         m.serialize_entry("server.public_url", &c.server.public_url)?;
-        m.serialize_entry(
-            "engine.kind",
-            &format!("{:?}", c.engine.kind).to_lowercase(),
-        )?;
+        m.serialize_entry("engine.kind", &format!("{:?}", c.engine.kind).to_lowercase())?;
         m.serialize_entry("turn", &format!("{:?}", c.turn))?;
         m.serialize_entry("vad", &format!("{:?}", c.vad))?;
         m.serialize_entry("playback", &format!("{:?}", c.playback))?;

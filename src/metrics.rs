@@ -9,8 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{
-    Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
-    gauge, histogram,
+    Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -49,20 +48,12 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let latency = [
-                0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0,
-            ];
-            let cpu = [
-                1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 1e-2,
-            ];
+            let latency = [0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0];
+            let cpu = [1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 1e-2];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(RESPONSE_LATENCY.into()), &latency)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full(BARGE_IN_LATENCY.into()), &latency)
-                })
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full(FRAME_PROCESSING.into()), &cpu)
-                })
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BARGE_IN_LATENCY.into()), &latency))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FRAME_PROCESSING.into()), &cpu))
                 .expect("bucket lists are non-empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -85,16 +76,8 @@ fn describe() {
     describe_counter!(BARGE_INS, "Times the caller interrupted the bot");
     describe_counter!(DROPPED_FRAMES, "Audio frames dropped, by kind");
     describe_counter!(PROTOCOL_ERRORS, "Carrier protocol errors, by kind");
-    describe_histogram!(
-        RESPONSE_LATENCY,
-        metrics::Unit::Seconds,
-        "End of caller speech to first bot audio sent"
-    );
-    describe_histogram!(
-        BARGE_IN_LATENCY,
-        metrics::Unit::Seconds,
-        "Caller speech onset to carrier clear sent"
-    );
+    describe_histogram!(RESPONSE_LATENCY, metrics::Unit::Seconds, "End of caller speech to first bot audio sent");
+    describe_histogram!(BARGE_IN_LATENCY, metrics::Unit::Seconds, "Caller speech onset to carrier clear sent");
     describe_histogram!(
         FRAME_PROCESSING,
         metrics::Unit::Seconds,

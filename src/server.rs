@@ -33,32 +33,17 @@ pub enum ServerError {
 
 /// Build the shared state for `config`.
 pub fn build_state(config: Config) -> Result<Arc<AppState>, ServerError> {
-    let clips = LocalClips::load(
-        &config.engine.local.greeting_wav,
-        &config.engine.local.reply_wav,
-    )?;
+    let clips = LocalClips::load(&config.engine.local.greeting_wav, &config.engine.local.reply_wav)?;
     let s = &config.server;
     let limits = CallLimits {
         write_timeout: Duration::from_millis(s.write_timeout_ms),
         idle_timeout: Duration::from_millis(s.idle_timeout_ms),
         max_queued_messages: s.max_queued_messages,
         max_protocol_errors: s.max_protocol_errors,
-        twilio: TwilioLimits {
-            max_payload_bytes: (s.max_message_bytes / 4 * 3).min(64 * 1024),
-        },
+        twilio: TwilioLimits { max_payload_bytes: (s.max_message_bytes / 4 * 3).min(64 * 1024) },
     };
-    let call = Arc::new(CallContext {
-        session: config.session(),
-        limits,
-        clips,
-        registry: Registry::new(),
-    });
-    Ok(Arc::new(AppState {
-        config,
-        call,
-        metrics: crate::metrics::install(),
-        accepting: AtomicBool::new(true),
-    }))
+    let call = Arc::new(CallContext { session: config.session(), limits, clips, registry: Registry::new() });
+    Ok(Arc::new(AppState { config, call, metrics: crate::metrics::install(), accepting: AtomicBool::new(true) }))
 }
 
 /// A running server's address and a handle to stop it.
@@ -107,15 +92,8 @@ pub async fn drain(state: &AppState, grace: Duration) {
     if live == 0 {
         return;
     }
-    info!(
-        live,
-        grace_ms = grace.as_millis() as u64,
-        "shutdown: waiting for live calls"
-    );
-    if tokio::time::timeout(grace, registry.wait_empty())
-        .await
-        .is_err()
-    {
+    info!(live, grace_ms = grace.as_millis() as u64, "shutdown: waiting for live calls");
+    if tokio::time::timeout(grace, registry.wait_empty()).await.is_err() {
         let n = registry.broadcast(ControlCommand::Shutdown);
         warn!(told = n, "shutdown grace over: hanging up remaining calls");
         let _ = tokio::time::timeout(Duration::from_secs(3), registry.wait_empty()).await;
@@ -132,14 +110,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 pub async fn spawn(
     config: Config,
     addr: SocketAddr,
-) -> Result<
-    (
-        Running,
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<Result<(), ServerError>>,
-    ),
-    ServerError,
-> {
+) -> Result<(Running, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), ServerError>>), ServerError>
+{
     let state = build_state(config)?;
     let listener = bind(addr).await?;
     let addr = listener.local_addr()?;

@@ -45,15 +45,8 @@ async fn healthy_turn(tw: &mut FakeTwilio, chunk: usize) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_unknown_bad_base64_and_binary_are_counted_and_the_call_goes_on() {
     let srv = TestServer::start(CFG).await;
-    let before: Vec<f64> = [
-        "malformed_json",
-        "unknown_event",
-        "bad_base64",
-        "binary_frame",
-    ]
-    .iter()
-    .map(|k| errors(&srv, k))
-    .collect();
+    let before: Vec<f64> =
+        ["malformed_json", "unknown_event", "bad_base64", "binary_frame"].iter().map(|k| errors(&srv, k)).collect();
     // A second, well-behaved call runs alongside the misbehaving one.
     let mut good = FakeTwilio::connect(&srv.url(), 100).await;
     good.start().await;
@@ -62,23 +55,12 @@ async fn malformed_unknown_bad_base64_and_binary_are_counted_and_the_call_goes_o
     tw.send("{not json".into()).await;
     tw.send(r#"{"event":"bogus","streamSid":"x"}"#.into()).await;
     let sid = tw.peer.stream_sid.clone();
-    tw.send(format!(
-        r#"{{"event":"media","streamSid":"{sid}","media":{{"track":"inbound","payload":"***"}}}}"#
-    ))
-    .await;
+    tw.send(format!(r#"{{"event":"media","streamSid":"{sid}","media":{{"track":"inbound","payload":"***"}}}}"#)).await;
     tw.tx.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
     let (a, b) = tokio::join!(healthy_turn(&mut tw, 160), healthy_turn(&mut good, 160));
     assert!(a, "the misbehaving call still works");
     assert!(b, "the other call is unaffected");
-    for (i, k) in [
-        "malformed_json",
-        "unknown_event",
-        "bad_base64",
-        "binary_frame",
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (i, k) in ["malformed_json", "unknown_event", "bad_base64", "binary_frame"].iter().enumerate() {
         assert!(errors(&srv, k) >= before[i] + 1.0, "{k} counted");
     }
     srv.shutdown().await;
@@ -91,10 +73,7 @@ async fn media_before_start_closes_with_policy_violation() {
     let c = tw.peer.connected();
     tw.send(c).await;
     tw.frame(&[0xFF; 160]).await;
-    let (code, reason) = tw
-        .closed(Duration::from_secs(3))
-        .await
-        .expect("close frame");
+    let (code, reason) = tw.closed(Duration::from_secs(3)).await.expect("close frame");
     assert_eq!(code, 1008);
     assert!(reason.contains("media before start"), "{reason}");
     assert!(errors(&srv, "before_start") >= 1.0);
@@ -106,16 +85,9 @@ async fn media_before_start_closes_with_policy_violation() {
 async fn start_with_wrong_format_closes_with_unsupported_data() {
     let srv = TestServer::start(CFG).await;
     let mut tw = FakeTwilio::connect(&srv.url(), 3).await;
-    let start = tw
-        .peer
-        .start(&[])
-        .replace("audio/x-mulaw", "audio/x-l16")
-        .replace("8000", "16000");
+    let start = tw.peer.start(&[]).replace("audio/x-mulaw", "audio/x-l16").replace("8000", "16000");
     tw.send(start).await;
-    let (code, reason) = tw
-        .closed(Duration::from_secs(3))
-        .await
-        .expect("close frame");
+    let (code, reason) = tw.closed(Duration::from_secs(3)).await.expect("close frame");
     assert_eq!(code, 1003);
     assert!(reason.contains("unsupported media format"), "{reason}");
     srv.shutdown().await;
@@ -128,35 +100,23 @@ async fn payloads_that_are_not_whole_frames_are_reframed_not_lost() {
     let mut tw = FakeTwilio::connect(&srv.url(), 4).await;
     tw.start().await;
     // 100-byte payloads (12.5 ms): every caller sample still reaches the VAD.
-    assert!(
-        healthy_turn(&mut tw, 100).await,
-        "turn detected from odd-sized payloads"
-    );
+    assert!(healthy_turn(&mut tw, 100).await, "turn detected from odd-sized payloads");
     assert!(errors(&srv, "partial_frame") > before);
     srv.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_message_closes_with_too_big() {
-    let srv = TestServer::start(
-        "[server]\nmax_message_bytes = 4096\n[engine.local]\ngreeting_wav = \"\"\n",
-    )
-    .await;
+    let srv = TestServer::start("[server]\nmax_message_bytes = 4096\n[engine.local]\ngreeting_wav = \"\"\n").await;
     let mut good = FakeTwilio::connect(&srv.url(), 200).await;
     good.start().await;
     let mut tw = FakeTwilio::connect(&srv.url(), 5).await;
     tw.start().await;
     tw.frame(&vec![0xFF; 8000]).await; // ≈10.7 KB message
-    let (code, _) = tw
-        .closed(Duration::from_secs(3))
-        .await
-        .expect("close frame");
+    let (code, _) = tw.closed(Duration::from_secs(3)).await.expect("close frame");
     assert_eq!(code, 1009);
     assert!(errors(&srv, "message_too_big") >= 1.0);
-    assert!(
-        healthy_turn(&mut good, 160).await,
-        "the other call is unaffected"
-    );
+    assert!(healthy_turn(&mut good, 160).await, "the other call is unaffected");
     srv.shutdown().await;
 }
 
@@ -168,10 +128,7 @@ async fn too_many_protocol_errors_close_the_call() {
     for _ in 0..4 {
         tw.send("garbage".into()).await;
     }
-    let (code, reason) = tw
-        .closed(Duration::from_secs(3))
-        .await
-        .expect("close frame");
+    let (code, reason) = tw.closed(Duration::from_secs(3)).await.expect("close frame");
     assert_eq!(code, 1008);
     assert!(reason.contains("too many protocol errors"), "{reason}");
     srv.shutdown().await;
@@ -192,9 +149,7 @@ async fn a_client_that_stops_reading_is_disconnected_without_hurting_others() {
     sock.set_recv_buffer_size(4096).unwrap();
     let tcp = sock.connect(srv.addr).await.unwrap();
     let (ws, _) =
-        tokio_tungstenite::client_async(srv.url(), tokio_tungstenite::MaybeTlsStream::Plain(tcp))
-            .await
-            .unwrap();
+        tokio_tungstenite::client_async(srv.url(), tokio_tungstenite::MaybeTlsStream::Plain(tcp)).await.unwrap();
     use futures_util::StreamExt;
     let (mut tx, _rx_never_read) = ws.split();
     let mut peer = callbridge::carrier::twilio_peer::TwilioPeer::new(7);
@@ -204,17 +159,11 @@ async fn a_client_that_stops_reading_is_disconnected_without_hurting_others() {
     let mut ts = 0;
     let mut disconnected = false;
     let give_up = Instant::now() + Duration::from_secs(8);
-    let mut frames = speech
-        .chunks_exact(160)
-        .chain(std::iter::repeat(&[0xFFu8; 160][..]));
+    let mut frames = speech.chunks_exact(160).chain(std::iter::repeat(&[0xFFu8; 160][..]));
     while Instant::now() < give_up {
         tick.tick().await;
         ts += 20;
-        if tx
-            .send(Message::text(peer.media(frames.next().unwrap(), ts)))
-            .await
-            .is_err()
-        {
+        if tx.send(Message::text(peer.media(frames.next().unwrap(), ts))).await.is_err() {
             disconnected = true;
             break;
         }
@@ -225,9 +174,6 @@ async fn a_client_that_stops_reading_is_disconnected_without_hurting_others() {
     }
     assert!(disconnected, "the stuck client was disconnected");
     assert!(errors(&srv, "slow_consumer") > before);
-    assert!(
-        healthy_turn(&mut good, 160).await,
-        "the other call is unaffected"
-    );
+    assert!(healthy_turn(&mut good, 160).await, "the other call is unaffected");
     srv.shutdown().await;
 }

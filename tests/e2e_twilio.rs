@@ -54,17 +54,11 @@ async fn caller_is_answered_and_can_barge_in() {
         }
     }
     assert!(media >= 40, "reply audio arrived ({media} frames)");
-    assert!(
-        loud > 10,
-        "reply is speech, not silence ({loud} loud frames)"
-    );
+    assert!(loud > 10, "reply is speech, not silence ({loud} loud frames)");
     assert!(marks >= 2, "marks follow the audio ({marks})");
     // Paced: 40 frames (800 ms of audio) cannot arrive much faster than real time.
     let span = Instant::now() - first_media.unwrap();
-    assert!(
-        span >= Duration::from_millis(600),
-        "audio was paced, not burst ({span:?})"
-    );
+    assert!(span >= Duration::from_millis(600), "audio was paced, not burst ({span:?})");
 
     // 3. The caller talks over the bot: clear arrives while they are speaking.
     let interrupt = ulaw_fixture("caller_leak_8k.wav");
@@ -80,23 +74,15 @@ async fn caller_is_answered_and_can_barge_in() {
         while let Ok(ev) = tw.rx.try_recv() {
             match ev {
                 Rx::Msg(at, ServerMessage::Clear) => cleared_at = Some(at),
-                Rx::Msg(_, ServerMessage::Media(_)) if cleared_at.is_some() => {
-                    media_after_clear += 1
-                }
+                Rx::Msg(_, ServerMessage::Media(_)) if cleared_at.is_some() => media_after_clear += 1,
                 _ => {}
             }
         }
     }
     let cleared_at = cleared_at.expect("clear received while the caller was speaking");
     let barge = cleared_at - onset.unwrap();
-    assert!(
-        barge < Duration::from_millis(1200),
-        "clear came during the interruption ({barge:?})"
-    );
-    assert_eq!(
-        media_after_clear, 0,
-        "no audio of the interrupted reply after clear"
-    );
+    assert!(barge < Duration::from_millis(1200), "clear came during the interruption ({barge:?})");
+    assert_eq!(media_after_clear, 0, "no audio of the interrupted reply after clear");
 
     // 4. Hang up: the server closes normally and forgets the call.
     let stop = tw.peer.stop();
@@ -116,17 +102,9 @@ async fn health_metrics_and_twiml() {
     let srv = TestServer::start("[server]\npublic_url = \"wss://cb.example.com\"\n").await;
     let client = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
     drop(client);
-    let resp = http(
-        srv.addr,
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let resp = http(srv.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    let resp = http(
-        srv.addr,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let resp = http(srv.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     let body = "CallSid=CA123&From=%2B15551234567&To=%2B15557654321";
     let req = format!(
@@ -135,18 +113,9 @@ async fn health_metrics_and_twiml() {
     );
     let resp = http(srv.addr, &req).await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    assert!(
-        resp.contains(r#"<Connect><Stream url="wss://cb.example.com/twilio/stream">"#),
-        "{resp}"
-    );
-    assert!(
-        resp.contains(r#"<Parameter name="from" value="+15551234567"/>"#),
-        "{resp}"
-    );
-    assert!(
-        !resp.contains("stream?"),
-        "no query string in the stream URL"
-    );
+    assert!(resp.contains(r#"<Connect><Stream url="wss://cb.example.com/twilio/stream">"#), "{resp}");
+    assert!(resp.contains(r#"<Parameter name="from" value="+15551234567"/>"#), "{resp}");
+    assert!(!resp.contains("stream?"), "no query string in the stream URL");
     srv.shutdown().await;
 }
 
@@ -155,9 +124,6 @@ async fn http(addr: std::net::SocketAddr, req: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await.unwrap().unwrap();
     out
 }

@@ -24,34 +24,20 @@ fn caller_turn(h: &mut Harness, speech_frames: usize) {
 fn endpointing_fires_exactly_after_the_configured_silence() {
     for endpoint in [300u32, 500] {
         let cfg = SessionConfig {
-            turn: TurnConfig {
-                endpoint_silence_ms: endpoint,
-                ..TurnConfig::default()
-            },
+            turn: TurnConfig { endpoint_silence_ms: endpoint, ..TurnConfig::default() },
             ..energy_config()
         };
         let mut h = Harness::with_reply_ms(cfg, 1000);
         caller_turn(&mut h, 25);
         let frames = endpoint as usize / 20;
         h.frames(&silence(), frames - 1);
-        assert_eq!(
-            h.count_cmd("CreateResponse"),
-            0,
-            "endpoint {endpoint}: one frame early"
-        );
+        assert_eq!(h.count_cmd("CreateResponse"), 0, "endpoint {endpoint}: one frame early");
         assert_eq!(h.audio_frames(), 0);
         h.frame(&silence());
-        assert_eq!(
-            h.count_cmd("CreateResponse"),
-            1,
-            "endpoint {endpoint}: at the threshold"
-        );
+        assert_eq!(h.count_cmd("CreateResponse"), 1, "endpoint {endpoint}: at the threshold");
         // The reply starts in the same instant: lead of 60 ms = 3 frames.
         assert_eq!(h.audio_frames(), 3);
-        assert_eq!(
-            h.response_latencies(),
-            vec![Duration::from_millis(endpoint as u64)]
-        );
+        assert_eq!(h.response_latencies(), vec![Duration::from_millis(endpoint as u64)]);
     }
 }
 
@@ -79,11 +65,7 @@ fn outbound_audio_is_paced_at_real_time_plus_lead() {
     // 3 frames of lead + one per 20 ms.
     assert_eq!(h.audio_frames(), 3 + 50);
     h.advance_to(start + Duration::from_millis(5000));
-    assert_eq!(
-        h.audio_frames(),
-        100,
-        "a 2 s reply is 100 frames and no more"
-    );
+    assert_eq!(h.audio_frames(), 100, "a 2 s reply is 100 frames and no more");
     assert!(!h.session.bot_playing(h.now));
 }
 
@@ -107,21 +89,14 @@ fn barge_in_needs_min_speech_and_then_clears_cancels_and_reports_heard() {
     assert!(h.clears().is_empty(), "40 ms of speech is not a barge-in");
     h.frames(&silence(), 1);
     h.frames(&tone(LOUD), 2);
-    assert!(
-        h.clears().is_empty(),
-        "the run restarted after a silent frame"
-    );
+    assert!(h.clears().is_empty(), "the run restarted after a silent frame");
     h.frame(&tone(LOUD));
     let clears = h.clears();
     assert_eq!(clears.len(), 1, "60 ms of continuous speech barges in");
     let onset = h.now - Duration::from_millis(40);
     let (latency, heard) = h.barge_ins()[0];
     assert_eq!(latency, h.now - onset);
-    assert_eq!(
-        latency,
-        Duration::from_millis(40),
-        "clear is sent on the frame that completes 60 ms"
-    );
+    assert_eq!(latency, Duration::from_millis(40), "clear is sent on the frame that completes 60 ms");
     // The caller heard exactly the time the reply had been playing.
     let played = (h.now - reply_start).as_millis() as u32;
     assert_eq!(heard, played);
@@ -140,24 +115,14 @@ fn stale_audio_of_an_interrupted_response_is_dropped_on_arrival() {
     h.frames(&tone(LOUD), 3);
     assert_eq!(h.clears().len(), 1);
     let before = h.audio_frames();
-    h.engine_event(EngineEvent::Audio(AudioChunk::whole(
-        ResponseId(1),
-        Arc::from(vec![5i16; 1600]),
-    )));
+    h.engine_event(EngineEvent::Audio(AudioChunk::whole(ResponseId(1), Arc::from(vec![5i16; 1600]))));
     let t = h.now + Duration::from_millis(200);
     h.advance_to(t);
     assert_eq!(h.audio_frames(), before);
-    assert!(
-        h.telemetry
-            .iter()
-            .any(|(_, t)| *t == Telemetry::StaleAudioDropped(1600))
-    );
+    assert!(h.telemetry.iter().any(|(_, t)| *t == Telemetry::StaleAudioDropped(1600)));
     // A newer response plays normally.
     h.engine_event(EngineEvent::ResponseStarted(ResponseId(7)));
-    h.engine_event(EngineEvent::Audio(AudioChunk::whole(
-        ResponseId(7),
-        Arc::from(vec![9i16; 1600]),
-    )));
+    h.engine_event(EngineEvent::Audio(AudioChunk::whole(ResponseId(7), Arc::from(vec![9i16; 1600]))));
     assert!(h.audio_frames() > before);
 }
 
@@ -183,25 +148,11 @@ fn protection_window_both_sides() {
     h.frames(&tone(LOUD), 6); // 120 ms into the reply, 120 ms of speech
     assert!(h.clears().is_empty(), "inside the protection window");
     h.frames(&tone(LOUD), 2); // now 160 ms into the reply
-    assert_eq!(
-        h.clears().len(),
-        1,
-        "past the window the continuing speech barges in"
-    );
+    assert_eq!(h.clears().len(), 1, "past the window the continuing speech barges in");
     let (latency, _) = h.barge_ins()[0];
-    assert_eq!(
-        latency,
-        Duration::from_millis(140),
-        "measured from the true onset"
-    );
+    assert_eq!(latency, Duration::from_millis(140), "measured from the true onset");
 
-    let cfg = SessionConfig {
-        turn: TurnConfig {
-            barge_in_protect_ms: 0,
-            ..TurnConfig::default()
-        },
-        ..energy_config()
-    };
+    let cfg = SessionConfig { turn: TurnConfig { barge_in_protect_ms: 0, ..TurnConfig::default() }, ..energy_config() };
     let mut h = reply_playing_for(cfg, 0);
     h.frames(&tone(LOUD), 3);
     assert_eq!(h.clears().len(), 1, "no window: 60 ms of speech suffices");
@@ -227,35 +178,17 @@ fn echo_guard_both_sides() {
 #[test]
 fn marks_floor_the_heard_position_and_cleared_marks_are_ignored() {
     let mut h = reply_playing_for(energy_config(), 600);
-    let marks: Vec<_> = h
-        .sent
-        .iter()
-        .filter_map(|s| {
-            if let Sent::Mark(m) = s {
-                Some(*m)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let marks: Vec<_> = h.sent.iter().filter_map(|s| if let Sent::Mark(m) = s { Some(*m) } else { None }).collect();
     assert!(marks.len() >= 3, "a mark every 200 ms: {marks:?}");
     assert!(h.session.pending_marks() >= 3);
-    h.input(callbridge::session::Input::Carrier(
-        callbridge::carrier::CarrierEvent::Mark(Some(marks[0])),
-    ));
+    h.input(callbridge::session::Input::Carrier(callbridge::carrier::CarrierEvent::Mark(Some(marks[0]))));
     assert_eq!(h.session.pending_marks(), marks.len() - 1);
     h.frames(&tone(LOUD), 3);
     assert_eq!(h.clears().len(), 1);
-    assert_eq!(
-        h.session.pending_marks(),
-        0,
-        "marks pending at the clear are forgotten"
-    );
+    assert_eq!(h.session.pending_marks(), 0, "marks pending at the clear are forgotten");
     // Twilio echoes them right after the clear; they must not count as played.
     for m in &marks[1..] {
-        h.input(callbridge::session::Input::Carrier(
-            callbridge::carrier::CarrierEvent::Mark(Some(*m)),
-        ));
+        h.input(callbridge::session::Input::Carrier(callbridge::carrier::CarrierEvent::Mark(Some(*m))));
     }
     assert_eq!(h.session.heard_ms(h.now), 0);
 }
@@ -264,13 +197,7 @@ fn marks_floor_the_heard_position_and_cleared_marks_are_ignored() {
 fn caller_speaking_again_before_any_audio_cancels_without_clear() {
     // A response exists but has not been released (pacer not yet asked): simulate a
     // slow engine by injecting a started response with no audio.
-    let mut h = Harness::new(
-        energy_config(),
-        LocalClips {
-            greeting: None,
-            reply: Arc::from(vec![0i16; 0]),
-        },
-    );
+    let mut h = Harness::new(energy_config(), LocalClips { greeting: None, reply: Arc::from(vec![0i16; 0]) });
     h.engine_event(EngineEvent::ResponseStarted(ResponseId(3)));
     h.frames(&tone(LOUD), 3);
     assert!(h.clears().is_empty());
@@ -279,23 +206,12 @@ fn caller_speaking_again_before_any_audio_cancels_without_clear() {
 
 #[test]
 fn greeting_plays_when_the_call_starts_and_stop_ends_the_call() {
-    let clips = LocalClips {
-        greeting: Some(Arc::from(vec![3i16; 1600])),
-        reply: Arc::from(vec![1i16; 800]),
-    };
+    let clips = LocalClips { greeting: Some(Arc::from(vec![3i16; 1600])), reply: Arc::from(vec![1i16; 800]) };
     let mut h = Harness::new(energy_config(), clips);
     // 60 ms of lead at the start, then one frame per 20 ms of the 100 ms warm-up.
     assert_eq!(h.audio_frames(), 3 + 5);
-    assert!(matches!(
-        h.sent[0],
-        Sent::Audio {
-            first_sample: 3,
-            ..
-        }
-    ));
-    h.input(callbridge::session::Input::Carrier(
-        callbridge::carrier::CarrierEvent::Stop,
-    ));
+    assert!(matches!(h.sent[0], Sent::Audio { first_sample: 3, .. }));
+    h.input(callbridge::session::Input::Carrier(callbridge::carrier::CarrierEvent::Stop));
     assert_eq!(h.ended, Some(HangupReason::CarrierStop));
     assert_eq!(h.count_cmd("Stop"), 1);
 }
@@ -306,38 +222,24 @@ fn control_interrupt_and_hangup() {
     h.control(ControlCommand::Interrupt);
     assert_eq!(h.clears().len(), 1);
     assert_eq!(h.cancels.len(), 1);
-    assert!(
-        h.barge_ins().is_empty(),
-        "an API interrupt is not a caller barge-in"
-    );
+    assert!(h.barge_ins().is_empty(), "an API interrupt is not a caller barge-in");
     h.control(ControlCommand::Hangup);
     assert_eq!(h.ended, Some(HangupReason::Control));
 }
 
 #[test]
 fn real_speech_fixture_drives_a_turn_with_the_webrtc_vad() {
-    let (_, pcm) = callbridge::audio::wav::read_wav_mono_i16(
-        &std::fs::read("fixtures/audio/caller_leak_8k.wav").unwrap(),
-    )
-    .unwrap();
+    let (_, pcm) =
+        callbridge::audio::wav::read_wav_mono_i16(&std::fs::read("fixtures/audio/caller_leak_8k.wav").unwrap())
+            .unwrap();
     let mut h = Harness::with_reply_ms(SessionConfig::default(), 1000);
     for f in pcm.chunks_exact(160) {
         h.frame(f);
     }
     // One turn despite the 360 ms pause between the two sentences.
     assert_eq!(h.count_cmd("CreateResponse"), 1);
-    assert_eq!(
-        h.telemetry
-            .iter()
-            .filter(|(_, t)| *t == Telemetry::TurnStarted)
-            .count(),
-        1
-    );
+    assert_eq!(h.telemetry.iter().filter(|(_, t)| *t == Telemetry::TurnStarted).count(), 1);
     let lat = h.response_latencies();
     assert_eq!(lat.len(), 1);
-    assert_eq!(
-        lat[0],
-        Duration::from_millis(500),
-        "response latency = endpoint silence with the local engine"
-    );
+    assert_eq!(lat[0], Duration::from_millis(500), "response latency = endpoint silence with the local engine");
 }

@@ -61,8 +61,5 @@ async fn healthz(State(s): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(s): State<Arc<AppState>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
 }

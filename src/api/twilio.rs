@@ -34,38 +34,22 @@ pub fn xml_escape(s: &str) -> String {
 /// `<Parameter>`s, never in the URL's query string (Twilio drops it).
 pub fn connect_twiml(public_url: &str, params: &[(&str, &str)]) -> String {
     let url = format!("{}/twilio/stream", public_url.trim_end_matches('/'));
-    let mut x =
-        String::from(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url=""#);
+    let mut x = String::from(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url=""#);
     x.push_str(&xml_escape(&url));
     x.push_str("\">");
     for (k, v) in params {
-        x.push_str(&format!(
-            r#"<Parameter name="{}" value="{}"/>"#,
-            xml_escape(k),
-            xml_escape(v)
-        ));
+        x.push_str(&format!(r#"<Parameter name="{}" value="{}"/>"#, xml_escape(k), xml_escape(v)));
     }
     x.push_str("</Stream></Connect></Response>");
     x
 }
 
 /// `POST /twilio/voice`: Twilio's incoming-call webhook.
-pub async fn voice(
-    State(s): State<Arc<AppState>>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
+pub async fn voice(State(s): State<Arc<AppState>>, Form(form): Form<HashMap<String, String>>) -> Response {
     let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
-    let params = [
-        ("call_sid", get("CallSid")),
-        ("from", get("From")),
-        ("to", get("To")),
-    ];
+    let params = [("call_sid", get("CallSid")), ("from", get("From")), ("to", get("To"))];
     let params: Vec<_> = params.into_iter().filter(|(_, v)| !v.is_empty()).collect();
-    (
-        [(header::CONTENT_TYPE, "text/xml")],
-        connect_twiml(&s.config.server.public_url, &params),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/xml")], connect_twiml(&s.config.server.public_url, &params)).into_response()
 }
 
 /// `GET /twilio/stream`: the Media Streams WebSocket.

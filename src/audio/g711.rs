@@ -234,14 +234,7 @@ mod tests {
 
     #[test]
     fn alaw_published_vectors() {
-        let cases: &[(i16, u8)] = &[
-            (0, 0xD5),
-            (-1, 0x55),
-            (1000, 0xFA),
-            (-1000, 0x7A),
-            (32767, 0xAA),
-            (-32768, 0x2A),
-        ];
+        let cases: &[(i16, u8)] = &[(0, 0xD5), (-1, 0x55), (1000, 0xFA), (-1000, 0x7A), (32767, 0xAA), (-32768, 0x2A)];
         for &(s, b) in cases {
             assert_eq!(alaw_encode_sample(s), b, "sample {s}");
         }
@@ -249,11 +242,7 @@ mod tests {
         assert_eq!(alaw_decode_sample(0x55), -8);
         for b in 0..=255u8 {
             let s = alaw_decode_sample(b);
-            assert_eq!(
-                alaw_encode_sample(s),
-                b,
-                "alaw code {b:#04x} must round-trip"
-            );
+            assert_eq!(alaw_encode_sample(s), b, "alaw code {b:#04x} must round-trip");
         }
     }
 }

@@ -30,13 +30,7 @@ impl Pacer {
     /// keeping at most `lead` buffered at the far end.
     pub fn new(rate: u32, frame_samples: usize, lead: Duration) -> Self {
         let frame = Duration::from_nanos(frame_samples as u64 * 1_000_000_000 / rate as u64);
-        Self {
-            rate,
-            lead: lead.max(frame),
-            frame,
-            released: 0,
-            drain_at: None,
-        }
+        Self { rate, lead: lead.max(frame), frame, released: 0, drain_at: None }
     }
 
     /// The lead the pacer keeps.

@@ -89,11 +89,7 @@ impl Resampler {
         if up > 32 || down > 32 {
             return Err(ResampleError::UnsupportedRatio { from, to });
         }
-        let (taps, coeffs) = if up == 1 && down == 1 {
-            (1, vec![1.0f32].into_boxed_slice())
-        } else {
-            design(up, down)
-        };
+        let (taps, coeffs) = if up == 1 && down == 1 { (1, vec![1.0f32].into_boxed_slice()) } else { design(up, down) };
         Ok(Self {
             from,
             to,
@@ -135,11 +131,7 @@ impl Resampler {
     /// Number of output samples the next `process` call yields for `n` inputs.
     pub fn output_len(&self, n: usize) -> usize {
         let end = n * self.up;
-        if self.next_hi >= end {
-            0
-        } else {
-            (end - self.next_hi).div_ceil(self.down)
-        }
+        if self.next_hi >= end { 0 } else { (end - self.next_hi).div_ceil(self.down) }
     }
 
     /// Forget history (start of a new stream).
@@ -154,10 +146,7 @@ impl Resampler {
     /// [`Resampler::output_len`] — both are programming errors, since frame sizes
     /// are fixed per call.
     pub fn process(&mut self, input: &[i16], output: &mut [i16]) -> usize {
-        assert!(
-            input.len() <= self.max_input,
-            "resampler input exceeds max_input"
-        );
+        assert!(input.len() <= self.max_input, "resampler input exceeds max_input");
         if self.up == 1 && self.down == 1 {
             output[..input.len()].copy_from_slice(input);
             return input.len();
@@ -210,11 +199,8 @@ fn design(up: usize, down: usize) -> (usize, Box<[f32]>) {
     let mut proto = vec![0.0f64; n];
     for (i, p) in proto.iter_mut().enumerate() {
         let t = i as f64 - mid;
-        let sinc = if t == 0.0 {
-            2.0 * fc
-        } else {
-            (2.0 * std::f64::consts::PI * fc * t).sin() / (std::f64::consts::PI * t)
-        };
+        let sinc =
+            if t == 0.0 { 2.0 * fc } else { (2.0 * std::f64::consts::PI * fc * t).sin() / (std::f64::consts::PI * t) };
         let r = 2.0 * i as f64 / (n - 1) as f64 - 1.0;
         let w = bessel_i0(KAISER_BETA * (1.0 - r * r).max(0.0).sqrt()) / i0b;
         *p = sinc * w;
@@ -238,11 +224,7 @@ mod tests {
     use super::*;
 
     fn sine(rate: u32, freq: f64, n: usize, amp: f64) -> Vec<i16> {
-        (0..n)
-            .map(|i| {
-                (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / rate as f64).sin()) as i16
-            })
-            .collect()
+        (0..n).map(|i| (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / rate as f64).sin()) as i16).collect()
     }
 
     fn rms(x: &[i16]) -> f64 {
@@ -272,11 +254,7 @@ mod tests {
                 for _ in 0..10 {
                     let input = vec![0i16; frame];
                     assert_eq!(r.output_len(frame), to as usize / 50, "{from}->{to}");
-                    assert_eq!(
-                        r.process(&input, &mut buf),
-                        to as usize / 50,
-                        "{from}->{to}"
-                    );
+                    assert_eq!(r.process(&input, &mut buf), to as usize / 50, "{from}->{to}");
                 }
             }
         }
@@ -300,45 +278,24 @@ mod tests {
             // skip the filter's warm-up
             let settled = &out[out.len() / 4..];
             let ratio = rms(settled) / rms(&input[input.len() / 4..]);
-            assert!(
-                (ratio - 1.0).abs() < 0.02,
-                "{from}->{to}: 1 kHz gain {ratio}"
-            );
+            assert!((ratio - 1.0).abs() < 0.02, "{from}->{to}: 1 kHz gain {ratio}");
             if from > to {
                 // a tone above the output Nyquist must be rejected on the way down
                 let alias_tone = low * 0.5 + low * 0.2;
                 let input = sine(from, alias_tone, from as usize, 10000.0);
                 let out = run(from, to, &input);
                 let db = 20.0 * (rms(&out[out.len() / 4..]) / 7071.0).log10();
-                assert!(
-                    db < -50.0,
-                    "{from}->{to}: alias at {alias_tone} Hz only {db:.1} dB down"
-                );
+                assert!(db < -50.0, "{from}->{to}: alias at {alias_tone} Hz only {db:.1} dB down");
             }
         }
     }
 
     #[test]
     fn delay_is_small_and_reported() {
-        for (from, to) in [
-            (8000, 16000),
-            (16000, 8000),
-            (8000, 24000),
-            (24000, 8000),
-            (8000, 48000),
-            (48000, 8000),
-        ] {
+        for (from, to) in [(8000, 16000), (16000, 8000), (8000, 24000), (24000, 8000), (8000, 48000), (48000, 8000)] {
             let r = Resampler::new(from, to, 960).unwrap();
-            assert!(
-                r.delay() < Duration::from_millis(2),
-                "{from}->{to} delay {:?}",
-                r.delay()
-            );
-            assert!(
-                r.state_bytes() < 8 * 1024,
-                "{from}->{to} state {}",
-                r.state_bytes()
-            );
+            assert!(r.delay() < Duration::from_millis(2), "{from}->{to} delay {:?}", r.delay());
+            assert!(r.state_bytes() < 8 * 1024, "{from}->{to} state {}", r.state_bytes());
         }
         // Measured delay of an impulse matches the reported delay (8k -> 16k).
         let mut r = Resampler::new(8000, 16000, 160).unwrap();
@@ -346,17 +303,9 @@ mod tests {
         input[10] = 10000;
         let mut out = vec![0i16; 320];
         r.process(&input, &mut out);
-        let peak = out
-            .iter()
-            .enumerate()
-            .max_by_key(|(_, s)| s.abs())
-            .unwrap()
-            .0;
+        let peak = out.iter().enumerate().max_by_key(|(_, s)| s.abs()).unwrap().0;
         let expected = 20.0 + r.delay().as_secs_f64() * 16000.0;
-        assert!(
-            (peak as f64 - expected).abs() <= 1.0,
-            "peak at {peak}, expected ≈{expected}"
-        );
+        assert!((peak as f64 - expected).abs() <= 1.0, "peak at {peak}, expected ≈{expected}");
     }
 
     #[test]

@@ -105,13 +105,7 @@ impl EnergyGate {
     pub fn new(margin_db: f32, min_db: f32) -> Self {
         // Until a window of audio has been seen, assume the quietest line we
         // accept: a call that opens with speech must not learn it as the floor.
-        Self {
-            margin_db,
-            min_db,
-            blocks: [min_db; FLOOR_BLOCKS],
-            block: 0,
-            in_block: 0,
-        }
+        Self { margin_db, min_db, blocks: [min_db; FLOOR_BLOCKS], block: 0, in_block: 0 }
     }
 
     /// Level of a frame in dBFS (−100 for digital silence).
@@ -125,11 +119,7 @@ impl EnergyGate {
             acc += (s as i64) * (s as i64);
         }
         let ms = acc as f32 / frame.len() as f32 / (32768.0 * 32768.0);
-        if ms <= 1e-10 {
-            -100.0
-        } else {
-            10.0 * ms.log10()
-        }
+        if ms <= 1e-10 { -100.0 } else { 10.0 * ms.log10() }
     }
 
     /// Whether the frame is above the floor; updates the floor.
@@ -182,10 +172,7 @@ pub const WARMUP_FRAMES: u32 = 5;
 
 impl std::fmt::Debug for VoiceDetector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VoiceDetector")
-            .field("gate", &self.gate)
-            .field("model_runs", &self.model_runs)
-            .finish()
+        f.debug_struct("VoiceDetector").field("gate", &self.gate).field("model_runs", &self.model_runs).finish()
     }
 }
 
@@ -235,10 +222,7 @@ impl VoiceDetector {
             if self.frames == WARMUP_FRAMES {
                 self.gate.seed_floor(self.warmup_min);
             }
-            return VadDecision {
-                speech: false,
-                level_dbfs: level,
-            };
+            return VadDecision { speech: false, level_dbfs: level };
         }
         let speech = if raw {
             self.hang_left = self.hangover;
@@ -249,10 +233,7 @@ impl VoiceDetector {
         } else {
             false
         };
-        VadDecision {
-            speech,
-            level_dbfs: level,
-        }
+        VadDecision { speech, level_dbfs: level }
     }
 
     /// How many frames reached the model (the rest were gated out).
@@ -269,41 +250,25 @@ mod tests {
     fn classify(path: &str, cfg: &VadConfig) -> Vec<bool> {
         let (rate, samples) = read_wav_mono_i16(std::fs::read(path).unwrap().as_slice()).unwrap();
         let mut v = VoiceDetector::new(cfg, rate).unwrap();
-        samples
-            .chunks_exact(rate as usize / 50)
-            .map(|f| v.process(f).speech)
-            .collect()
+        samples.chunks_exact(rate as usize / 50).map(|f| v.process(f).speech).collect()
     }
 
     /// Ground truth from the clean clips: speech spans the first to the last
     /// frame above −45 dBFS (the clips are digital silence around the speech).
     fn check_boundaries(path: &str, cfg: &VadConfig) {
         let (_, samples) = read_wav_mono_i16(std::fs::read(path).unwrap().as_slice()).unwrap();
-        let levels: Vec<f32> = samples
-            .chunks_exact(160)
-            .map(EnergyGate::level_dbfs)
-            .collect();
+        let levels: Vec<f32> = samples.chunks_exact(160).map(EnergyGate::level_dbfs).collect();
         let t_first = levels.iter().position(|&l| l > -45.0).unwrap();
         let t_last = levels.iter().rposition(|&l| l > -45.0).unwrap();
         let frames = classify(path, cfg);
         let first = frames.iter().position(|&s| s).expect("speech found");
         let last = frames.iter().rposition(|&s| s).unwrap();
-        assert!(
-            first.abs_diff(t_first) <= 2,
-            "{path}: onset at frame {first}, truth {t_first}"
-        );
+        assert!(first.abs_diff(t_first) <= 2, "{path}: onset at frame {first}, truth {t_first}");
         let hang = cfg.hangover_frames as usize;
-        assert!(
-            last.abs_diff(t_last + hang) <= 3,
-            "{path}: offset frame {last}, truth {t_last} + hangover {hang}"
-        );
+        assert!(last.abs_diff(t_last + hang) <= 3, "{path}: offset frame {last}, truth {t_last} + hangover {hang}");
         // No speech frames well outside the truth.
         assert!(frames[..t_first.saturating_sub(2)].iter().all(|s| !s));
-        assert!(
-            frames[(t_last + hang + 4).min(frames.len())..]
-                .iter()
-                .all(|s| !s)
-        );
+        assert!(frames[(t_last + hang + 4).min(frames.len())..].iter().all(|s| !s));
     }
 
     #[test]
@@ -317,36 +282,22 @@ mod tests {
     #[test]
     fn silence_and_line_noise_are_not_speech() {
         for kind in [VadKind::Webrtc, VadKind::Energy] {
-            let cfg = VadConfig {
-                kind,
-                ..VadConfig::default()
-            };
-            assert!(
-                classify("fixtures/audio/silence_2s_8k.wav", &cfg)
-                    .iter()
-                    .all(|s| !s)
-            );
+            let cfg = VadConfig { kind, ..VadConfig::default() };
+            assert!(classify("fixtures/audio/silence_2s_8k.wav", &cfg).iter().all(|s| !s));
             let noise = classify("fixtures/audio/noise_2s_8k.wav", &cfg);
             let n = noise.iter().filter(|&&s| s).count();
             let longest = noise.split(|s| !s).map(<[bool]>::len).max().unwrap_or(0);
             // Isolated blips are tolerable; a run long enough to start a turn
             // (3 frames = turn.min_speech_ms) is not.
             let max = if kind == VadKind::Webrtc { 5 } else { 15 };
-            assert!(
-                n <= max && longest < 3,
-                "{kind:?}: {n} noise frames called speech, longest run {longest}"
-            );
+            assert!(n <= max && longest < 3, "{kind:?}: {n} noise frames called speech, longest run {longest}");
         }
     }
 
     #[test]
     fn gate_skips_the_model_on_silence() {
-        let (_, samples) = read_wav_mono_i16(
-            std::fs::read("fixtures/audio/silence_2s_8k.wav")
-                .unwrap()
-                .as_slice(),
-        )
-        .unwrap();
+        let (_, samples) =
+            read_wav_mono_i16(std::fs::read("fixtures/audio/silence_2s_8k.wav").unwrap().as_slice()).unwrap();
         let mut v = VoiceDetector::new(&VadConfig::default(), 8000).unwrap();
         for f in samples.chunks_exact(160) {
             v.process(f);
@@ -356,15 +307,8 @@ mod tests {
 
     #[test]
     fn noisy_line_still_detects_speech() {
-        let frames = classify(
-            "fixtures/audio/caller_leak_noisy_8k.wav",
-            &VadConfig::default(),
-        );
+        let frames = classify("fixtures/audio/caller_leak_noisy_8k.wav", &VadConfig::default());
         let speech = frames.iter().filter(|&&s| s).count();
-        assert!(
-            speech > frames.len() / 2,
-            "only {speech}/{} frames speech",
-            frames.len()
-        );
+        assert!(speech > frames.len() / 2, "only {speech}/{} frames speech", frames.len());
     }
 }

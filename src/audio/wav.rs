@@ -26,10 +26,7 @@ pub enum WavError {
 pub fn read_wav_mono_i16(bytes: &[u8]) -> Result<(u32, Vec<i16>), WavError> {
     let mut r = hound::WavReader::new(Cursor::new(bytes))?;
     let spec = r.spec();
-    if spec.bits_per_sample != 16
-        || spec.sample_format != hound::SampleFormat::Int
-        || spec.channels != 1
-    {
+    if spec.bits_per_sample != 16 || spec.sample_format != hound::SampleFormat::Int || spec.channels != 1 {
         return Err(WavError::Unsupported {
             bits: spec.bits_per_sample,
             format: spec.sample_format,
@@ -46,15 +43,11 @@ mod tests {
 
     #[test]
     fn reads_fixture_and_rejects_non_wav() {
-        let (rate, s) =
-            read_wav_mono_i16(&std::fs::read("fixtures/audio/caller_short_8k.wav").unwrap())
-                .unwrap();
+        let (rate, s) = read_wav_mono_i16(&std::fs::read("fixtures/audio/caller_short_8k.wav").unwrap()).unwrap();
         assert_eq!(rate, 8000);
         assert!(s.len() > 8000);
         assert!(read_wav_mono_i16(b"not a wav").is_err());
-        let (rate16, _) =
-            read_wav_mono_i16(&std::fs::read("fixtures/audio/caller_leak_16k.wav").unwrap())
-                .unwrap();
+        let (rate16, _) = read_wav_mono_i16(&std::fs::read("fixtures/audio/caller_leak_16k.wav").unwrap()).unwrap();
         assert_eq!(rate16, 16000);
     }
 }

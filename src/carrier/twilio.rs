@@ -41,9 +41,7 @@ pub enum TwilioError {
     #[error("duplicate start")]
     DuplicateStart,
     /// `start` announced a format other than µ-law 8 kHz mono.
-    #[error(
-        "unsupported media format {encoding} {sample_rate} Hz {channels} ch (need audio/x-mulaw 8000 Hz mono)"
-    )]
+    #[error("unsupported media format {encoding} {sample_rate} Hz {channels} ch (need audio/x-mulaw 8000 Hz mono)")]
     UnsupportedFormat {
         /// announced encoding
         encoding: String,
@@ -202,9 +200,7 @@ pub struct TwilioLimits {
 impl Default for TwilioLimits {
     fn default() -> Self {
         // 1 s of audio: Twilio sends 160 bytes (20 ms) per message.
-        Self {
-            max_payload_bytes: 8000,
-        }
+        Self { max_payload_bytes: 8000 }
     }
 }
 
@@ -251,11 +247,7 @@ impl TwilioCodec {
                     return Err(TwilioError::WrongStream);
                 }
                 let media = raw.media.ok_or(TwilioError::Missing("media"))?;
-                if media
-                    .track
-                    .as_deref()
-                    .is_some_and(|t| t != "inbound" && t != "inbound_track")
-                {
+                if media.track.as_deref().is_some_and(|t| t != "inbound" && t != "inbound_track") {
                     return Ok(CarrierEvent::Ignored);
                 }
                 let payload = media.payload.ok_or(TwilioError::Missing("media.payload"))?;
@@ -266,9 +258,7 @@ impl TwilioCodec {
                 if payload.len() > max_b64 {
                     return Err(TwilioError::PayloadTooLarge(payload.len() / 4 * 3));
                 }
-                let n = B64
-                    .decode_slice(payload.as_bytes(), &mut self.ulaw)
-                    .map_err(|_| TwilioError::BadBase64)?;
+                let n = B64.decode_slice(payload.as_bytes(), &mut self.ulaw).map_err(|_| TwilioError::BadBase64)?;
                 if n > self.limits.max_payload_bytes {
                     return Err(TwilioError::PayloadTooLarge(n));
                 }
@@ -283,20 +273,14 @@ impl TwilioCodec {
                 if self.stream_sid.is_none() {
                     return Err(TwilioError::BeforeStart("mark"));
                 }
-                let name = raw
-                    .mark
-                    .and_then(|m| m.name)
-                    .ok_or(TwilioError::Missing("mark.name"))?;
+                let name = raw.mark.and_then(|m| m.name).ok_or(TwilioError::Missing("mark.name"))?;
                 Ok(CarrierEvent::Mark(name.parse::<u64>().ok().map(MarkId)))
             }
             "dtmf" => {
                 if self.stream_sid.is_none() {
                     return Err(TwilioError::BeforeStart("dtmf"));
                 }
-                let digit = raw
-                    .dtmf
-                    .and_then(|d| d.digit)
-                    .ok_or(TwilioError::Missing("dtmf.digit"))?;
+                let digit = raw.dtmf.and_then(|d| d.digit).ok_or(TwilioError::Missing("dtmf.digit"))?;
                 let mut chars = digit.chars();
                 match (chars.next(), chars.next()) {
                     (Some(c), None) if c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D') => {
@@ -310,31 +294,20 @@ impl TwilioCodec {
                     return Err(TwilioError::DuplicateStart);
                 }
                 let start = raw.start.ok_or(TwilioError::Missing("start"))?;
-                let sid = start
-                    .stream_sid
-                    .or(raw.stream_sid)
-                    .ok_or(TwilioError::Missing("start.streamSid"))?
-                    .into_owned();
+                let sid =
+                    start.stream_sid.or(raw.stream_sid).ok_or(TwilioError::Missing("start.streamSid"))?.into_owned();
                 if !valid_sid(&sid) {
                     return Err(TwilioError::InvalidSid("streamSid"));
                 }
-                let call_sid = start
-                    .call_sid
-                    .ok_or(TwilioError::Missing("start.callSid"))?;
+                let call_sid = start.call_sid.ok_or(TwilioError::Missing("start.callSid"))?;
                 if !valid_sid(&call_sid) {
                     return Err(TwilioError::InvalidSid("callSid"));
                 }
-                let fmt = start
-                    .media_format
-                    .ok_or(TwilioError::Missing("start.mediaFormat"))?;
+                let fmt = start.media_format.ok_or(TwilioError::Missing("start.mediaFormat"))?;
                 let encoding = fmt.encoding.unwrap_or_default();
                 let (rate, ch) = (fmt.sample_rate.0.unwrap_or(0), fmt.channels.0.unwrap_or(1));
                 if encoding != "audio/x-mulaw" || rate != 8000 || ch != 1 {
-                    return Err(TwilioError::UnsupportedFormat {
-                        encoding,
-                        sample_rate: rate,
-                        channels: ch,
-                    });
+                    return Err(TwilioError::UnsupportedFormat { encoding, sample_rate: rate, channels: ch });
                 }
                 let custom_parameters = start
                     .custom_parameters
@@ -366,11 +339,7 @@ impl TwilioCodec {
     }
 
     /// Append the wire message for `cmd` to `out` (one JSON text message).
-    pub fn encode(
-        &mut self,
-        cmd: &CarrierCommand<'_>,
-        out: &mut String,
-    ) -> Result<(), TwilioError> {
+    pub fn encode(&mut self, cmd: &CarrierCommand<'_>, out: &mut String) -> Result<(), TwilioError> {
         let sid = self.stream_sid.as_deref().ok_or(TwilioError::NotStarted)?;
         match cmd {
             CarrierCommand::Audio(pcm) => {
@@ -429,13 +398,7 @@ mod tests {
     fn numbers_as_numbers_are_accepted_too() {
         let mut c = started();
         let msg = r#"{"event":"media","sequenceNumber":2,"streamSid":"MZ1","media":{"track":"inbound","chunk":1,"timestamp":40,"payload":"/w=="}}"#;
-        assert!(matches!(
-            c.decode(msg).unwrap(),
-            CarrierEvent::Audio(AudioIn {
-                timestamp_ms: Some(40),
-                ..
-            })
-        ));
+        assert!(matches!(c.decode(msg).unwrap(), CarrierEvent::Audio(AudioIn { timestamp_ms: Some(40), .. })));
     }
 
     #[test]
@@ -446,16 +409,10 @@ mod tests {
         assert_eq!(s, r#"{"event":"clear","streamSid":"MZ1"}"#);
         s.clear();
         c.encode(&CarrierCommand::Mark(MarkId(42)), &mut s).unwrap();
-        assert_eq!(
-            s,
-            r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"42"}}"#
-        );
+        assert_eq!(s, r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"42"}}"#);
         s.clear();
         c.encode(&CarrierCommand::Audio(&[0, 0]), &mut s).unwrap();
-        assert_eq!(
-            s,
-            r#"{"event":"media","streamSid":"MZ1","media":{"payload":"//8="}}"#
-        );
+        assert_eq!(s, r#"{"event":"media","streamSid":"MZ1","media":{"payload":"//8="}}"#);
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["media"]["payload"], "//8=");
     }
@@ -464,9 +421,7 @@ mod tests {
     fn errors_are_classified() {
         let mut c = TwilioCodec::new(TwilioLimits::default());
         assert_eq!(c.decode("{nope").unwrap_err().code(), "malformed_json");
-        let e = c
-            .decode(r#"{"event":"media","media":{"payload":"/w=="}}"#)
-            .unwrap_err();
+        let e = c.decode(r#"{"event":"media","media":{"payload":"/w=="}}"#).unwrap_err();
         assert_eq!(e.code(), "before_start");
         assert!(e.is_fatal());
         let mut c = started();
@@ -474,15 +429,11 @@ mod tests {
         assert_eq!(e.code(), "unknown_event");
         assert!(!e.is_fatal());
         assert_eq!(
-            c.decode(r#"{"event":"media","streamSid":"MZ1","media":{"payload":"!!!"}}"#)
-                .unwrap_err()
-                .code(),
+            c.decode(r#"{"event":"media","streamSid":"MZ1","media":{"payload":"!!!"}}"#).unwrap_err().code(),
             "bad_base64"
         );
         assert_eq!(
-            c.decode(r#"{"event":"media","streamSid":"MZ2","media":{"payload":"/w=="}}"#)
-                .unwrap_err()
-                .code(),
+            c.decode(r#"{"event":"media","streamSid":"MZ2","media":{"payload":"/w=="}}"#).unwrap_err().code(),
             "wrong_stream"
         );
         let big = "A".repeat(20_000);

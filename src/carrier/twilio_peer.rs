@@ -92,10 +92,8 @@ impl TwilioPeer {
     /// `start` with custom parameters.
     pub fn start(&mut self, params: &[(&str, &str)]) -> String {
         let seq = self.next_seq();
-        let params: serde_json::Map<String, serde_json::Value> = params
-            .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
-            .collect();
+        let params: serde_json::Map<String, serde_json::Value> =
+            params.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect();
         serde_json::json!({
             "event": "start",
             "sequenceNumber": seq.to_string(),
@@ -157,19 +155,14 @@ impl TwilioPeer {
 
     /// Read a message from the server as Twilio would.
     pub fn parse(&self, text: &str) -> Result<ServerMessage, PeerError> {
-        let raw: RawServer =
-            serde_json::from_str(text).map_err(|e| PeerError::Invalid(e.to_string()))?;
+        let raw: RawServer = serde_json::from_str(text).map_err(|e| PeerError::Invalid(e.to_string()))?;
         if raw.stream_sid.as_deref() != Some(self.stream_sid.as_str()) {
             return Err(PeerError::WrongStream(raw.stream_sid.unwrap_or_default()));
         }
         match raw.event.as_str() {
             "media" => {
-                let m = raw
-                    .media
-                    .ok_or_else(|| PeerError::Invalid("media without media".into()))?;
-                B64.decode(m.payload)
-                    .map(ServerMessage::Media)
-                    .map_err(|e| PeerError::Invalid(e.to_string()))
+                let m = raw.media.ok_or_else(|| PeerError::Invalid("media without media".into()))?;
+                B64.decode(m.payload).map(ServerMessage::Media).map_err(|e| PeerError::Invalid(e.to_string()))
             }
             "mark" => raw
                 .mark
@@ -186,14 +179,12 @@ impl TwilioPeer {
 /// queue and echoes every pending mark at once (PROTOCOLS §1.5).
 #[derive(Debug, Default, Clone)]
 pub struct PlayoutModel {
-    /// Milliseconds of audio received (queued) in total.
-    queued_ms: f64,
+    /// Milliseconds of audio received in total.
+    received_ms: f64,
     /// Milliseconds at which the queue runs dry, on the peer's clock.
     drain_at_ms: f64,
     /// Pending marks with the playout time at which they fall due.
     marks: std::collections::VecDeque<(String, f64)>,
-    /// Time at which the queue last ran dry while more audio was expected.
-    underrun_ms: f64,
 }
 
 impl PlayoutModel {
@@ -201,14 +192,10 @@ impl PlayoutModel {
     /// had run dry before it (an underrun), 0 if it was still playing.
     pub fn audio(&mut self, now_ms: f64, samples: usize) -> f64 {
         let dur = samples as f64 / 8.0;
-        let gap = if self.drain_at_ms < now_ms {
-            now_ms - self.drain_at_ms
-        } else {
-            0.0
-        };
+        let gap = if self.drain_at_ms < now_ms { now_ms - self.drain_at_ms } else { 0.0 };
         let start = self.drain_at_ms.max(now_ms);
         self.drain_at_ms = start + dur;
-        self.queued_ms += dur;
+        self.received_ms += dur;
         gap
     }
 
@@ -238,6 +225,11 @@ impl PlayoutModel {
         self.marks.drain(..).map(|(n, _)| n).collect()
     }
 
+    /// Milliseconds of audio received in total.
+    pub fn received_ms(&self) -> f64 {
+        self.received_ms
+    }
+
     /// Whether audio is playing at `now_ms`.
     pub fn playing(&self, now_ms: f64) -> bool {
         self.drain_at_ms > now_ms
@@ -254,43 +246,26 @@ mod tests {
     fn peer_messages_decode_in_the_server_codec_and_back() {
         let mut peer = TwilioPeer::new(7);
         let mut codec = TwilioCodec::new(TwilioLimits::default());
-        assert_eq!(
-            codec.decode(&peer.connected()).unwrap(),
-            CarrierEvent::Connected
-        );
+        assert_eq!(codec.decode(&peer.connected()).unwrap(), CarrierEvent::Connected);
         match codec.decode(&peer.start(&[("k", "v")])).unwrap() {
             CarrierEvent::Start(i) => {
                 assert_eq!(i.call_sid, peer.call_sid);
-                assert_eq!(
-                    i.custom_parameters,
-                    vec![("k".to_string(), "v".to_string())]
-                );
+                assert_eq!(i.custom_parameters, vec![("k".to_string(), "v".to_string())]);
             }
             e => panic!("{e:?}"),
         }
         assert!(
             matches!(codec.decode(&peer.media(&[0xFF; 160], 20)).unwrap(), CarrierEvent::Audio(a) if a.pcm.len() == 160)
         );
-        assert_eq!(
-            codec.decode(&peer.dtmf('5')).unwrap(),
-            CarrierEvent::Dtmf('5')
-        );
+        assert_eq!(codec.decode(&peer.dtmf('5')).unwrap(), CarrierEvent::Dtmf('5'));
         assert_eq!(codec.decode(&peer.stop()).unwrap(), CarrierEvent::Stop);
         let mut out = String::new();
-        codec
-            .encode(&CarrierCommand::Audio(&[0; 160]), &mut out)
-            .unwrap();
-        assert_eq!(
-            peer.parse(&out).unwrap(),
-            ServerMessage::Media(vec![0xFF; 160])
-        );
+        codec.encode(&CarrierCommand::Audio(&[0; 160]), &mut out).unwrap();
+        assert_eq!(peer.parse(&out).unwrap(), ServerMessage::Media(vec![0xFF; 160]));
         out.clear();
         codec.encode(&CarrierCommand::Clear, &mut out).unwrap();
         assert_eq!(peer.parse(&out).unwrap(), ServerMessage::Clear);
-        assert!(matches!(
-            TwilioPeer::new(8).parse(&out),
-            Err(PeerError::WrongStream(_))
-        ));
+        assert!(matches!(TwilioPeer::new(8).parse(&out), Err(PeerError::WrongStream(_))));
     }
 
     #[test]

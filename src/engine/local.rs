@@ -65,16 +65,8 @@ impl LocalClips {
     /// Load clips named in config: a path, `builtin:greeting`, `builtin:reply`,
     /// or empty for no greeting.
     pub fn load(greeting: &str, reply: &str) -> Result<Self, LocalEngineError> {
-        let greeting = if greeting.trim().is_empty() {
-            None
-        } else {
-            Some(load_clip(greeting)?)
-        };
-        let reply = load_clip(if reply.trim().is_empty() {
-            "builtin:reply"
-        } else {
-            reply
-        })?;
+        let greeting = if greeting.trim().is_empty() { None } else { Some(load_clip(greeting)?) };
+        let reply = load_clip(if reply.trim().is_empty() { "builtin:reply" } else { reply })?;
         Ok(Self { greeting, reply })
     }
 
@@ -89,24 +81,17 @@ fn load_clip(spec: &str) -> Result<Arc<[i16]>, LocalEngineError> {
         "builtin:greeting" => BUILTIN_GREETING.into(),
         "builtin:reply" => BUILTIN_REPLY.into(),
         path => std::fs::read(Path::new(path))
-            .map_err(|source| LocalEngineError::Io {
-                path: path.to_string(),
-                source,
-            })?
+            .map_err(|source| LocalEngineError::Io { path: path.to_string(), source })?
             .into(),
     };
-    let (rate, samples) = read_wav_mono_i16(&bytes).map_err(|source| LocalEngineError::Wav {
-        path: spec.to_string(),
-        source,
-    })?;
+    let (rate, samples) =
+        read_wav_mono_i16(&bytes).map_err(|source| LocalEngineError::Wav { path: spec.to_string(), source })?;
     if rate == LOCAL_RATE {
         return Ok(samples.into());
     }
     let block = rate as usize / 50;
-    let mut r = Resampler::new(rate, LOCAL_RATE, block).map_err(|_| LocalEngineError::Rate {
-        path: spec.to_string(),
-        rate,
-    })?;
+    let mut r =
+        Resampler::new(rate, LOCAL_RATE, block).map_err(|_| LocalEngineError::Rate { path: spec.to_string(), rate })?;
     let mut out = Vec::with_capacity(samples.len() * LOCAL_RATE as usize / rate as usize + 2);
     let mut buf = vec![0i16; LOCAL_RATE as usize / 50 + 2];
     for chunk in samples.chunks(block) {
@@ -127,27 +112,19 @@ pub struct LocalEngine {
 impl LocalEngine {
     /// An engine playing `clips`.
     pub fn new(clips: LocalClips) -> Self {
-        Self {
-            clips,
-            next_id: 0,
-            events: VecDeque::with_capacity(4),
-        }
+        Self { clips, next_id: 0, events: VecDeque::with_capacity(4) }
     }
 
     /// Formats: wants no caller audio, speaks 8 kHz.
     pub fn format(&self) -> EngineFormat {
-        EngineFormat {
-            input_rate: None,
-            output_rate: LOCAL_RATE,
-        }
+        EngineFormat { input_rate: None, output_rate: LOCAL_RATE }
     }
 
     fn respond(&mut self, clip: Arc<[i16]>) {
         self.next_id += 1;
         let id = ResponseId(self.next_id);
         self.events.push_back(EngineEvent::ResponseStarted(id));
-        self.events
-            .push_back(EngineEvent::Audio(AudioChunk::whole(id, clip)));
+        self.events.push_back(EngineEvent::Audio(AudioChunk::whole(id, clip)));
         self.events.push_back(EngineEvent::ResponseDone(id));
     }
 
@@ -180,30 +157,19 @@ mod tests {
     fn greets_then_replies_with_new_ids() {
         let mut e = LocalEngine::new(LocalClips::builtin());
         e.handle_command(EngineCommand::Start);
-        assert_eq!(
-            e.poll_event(),
-            Some(EngineEvent::ResponseStarted(ResponseId(1)))
-        );
+        assert_eq!(e.poll_event(), Some(EngineEvent::ResponseStarted(ResponseId(1))));
         assert!(matches!(e.poll_event(), Some(EngineEvent::Audio(c)) if c.len() > 8000));
-        assert_eq!(
-            e.poll_event(),
-            Some(EngineEvent::ResponseDone(ResponseId(1)))
-        );
+        assert_eq!(e.poll_event(), Some(EngineEvent::ResponseDone(ResponseId(1))));
         assert_eq!(e.poll_event(), None);
         e.handle_command(EngineCommand::CreateResponse);
-        assert_eq!(
-            e.poll_event(),
-            Some(EngineEvent::ResponseStarted(ResponseId(2)))
-        );
+        assert_eq!(e.poll_event(), Some(EngineEvent::ResponseStarted(ResponseId(2))));
     }
 
     #[test]
     fn empty_greeting_means_none_and_16k_clips_are_converted() {
         let clips = LocalClips::load("", "fixtures/audio/caller_leak_16k.wav").unwrap();
         assert!(clips.greeting.is_none());
-        let (_, s16) =
-            read_wav_mono_i16(&std::fs::read("fixtures/audio/caller_leak_16k.wav").unwrap())
-                .unwrap();
+        let (_, s16) = read_wav_mono_i16(&std::fs::read("fixtures/audio/caller_leak_16k.wav").unwrap()).unwrap();
         assert!((clips.reply.len() as i64 - s16.len() as i64 / 2).abs() <= 160);
         let mut e = LocalEngine::new(clips);
         e.handle_command(EngineCommand::Start);

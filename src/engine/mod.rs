@@ -32,12 +32,7 @@ impl AudioChunk {
     /// A chunk covering all of `samples`.
     pub fn whole(response: ResponseId, samples: Arc<[i16]>) -> Self {
         let end = samples.len();
-        Self {
-            response,
-            samples,
-            start: 0,
-            end,
-        }
+        Self { response, samples, start: 0, end }
     }
 
     /// The live samples.

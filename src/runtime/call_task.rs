@@ -29,9 +29,7 @@ use crate::engine::local::{LocalClips, LocalEngine};
 use crate::ids::CallId;
 use crate::metrics::{CallMetrics, observe};
 use crate::runtime::registry::{CallHandle, Registry};
-use crate::session::{
-    ControlCommand, HangupReason, Input, Output, Session, SessionConfig, Telemetry,
-};
+use crate::session::{ControlCommand, HangupReason, Input, Output, Session, SessionConfig, Telemetry};
 
 /// WebSocket close codes we use.
 pub mod close {
@@ -175,14 +173,8 @@ impl Engine {
 pub async fn run_twilio_call(socket: WebSocket, ctx: Arc<CallContext>) {
     let id = CallId::random();
     let (control_tx, control_rx) = mpsc::channel(16);
-    let registration = ctx.registry.register(
-        id,
-        CallHandle {
-            control: control_tx,
-            carrier: "twilio",
-            carrier_call_id: None,
-        },
-    );
+    let registration =
+        ctx.registry.register(id, CallHandle { control: control_tx, carrier: "twilio", carrier_call_id: None });
     metrics::counter!(crate::metrics::CALLS_TOTAL, "carrier" => "twilio").increment(1);
     let engine = Engine::Local(LocalEngine::new(ctx.clips.clone()));
     let format = match &engine {
@@ -250,11 +242,7 @@ impl Call {
                 break (
                     CallEnd::Hangup(end),
                     Some((
-                        if end == HangupReason::Shutdown {
-                            close::GOING_AWAY
-                        } else {
-                            close::NORMAL
-                        },
+                        if end == HangupReason::Shutdown { close::GOING_AWAY } else { close::NORMAL },
                         format!("call ended: {}", end.code()),
                     )),
                 );
@@ -321,10 +309,7 @@ impl Call {
                 let _ = poll_fn(|cx| self.writer.poll_write(cx)).await;
                 if let Some((code, reason)) = close {
                     let reason: String = reason.chars().take(120).collect();
-                    let frame = CloseFrame {
-                        code,
-                        reason: Utf8Bytes::from(reason),
-                    };
+                    let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
                     let _ = self.writer.sink.send(Message::Close(Some(frame))).await;
                 }
                 let _ = self.writer.sink.close().await;
@@ -340,14 +325,8 @@ impl Call {
         let now = Instant::now().into_std();
         let step = match msg {
             None => {
-                let _ = self
-                    .session
-                    .handle_input(now, Input::Carrier(CarrierEvent::Stop));
-                if self.session.is_ended() {
-                    Step::Continue
-                } else {
-                    Step::End(CallEnd::PeerClosed, None)
-                }
+                let _ = self.session.handle_input(now, Input::Carrier(CarrierEvent::Stop));
+                if self.session.is_ended() { Step::Continue } else { Step::End(CallEnd::PeerClosed, None) }
             }
             Some(Err(e)) => {
                 let too_big = match e.into_inner().downcast::<tungstenite::Error>() {
@@ -357,10 +336,7 @@ impl Call {
                 if too_big {
                     self.metrics.protocol_error("message_too_big");
                     warn!(call = %self.id, "message over the size limit; closing");
-                    Step::End(
-                        CallEnd::Protocol("message_too_big"),
-                        Some((close::TOO_BIG, "message too big".into())),
-                    )
+                    Step::End(CallEnd::Protocol("message_too_big"), Some((close::TOO_BIG, "message too big".into())))
                 } else {
                     Step::End(CallEnd::Transport, None)
                 }
@@ -374,18 +350,13 @@ impl Call {
                     }
                     if let CarrierEvent::Start(info) = &ev {
                         info!(call = %self.id, stream = %info.stream_sid, "stream started");
-                        self.ctx
-                            .registry
-                            .set_carrier_call_id(self.id, info.call_sid.clone());
+                        self.ctx.registry.set_carrier_call_id(self.id, info.call_sid.clone());
                     }
                     match self.session.handle_input(now, Input::Carrier(ev)) {
                         Ok(()) => Step::Continue,
                         Err(e) => {
                             warn!(call = %self.id, error = %e, "cannot set up the call");
-                            Step::End(
-                                CallEnd::Protocol("setup"),
-                                Some((close::INTERNAL, e.to_string())),
-                            )
+                            Step::End(CallEnd::Protocol("setup"), Some((close::INTERNAL, e.to_string())))
                         }
                     }
                 }
@@ -398,11 +369,7 @@ impl Call {
                         warn!(call = %self.id, kind = code, error = %e, "carrier protocol error");
                     }
                     if e.is_fatal() {
-                        let close = if code == "unsupported_format" {
-                            close::UNSUPPORTED
-                        } else {
-                            close::POLICY
-                        };
+                        let close = if code == "unsupported_format" { close::UNSUPPORTED } else { close::POLICY };
                         Step::End(CallEnd::Protocol(code), Some((close, e.to_string())))
                     } else if self.protocol_errors > self.ctx.limits.max_protocol_errors {
                         Step::End(
@@ -427,19 +394,14 @@ impl Call {
                 }
             }
             Some(Ok(Message::Close(_))) => {
-                let _ = self
-                    .session
-                    .handle_input(now, Input::Carrier(CarrierEvent::Stop));
+                let _ = self.session.handle_input(now, Input::Carrier(CarrierEvent::Stop));
                 Step::Continue
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Step::Continue,
         };
         if let Step::Continue = step {
             if let Some(end) = self.pump() {
-                return Step::End(
-                    CallEnd::Hangup(end),
-                    Some((close::NORMAL, format!("call ended: {}", end.code()))),
-                );
+                return Step::End(CallEnd::Hangup(end), Some((close::NORMAL, format!("call ended: {}", end.code()))));
             }
         }
         if self.inbound_count % 8 == 0 {
@@ -463,10 +425,7 @@ impl Call {
                             continue;
                         }
                         let audio = cmd.is_audio();
-                        if self
-                            .writer
-                            .push(audio, matches!(cmd, CarrierCommand::Clear))
-                        {
+                        if self.writer.push(audio, matches!(cmd, CarrierCommand::Clear)) {
                             if audio {
                                 self.metrics.frames_out.increment(1);
                             }
@@ -485,9 +444,7 @@ impl Call {
                 Engine::Local(e) => {
                     while let Some(ev) = e.poll_event() {
                         progressed = true;
-                        let _ = self
-                            .session
-                            .handle_input(Instant::now().into_std(), Input::Engine(ev));
+                        let _ = self.session.handle_input(Instant::now().into_std(), Input::Engine(ev));
                     }
                 }
             }
@@ -507,12 +464,8 @@ impl Call {
                 observe(&self.metrics.barge_in_latency, latency);
                 debug!(call = %self.id, latency_ms = latency.as_millis() as u64, heard_ms, "barge-in");
             }
-            Telemetry::StaleAudioDropped(n) => {
-                self.metrics.dropped_stale.increment(n.div_ceil(160) as u64)
-            }
-            Telemetry::QueueOverflow(n) => {
-                self.metrics.dropped_queue.increment(n.div_ceil(160) as u64)
-            }
+            Telemetry::StaleAudioDropped(n) => self.metrics.dropped_stale.increment(n.div_ceil(160) as u64),
+            Telemetry::QueueOverflow(n) => self.metrics.dropped_queue.increment(n.div_ceil(160) as u64),
             Telemetry::Dtmf(_) => self.metrics.dtmf.increment(1),
         }
     }

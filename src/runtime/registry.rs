@@ -40,10 +40,7 @@ impl Registry {
     pub fn register(self: &Arc<Self>, id: CallId, handle: CallHandle) -> Registration {
         self.calls.insert(id, handle);
         crate::metrics::calls_active().increment(1.0);
-        Registration {
-            registry: self.clone(),
-            id,
-        }
+        Registration { registry: self.clone(), id }
     }
 
     /// Number of live calls.
@@ -71,10 +68,7 @@ impl Registry {
     /// Send `cmd` to every live call (best effort: a full lane is skipped).
     pub fn broadcast(&self, cmd: ControlCommand) -> usize {
         let senders: Vec<_> = self.calls.iter().map(|e| e.control.clone()).collect();
-        senders
-            .iter()
-            .filter(|s| s.try_send(cmd.clone()).is_ok())
-            .count()
+        senders.iter().filter(|s| s.try_send(cmd.clone()).is_ok()).count()
     }
 
     /// Wait until no call is live.
@@ -121,14 +115,7 @@ mod tests {
     async fn guard_removes_and_wait_empty_returns() {
         let r = Registry::new();
         let (tx, mut rx) = mpsc::channel(1);
-        let g = r.register(
-            CallId(1),
-            CallHandle {
-                control: tx,
-                carrier: "twilio",
-                carrier_call_id: None,
-            },
-        );
+        let g = r.register(CallId(1), CallHandle { control: tx, carrier: "twilio", carrier_call_id: None });
         assert_eq!(r.len(), 1);
         assert_eq!(r.broadcast(ControlCommand::Shutdown), 1);
         assert_eq!(rx.recv().await, Some(ControlCommand::Shutdown));

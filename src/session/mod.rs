@@ -247,15 +247,9 @@ impl Session {
         if self.phase != Phase::Active {
             return None;
         }
-        let release = self
-            .playback
-            .as_ref()
-            .and_then(|p| p.next_release(self.now));
+        let release = self.playback.as_ref().and_then(|p| p.next_release(self.now));
         // Frames normally end turns; the timer only matters if audio stops coming.
-        let endpoint = self
-            .turn
-            .endpoint_deadline()
-            .map(|d| d + 2 * self.frame_dur);
+        let endpoint = self.turn.endpoint_deadline().map(|d| d + 2 * self.frame_dur);
         match (release, endpoint) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -295,13 +289,9 @@ impl Session {
         if let (true, Some(speech_end)) = (released.first, self.awaiting_response) {
             self.awaiting_response = None;
             self.pending
-                .push_back(Pending::Telemetry(Telemetry::ResponseLatency(
-                    now.saturating_duration_since(speech_end),
-                )));
+                .push_back(Pending::Telemetry(Telemetry::ResponseLatency(now.saturating_duration_since(speech_end))));
         }
-        Some(Output::ToCarrier(CarrierCommand::Audio(
-            self.playback.as_ref()?.frame(),
-        )))
+        Some(Output::ToCarrier(CarrierCommand::Audio(self.playback.as_ref()?.frame())))
     }
 
     fn advance(&mut self, now: Instant) {
@@ -320,11 +310,7 @@ impl Session {
                 self.frame = crate::audio::frame_samples(rate);
                 self.in_acc = Vec::with_capacity(self.frame);
                 self.vad = Some(VoiceDetector::new(&self.cfg.vad, rate)?);
-                self.playback = Some(Playback::new(
-                    &self.cfg.playback,
-                    rate,
-                    self.engine.output_rate,
-                )?);
+                self.playback = Some(Playback::new(&self.cfg.playback, rate, self.engine.output_rate)?);
                 if let Some(er) = self.engine.input_rate {
                     if er != rate {
                         self.to_engine = Some(Resampler::new(rate, er, self.frame)?);
@@ -350,9 +336,7 @@ impl Session {
                     }
                 }
             }
-            CarrierEvent::Dtmf(d) => self
-                .pending
-                .push_back(Pending::Telemetry(Telemetry::Dtmf(d))),
+            CarrierEvent::Dtmf(d) => self.pending.push_back(Pending::Telemetry(Telemetry::Dtmf(d))),
             CarrierEvent::Mark(Some(m)) => {
                 if let Some(p) = &mut self.playback {
                     p.on_mark(m);
@@ -395,11 +379,7 @@ impl Session {
         }
         let playback = self.playback.as_ref().expect("active session has playback");
         if playback.is_playing(now) {
-            if turn::should_barge_in(
-                &self.cfg.turn,
-                self.turn.loud_run(),
-                playback.playing_for(now),
-            ) {
+            if turn::should_barge_in(&self.cfg.turn, self.turn.loud_run(), playback.playing_for(now)) {
                 let onset = self.turn.run_start().unwrap_or(now);
                 self.interrupt(Some(onset));
                 self.start_turn();
@@ -416,14 +396,12 @@ impl Session {
     fn start_turn(&mut self) {
         self.turn.start_turn();
         self.awaiting_response = None;
-        self.pending
-            .push_back(Pending::Telemetry(Telemetry::TurnStarted));
+        self.pending.push_back(Pending::Telemetry(Telemetry::TurnStarted));
     }
 
     fn end_turn(&mut self, speech_end: Instant) {
         self.awaiting_response = Some(speech_end);
-        self.pending
-            .push_back(Pending::Telemetry(Telemetry::TurnEnded));
+        self.pending.push_back(Pending::Telemetry(Telemetry::TurnEnded));
         self.pending.push_back(Pending::EngineCreate);
     }
 
@@ -441,21 +419,14 @@ impl Session {
             self.pending.push_back(Pending::Clear);
         }
         for i in &self.interrupted {
-            self.cancelled_upto = Some(
-                self.cancelled_upto
-                    .map_or(i.response, |c| c.max(i.response)),
-            );
-            self.pending.push_back(Pending::EngineCancel {
-                response: i.response,
-                heard_ms: i.heard_ms,
-            });
+            self.cancelled_upto = Some(self.cancelled_upto.map_or(i.response, |c| c.max(i.response)));
+            self.pending.push_back(Pending::EngineCancel { response: i.response, heard_ms: i.heard_ms });
         }
         if let (Some(onset), Some(first)) = (onset, self.interrupted.first()) {
-            self.pending
-                .push_back(Pending::Telemetry(Telemetry::BargeIn {
-                    latency: now.saturating_duration_since(onset),
-                    heard_ms: first.heard_ms,
-                }));
+            self.pending.push_back(Pending::Telemetry(Telemetry::BargeIn {
+                latency: now.saturating_duration_since(onset),
+                heard_ms: first.heard_ms,
+            }));
         }
     }
 
@@ -475,15 +446,11 @@ impl Session {
             }
             EngineEvent::Audio(chunk) => {
                 if stale(chunk.response, self.cancelled_upto) {
-                    self.pending
-                        .push_back(Pending::Telemetry(Telemetry::StaleAudioDropped(
-                            chunk.len(),
-                        )));
+                    self.pending.push_back(Pending::Telemetry(Telemetry::StaleAudioDropped(chunk.len())));
                 } else {
                     let dropped = playback.push(chunk);
                     if dropped > 0 {
-                        self.pending
-                            .push_back(Pending::Telemetry(Telemetry::QueueOverflow(dropped)));
+                        self.pending.push_back(Pending::Telemetry(Telemetry::QueueOverflow(dropped)));
                     }
                 }
             }

@@ -32,11 +32,7 @@ pub struct PlaybackConfig {
 
 impl Default for PlaybackConfig {
     fn default() -> Self {
-        Self {
-            lead_ms: 60,
-            mark_interval_ms: 200,
-            max_queued_ms: 120_000,
-        }
+        Self { lead_ms: 60, mark_interval_ms: 200, max_queued_ms: 120_000 }
     }
 }
 
@@ -56,15 +52,7 @@ struct Resp {
 
 impl Resp {
     fn new(id: ResponseId) -> Self {
-        Self {
-            id,
-            done: false,
-            first_release: None,
-            released_base: 0,
-            sent: 0,
-            confirmed: 0,
-            since_mark: 0,
-        }
+        Self { id, done: false, first_release: None, released_base: 0, sent: 0, confirmed: 0, since_mark: 0 }
     }
 }
 
@@ -115,11 +103,7 @@ impl Playback {
     pub fn new(cfg: &PlaybackConfig, rate: u32, engine_rate: u32) -> Result<Self, ResampleError> {
         let frame = crate::audio::frame_samples(rate);
         let engine_frame = crate::audio::frame_samples(engine_rate);
-        let resampler = if engine_rate == rate {
-            None
-        } else {
-            Some(Resampler::new(engine_rate, rate, engine_frame)?)
-        };
+        let resampler = if engine_rate == rate { None } else { Some(Resampler::new(engine_rate, rate, engine_frame)?) };
         Ok(Self {
             rate,
             frame,
@@ -204,11 +188,7 @@ impl Playback {
 
     /// Samples of the front response available to release right now.
     fn available_for(&self, id: ResponseId) -> usize {
-        self.queue
-            .iter()
-            .take_while(|c| c.response == id)
-            .map(|c| c.len())
-            .sum()
+        self.queue.iter().take_while(|c| c.response == id).map(|c| c.len()).sum()
     }
 
     /// Release one frame if the pacer allows and audio is ready; the frame is
@@ -243,8 +223,7 @@ impl Playback {
                     break;
                 }
                 let take = (self.engine_frame - filled).min(c.len());
-                self.scratch[filled..filled + take]
-                    .copy_from_slice(&c.samples[c.start..c.start + take]);
+                self.scratch[filled..filled + take].copy_from_slice(&c.samples[c.start..c.start + take]);
                 c.start += take;
                 filled += take;
                 if c.is_empty() {
@@ -277,10 +256,7 @@ impl Playback {
                 self.marks.push_back((mark, id, r.sent));
                 self.due_mark = Some(mark);
             }
-            return Some(Released {
-                response: id,
-                first,
-            });
+            return Some(Released { response: id, first });
         }
     }
 
@@ -385,20 +361,8 @@ mod tests {
         let t0 = Instant::now();
         p.start_response(ResponseId(1));
         p.push(chunk(1, 400, 7));
-        assert_eq!(
-            p.release(t0),
-            Some(Released {
-                response: ResponseId(1),
-                first: true
-            })
-        );
-        assert_eq!(
-            p.release(t0),
-            Some(Released {
-                response: ResponseId(1),
-                first: false
-            })
-        );
+        assert_eq!(p.release(t0), Some(Released { response: ResponseId(1), first: true }));
+        assert_eq!(p.release(t0), Some(Released { response: ResponseId(1), first: false }));
         // 80 samples left and the engine is still talking: wait for a full frame.
         assert_eq!(p.release(t0), None);
         assert_eq!(p.next_release(t0), None);
@@ -415,11 +379,7 @@ mod tests {
 
     #[test]
     fn interrupt_reports_heard_position_from_pacer_and_marks() {
-        let cfg = PlaybackConfig {
-            lead_ms: 60,
-            mark_interval_ms: 100,
-            ..PlaybackConfig::default()
-        };
+        let cfg = PlaybackConfig { lead_ms: 60, mark_interval_ms: 100, ..PlaybackConfig::default() };
         let mut p = Playback::new(&cfg, 8000, 8000).unwrap();
         let t0 = Instant::now();
         p.start_response(ResponseId(1));
@@ -443,12 +403,7 @@ mod tests {
         p.interrupt(t0 + 300 * MS, &mut out);
         assert_eq!(
             out,
-            vec![Interrupted {
-                response: ResponseId(1),
-                heard_ms: 300,
-                sent_ms: 340,
-                was_generating: false
-            }]
+            vec![Interrupted { response: ResponseId(1), heard_ms: 300, sent_ms: 340, was_generating: false }]
         );
         assert!(!p.is_playing(t0 + 300 * MS));
         assert_eq!(p.release(t0 + 301 * MS), None);
@@ -458,11 +413,7 @@ mod tests {
 
     #[test]
     fn mark_confirmation_floors_the_heard_position() {
-        let cfg = PlaybackConfig {
-            lead_ms: 1000,
-            mark_interval_ms: 100,
-            ..PlaybackConfig::default()
-        };
+        let cfg = PlaybackConfig { lead_ms: 1000, mark_interval_ms: 100, ..PlaybackConfig::default() };
         let mut p = Playback::new(&cfg, 8000, 8000).unwrap();
         let t0 = Instant::now();
         p.push(chunk(1, 1600, 1));
@@ -478,10 +429,7 @@ mod tests {
 
     #[test]
     fn queue_limit_drops_and_counts() {
-        let cfg = PlaybackConfig {
-            max_queued_ms: 100,
-            ..PlaybackConfig::default()
-        };
+        let cfg = PlaybackConfig { max_queued_ms: 100, ..PlaybackConfig::default() };
         let mut p = Playback::new(&cfg, 8000, 8000).unwrap();
         assert_eq!(p.push(chunk(1, 800, 1)), 0);
         assert_eq!(p.push(chunk(1, 160, 1)), 160);

@@ -98,9 +98,7 @@ impl TurnDetector {
             self.silence += dur;
             if self.in_turn && self.silence >= self.endpoint {
                 self.in_turn = false;
-                TurnEvent::Ended {
-                    speech_end: self.last_speech.unwrap_or(now),
-                }
+                TurnEvent::Ended { speech_end: self.last_speech.unwrap_or(now) }
             } else {
                 TurnEvent::None
             }
@@ -134,11 +132,7 @@ impl TurnDetector {
 
     /// When the caller's turn would end if no more speech comes.
     pub fn endpoint_deadline(&self) -> Option<Instant> {
-        if self.in_turn {
-            self.last_speech.map(|t| t + self.endpoint)
-        } else {
-            None
-        }
+        if self.in_turn { self.last_speech.map(|t| t + self.endpoint) } else { None }
     }
 
     /// Force the end of a turn whose audio stopped arriving (a timer fired past
@@ -150,9 +144,7 @@ impl TurnDetector {
                 self.run = Duration::ZERO;
                 self.run_start = None;
                 self.loud_run = Duration::ZERO;
-                TurnEvent::Ended {
-                    speech_end: self.last_speech.unwrap_or(now),
-                }
+                TurnEvent::Ended { speech_end: self.last_speech.unwrap_or(now) }
             }
             _ => TurnEvent::None,
         }
@@ -193,20 +185,13 @@ mod tests {
             assert_eq!(d.on_frame(t, F, false, false), TurnEvent::None, "frame {i}");
         }
         t += F;
-        assert_eq!(
-            d.on_frame(t, F, false, false),
-            TurnEvent::Ended { speech_end: last }
-        );
+        assert_eq!(d.on_frame(t, F, false, false), TurnEvent::Ended { speech_end: last });
         assert!(!d.in_turn());
     }
 
     #[test]
     fn barge_in_policy_both_sides_of_thresholds() {
-        let cfg = TurnConfig {
-            barge_in_min_speech_ms: 60,
-            barge_in_protect_ms: 150,
-            ..TurnConfig::default()
-        };
+        let cfg = TurnConfig { barge_in_min_speech_ms: 60, barge_in_protect_ms: 150, ..TurnConfig::default() };
         let ms = Duration::from_millis;
         assert!(!should_barge_in(&cfg, ms(40), ms(1000)));
         assert!(should_barge_in(&cfg, ms(60), ms(1000)));
@@ -224,9 +209,6 @@ mod tests {
         d.start_turn();
         assert_eq!(d.endpoint_deadline(), Some(t0 + Duration::from_millis(100)));
         assert_eq!(d.expire(t0 + Duration::from_millis(99)), TurnEvent::None);
-        assert_eq!(
-            d.expire(t0 + Duration::from_millis(100)),
-            TurnEvent::Ended { speech_end: t0 }
-        );
+        assert_eq!(d.expire(t0 + Duration::from_millis(100)), TurnEvent::Ended { speech_end: t0 });
     }
 }

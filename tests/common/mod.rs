@@ -11,9 +11,7 @@ use callbridge::carrier::{AudioEncoding, AudioIn, CarrierCommand, CarrierEvent, 
 use callbridge::engine::local::{LocalClips, LocalEngine};
 use callbridge::engine::{EngineCommand, EngineEvent};
 use callbridge::ids::{MarkId, ResponseId};
-use callbridge::session::{
-    ControlCommand, HangupReason, Input, Output, Session, SessionConfig, Telemetry,
-};
+use callbridge::session::{ControlCommand, HangupReason, Input, Output, Session, SessionConfig, Telemetry};
 
 pub const FRAME: Duration = Duration::from_millis(20);
 
@@ -21,9 +19,7 @@ pub const FRAME: Duration = Duration::from_millis(20);
 pub fn tone(dbfs: f32) -> Vec<i16> {
     let rms = 10f32.powf(dbfs / 20.0) * 32768.0;
     let amp = rms * std::f32::consts::SQRT_2;
-    (0..160)
-        .map(|i| (amp * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 8000.0).sin()) as i16)
-        .collect()
+    (0..160).map(|i| (amp * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 8000.0).sin()) as i16).collect()
 }
 
 pub fn silence() -> Vec<i16> {
@@ -44,13 +40,7 @@ pub fn stream_info() -> StreamInfo {
 
 /// Energy VAD so tone frames are "speech" exactly when loud enough.
 pub fn energy_config() -> SessionConfig {
-    SessionConfig {
-        vad: VadConfig {
-            kind: VadKind::Energy,
-            ..VadConfig::default()
-        },
-        ..SessionConfig::default()
-    }
+    SessionConfig { vad: VadConfig { kind: VadKind::Energy, ..VadConfig::default() }, ..SessionConfig::default() }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -99,13 +89,7 @@ impl Harness {
 
     /// A reply clip of `ms` milliseconds of a constant non-zero value and no greeting.
     pub fn with_reply_ms(cfg: SessionConfig, ms: usize) -> Self {
-        Self::new(
-            cfg,
-            LocalClips {
-                greeting: None,
-                reply: Arc::from(vec![1000i16; ms * 8]),
-            },
-        )
+        Self::new(cfg, LocalClips { greeting: None, reply: Arc::from(vec![1000i16; ms * 8]) })
     }
 
     pub fn input(&mut self, i: Input<'_>) {
@@ -119,14 +103,11 @@ impl Harness {
             while let Some(o) = self.session.poll_output() {
                 progressed = true;
                 match o {
-                    Output::ToCarrier(CarrierCommand::Audio(a)) => self.sent.push(Sent::Audio {
-                        at: self.now,
-                        first_sample: a[0],
-                    }),
-                    Output::ToCarrier(CarrierCommand::Mark(m)) => self.sent.push(Sent::Mark(m)),
-                    Output::ToCarrier(CarrierCommand::Clear) => {
-                        self.sent.push(Sent::Clear { at: self.now })
+                    Output::ToCarrier(CarrierCommand::Audio(a)) => {
+                        self.sent.push(Sent::Audio { at: self.now, first_sample: a[0] })
                     }
+                    Output::ToCarrier(CarrierCommand::Mark(m)) => self.sent.push(Sent::Mark(m)),
+                    Output::ToCarrier(CarrierCommand::Clear) => self.sent.push(Sent::Clear { at: self.now }),
                     Output::ToEngine(c) => {
                         self.engine_cmds.push((self.now, format!("{c:?}")));
                         if let EngineCommand::Cancel { response, heard_ms } = c {
@@ -140,9 +121,7 @@ impl Harness {
             }
             while let Some(ev) = self.engine.poll_event() {
                 progressed = true;
-                self.session
-                    .handle_input(self.now, Input::Engine(ev))
-                    .unwrap();
+                self.session.handle_input(self.now, Input::Engine(ev)).unwrap();
             }
             if !progressed {
                 break;
@@ -174,11 +153,7 @@ impl Harness {
     pub fn frame(&mut self, pcm: &[i16]) {
         let t = self.now + FRAME;
         self.advance_to(t);
-        self.input(Input::Carrier(CarrierEvent::Audio(AudioIn {
-            pcm,
-            encoded: &[],
-            timestamp_ms: None,
-        })));
+        self.input(Input::Carrier(CarrierEvent::Audio(AudioIn { pcm, encoded: &[], timestamp_ms: None })));
     }
 
     pub fn frames(&mut self, pcm: &[i16], n: usize) {
@@ -192,41 +167,22 @@ impl Harness {
     }
 
     pub fn clears(&self) -> Vec<Instant> {
-        self.sent
-            .iter()
-            .filter_map(|s| {
-                if let Sent::Clear { at } = s {
-                    Some(*at)
-                } else {
-                    None
-                }
-            })
-            .collect()
+        self.sent.iter().filter_map(|s| if let Sent::Clear { at } = s { Some(*at) } else { None }).collect()
     }
 
     pub fn audio_frames(&self) -> usize {
-        self.sent
-            .iter()
-            .filter(|s| matches!(s, Sent::Audio { .. }))
-            .count()
+        self.sent.iter().filter(|s| matches!(s, Sent::Audio { .. })).count()
     }
 
     pub fn count_cmd(&self, prefix: &str) -> usize {
-        self.engine_cmds
-            .iter()
-            .filter(|(_, c)| c.starts_with(prefix))
-            .count()
+        self.engine_cmds.iter().filter(|(_, c)| c.starts_with(prefix)).count()
     }
 
     pub fn barge_ins(&self) -> Vec<(Duration, u32)> {
         self.telemetry
             .iter()
             .filter_map(|(_, t)| {
-                if let Telemetry::BargeIn { latency, heard_ms } = t {
-                    Some((*latency, *heard_ms))
-                } else {
-                    None
-                }
+                if let Telemetry::BargeIn { latency, heard_ms } = t { Some((*latency, *heard_ms)) } else { None }
             })
             .collect()
     }
@@ -234,13 +190,7 @@ impl Harness {
     pub fn response_latencies(&self) -> Vec<Duration> {
         self.telemetry
             .iter()
-            .filter_map(|(_, t)| {
-                if let Telemetry::ResponseLatency(d) = t {
-                    Some(*d)
-                } else {
-                    None
-                }
-            })
+            .filter_map(|(_, t)| if let Telemetry::ResponseLatency(d) = t { Some(*d) } else { None })
             .collect()
     }
 

@@ -28,16 +28,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(extra_toml: &str) -> Self {
-        let cfg = Config::from_toml(extra_toml, "test").expect("test config");
-        let (running, stop, join) = callbridge::server::spawn(cfg, "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        Self {
-            addr: running.addr,
-            state: running.state,
-            stop: Some(stop),
-            join: Some(join),
-        }
+        let mut cfg = Config::from_toml(extra_toml, "test").expect("test config");
+        // Tests end with calls still up; hang them up quickly on shutdown.
+        cfg.server.shutdown_grace_ms = 300;
+        let (running, stop, join) = callbridge::server::spawn(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        Self { addr: running.addr, state: running.state, stop: Some(stop), join: Some(join) }
     }
 
     pub fn url(&self) -> String {
@@ -50,11 +45,7 @@ impl TestServer {
         text.lines()
             .filter(|l| !l.starts_with('#'))
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
+            .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
@@ -71,18 +62,14 @@ impl TestServer {
     /// Wait (bounded) until no call is live.
     pub async fn wait_no_calls(&self) {
         let r = self.state.call.registry.clone();
-        tokio::time::timeout(Duration::from_secs(5), r.wait_empty())
-            .await
-            .expect("calls ended");
+        tokio::time::timeout(Duration::from_secs(5), r.wait_empty()).await.expect("calls ended");
     }
 }
 
 /// Load a WAV fixture as µ-law bytes.
 pub fn ulaw_fixture(name: &str) -> Vec<u8> {
-    let (rate, pcm) = callbridge::audio::wav::read_wav_mono_i16(
-        &std::fs::read(format!("fixtures/audio/{name}")).unwrap(),
-    )
-    .unwrap();
+    let (rate, pcm) =
+        callbridge::audio::wav::read_wav_mono_i16(&std::fs::read(format!("fixtures/audio/{name}")).unwrap()).unwrap();
     assert_eq!(rate, 8000);
     let mut out = vec![0u8; pcm.len()];
     g711::ulaw_encode(&pcm, &mut out);
@@ -103,13 +90,12 @@ pub struct FakeTwilio {
     pub tx: SplitSink<Ws, Message>,
     pub rx: mpsc::UnboundedReceiver<Rx>,
     pub ts: u64,
+    reader: tokio::task::JoinHandle<()>,
 }
 
 impl FakeTwilio {
     pub async fn connect(url: &str, n: u64) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("connect");
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
         Self::from_ws(ws, n)
     }
 
@@ -117,13 +103,15 @@ impl FakeTwilio {
         let (tx, stream) = ws.split();
         let peer = TwilioPeer::new(n);
         let (etx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(read_loop(stream, peer.clone(), etx));
-        Self {
-            peer,
-            tx,
-            rx,
-            ts: 0,
-        }
+        let reader = tokio::spawn(read_loop(stream, peer.clone(), etx));
+        Self { peer, tx, rx, ts: 0, reader }
+    }
+
+    /// Drop the TCP connection without any WebSocket close (a vanished peer).
+    pub async fn vanish(self) {
+        self.reader.abort();
+        let _ = self.reader.await;
+        drop(self.tx);
     }
 
     pub async fn send(&mut self, text: String) {
@@ -145,10 +133,7 @@ impl FakeTwilio {
 
     /// Next received event within `within`.
     pub async fn next(&mut self, within: Duration) -> Option<Rx> {
-        tokio::time::timeout(within, self.rx.recv())
-            .await
-            .ok()
-            .flatten()
+        tokio::time::timeout(within, self.rx.recv()).await.ok().flatten()
     }
 
     /// Wait for the socket to close; returns the close frame.
@@ -175,9 +160,7 @@ async fn read_loop(mut stream: SplitStream<Ws>, peer: TwilioPeer, tx: mpsc::Unbo
                 let _ = tx.send(ev);
             }
             Ok(Message::Close(c)) => {
-                let _ = tx.send(Rx::Closed(
-                    c.map(|c| (u16::from(c.code), c.reason.to_string())),
-                ));
+                let _ = tx.send(Rx::Closed(c.map(|c| (u16::from(c.code), c.reason.to_string()))));
                 return;
             }
             Ok(_) => {}

@@ -77,21 +77,16 @@ impl SendVad {
             Mode::Aggressive => VadMode::Aggressive,
             Mode::VeryAggressive => VadMode::VeryAggressive,
         };
-        Ok(Self {
-            inner: Vad::new_with_rate_and_mode(sr, mode),
-            rate,
-        })
+        Ok(Self { inner: Vad::new_with_rate_and_mode(sr, mode), rate })
     }
 
     /// Whether `frame` (10, 20 or 30 ms of samples) holds speech.
     pub fn is_speech(&mut self, frame: &[i16]) -> Result<bool, FvadError> {
         let ms10 = (self.rate / 100) as usize;
-        if frame.is_empty() || frame.len() % ms10 != 0 || frame.len() / ms10 > 3 {
+        if frame.is_empty() || !frame.len().is_multiple_of(ms10) || frame.len() / ms10 > 3 {
             return Err(FvadError::BadFrameLength(frame.len()));
         }
-        self.inner
-            .is_voice_segment(frame)
-            .map_err(|()| FvadError::BadFrameLength(frame.len()))
+        self.inner.is_voice_segment(frame).map_err(|()| FvadError::BadFrameLength(frame.len()))
     }
 
     /// Forget all adaptation (new call).
@@ -106,10 +101,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_lengths_and_rates() {
-        assert_eq!(
-            SendVad::new(11025, Mode::Aggressive).err(),
-            Some(FvadError::UnsupportedRate(11025))
-        );
+        assert_eq!(SendVad::new(11025, Mode::Aggressive).err(), Some(FvadError::UnsupportedRate(11025)));
         let mut v = SendVad::new(8000, Mode::Aggressive).unwrap();
         assert_eq!(v.is_speech(&[]), Err(FvadError::BadFrameLength(0)));
         assert_eq!(v.is_speech(&[0; 100]), Err(FvadError::BadFrameLength(100)));
