@@ -1,1 +1,304 @@
-fn main() {}
+//! Hot-path costs "per 20 ms frame" (160 µ-law samples at 8 kHz).
+//!
+//! Run: `cargo bench --bench frame`. Groups:
+//! - `g711`: µ-law decode / encode of one frame;
+//! - `resample`: our polyphase FIR for every telephony ratio, next to rubato's
+//!   FFT resampler (the measured alternative) for the common ones;
+//! - `vad`: the gated libfvad detector on speech and on silence, energy only;
+//! - `path`: the whole inbound path (JSON → base64 → µ-law → resample → VAD),
+//!   the whole outbound path (resample → µ-law → base64 → JSON), and one frame
+//!   in + one frame out through a real `Session` including WebSocket framing
+//!   (tungstenite server side, 8 KiB read buffer), for one call and cycling
+//!   over 1,000 call states.
+
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use callbridge::audio::g711;
+use callbridge::audio::resample::Resampler;
+use callbridge::audio::vad::{VadConfig, VadKind, VoiceDetector};
+use callbridge::carrier::twilio::{TwilioCodec, TwilioLimits};
+use callbridge::carrier::twilio_peer::TwilioPeer;
+use callbridge::carrier::{CarrierEvent, StreamInfo};
+use callbridge::engine::local::{LocalClips, LocalEngine};
+use callbridge::session::{Input, Output, Session, SessionConfig};
+use criterion::{Criterion, criterion_group, criterion_main};
+use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::{Message, WebSocket};
+
+fn speech_8k() -> Vec<i16> {
+    let (_, s) =
+        callbridge::audio::wav::read_wav_mono_i16(&std::fs::read("fixtures/audio/caller_leak_8k.wav").unwrap())
+            .unwrap();
+    s
+}
+
+/// A loud speech frame from the fixture (frame 22 is mid-word).
+fn speech_frame() -> Vec<i16> {
+    speech_8k()[22 * 160..23 * 160].to_vec()
+}
+
+fn g711_bench(c: &mut Criterion) {
+    let pcm = speech_frame();
+    let mut ulaw = vec![0u8; 160];
+    g711::ulaw_encode(&pcm, &mut ulaw);
+    let mut out = vec![0i16; 160];
+    let mut g = c.benchmark_group("g711");
+    g.bench_function("ulaw_decode_frame", |b| b.iter(|| g711::ulaw_decode(black_box(&ulaw), &mut out)));
+    g.bench_function("ulaw_encode_frame", |b| b.iter(|| g711::ulaw_encode(black_box(&pcm), &mut ulaw)));
+    g.finish();
+}
+
+fn resample_bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("resample");
+    let rates = [
+        (8000, 16000),
+        (16000, 8000),
+        (8000, 24000),
+        (24000, 8000),
+        (8000, 48000),
+        (48000, 8000),
+        (16000, 24000),
+        (24000, 16000),
+    ];
+    for (from, to) in rates {
+        let n_in = from as usize / 50;
+        let input: Vec<i16> = (0..n_in).map(|i| ((i * 37) % 2000) as i16 - 1000).collect();
+        let mut out = vec![0i16; to as usize / 50 + 2];
+        let mut r = Resampler::new(from, to, n_in).unwrap();
+        eprintln!("fir {from}->{to}: delay {:.2} ms, state {} B", r.delay().as_secs_f64() * 1000.0, r.state_bytes());
+        g.bench_function(format!("fir_{from}_to_{to}"), |b| b.iter(|| r.process(black_box(&input), &mut out)));
+    }
+    // rubato's FFT resampler, f32 (what it processes natively), 4 sub-chunks.
+    use rubato::audioadapter_buffers::direct::InterleavedSlice;
+    use rubato::{Fft, FixedSync, Resampler as _};
+    for (from, to) in [(8000usize, 16000usize), (16000, 8000), (8000, 24000), (24000, 8000)] {
+        let n_in = from / 50;
+        let mut r =
+            Fft::<f32>::new_custom(from, to, n_in, 4, 1, rubato::WindowFunction::BlackmanHarris2, FixedSync::Both)
+                .unwrap();
+        let n_in = r.input_frames_next();
+        eprintln!(
+            "rubato Fft {from}->{to}: output delay {} frames = {:.2} ms",
+            r.output_delay(),
+            r.output_delay() as f64 * 1000.0 / to as f64
+        );
+        let input: Vec<f32> = (0..n_in).map(|i| ((i * 37) % 2000) as f32 / 2000.0 - 0.5).collect();
+        let mut out = vec![0f32; r.output_frames_max()];
+        g.bench_function(format!("rubato_fft_{from}_to_{to}"), |b| {
+            b.iter(|| {
+                let inp = InterleavedSlice::new(&input, 1, n_in).unwrap();
+                let n_out = out.len();
+                let mut o = InterleavedSlice::new_mut(&mut out, 1, n_out).unwrap();
+                r.process_into_buffer(&inp, &mut o, None).unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn vad_bench(c: &mut Criterion) {
+    let speech = speech_frame();
+    let silence = vec![0i16; 160];
+    let mut g = c.benchmark_group("vad");
+    // Gate forced open: what libfvad itself costs on a speech frame.
+    let open = VadConfig { gate_margin_db: -200.0, min_level_dbfs: -200.0, ..VadConfig::default() };
+    let mut v = VoiceDetector::new(&open, 8000).unwrap();
+    g.bench_function("webrtc_model_speech_frame", |b| b.iter(|| v.process(black_box(&speech))));
+    // Real gate: silence never reaches the model.
+    let mut v = VoiceDetector::new(&VadConfig::default(), 8000).unwrap();
+    g.bench_function("webrtc_gated_silence_frame", |b| b.iter(|| v.process(black_box(&silence))));
+    let mut v = VoiceDetector::new(&VadConfig { kind: VadKind::Energy, ..VadConfig::default() }, 8000).unwrap();
+    g.bench_function("energy_speech_frame", |b| b.iter(|| v.process(black_box(&speech))));
+    g.finish();
+}
+
+/// An in-memory duplex for tungstenite: reads from `input`, writes to `output`.
+#[derive(Default)]
+struct Mem {
+    input: Vec<u8>,
+    pos: usize,
+    output: Vec<u8>,
+}
+
+impl Read for Mem {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.input.is_empty() {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        if self.pos >= self.input.len() {
+            self.pos = 0; // an endless stream: replay the recorded frames
+        }
+        let n = buf.len().min(self.input.len() - self.pos);
+        buf[..n].copy_from_slice(&self.input[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Write for Mem {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Masked client→server frames for `msgs`, as a browser/Twilio would send them.
+fn client_frames(msgs: &[String]) -> Vec<u8> {
+    let mut ws = WebSocket::from_raw_socket(Mem::default(), Role::Client, None);
+    for m in msgs {
+        ws.send(Message::text(m.clone())).unwrap();
+    }
+    std::mem::take(&mut ws.get_mut().output)
+}
+
+fn stream_info() -> StreamInfo {
+    StreamInfo {
+        carrier: "bench",
+        call_sid: "CA1".into(),
+        stream_sid: "MZ00000000000000000000000000000001".into(),
+        account_sid: String::new(),
+        custom_parameters: vec![],
+        encoding: callbridge::carrier::AudioEncoding::Pcmu,
+        sample_rate: 8000,
+    }
+}
+
+/// One call's server-side state: socket framing, codec, session, engine.
+struct CallState {
+    ws: WebSocket<Mem>,
+    codec: TwilioCodec,
+    session: Session,
+    engine: LocalEngine,
+    text: String,
+    now: Instant,
+}
+
+impl CallState {
+    fn new(inbound_frames: Vec<u8>, start: &str) -> Self {
+        let cfg = WebSocketConfig::default().read_buffer_size(8 * 1024);
+        let ws = WebSocket::from_raw_socket(Mem { input: inbound_frames, ..Mem::default() }, Role::Server, Some(cfg));
+        let mut codec = TwilioCodec::new(TwilioLimits::default());
+        codec.decode(start).unwrap();
+        // A 10-minute reply keeps the bot talking for the whole benchmark.
+        let clips =
+            LocalClips { greeting: Some(Arc::from(vec![1000i16; 8000 * 600])), reply: Arc::from(vec![1i16; 160]) };
+        let engine = LocalEngine::new(clips);
+        let now = Instant::now();
+        // The caller's speech must not interrupt the bot here: every cycle sends a frame.
+        let mut cfg = SessionConfig::default();
+        cfg.turn.barge_in_min_speech_ms = u32::MAX;
+        let mut session = Session::new(cfg, engine.format(), now);
+        session.handle_input(now, Input::Carrier(CarrierEvent::Start(stream_info()))).unwrap();
+        let mut s = Self { ws, codec, session, engine, text: String::with_capacity(400), now };
+        s.pump();
+        s
+    }
+
+    fn pump(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(o) = self.session.poll_output() {
+                progressed = true;
+                match o {
+                    Output::ToCarrier(cmd) => {
+                        self.text.clear();
+                        self.codec.encode(&cmd, &mut self.text).unwrap();
+                        self.ws.write(Message::text(self.text.clone())).unwrap();
+                    }
+                    Output::ToEngine(cmd) => self.engine.handle_command(cmd),
+                    _ => {}
+                }
+            }
+            while let Some(ev) = self.engine.poll_event() {
+                progressed = true;
+                self.session.handle_input(self.now, Input::Engine(ev)).unwrap();
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    /// One inbound frame read off the socket and one outbound frame written.
+    fn cycle(&mut self) {
+        self.now += Duration::from_millis(20);
+        self.ws.get_mut().output.clear();
+        let msg = self.ws.read().unwrap();
+        let ev = self.codec.decode(msg.to_text().unwrap()).unwrap();
+        self.session.handle_input(self.now, Input::Carrier(ev)).unwrap();
+        self.pump();
+        self.ws.flush().unwrap();
+    }
+}
+
+fn path_bench(c: &mut Criterion) {
+    let speech = speech_8k();
+    let mut peer = TwilioPeer::new(1);
+    let start = peer.start(&[]);
+    let msgs: Vec<String> = speech
+        .chunks_exact(160)
+        .enumerate()
+        .map(|(i, f)| {
+            let mut u = vec![0u8; 160];
+            g711::ulaw_encode(f, &mut u);
+            peer.media(&u, i as u64 * 20)
+        })
+        .collect();
+    let mut g = c.benchmark_group("path");
+
+    // Inbound DSP: JSON → base64 → µ-law → resample 8→16 k (as for a 16 kHz engine) → VAD.
+    let speech_msg = msgs[22].clone();
+    let mut codec = TwilioCodec::new(TwilioLimits::default());
+    codec.decode(&start).unwrap();
+    let mut up = Resampler::new(8000, 16000, 160).unwrap();
+    let mut buf16 = vec![0i16; 320];
+    let mut vad = VoiceDetector::new(&VadConfig::default(), 8000).unwrap();
+    for _ in 0..10 {
+        vad.process(&[0; 160]);
+    }
+    g.bench_function("inbound_json_b64_ulaw_resample_vad", |b| {
+        b.iter(|| {
+            let CarrierEvent::Audio(a) = codec.decode(black_box(&speech_msg)).unwrap() else { unreachable!() };
+            up.process(a.pcm, &mut buf16);
+            black_box(vad.process(a.pcm))
+        })
+    });
+
+    // Outbound DSP: 24 kHz engine audio → 8 k → µ-law → base64 → JSON.
+    let engine_frame: Vec<i16> = (0..480).map(|i| ((i * 13) % 3000) as i16 - 1500).collect();
+    let mut down = Resampler::new(24000, 8000, 480).unwrap();
+    let mut pcm8 = vec![0i16; 160];
+    let mut text = String::with_capacity(400);
+    g.bench_function("outbound_resample_ulaw_b64_json", |b| {
+        b.iter(|| {
+            down.process(black_box(&engine_frame), &mut pcm8);
+            text.clear();
+            codec.encode(&callbridge::carrier::CarrierCommand::Audio(&pcm8), &mut text).unwrap();
+            black_box(text.len())
+        })
+    });
+
+    // Whole call path, one frame in and one out, with WebSocket framing.
+    let frames = client_frames(&msgs);
+    let mut one = CallState::new(frames.clone(), &start);
+    g.bench_function("in_out_session_with_ws_framing", |b| b.iter(|| one.cycle()));
+
+    let mut many: Vec<CallState> = (0..1000).map(|_| CallState::new(frames.clone(), &start)).collect();
+    let mut i = 0;
+    g.bench_function("in_out_session_with_ws_framing_1000_calls", |b| {
+        b.iter(|| {
+            many[i].cycle();
+            i = (i + 1) % many.len();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, g711_bench, resample_bench, vad_bench, path_bench);
+criterion_main!(benches);

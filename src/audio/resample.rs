@@ -159,17 +159,14 @@ impl Resampler {
         let end = n_in * self.up;
         let mut produced = 0;
         let mut hi = self.next_hi;
+        let taps = self.taps;
         while hi < end {
             let idx = hi / self.up; // newest input sample index used
             let phase = hi % self.up;
-            let c = &self.coeffs[phase * self.taps..(phase + 1) * self.taps];
+            let c = &self.coeffs[phase * taps..(phase + 1) * taps];
             // work[idx .. idx + taps] covers inputs idx-(taps-1) ..= idx.
-            let x = &self.work[idx..idx + self.taps];
-            let mut acc = 0.0f32;
-            for (a, b) in c.iter().zip(x) {
-                acc += a * b;
-            }
-            output[produced] = to_i16(acc);
+            let x = &self.work[idx..idx + taps];
+            output[produced] = to_i16(dot(c, x));
             produced += 1;
             hi += self.down;
         }
@@ -180,6 +177,25 @@ impl Resampler {
     }
 }
 
+/// Dot product of two equal-length slices whose length is a multiple of
+/// [`LANES`]. Eight independent accumulators let the compiler use SIMD (float
+/// addition is not reassociated otherwise).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (ac, _) = a.as_chunks::<LANES>();
+    let (bc, _) = b.as_chunks::<LANES>();
+    let mut acc = [0.0f32; LANES];
+    for (x, y) in ac.iter().zip(bc) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum()
+}
+
+/// SIMD lane count the tap count is padded to.
+const LANES: usize = 8;
+
 #[inline]
 fn to_i16(x: f32) -> i16 {
     // `as` saturates; adding ±0.5 rounds half away from zero without a libm call.
@@ -189,7 +205,8 @@ fn to_i16(x: f32) -> i16 {
 /// Design the polyphase branches for L = `up`, M = `down`.
 fn design(up: usize, down: usize) -> (usize, Box<[f32]>) {
     let taps = TAPS_PER_PHASE * down.max(up) / up;
-    let taps = taps.max(TAPS_PER_PHASE);
+    // Pad each phase to whole SIMD lanes; the padding taps are zero.
+    let taps = taps.max(TAPS_PER_PHASE).div_ceil(LANES) * LANES;
     let n = taps * up;
     // Cutoff relative to the high rate: half of the lower of the two rates, a little
     // inside Nyquist so the transition band straddles it.
