@@ -343,10 +343,10 @@ impl Call {
             }
             Some(Ok(Message::Text(text))) => match self.codec.decode(text.as_str()) {
                 Ok(ev) => {
-                    if let CarrierEvent::Audio(a) = &ev {
-                        if a.pcm.len() % crate::audio::frame_samples(8000) != 0 {
-                            self.metrics.protocol_error("partial_frame");
-                        }
+                    if let CarrierEvent::Audio(a) = &ev
+                        && !a.pcm.len().is_multiple_of(crate::audio::frame_samples(8000))
+                    {
+                        self.metrics.protocol_error("partial_frame");
                     }
                     if let CarrierEvent::Start(info) = &ev {
                         info!(call = %self.id, stream = %info.stream_sid, "stream started");
@@ -399,12 +399,12 @@ impl Call {
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Step::Continue,
         };
-        if let Step::Continue = step {
-            if let Some(end) = self.pump() {
-                return Step::End(CallEnd::Hangup(end), Some((close::NORMAL, format!("call ended: {}", end.code()))));
-            }
+        if let Step::Continue = step
+            && let Some(end) = self.pump()
+        {
+            return Step::End(CallEnd::Hangup(end), Some((close::NORMAL, format!("call ended: {}", end.code()))));
         }
-        if self.inbound_count % 8 == 0 {
+        if self.inbound_count.is_multiple_of(8) {
             observe(&self.metrics.frame_processing, started.elapsed());
         }
         step
