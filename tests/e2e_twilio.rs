@@ -94,6 +94,8 @@ async fn caller_is_answered_and_can_barge_in() {
     assert!(srv.metric("callbridge_barge_ins_total", &[]) >= barge_before + 1.0);
     assert!(srv.metric("callbridge_response_latency_seconds_count", &[]) >= 1.0);
     assert!(srv.metric("callbridge_barge_in_latency_seconds_count", &[]) >= 1.0);
+    assert!(srv.metric("callbridge_frames_in_total", &[("carrier", "twilio")]) >= 100.0);
+    assert!(srv.metric("callbridge_frames_out_total", &[("carrier", "twilio")]) >= 40.0);
     srv.shutdown().await;
 }
 

@@ -87,7 +87,7 @@ fn load_clip(spec: &str) -> Result<Arc<[i16]>, LocalEngineError> {
     let (rate, samples) =
         read_wav_mono_i16(&bytes).map_err(|source| LocalEngineError::Wav { path: spec.to_string(), source })?;
     if rate == LOCAL_RATE {
-        return Ok(samples.into());
+        return Ok(trim_silence(&samples, rate).into());
     }
     let block = rate as usize / 50;
     let mut r =
@@ -98,7 +98,19 @@ fn load_clip(spec: &str) -> Result<Arc<[i16]>, LocalEngineError> {
         let n = r.process(chunk, &mut buf);
         out.extend_from_slice(&buf[..n]);
     }
-    Ok(out.into())
+    Ok(trim_silence(&out, LOCAL_RATE).into())
+}
+
+/// Samples quieter than this are silence for trimming (≈ −54 dBFS).
+const TRIM_THRESHOLD: i16 = 64;
+
+/// Drop leading silence (the engine must answer with sound at once, not with
+/// the clip's padding) and keep at most 100 ms of trailing silence.
+pub fn trim_silence(samples: &[i16], rate: u32) -> Vec<i16> {
+    let start = samples.iter().position(|s| s.unsigned_abs() >= TRIM_THRESHOLD as u16).unwrap_or(samples.len());
+    let end = samples.iter().rposition(|s| s.unsigned_abs() >= TRIM_THRESHOLD as u16).map_or(start, |e| e + 1);
+    let tail = (rate as usize / 10).min(samples.len() - end);
+    samples[start..end + tail].to_vec()
 }
 
 /// One call's local engine.
@@ -166,11 +178,20 @@ mod tests {
     }
 
     #[test]
+    fn clips_start_with_sound() {
+        let clips = LocalClips::builtin();
+        assert!(clips.reply[..40].iter().any(|s| s.unsigned_abs() >= 64));
+        assert_eq!(trim_silence(&[0, 0, 5, 100, -200, 3, 0], 8000), vec![100, -200, 3, 0]);
+        assert_eq!(trim_silence(&[0; 10], 8000), Vec::<i16>::new());
+    }
+
+    #[test]
     fn empty_greeting_means_none_and_16k_clips_are_converted() {
         let clips = LocalClips::load("", "fixtures/audio/caller_leak_16k.wav").unwrap();
         assert!(clips.greeting.is_none());
         let (_, s16) = read_wav_mono_i16(&std::fs::read("fixtures/audio/caller_leak_16k.wav").unwrap()).unwrap();
-        assert!((clips.reply.len() as i64 - s16.len() as i64 / 2).abs() <= 160);
+        let trimmed16 = trim_silence(&s16, 16000);
+        assert!((clips.reply.len() as i64 - trimmed16.len() as i64 / 2).abs() <= 160);
         let mut e = LocalEngine::new(clips);
         e.handle_command(EngineCommand::Start);
         assert_eq!(e.poll_event(), None);

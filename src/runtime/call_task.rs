@@ -200,6 +200,7 @@ pub async fn run_twilio_call(socket: WebSocket, ctx: Arc<CallContext>) {
         protocol_errors: 0,
         logged_errors: 0,
         inbound_count: 0,
+        in_samples: 0,
     };
     let end = call.run(stream, control_rx).await;
     metrics::counter!(crate::metrics::CALLS_ENDED, "reason" => end.code()).increment(1);
@@ -218,6 +219,7 @@ struct Call {
     protocol_errors: u32,
     logged_errors: u32,
     inbound_count: u64,
+    in_samples: u64,
 }
 
 enum Step {
@@ -343,10 +345,14 @@ impl Call {
             }
             Some(Ok(Message::Text(text))) => match self.codec.decode(text.as_str()) {
                 Ok(ev) => {
-                    if let CarrierEvent::Audio(a) = &ev
-                        && !a.pcm.len().is_multiple_of(crate::audio::frame_samples(8000))
-                    {
-                        self.metrics.protocol_error("partial_frame");
+                    if let CarrierEvent::Audio(a) = &ev {
+                        let frame = crate::audio::frame_samples(8000) as u64;
+                        if !(a.pcm.len() as u64).is_multiple_of(frame) {
+                            self.metrics.protocol_error("partial_frame");
+                        }
+                        let before = self.in_samples / frame;
+                        self.in_samples += a.pcm.len() as u64;
+                        self.metrics.frames_in.increment(self.in_samples / frame - before);
                     }
                     if let CarrierEvent::Start(info) = &ev {
                         info!(call = %self.id, stream = %info.stream_sid, "stream started");
