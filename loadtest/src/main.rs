@@ -1,1 +1,90 @@
-fn main() {}
+//! `loadtest --url ws://127.0.0.1:8080/twilio/stream --calls 1000 --ramp 10s --duration 60s --scenario barge-in`
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use loadtest::report::Report;
+use loadtest::run::{Options, run};
+use loadtest::scenario::Mix;
+use loadtest::script::ScriptTiming;
+
+#[derive(Parser)]
+#[command(name = "loadtest", about = "Twilio Media Streams load generator for callbridge (loopback targets only)")]
+struct Cli {
+    /// Stream URL (loopback only).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/twilio/stream")]
+    url: String,
+    /// Concurrent calls.
+    #[arg(long, default_value_t = 10)]
+    calls: u64,
+    /// Start calls evenly over this long (e.g. 10s).
+    #[arg(long, default_value = "5s", value_parser = parse_dur)]
+    ramp: Duration,
+    /// Steady state after the ramp (e.g. 60s).
+    #[arg(long, default_value = "30s", value_parser = parse_dur)]
+    duration: Duration,
+    /// Scenario or weighted mix: talk, barge-in, silence, dtmf, hangup-mid-reply; e.g. `talk=3,barge-in=1`.
+    #[arg(long, default_value = "talk")]
+    scenario: Mix,
+    /// Server pid: sample its CPU and RSS from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Folder with the caller WAVs.
+    #[arg(long, default_value = "fixtures/audio")]
+    fixtures: PathBuf,
+    /// Where report.json and report.html go.
+    #[arg(long, default_value = "reports/latest")]
+    report_dir: PathBuf,
+    /// Barge-in scenario: interrupt after this much bot audio (ms).
+    #[arg(long, default_value_t = 1000)]
+    barge_after_ms: u64,
+    /// Tokio worker threads for the generator.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_dur(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => v,
+        "ms" => v / 1000.0,
+        "m" => v * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m)")),
+    };
+    if !(0.0..=3600.0).contains(&secs) {
+        return Err("duration must be within 0..=1h".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let clips = loadtest::clip::load_caller_clips(&cli.fixtures).context("loading caller clips")?;
+    let opts = Options {
+        url: cli.url,
+        calls: cli.calls,
+        ramp: cli.ramp,
+        duration: cli.duration,
+        mix: cli.scenario,
+        server_pid: cli.server_pid,
+        clips: Arc::new(clips),
+        timing: ScriptTiming { barge_after_ms: cli.barge_after_ms as f64, ..ScriptTiming::default() },
+        progress: !cli.quiet,
+        report_dir: Some(cli.report_dir.clone()),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cli.threads.max(1)).enable_all().build()?;
+    let (outcomes, samples, idle) = rt.block_on(run(opts.clone()))?;
+    let report = Report::build(&opts, &outcomes, samples, idle);
+    print!("{}", report.table());
+    report.write(&cli.report_dir)?;
+    println!("reports: {}/report.json, {}/report.html", cli.report_dir.display(), cli.report_dir.display());
+    Ok(())
+}

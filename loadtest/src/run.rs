@@ -1,0 +1,307 @@
+//! The load run: N concurrent simulated Twilio calls over real WebSockets.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use callbridge::carrier::twilio_peer::TwilioPeer;
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::{Instant, MissedTickBehavior, interval_at};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::clip::Clip;
+use crate::procstat::{ProcReader, ProcSample};
+use crate::scenario::{Mix, Scenario};
+use crate::script::{CallBook, Script, ScriptTiming};
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `ws://127.0.0.1:PORT/twilio/stream`
+    pub url: String,
+    /// Concurrent calls.
+    pub calls: u64,
+    /// Calls start evenly over this long.
+    pub ramp: Duration,
+    /// Steady state after the ramp.
+    pub duration: Duration,
+    /// Scenario mix.
+    pub mix: Mix,
+    /// Server process to sample (CPU, RSS).
+    pub server_pid: Option<u32>,
+    /// Caller clips.
+    pub clips: Arc<Vec<Clip>>,
+    /// Behaviour timing.
+    pub timing: ScriptTiming,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Where reports go.
+    pub report_dir: Option<PathBuf>,
+}
+
+/// Live counters for the progress bar.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// calls connected now
+    pub active: AtomicU64,
+    /// turns spoken
+    pub turns: AtomicU64,
+    /// failures
+    pub failures: AtomicU64,
+}
+
+/// What one call (connection) produced.
+#[derive(Debug, Clone)]
+pub struct CallOutcome {
+    /// Scenario.
+    pub scenario: Scenario,
+    /// ms since the run began at which this call connected.
+    pub started_ms: f64,
+    /// TCP + WebSocket handshake time.
+    pub connect_ms: Option<f64>,
+    /// Measurements (times in ms since `started_ms`).
+    pub book: CallBook,
+    /// Protocol errors seen in server messages.
+    pub protocol_errors: u32,
+}
+
+/// Only loopback targets: a load test never leaves the machine.
+pub fn check_loopback(url: &str) -> anyhow::Result<()> {
+    let rest = url.strip_prefix("ws://").context("--url must be ws://127.0.0.1:PORT/… (loopback only)")?;
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let ok = host == "localhost" || host == "[::1]" || host.starts_with("127.");
+    if !ok {
+        bail!("refusing to load {host:?}: loadtest targets loopback addresses only");
+    }
+    Ok(())
+}
+
+/// Run the load; returns every call's outcome and the server samples.
+pub async fn run(opts: Options) -> anyhow::Result<(Vec<CallOutcome>, Vec<ProcSample>, Option<u64>)> {
+    check_loopback(&opts.url)?;
+    if opts.clips.is_empty() {
+        bail!("no caller clips");
+    }
+    let t0 = Instant::now();
+    let t_end = t0 + opts.ramp + opts.duration;
+    let live = Arc::new(Live::default());
+    // Idle baseline of the server before any call.
+    let mut reader = opts.server_pid.map(ProcReader::new);
+    let idle_rss = reader.as_ref().and_then(|r| r.read()).map(|(_, rss)| rss);
+    if let Some(r) = &mut reader {
+        r.sample(0.0);
+    }
+    let bar = opts.progress.then(|| {
+        let b = indicatif::ProgressBar::new((opts.ramp + opts.duration).as_secs());
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len}s {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let mut handles = Vec::with_capacity(opts.calls as usize);
+    for i in 0..opts.calls {
+        let start = t0 + opts.ramp.mul_f64(i as f64 / opts.calls.max(1) as f64);
+        let o = opts.clone();
+        let live = live.clone();
+        handles.push(tokio::spawn(async move {
+            tokio::time::sleep_until(start).await;
+            call_loop(i, o, t0, t_end, live).await
+        }));
+    }
+    // Sample the server once a second while the calls run.
+    let mut samples = Vec::new();
+    let mut sec = tokio::time::interval_at(t0 + Duration::from_secs(1), Duration::from_secs(1));
+    while Instant::now() < t_end {
+        sec.tick().await;
+        let t = (Instant::now() - t0).as_secs_f64();
+        if let Some(r) = &mut reader
+            && let Some(s) = r.sample(t)
+        {
+            samples.push(s);
+        }
+        if let Some(b) = &bar {
+            b.set_position(t as u64);
+            let cpu = samples.last().map(|s| format!(" server cpu {:.0}%", s.cpu_percent)).unwrap_or_default();
+            b.set_message(format!(
+                "calls {} turns {} failures {}{}",
+                live.active.load(Ordering::Relaxed),
+                live.turns.load(Ordering::Relaxed),
+                live.failures.load(Ordering::Relaxed),
+                cpu
+            ));
+        }
+    }
+    let mut outcomes = Vec::new();
+    for h in handles {
+        if let Ok(Ok(mut v)) = tokio::time::timeout(Duration::from_secs(15), h).await {
+            outcomes.append(&mut v);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok((outcomes, samples, idle_rss))
+}
+
+/// One simulated caller slot: calls (and calls again after a hang-up) until `t_end`.
+async fn call_loop(i: u64, o: Options, t0: Instant, t_end: Instant, live: Arc<Live>) -> Vec<CallOutcome> {
+    let scenario = o.mix.pick(i);
+    let mut out = Vec::new();
+    let mut attempt = 0u64;
+    while Instant::now() + Duration::from_millis(500) < t_end {
+        let id = i * 1_000 + attempt;
+        attempt += 1;
+        let outcome = one_call(id, scenario, &o, t0, t_end, &live).await;
+        let again = scenario == Scenario::HangupMidReply && outcome.connect_ms.is_some();
+        out.push(outcome);
+        if !again {
+            break;
+        }
+    }
+    out
+}
+
+async fn one_call(id: u64, scenario: Scenario, o: &Options, t0: Instant, t_end: Instant, live: &Live) -> CallOutcome {
+    let started = Instant::now();
+    // The script's clock: ms since this call began (the outcome records when that was).
+    let ms = |t: Instant| (t - started).as_secs_f64() * 1000.0;
+    let mut outcome = CallOutcome {
+        scenario,
+        started_ms: (started - t0).as_secs_f64() * 1000.0,
+        connect_ms: None,
+        book: CallBook::default(),
+        protocol_errors: 0,
+    };
+    let ws = match tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(&o.url)).await {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(_)) | Err(_) => {
+            outcome.book.failures.push("connect");
+            live.failures.fetch_add(1, Ordering::Relaxed);
+            return outcome;
+        }
+    };
+    outcome.connect_ms = Some((Instant::now() - started).as_secs_f64() * 1000.0);
+    live.active.fetch_add(1, Ordering::Relaxed);
+    let (mut tx, mut rx) = ws.split();
+    let mut peer = TwilioPeer::new(id);
+    let mut script = Script::new(scenario, o.clips.clone(), id as usize, o.timing);
+    let mut ts = 0u64;
+    let mut turns_seen = 0;
+    let failed = |kind: &'static str, book: &mut CallBook| {
+        book.failures.push(kind);
+        live.failures.fetch_add(1, Ordering::Relaxed);
+    };
+    let hello = [peer.connected(), peer.start(&[("loadtest", "1")])];
+    for m in hello {
+        if tx.send(Message::text(m)).await.is_err() {
+            failed("send", &mut script.book);
+        }
+    }
+    let mut tick = interval_at(Instant::now() + Duration::from_millis(20), Duration::from_millis(20));
+    // Twilio never bursts: a late tick delays the next one instead of catching up.
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if now >= t_end {
+                    break;
+                }
+                let t = ms(now);
+                let tk = script.on_tick(t);
+                let mut msgs = Vec::with_capacity(2 + tk.marks.len());
+                msgs.push(peer.media(tk.frame, ts));
+                ts += 20;
+                if let Some(d) = tk.dtmf {
+                    msgs.push(peer.dtmf(d));
+                }
+                for m in &tk.marks {
+                    msgs.push(peer.mark(m));
+                }
+                let hangup = tk.hangup;
+                let mut ok = true;
+                for m in msgs {
+                    if tx.feed(Message::text(m)).await.is_err() {
+                        ok = false;
+                        break;
+                    }
+                }
+                if !ok || tx.flush().await.is_err() {
+                    failed("send", &mut script.book);
+                    break;
+                }
+                if script.book.turns > turns_seen {
+                    live.turns.fetch_add((script.book.turns - turns_seen) as u64, Ordering::Relaxed);
+                    turns_seen = script.book.turns;
+                }
+                if hangup {
+                    break;
+                }
+            }
+            msg = rx.next() => match msg {
+                Some(Ok(Message::Text(text))) => match peer.parse(text.as_str()) {
+                    Ok(m) => {
+                        let t = ms(Instant::now());
+                        let echoes = script.on_server(t, m);
+                        for e in echoes {
+                            let m = peer.mark(&e);
+                            if tx.send(Message::text(m)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Err(_) => outcome.protocol_errors += 1,
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    failed("closed_by_server", &mut script.book);
+                    break;
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+    // Hang up like Twilio: stop, then close.
+    let stop = peer.stop();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = tx.send(Message::text(stop)).await;
+        let _ = tx.close().await;
+    })
+    .await;
+    live.active.fetch_sub(1, Ordering::Relaxed);
+    outcome.book = script.book;
+    outcome
+}
+
+/// Failures by kind over all calls.
+pub fn failures_by_kind(outcomes: &[CallOutcome]) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for o in outcomes {
+        for f in &o.book.failures {
+            *m.entry(f.to_string()).or_insert(0) += 1;
+        }
+        if o.protocol_errors > 0 {
+            *m.entry("protocol_error".to_string()).or_insert(0) += o.protocol_errors as u64;
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_urls_are_accepted() {
+        assert!(check_loopback("ws://127.0.0.1:8080/twilio/stream").is_ok());
+        assert!(check_loopback("ws://localhost:8080/twilio/stream").is_ok());
+        assert!(check_loopback("ws://[::1]:8080/x").is_ok());
+        assert!(check_loopback("ws://10.0.0.1:8080/x").is_err());
+        assert!(check_loopback("ws://example.com/x").is_err());
+        assert!(check_loopback("wss://127.0.0.1/x").is_err());
+    }
+}

@@ -1,0 +1,49 @@
+//! A few calls against an in-process callbridge server on 127.0.0.1 port 0.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use loadtest::report::Report;
+use loadtest::run::{Options, run};
+use loadtest::script::ScriptTiming;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_few_calls_talk_and_barge_in_against_a_real_server() {
+    let cfg = callbridge::config::Config::from_toml("[engine.local]\ngreeting_wav = \"\"\n", "test").unwrap();
+    let (srv, stop, join) = callbridge::server::spawn(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let fixtures = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/audio"));
+    let clips = loadtest::clip::load_caller_clips(fixtures).unwrap();
+    let opts = Options {
+        url: format!("ws://{}/twilio/stream", srv.addr),
+        calls: 4,
+        ramp: Duration::from_millis(400),
+        duration: Duration::from_secs(9),
+        mix: "talk=1,barge-in=1".parse().unwrap(),
+        server_pid: Some(std::process::id()),
+        clips: Arc::new(clips),
+        timing: ScriptTiming { barge_after_ms: 600.0, ..ScriptTiming::default() },
+        progress: false,
+        report_dir: None,
+    };
+    let (outcomes, samples, idle) = run(opts.clone()).await.unwrap();
+    let report = Report::build(&opts, &outcomes, samples, idle);
+    println!("{}", report.table());
+    assert_eq!(report.connections, 4);
+    assert_eq!(report.failure_count(), 0, "{:?}", report.failures);
+    assert!(report.response_latency_ms.n >= 4, "every call got answers");
+    // Local engine: the reply begins as soon as the caller's turn ends (500 ms of silence).
+    let p50 = report.response_latency_ms.p50.unwrap();
+    assert!((450.0..1500.0).contains(&p50), "response latency p50 {p50}");
+    assert!(report.by_scenario["barge-in"].barge_in_latency_ms.n >= 1, "barge-ins measured");
+    assert!(report.marks_echoed > 0);
+    assert!(report.server.is_some(), "server samples taken from /proc");
+    let dir = std::env::temp_dir().join(format!("cb-loadtest-{}", std::process::id()));
+    report.write(&dir).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["calls"], 4);
+    assert!(std::fs::read_to_string(dir.join("report.html")).unwrap().contains("<svg"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), join).await;
+}
