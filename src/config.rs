@@ -158,6 +158,14 @@ impl Config {
         if self.playback.lead_ms < 20 || self.playback.lead_ms > 2000 {
             return bad("playback.lead_ms must be within 20..=2000");
         }
+        if !(1..=10).contains(&self.playback.frames_per_message) {
+            return bad("playback.frames_per_message must be within 1..=10");
+        }
+        if self.playback.lead_ms < 20 * (self.playback.frames_per_message + 1) {
+            return bad(
+                "playback.lead_ms must hold at least one more frame than a message (20 ms × (frames_per_message + 1))",
+            );
+        }
         if self.playback.mark_interval_ms < 20 {
             return bad("playback.mark_interval_ms must be at least 20");
         }

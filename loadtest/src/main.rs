@@ -81,8 +81,8 @@ fn main() -> anyhow::Result<()> {
         report_dir: Some(cli.report_dir.clone()),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cli.threads.max(1)).enable_all().build()?;
-    let (outcomes, samples, idle) = rt.block_on(run(opts.clone()))?;
-    let report = Report::build(&opts, &outcomes, samples, idle);
+    let data = rt.block_on(run(opts.clone()))?;
+    let report = Report::build(&opts, data);
     print!("{}", report.table());
     report.write(&cli.report_dir)?;
     println!("reports: {}/report.json, {}/report.html", cli.report_dir.display(), cli.report_dir.display());

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::procstat::ProcSample;
-use crate::run::{CallOutcome, Options, failures_by_kind};
+use crate::run::{Options, RunData, failures_by_kind};
 use crate::stats::Summary;
 
 /// Everything measured.
@@ -48,6 +48,9 @@ pub struct Report {
     pub by_scenario: BTreeMap<String, ScenarioStats>,
     /// Server samples, if a pid was given.
     pub server: Option<ServerStats>,
+    /// The generator's own CPU over the steady state, % of one core (if it nears
+    /// 100 %, the generator, not the server, limits the figures).
+    pub generator_cpu_percent: Summary,
     /// (seconds since start, response latency ms)
     pub response_series: Vec<(f64, f64)>,
     /// (seconds since start, barge-in latency ms)
@@ -84,7 +87,9 @@ pub struct ServerStats {
 
 impl Report {
     /// Build from outcomes.
-    pub fn build(opts: &Options, outcomes: &[CallOutcome], samples: Vec<ProcSample>, idle_rss: Option<u64>) -> Self {
+    pub fn build(opts: &Options, data: RunData) -> Self {
+        let RunData { outcomes, server: samples, idle_rss, generator } = data;
+        let outcomes = &outcomes[..];
         let mut resp = Vec::new();
         let mut barge = Vec::new();
         let mut by: BTreeMap<String, (usize, Vec<f64>, Vec<f64>)> = BTreeMap::new();
@@ -154,6 +159,13 @@ impl Report {
                 })
                 .collect(),
             server,
+            generator_cpu_percent: Summary::of(
+                &generator
+                    .iter()
+                    .filter(|s| s.t > opts.ramp.as_secs_f64() + 1.0)
+                    .map(|s| s.cpu_percent)
+                    .collect::<Vec<_>>(),
+            ),
             response_series: resp,
             barge_in_series: barge,
         }
@@ -198,6 +210,12 @@ impl Report {
         } else {
             let _ = writeln!(t, "failures: {:?}", self.failures);
         }
+        let _ = writeln!(
+            t,
+            "generator: steady CPU p50 {}% (p95 {}%) of its core",
+            f(self.generator_cpu_percent.p50),
+            f(self.generator_cpu_percent.p95)
+        );
         if let Some(s) = &self.server {
             let _ = writeln!(
                 t,

@@ -81,7 +81,7 @@ pub fn check_loopback(url: &str) -> anyhow::Result<()> {
 }
 
 /// Run the load; returns every call's outcome and the server samples.
-pub async fn run(opts: Options) -> anyhow::Result<(Vec<CallOutcome>, Vec<ProcSample>, Option<u64>)> {
+pub async fn run(opts: Options) -> anyhow::Result<RunData> {
     check_loopback(&opts.url)?;
     if opts.clips.is_empty() {
         bail!("no caller clips");
@@ -95,6 +95,10 @@ pub async fn run(opts: Options) -> anyhow::Result<(Vec<CallOutcome>, Vec<ProcSam
     if let Some(r) = &mut reader {
         r.sample(0.0);
     }
+    // The generator watches itself too: a saturated generator measures itself.
+    let mut me = ProcReader::new(std::process::id());
+    me.sample(0.0);
+    let mut generator = Vec::new();
     let bar = opts.progress.then(|| {
         let b = indicatif::ProgressBar::new((opts.ramp + opts.duration).as_secs());
         b.set_style(
@@ -124,6 +128,9 @@ pub async fn run(opts: Options) -> anyhow::Result<(Vec<CallOutcome>, Vec<ProcSam
         {
             samples.push(s);
         }
+        if let Some(s) = me.sample(t) {
+            generator.push(s);
+        }
         if let Some(b) = &bar {
             b.set_position(t as u64);
             let cpu = samples.last().map(|s| format!(" server cpu {:.0}%", s.cpu_percent)).unwrap_or_default();
@@ -145,7 +152,20 @@ pub async fn run(opts: Options) -> anyhow::Result<(Vec<CallOutcome>, Vec<ProcSam
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    Ok((outcomes, samples, idle_rss))
+    Ok(RunData { outcomes, server: samples, idle_rss, generator })
+}
+
+/// Everything a run collected.
+#[derive(Debug)]
+pub struct RunData {
+    /// Per connection.
+    pub outcomes: Vec<CallOutcome>,
+    /// Server samples (with `server_pid`).
+    pub server: Vec<ProcSample>,
+    /// Server RSS before the first call.
+    pub idle_rss: Option<u64>,
+    /// The generator's own CPU samples.
+    pub generator: Vec<ProcSample>,
 }
 
 /// One simulated caller slot: calls (and calls again after a hang-up) until `t_end`.

@@ -25,8 +25,8 @@ async fn a_few_calls_talk_and_barge_in_against_a_real_server() {
         progress: false,
         report_dir: None,
     };
-    let (outcomes, samples, idle) = run(opts.clone()).await.unwrap();
-    let report = Report::build(&opts, &outcomes, samples, idle);
+    let data = run(opts.clone()).await.unwrap();
+    let report = Report::build(&opts, data);
     println!("{}", report.table());
     assert_eq!(report.connections, 4);
     assert_eq!(report.failure_count(), 0, "{:?}", report.failures);

@@ -73,6 +73,19 @@ impl Pacer {
         }
     }
 
+    /// The latest instant the next frame may wait for: half the spare lead
+    /// after [`Pacer::next_release`]. Releasing between the two never starves the
+    /// far end, so the caller can piggyback outbound frames on inbound ones (one
+    /// wake-up and one write per 20 ms instead of two) and keep a timer only as
+    /// the fallback.
+    pub fn release_deadline(&self, now: Instant) -> Instant {
+        let slack = self.lead.saturating_sub(self.frame) / 2;
+        match self.drain_at {
+            Some(t) if t + self.frame > now + self.lead => t + self.frame - self.lead + slack,
+            _ => now,
+        }
+    }
+
     /// Record that `samples` were sent at `now`.
     pub fn release(&mut self, now: Instant, samples: usize) {
         let start = match self.drain_at {
@@ -128,6 +141,9 @@ mod tests {
         assert!(p.can_release(t0 + 20 * MS));
         p.release(t0 + 20 * MS, 160);
         assert_eq!(p.next_release(t0 + 20 * MS), t0 + 40 * MS);
+        // Fallback deadline: half of the 40 ms spare lead later; 20 ms still buffered then.
+        assert_eq!(p.release_deadline(t0 + 20 * MS), t0 + 60 * MS);
+        assert_eq!(p.buffered(t0 + 60 * MS), 20 * MS);
     }
 
     #[test]

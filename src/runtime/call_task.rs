@@ -17,7 +17,6 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -109,9 +108,10 @@ struct Outbound {
     audio: bool,
 }
 
-/// Bounded outbound queue plus the socket's write half.
+/// The socket plus its bounded outbound queue. The socket is not split: one
+/// poll drives both directions, so there is no lock between two halves.
 struct Writer {
-    sink: SplitSink<WebSocket, Message>,
+    sink: WebSocket,
     queue: VecDeque<Outbound>,
     cap: usize,
     needs_flush: bool,
@@ -142,6 +142,18 @@ impl Writer {
         true
     }
 
+    /// Drive queued writes, then wait for the next inbound message.
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Io> {
+        if self.has_work() {
+            match self.poll_write(cx) {
+                Poll::Ready(Err(e)) => return Poll::Ready(Io::WriteFailed(e)),
+                Poll::Ready(Ok(())) => self.stalled_since = None,
+                Poll::Pending => {}
+            }
+        }
+        self.sink.poll_next_unpin(cx).map(Io::Read)
+    }
+
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
         while !self.queue.is_empty() {
             ready!(self.sink.poll_ready_unpin(cx))?;
@@ -155,6 +167,11 @@ impl Writer {
         }
         Poll::Ready(Ok(()))
     }
+}
+
+enum Io {
+    Read(Option<Result<Message, axum::Error>>),
+    WriteFailed(axum::Error),
 }
 
 enum Engine {
@@ -181,7 +198,6 @@ pub async fn run_twilio_call(socket: WebSocket, ctx: Arc<CallContext>) {
         Engine::Local(e) => e.format(),
     };
     let m = CallMetrics::new("twilio", engine.label());
-    let (sink, stream) = socket.split();
     let mut call = Call {
         id,
         ctx: ctx.clone(),
@@ -189,7 +205,7 @@ pub async fn run_twilio_call(socket: WebSocket, ctx: Arc<CallContext>) {
         session: Session::new(ctx.session.clone(), format, Instant::now().into_std()),
         engine,
         writer: Writer {
-            sink,
+            sink: socket,
             queue: VecDeque::with_capacity(ctx.limits.max_queued_messages.min(64)),
             cap: ctx.limits.max_queued_messages,
             needs_flush: false,
@@ -202,7 +218,7 @@ pub async fn run_twilio_call(socket: WebSocket, ctx: Arc<CallContext>) {
         inbound_count: 0,
         in_samples: 0,
     };
-    let end = call.run(stream, control_rx).await;
+    let end = call.run(control_rx).await;
     metrics::counter!(crate::metrics::CALLS_ENDED, "reason" => end.code()).increment(1);
     info!(call = %id, reason = end.code(), "call ended");
     drop(registration);
@@ -228,11 +244,7 @@ enum Step {
 }
 
 impl Call {
-    async fn run(
-        &mut self,
-        mut stream: SplitStream<WebSocket>,
-        mut control: mpsc::Receiver<ControlCommand>,
-    ) -> CallEnd {
+    async fn run(&mut self, mut control: mpsc::Receiver<ControlCommand>) -> CallEnd {
         let limits = self.ctx.limits.clone();
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut sleep = pin!(tokio::time::sleep_until(far));
@@ -260,7 +272,6 @@ impl Call {
             if sleep.deadline() != deadline {
                 sleep.as_mut().reset(deadline);
             }
-            let has_work = self.writer.has_work();
             let step = tokio::select! {
                 biased;
                 cmd = control.recv(), if control_open => match cmd {
@@ -270,14 +281,16 @@ impl Call {
                     }
                     None => { control_open = false; Step::Continue }
                 },
-                res = poll_fn(|cx| self.writer.poll_write(cx)), if has_work => match res {
-                    Ok(()) => { self.writer.stalled_since = None; Step::Continue }
-                    Err(e) => { debug!(call = %self.id, error = %e, "write failed"); Step::End(CallEnd::Transport, None) }
+                io = poll_fn(|cx| self.writer.poll_io(cx)) => match io {
+                    Io::Read(msg) => {
+                        last_rx = Instant::now();
+                        self.on_message(msg)
+                    }
+                    Io::WriteFailed(e) => {
+                        debug!(call = %self.id, error = %e, "write failed");
+                        Step::End(CallEnd::Transport, None)
+                    }
                 },
-                msg = stream.next() => {
-                    last_rx = Instant::now();
-                    self.on_message(msg)
-                }
                 () = &mut sleep => {
                     let now = Instant::now();
                     if self.writer.stalled_since.is_some_and(|s| now >= s + limits.write_timeout) {
@@ -430,13 +443,14 @@ impl Call {
                             self.writer.text.clear();
                             continue;
                         }
-                        let audio = cmd.is_audio();
-                        if self.writer.push(audio, matches!(cmd, CarrierCommand::Clear)) {
-                            if audio {
-                                self.metrics.frames_out.increment(1);
-                            }
+                        let frames = match cmd {
+                            CarrierCommand::Audio(pcm) => pcm.len().div_ceil(crate::audio::frame_samples(8000)) as u64,
+                            _ => 0,
+                        };
+                        if self.writer.push(frames > 0, matches!(cmd, CarrierCommand::Clear)) {
+                            self.metrics.frames_out.increment(frames);
                         } else {
-                            self.metrics.dropped_queue.increment(1);
+                            self.metrics.dropped_queue.increment(frames);
                         }
                     }
                     Output::ToEngine(cmd) => match &mut self.engine {

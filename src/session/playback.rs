@@ -28,11 +28,15 @@ pub struct PlaybackConfig {
     pub mark_interval_ms: u32,
     /// Response audio queued beyond this is dropped (and counted).
     pub max_queued_ms: u32,
+    /// 20 ms frames per outbound message. Two (40 ms) halves the messages, and
+    /// the syscalls and parsing on both ends, at no cost in latency: the lead
+    /// still bounds what the carrier holds.
+    pub frames_per_message: u32,
 }
 
 impl Default for PlaybackConfig {
     fn default() -> Self {
-        Self { lead_ms: 60, mark_interval_ms: 200, max_queued_ms: 120_000 }
+        Self { lead_ms: 80, mark_interval_ms: 500, max_queued_ms: 120_000, frames_per_message: 2 }
     }
 }
 
@@ -101,8 +105,9 @@ pub struct Playback {
 impl Playback {
     /// Playback to a carrier at `rate` Hz of engine audio at `engine_rate` Hz.
     pub fn new(cfg: &PlaybackConfig, rate: u32, engine_rate: u32) -> Result<Self, ResampleError> {
-        let frame = crate::audio::frame_samples(rate);
-        let engine_frame = crate::audio::frame_samples(engine_rate);
+        let per = cfg.frames_per_message.clamp(1, 10) as usize;
+        let frame = crate::audio::frame_samples(rate) * per;
+        let engine_frame = crate::audio::frame_samples(engine_rate) * per;
         let resampler = if engine_rate == rate { None } else { Some(Resampler::new(engine_rate, rate, engine_frame)?) };
         Ok(Self {
             rate,
@@ -270,12 +275,14 @@ impl Playback {
         self.due_mark.take()
     }
 
-    /// When the next frame could be released, if one is waiting.
+    /// When the next frame must be released at the latest, if one is waiting
+    /// (frames also go out earlier, whenever the session is polled and the pacer
+    /// allows).
     pub fn next_release(&self, now: Instant) -> Option<Instant> {
         let front = self.responses.front()?;
         let avail = self.available_for(front.id);
         if avail >= self.engine_frame || (front.done && avail > 0) {
-            Some(self.pacer.next_release(now))
+            Some(self.pacer.release_deadline(now))
         } else if front.done && avail == 0 {
             Some(now) // retire it
         } else {
@@ -351,13 +358,34 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// One 20 ms frame per message, as the accounting tests count.
+    fn one() -> PlaybackConfig {
+        PlaybackConfig { frames_per_message: 1, ..PlaybackConfig::default() }
+    }
+
+    #[test]
+    fn two_frames_per_message_release_40_ms_at_a_time_within_the_lead() {
+        let mut p = Playback::new(&PlaybackConfig::default(), 8000, 8000).unwrap();
+        let t0 = Instant::now();
+        p.push(chunk(1, 8000, 1));
+        p.finish(ResponseId(1));
+        let mut n = 0;
+        while p.release(t0).is_some() {
+            assert_eq!(p.frame().len(), 320);
+            n += 1;
+        }
+        assert_eq!(n, 2, "80 ms lead = two 40 ms messages");
+        assert!(p.release(t0 + 39 * MS).is_none());
+        assert!(p.release(t0 + 40 * MS).is_some());
+    }
+
     fn chunk(id: u32, n: usize, v: i16) -> AudioChunk {
         AudioChunk::whole(ResponseId(id), Arc::from(vec![v; n]))
     }
 
     #[test]
     fn releases_whole_frames_and_pads_the_tail() {
-        let mut p = Playback::new(&PlaybackConfig::default(), 8000, 8000).unwrap();
+        let mut p = Playback::new(&one(), 8000, 8000).unwrap();
         let t0 = Instant::now();
         p.start_response(ResponseId(1));
         p.push(chunk(1, 400, 7));
@@ -379,7 +407,7 @@ mod tests {
 
     #[test]
     fn interrupt_reports_heard_position_from_pacer_and_marks() {
-        let cfg = PlaybackConfig { lead_ms: 60, mark_interval_ms: 100, ..PlaybackConfig::default() };
+        let cfg = PlaybackConfig { lead_ms: 60, mark_interval_ms: 100, ..one() };
         let mut p = Playback::new(&cfg, 8000, 8000).unwrap();
         let t0 = Instant::now();
         p.start_response(ResponseId(1));
@@ -413,7 +441,7 @@ mod tests {
 
     #[test]
     fn mark_confirmation_floors_the_heard_position() {
-        let cfg = PlaybackConfig { lead_ms: 1000, mark_interval_ms: 100, ..PlaybackConfig::default() };
+        let cfg = PlaybackConfig { lead_ms: 1000, mark_interval_ms: 100, ..one() };
         let mut p = Playback::new(&cfg, 8000, 8000).unwrap();
         let t0 = Instant::now();
         p.push(chunk(1, 1600, 1));
@@ -429,7 +457,7 @@ mod tests {
 
     #[test]
     fn queue_limit_drops_and_counts() {
-        let cfg = PlaybackConfig { max_queued_ms: 100, ..PlaybackConfig::default() };
+        let cfg = PlaybackConfig { max_queued_ms: 100, ..one() };
         let mut p = Playback::new(&cfg, 8000, 8000).unwrap();
         assert_eq!(p.push(chunk(1, 800, 1)), 0);
         assert_eq!(p.push(chunk(1, 160, 1)), 160);
@@ -437,7 +465,7 @@ mod tests {
 
     #[test]
     fn engine_audio_at_24k_is_resampled_to_carrier_frames() {
-        let mut p = Playback::new(&PlaybackConfig::default(), 8000, 24000).unwrap();
+        let mut p = Playback::new(&one(), 8000, 24000).unwrap();
         let t0 = Instant::now();
         p.push(chunk(1, 480 * 2, 3000));
         p.finish(ResponseId(1));

@@ -38,9 +38,19 @@ pub fn stream_info() -> StreamInfo {
     }
 }
 
-/// Energy VAD so tone frames are "speech" exactly when loud enough.
+/// Energy VAD so tone frames are "speech" exactly when loud enough; a 60 ms
+/// playback lead (3 frames) that the scenarios count with.
 pub fn energy_config() -> SessionConfig {
-    SessionConfig { vad: VadConfig { kind: VadKind::Energy, ..VadConfig::default() }, ..SessionConfig::default() }
+    SessionConfig {
+        vad: VadConfig { kind: VadKind::Energy, ..VadConfig::default() },
+        playback: callbridge::session::playback::PlaybackConfig {
+            lead_ms: 60,
+            mark_interval_ms: 200,
+            frames_per_message: 1,
+            ..Default::default()
+        },
+        ..SessionConfig::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

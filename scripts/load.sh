@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run one loadtest against a freshly started callbridge, server pinned to CPU 0 and
+# the load generator to CPU 1, both on loopback. Stops the server when done.
+#   scripts/load.sh CALLS [SCENARIO] [DURATION] [REPORT_DIR] [EXTRA_SERVER_TOML]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+calls=${1:?calls}
+scenario=${2:-talk=3,barge-in=1}
+duration=${3:-30s}
+out=${4:-reports/load-$calls}
+extra=${5:-}
+port=$((18000 + RANDOM % 1000))
+cfg=$(mktemp)
+printf '[server]\nlisten = "127.0.0.1:%s"\nworker_threads = 1\n%s\n' "$port" "$extra" > "$cfg"
+cargo build --release -q -p callbridge -p loadtest
+RUST_LOG=warn taskset -c 0 target/release/callbridge serve --config "$cfg" > "$out.server.log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$cfg"' EXIT
+for _ in $(seq 50); do curl -sf "127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+mkdir -p "$out"
+taskset -c 1 target/release/loadtest --url "ws://127.0.0.1:$port/twilio/stream" --calls "$calls" \
+  --ramp 10s --duration "$duration" --scenario "$scenario" --server-pid "$pid" --report-dir "$out" --quiet
