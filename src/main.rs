@@ -52,11 +52,18 @@ fn main() -> anyhow::Result<()> {
             if let Some(l) = listen {
                 cfg.server.listen = l;
             }
-            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            // One worker: a current-thread runtime (no work stealing, no
+            // cross-thread wake-ups); otherwise the multi-threaded scheduler.
+            let mut rt = if cfg.server.worker_threads == 1 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                if cfg.server.worker_threads > 1 {
+                    b.worker_threads(cfg.server.worker_threads);
+                }
+                b
+            };
             rt.enable_all();
-            if cfg.server.worker_threads > 0 {
-                rt.worker_threads(cfg.server.worker_threads);
-            }
             rt.build()?.block_on(run(cfg, config))
         }
     }

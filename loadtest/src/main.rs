@@ -80,7 +80,11 @@ fn main() -> anyhow::Result<()> {
         progress: !cli.quiet,
         report_dir: Some(cli.report_dir.clone()),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cli.threads.max(1)).enable_all().build()?;
+    let rt = if cli.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(cli.threads).enable_all().build()?
+    };
     let data = rt.block_on(run(opts.clone()))?;
     let report = Report::build(&opts, data);
     print!("{}", report.table());

@@ -36,7 +36,7 @@ pub struct PlaybackConfig {
 
 impl Default for PlaybackConfig {
     fn default() -> Self {
-        Self { lead_ms: 80, mark_interval_ms: 500, max_queued_ms: 120_000, frames_per_message: 2 }
+        Self { lead_ms: 120, mark_interval_ms: 500, max_queued_ms: 120_000, frames_per_message: 2 }
     }
 }
 
@@ -374,7 +374,7 @@ mod tests {
             assert_eq!(p.frame().len(), 320);
             n += 1;
         }
-        assert_eq!(n, 2, "80 ms lead = two 40 ms messages");
+        assert_eq!(n, 3, "120 ms lead = three 40 ms messages");
         assert!(p.release(t0 + 39 * MS).is_none());
         assert!(p.release(t0 + 40 * MS).is_some());
     }
