@@ -2,6 +2,7 @@
 # Run one loadtest against a freshly started callbridge, server pinned to CPU 0 and
 # the load generator to CPU 1, both on loopback. Stops the server when done.
 #   scripts/load.sh CALLS [SCENARIO] [DURATION] [REPORT_DIR] [EXTRA_SERVER_TOML]
+# Extra loadtest flags can be passed in LOADTEST_ARGS (e.g. --clips caller_leak_8k.wav).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 calls=${1:?calls}
@@ -19,4 +20,4 @@ trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$cfg"' EXIT
 for _ in $(seq 50); do curl -sf "127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 mkdir -p "$out"
 taskset -c 1 target/release/loadtest --url "ws://127.0.0.1:$port/twilio/stream" --calls "$calls" \
-  --ramp 10s --duration "$duration" --scenario "$scenario" --server-pid "$pid" --report-dir "$out" --quiet
+  --ramp 10s --duration "$duration" --scenario "$scenario" --server-pid "$pid" --report-dir "$out" --quiet ${LOADTEST_ARGS:-}

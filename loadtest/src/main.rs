@@ -35,6 +35,9 @@ struct Cli {
     /// Folder with the caller WAVs.
     #[arg(long, default_value = "fixtures/audio")]
     fixtures: PathBuf,
+    /// Caller clips to use (comma-separated file names in --fixtures); default: all four caller clips.
+    #[arg(long, value_delimiter = ',')]
+    clips: Vec<String>,
     /// Where report.json and report.html go.
     #[arg(long, default_value = "reports/latest")]
     report_dir: PathBuf,
@@ -67,7 +70,14 @@ fn parse_dur(s: &str) -> Result<Duration, String> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let clips = loadtest::clip::load_caller_clips(&cli.fixtures).context("loading caller clips")?;
+    let clips = if cli.clips.is_empty() {
+        loadtest::clip::load_caller_clips(&cli.fixtures).context("loading caller clips")?
+    } else {
+        cli.clips
+            .iter()
+            .map(|n| loadtest::clip::Clip::load(&cli.fixtures.join(n)))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
     let opts = Options {
         url: cli.url,
         calls: cli.calls,

@@ -114,25 +114,48 @@ struct Num(Option<u64>);
 
 impl<'de> Deserialize<'de> for Num {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Either<'a> {
-            N(u64),
-            #[serde(borrow)]
-            S(Cow<'a, str>),
+        // A visitor, not an untagged enum: untagged enums buffer the value
+        // (an allocation per field per frame).
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Num;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number or a string holding one")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Num, E> {
+                Ok(Num(Some(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Num, E> {
+                Ok(Num(u64::try_from(v).ok()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Num, E> {
+                Ok(Num((v >= 0.0 && v.fract() == 0.0).then_some(v as u64)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Num, E> {
+                Ok(Num(v.trim().parse().ok()))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Num, E> {
+                Ok(Num(None))
+            }
         }
-        Ok(match Either::deserialize(d)? {
-            Either::N(n) => Num(Some(n)),
-            Either::S(s) => Num(s.trim().parse().ok()),
-        })
+        d.deserialize_any(V)
     }
+}
+
+/// `Option<Cow<str>>` that borrows from the input when it can. (serde's
+/// `borrow` does not reach through `Option`, so a plain field would allocate a
+/// `String` per field per frame.)
+fn opt_cow<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct W<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<W<'de>>::deserialize(d)?.map(|w| w.0))
 }
 
 #[derive(Deserialize)]
 struct Raw<'a> {
     #[serde(borrow)]
     event: Cow<'a, str>,
-    #[serde(rename = "streamSid", borrow, default)]
+    #[serde(rename = "streamSid", borrow, default, deserialize_with = "opt_cow")]
     stream_sid: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     media: Option<RawMedia<'a>>,
@@ -146,17 +169,17 @@ struct Raw<'a> {
 
 #[derive(Deserialize)]
 struct RawMedia<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     track: Option<Cow<'a, str>>,
     #[serde(default)]
     timestamp: Num,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     payload: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct RawStart<'a> {
-    #[serde(rename = "streamSid", borrow, default)]
+    #[serde(rename = "streamSid", borrow, default, deserialize_with = "opt_cow")]
     stream_sid: Option<Cow<'a, str>>,
     #[serde(rename = "accountSid", default)]
     account_sid: Option<String>,
@@ -180,13 +203,13 @@ struct RawFormat {
 
 #[derive(Deserialize)]
 struct RawDtmf<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     digit: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct RawMark<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     name: Option<Cow<'a, str>>,
 }
 
@@ -390,6 +413,17 @@ mod tests {
                 assert_eq!(a.pcm, &[0, -32124, 32124, -8]);
                 assert_eq!(a.timestamp_ms, Some(20));
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn escaped_json_strings_still_decode() {
+        let mut c = started();
+        // "\/" is a legal JSON escape of "/" that a sender may use inside base64.
+        let msg = r#"{"event":"media","streamSid":"M\u005a1","media":{"track":"inbound","payload":"\/w=="}}"#;
+        match c.decode(msg).unwrap() {
+            CarrierEvent::Audio(a) => assert_eq!(a.pcm, &[0]),
             other => panic!("{other:?}"),
         }
     }
