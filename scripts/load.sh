@@ -21,3 +21,4 @@ for _ in $(seq 50); do curl -sf "127.0.0.1:$port/healthz" >/dev/null 2>&1 && bre
 mkdir -p "$out"
 taskset -c 1 target/release/loadtest --url "ws://127.0.0.1:$port/twilio/stream" --calls "$calls" \
   --ramp 10s --duration "$duration" --scenario "$scenario" --server-pid "$pid" --report-dir "$out" --quiet ${LOADTEST_ARGS:-}
+curl -s "127.0.0.1:$port/metrics" > "$out/server-metrics.txt" || true

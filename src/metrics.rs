@@ -48,7 +48,11 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let latency = [0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0];
+            // Fine around 0.5 s: response latency is the endpoint silence (500 ms) plus what we add.
+            let latency = [
+                0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.505, 0.51, 0.52, 0.55, 0.6, 0.75,
+                1.0, 2.0, 5.0,
+            ];
             let cpu = [1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 1e-2];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(RESPONSE_LATENCY.into()), &latency)

@@ -227,6 +227,9 @@ impl Default for TwilioLimits {
     }
 }
 
+/// Scratch samples allocated up front: four 20 ms frames.
+const INITIAL_SCRATCH: usize = 640;
+
 fn valid_sid(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric())
 }
@@ -247,8 +250,10 @@ impl TwilioCodec {
         Self {
             limits,
             stream_sid: None,
-            ulaw: vec![0; limits.max_payload_bytes + 3],
-            pcm: vec![0; limits.max_payload_bytes],
+            // Sized for Twilio's 20 ms frames; grown (up to the limit) only if a
+            // peer sends bigger payloads, so idle calls stay small.
+            ulaw: vec![0; INITIAL_SCRATCH + 3],
+            pcm: vec![0; INITIAL_SCRATCH],
             ulaw_out: Vec::with_capacity(1600),
         }
     }
@@ -280,6 +285,11 @@ impl TwilioCodec {
                 let max_b64 = self.limits.max_payload_bytes.div_ceil(3) * 4;
                 if payload.len() > max_b64 {
                     return Err(TwilioError::PayloadTooLarge(payload.len() / 4 * 3));
+                }
+                let need = payload.len() / 4 * 3 + 3;
+                if need > self.ulaw.len() {
+                    self.ulaw.resize(need, 0);
+                    self.pcm.resize(need, 0);
                 }
                 let n = B64.decode_slice(payload.as_bytes(), &mut self.ulaw).map_err(|_| TwilioError::BadBase64)?;
                 if n > self.limits.max_payload_bytes {
