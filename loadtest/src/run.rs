@@ -112,7 +112,7 @@ pub async fn run(opts: Options) -> anyhow::Result<RunData> {
         // Spread calls over the ramp and over the 20 ms frame phase, as real
         // calls are: evenly spaced starts would put every call's frames in the
         // same instant (bursts no carrier produces).
-        let phase = Duration::from_micros((i.wrapping_mul(7_919) % 20_000) as u64);
+        let phase = Duration::from_micros(i.wrapping_mul(7_919) % 20_000);
         let start = t0 + opts.ramp.mul_f64(i as f64 / opts.calls.max(1) as f64) + phase;
         let o = opts.clone();
         let live = live.clone();
