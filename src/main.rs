@@ -72,8 +72,8 @@ fn main() -> anyhow::Result<()> {
 async fn run(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     info!(
         config = %path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<embedded default>".into()),
-        "effective configuration (no secrets are configured in the file):\n{}",
-        toml::to_string(&toml::Value::try_from(EffectiveConfig(&cfg))?).unwrap_or_default()
+        "effective configuration (secrets never live in it):\n{}",
+        toml::to_string(&cfg).unwrap_or_default()
     );
     let listener = callbridge::server::bind(cfg.server.listen).await.context("binding listener")?;
     let addr = listener.local_addr()?;
@@ -82,24 +82,6 @@ async fn run(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     callbridge::server::serve(state, listener, shutdown_signal()).await?;
     info!("callbridge stopped");
     Ok(())
-}
-
-/// A serializable view of the config for the start-up log.
-struct EffectiveConfig<'a>(&'a Config);
-
-impl serde::Serialize for EffectiveConfig<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let c = self.0;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("server.listen", &c.server.listen.to_string())?;
-        m.serialize_entry("server.public_url", &c.server.public_url)?;
-        m.serialize_entry("engine.kind", &format!("{:?}", c.engine.kind).to_lowercase())?;
-        m.serialize_entry("turn", &format!("{:?}", c.turn))?;
-        m.serialize_entry("vad", &format!("{:?}", c.vad))?;
-        m.serialize_entry("playback", &format!("{:?}", c.playback))?;
-        m.end()
-    }
 }
 
 async fn shutdown_signal() {

@@ -65,6 +65,13 @@ pub fn install() -> PrometheusHandle {
             // then our handle simply renders nothing of theirs.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            // Present from the first scrape, not only once something happened.
+            calls_active().set(0.0);
+            for name in [CALLS_TOTAL, FRAMES_IN, FRAMES_OUT] {
+                counter!(name, "carrier" => "twilio").increment(0);
+            }
+            counter!(BARGE_INS, "carrier" => "twilio", "engine" => "local").increment(0);
+            counter!(TURNS).increment(0);
             handle
         })
         .clone()

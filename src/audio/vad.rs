@@ -10,10 +10,10 @@
 //! allocation after construction; `Send` so a session can own it in a tokio task.
 
 use fvad_send::{Mode, SendVad};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Which model decides once the energy gate has opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum VadKind {
     /// libfvad (WebRTC VAD), GMM based.
@@ -24,7 +24,7 @@ pub enum VadKind {
 }
 
 /// libfvad aggressiveness.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum VadAggressiveness {
     /// mode 0
@@ -39,7 +39,7 @@ pub enum VadAggressiveness {
 }
 
 /// Tuning for [`VoiceDetector`].
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct VadConfig {
     /// The detector behind the gate.

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::audio::pacer::Pacer;
 use crate::audio::resample::{ResampleError, Resampler};
@@ -19,7 +19,7 @@ use crate::engine::AudioChunk;
 use crate::ids::{MarkId, ResponseId};
 
 /// Playback settings (`[playback]` in config).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PlaybackConfig {
     /// Audio kept buffered at the carrier ahead of real time.
