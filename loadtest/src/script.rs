@@ -183,8 +183,9 @@ impl Script {
                     }
                 }
                 Scenario::HangupMidReply => {
-                    if self.bot_playing(now) && bot_for >= self.timing.hangup_after_ms && self.awaiting_reply.is_none()
-                    {
+                    // Hang up during the answer to our own turn (not during the greeting).
+                    let answering = self.book.turns > 0 && self.book.response_ms.len() as u32 >= self.book.turns;
+                    if answering && self.bot_playing(now) && bot_for >= self.timing.hangup_after_ms {
                         self.phase = Phase::Done;
                     } else if !self.bot_playing(now) && self.awaiting_reply.is_none() && quiet_for >= 1000.0 {
                         self.start_speaking(false);
@@ -357,6 +358,38 @@ mod tests {
         assert_eq!(s.book.underrun_total_ms, 30.0);
         s.on_server(2000.0, ServerMessage::Media(loud())); // a new response, not an underrun
         assert_eq!(s.book.underruns, 1);
+    }
+
+    #[test]
+    fn hangup_waits_for_the_answer_to_our_turn_not_the_greeting() {
+        let mut s = Script::new(Scenario::HangupMidReply, clips(), 0, ScriptTiming::default());
+        // A greeting plays for 2 s: no hang-up during it.
+        for _ in 0..100 {
+            s.on_server(0.0, ServerMessage::Media(loud()));
+        }
+        let mut t = 0.0;
+        while t < 2000.0 {
+            t += 20.0;
+            assert!(!s.on_tick(t).hangup, "hung up during the greeting at {t}");
+        }
+        // After the greeting the caller speaks, is answered, and hangs up 500 ms in.
+        while s.awaiting_reply.is_none() {
+            t += 20.0;
+            s.on_tick(t);
+        }
+        let answer = t + 500.0;
+        for _ in 0..100 {
+            s.on_server(answer, ServerMessage::Media(loud()));
+        }
+        let mut hung = None;
+        while t < answer + 2000.0 && hung.is_none() {
+            t += 20.0;
+            if s.on_tick(t).hangup {
+                hung = Some(t);
+            }
+        }
+        let hung = hung.expect("hung up mid-reply");
+        assert!(hung >= answer + 500.0 && hung < answer + 560.0, "{hung} vs answer at {answer}");
     }
 
     #[test]
