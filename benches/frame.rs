@@ -201,28 +201,14 @@ impl CallState {
     }
 
     fn pump(&mut self) {
-        loop {
-            let mut progressed = false;
-            while let Some(o) = self.session.poll_output() {
-                progressed = true;
-                match o {
-                    Output::ToCarrier(cmd) => {
-                        self.text.clear();
-                        self.codec.encode(&cmd, &mut self.text).unwrap();
-                        self.ws.write(Message::text(self.text.clone())).unwrap();
-                    }
-                    Output::ToEngine(cmd) => self.engine.handle_command(cmd),
-                    _ => {}
-                }
+        let (codec, text, ws) = (&mut self.codec, &mut self.text, &mut self.ws);
+        self.engine.pump(&mut self.session, self.now, |o| {
+            if let Output::ToCarrier(cmd) = o {
+                text.clear();
+                codec.encode(&cmd, text).unwrap();
+                ws.write(Message::text(text.clone())).unwrap();
             }
-            while let Some(ev) = self.engine.poll_event() {
-                progressed = true;
-                self.session.handle_input(self.now, Input::Engine(ev)).unwrap();
-            }
-            if !progressed {
-                break;
-            }
-        }
+        });
     }
 
     /// One inbound frame read off the socket and one outbound frame written.

@@ -27,29 +27,16 @@ struct Call {
 
 impl Call {
     fn pump(&mut self) {
-        loop {
-            let mut progressed = false;
-            while let Some(o) = self.session.poll_output() {
-                progressed = true;
-                match o {
-                    Output::ToCarrier(cmd) => {
-                        self.out.clear();
-                        self.codec.encode(&cmd, &mut self.out).unwrap();
-                        self.sent += 1;
-                    }
-                    Output::ToEngine(cmd) => self.engine.handle_command(cmd),
-                    Output::Telemetry(Telemetry::BargeIn { .. }) => self.barge_ins += 1,
-                    _ => {}
-                }
+        let (codec, out, sent, barge_ins) = (&mut self.codec, &mut self.out, &mut self.sent, &mut self.barge_ins);
+        self.engine.pump(&mut self.session, self.now, |o| match o {
+            Output::ToCarrier(cmd) => {
+                out.clear();
+                codec.encode(&cmd, out).unwrap();
+                *sent += 1;
             }
-            while let Some(ev) = self.engine.poll_event() {
-                progressed = true;
-                self.session.handle_input(self.now, Input::Engine(ev)).unwrap();
-            }
-            if !progressed {
-                break;
-            }
-        }
+            Output::Telemetry(Telemetry::BargeIn { .. }) => *barge_ins += 1,
+            _ => {}
+        });
     }
 
     fn frame(&mut self, msg: &str) {

@@ -14,6 +14,8 @@ use super::{AudioChunk, EngineCommand, EngineEvent, EngineFormat};
 use crate::audio::resample::Resampler;
 use crate::audio::wav::{WavError, read_wav_mono_i16};
 use crate::ids::ResponseId;
+use crate::session::{Input, Output, Session};
+use std::time::Instant;
 
 /// The built-in greeting ("Thanks for calling Rapid Rooter plumbing…").
 pub const BUILTIN_GREETING: &[u8] = include_bytes!("../../fixtures/audio/bot_greeting_8k.wav");
@@ -158,6 +160,31 @@ impl LocalEngine {
     /// Next event, if any.
     pub fn poll_event(&mut self) -> Option<EngineEvent> {
         self.events.pop_front()
+    }
+
+    /// Drain `session` and this engine until both are quiet: engine commands
+    /// are executed here, engine events go back into the session at `now`, and
+    /// every output (engine commands included, for observers) is handed to
+    /// `sink`. The one loop the call task, the tests and the benches share.
+    pub fn pump(&mut self, session: &mut Session, now: Instant, mut sink: impl FnMut(Output<'_>)) {
+        loop {
+            let mut progressed = false;
+            while let Some(out) = session.poll_output() {
+                progressed = true;
+                if let Output::ToEngine(cmd) = out {
+                    self.handle_command(cmd);
+                }
+                sink(out);
+            }
+            while let Some(ev) = self.poll_event() {
+                progressed = true;
+                // Engine events never fail (only a carrier start can).
+                let _ = session.handle_input(now, Input::Engine(ev));
+            }
+            if !progressed {
+                return;
+            }
+        }
     }
 }
 

@@ -433,60 +433,45 @@ impl Call {
     /// Returns the hang-up reason if the session ended the call.
     fn pump(&mut self) -> Option<HangupReason> {
         let mut ended = None;
-        loop {
-            let mut progressed = false;
-            while let Some(out) = self.session.poll_output() {
-                progressed = true;
-                match out {
-                    Output::ToCarrier(cmd) => {
-                        if self.codec.encode(&cmd, &mut self.writer.text).is_err() {
-                            self.writer.text.clear();
-                            continue;
-                        }
-                        let frames = match cmd {
-                            CarrierCommand::Audio(pcm) => pcm.len().div_ceil(crate::audio::frame_samples(8000)) as u64,
-                            _ => 0,
-                        };
-                        if self.writer.push(frames > 0, matches!(cmd, CarrierCommand::Clear)) {
-                            self.metrics.frames_out.increment(frames);
-                        } else {
-                            self.metrics.dropped_queue.increment(frames);
-                        }
-                    }
-                    Output::ToEngine(cmd) => match &mut self.engine {
-                        Engine::Local(e) => e.handle_command(cmd),
-                    },
-                    Output::Telemetry(t) => self.record(t),
-                    Output::End(r) => ended = Some(r),
+        let (codec, writer, metrics, id) = (&mut self.codec, &mut self.writer, &self.metrics, self.id);
+        let now = Instant::now().into_std();
+        let Engine::Local(engine) = &mut self.engine;
+        engine.pump(&mut self.session, now, |out| match out {
+            Output::ToCarrier(cmd) => {
+                if codec.encode(&cmd, &mut writer.text).is_err() {
+                    writer.text.clear();
+                    return;
+                }
+                let frames = match cmd {
+                    CarrierCommand::Audio(pcm) => pcm.len().div_ceil(crate::audio::frame_samples(8000)) as u64,
+                    _ => 0,
+                };
+                if writer.push(frames > 0, matches!(cmd, CarrierCommand::Clear)) {
+                    metrics.frames_out.increment(frames);
+                } else {
+                    metrics.dropped_queue.increment(frames);
                 }
             }
-            match &mut self.engine {
-                Engine::Local(e) => {
-                    while let Some(ev) = e.poll_event() {
-                        progressed = true;
-                        let _ = self.session.handle_input(Instant::now().into_std(), Input::Engine(ev));
-                    }
-                }
-            }
-            if !progressed {
-                return ended;
-            }
-        }
+            Output::ToEngine(_) => {}
+            Output::Telemetry(t) => record(metrics, id, t),
+            Output::End(r) => ended = Some(r),
+        });
+        ended
     }
+}
 
-    fn record(&mut self, t: Telemetry) {
-        match t {
-            Telemetry::TurnStarted => self.metrics.turns.increment(1),
-            Telemetry::TurnEnded => {}
-            Telemetry::ResponseLatency(d) => observe(&self.metrics.response_latency, d),
-            Telemetry::BargeIn { latency, heard_ms } => {
-                self.metrics.barge_ins.increment(1);
-                observe(&self.metrics.barge_in_latency, latency);
-                debug!(call = %self.id, latency_ms = latency.as_millis() as u64, heard_ms, "barge-in");
-            }
-            Telemetry::StaleAudioDropped(n) => self.metrics.dropped_stale.increment(n.div_ceil(160) as u64),
-            Telemetry::QueueOverflow(n) => self.metrics.dropped_queue.increment(n.div_ceil(160) as u64),
-            Telemetry::Dtmf(_) => self.metrics.dtmf.increment(1),
+fn record(metrics: &CallMetrics, id: CallId, t: Telemetry) {
+    match t {
+        Telemetry::TurnStarted => metrics.turns.increment(1),
+        Telemetry::TurnEnded => {}
+        Telemetry::ResponseLatency(d) => observe(&metrics.response_latency, d),
+        Telemetry::BargeIn { latency, heard_ms } => {
+            metrics.barge_ins.increment(1);
+            observe(&metrics.barge_in_latency, latency);
+            debug!(call = %id, latency_ms = latency.as_millis() as u64, heard_ms, "barge-in");
         }
+        Telemetry::StaleAudioDropped(n) => metrics.dropped_stale.increment(n.div_ceil(160) as u64),
+        Telemetry::QueueOverflow(n) => metrics.dropped_queue.increment(n.div_ceil(160) as u64),
+        Telemetry::Dtmf(_) => metrics.dtmf.increment(1),
     }
 }

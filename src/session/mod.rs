@@ -122,7 +122,7 @@ pub enum Input<'a> {
 }
 
 /// One output of the session.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Output<'a> {
     /// Send to the carrier.
     ToCarrier(CarrierCommand<'a>),

@@ -108,35 +108,21 @@ impl Harness {
     }
 
     pub fn drain(&mut self) {
-        loop {
-            let mut progressed = false;
-            while let Some(o) = self.session.poll_output() {
-                progressed = true;
-                match o {
-                    Output::ToCarrier(CarrierCommand::Audio(a)) => {
-                        self.sent.push(Sent::Audio { at: self.now, first_sample: a[0] })
-                    }
-                    Output::ToCarrier(CarrierCommand::Mark(m)) => self.sent.push(Sent::Mark(m)),
-                    Output::ToCarrier(CarrierCommand::Clear) => self.sent.push(Sent::Clear { at: self.now }),
-                    Output::ToEngine(c) => {
-                        self.engine_cmds.push((self.now, format!("{c:?}")));
-                        if let EngineCommand::Cancel { response, heard_ms } = c {
-                            self.cancels.push((response, heard_ms));
-                        }
-                        self.engine.handle_command(c);
-                    }
-                    Output::Telemetry(t) => self.telemetry.push((self.now, t)),
-                    Output::End(r) => self.ended = Some(r),
+        let (now, sent, cmds, cancels, telemetry, ended) =
+            (self.now, &mut self.sent, &mut self.engine_cmds, &mut self.cancels, &mut self.telemetry, &mut self.ended);
+        self.engine.pump(&mut self.session, now, |o| match o {
+            Output::ToCarrier(CarrierCommand::Audio(a)) => sent.push(Sent::Audio { at: now, first_sample: a[0] }),
+            Output::ToCarrier(CarrierCommand::Mark(m)) => sent.push(Sent::Mark(m)),
+            Output::ToCarrier(CarrierCommand::Clear) => sent.push(Sent::Clear { at: now }),
+            Output::ToEngine(c) => {
+                cmds.push((now, format!("{c:?}")));
+                if let EngineCommand::Cancel { response, heard_ms } = c {
+                    cancels.push((response, heard_ms));
                 }
             }
-            while let Some(ev) = self.engine.poll_event() {
-                progressed = true;
-                self.session.handle_input(self.now, Input::Engine(ev)).unwrap();
-            }
-            if !progressed {
-                break;
-            }
-        }
+            Output::Telemetry(t) => telemetry.push((now, t)),
+            Output::End(r) => *ended = Some(r),
+        });
     }
 
     /// Inject an engine event directly (e.g. late audio of a cancelled response).
