@@ -71,6 +71,16 @@ pub async fn serve(
             let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(sndbuf);
         }
     });
+    // Histogram samples wait in the recorder until drained; drain them every few
+    // seconds so an unscraped server does not grow.
+    let metrics = state.metrics.clone();
+    let upkeep = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            metrics.run_upkeep();
+        }
+    });
     let st = state.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -78,10 +88,12 @@ pub async fn serve(
         st.accepting.store(false, Ordering::Release);
         let _ = stop_tx.send(true);
     });
-    server.await?;
+    let served = server.await;
     if *stop_rx.borrow() {
         drain(&state, grace).await;
     }
+    upkeep.abort();
+    served?;
     Ok(())
 }
 
