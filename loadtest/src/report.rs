@@ -51,6 +51,8 @@ pub struct Report {
     /// The generator's own CPU over the steady state, % of one core (if it nears
     /// 100 %, the generator, not the server, limits the figures).
     pub generator_cpu_percent: Summary,
+    /// The generator's own CPU samples.
+    pub generator_samples: Vec<ProcSample>,
     /// (seconds since start, response latency ms)
     pub response_series: Vec<(f64, f64)>,
     /// (seconds since start, barge-in latency ms)
@@ -166,6 +168,7 @@ impl Report {
                     .map(|s| s.cpu_percent)
                     .collect::<Vec<_>>(),
             ),
+            generator_samples: generator,
             response_series: resp,
             barge_in_series: barge,
         }
@@ -272,7 +275,12 @@ impl Report {
             let cpu: Vec<(f64, f64)> = s.samples.iter().map(|x| (x.t, x.cpu_percent)).collect();
             let rss: Vec<(f64, f64)> = s.samples.iter().map(|x| (x.t, x.rss_kib as f64 / 1024.0)).collect();
             h.push_str("<h2>Server</h2>");
-            h.push_str(&svg_plot("seconds since start — CPU (% of one core)", &[("cpu", &cpu, "#2ca02c")], true));
+            let gen_cpu: Vec<(f64, f64)> = self.generator_samples.iter().map(|x| (x.t, x.cpu_percent)).collect();
+            h.push_str(&svg_plot(
+                "seconds since start — CPU (% of one core)",
+                &[("server", &cpu, "#2ca02c"), ("generator", &gen_cpu, "#ff7f0e")],
+                true,
+            ));
             h.push_str(&svg_plot("seconds since start — RSS (MiB)", &[("rss", &rss, "#9467bd")], true));
         }
         h
