@@ -305,6 +305,33 @@ mod tests {
         assert_eq!(v.model_runs(), 0);
     }
 
+    /// Frame accuracy against labels from the clean clip (speech = frame above
+    /// −45 dBFS in the clean audio), for the clean clips and the noisy line.
+    fn accuracy(clean: &str, heard: &str, cfg: &VadConfig) -> f64 {
+        let (_, c) = read_wav_mono_i16(std::fs::read(clean).unwrap().as_slice()).unwrap();
+        let labels: Vec<bool> = c.chunks_exact(160).map(|f| EnergyGate::level_dbfs(f) > -45.0).collect();
+        let got = classify(heard, cfg);
+        let n = labels.len().min(got.len());
+        // Skip the warm-up frames, which are never speech by design.
+        let hits = (WARMUP_FRAMES as usize..n).filter(|&i| labels[i] == got[i]).count();
+        hits as f64 / (n - WARMUP_FRAMES as usize) as f64
+    }
+
+    #[test]
+    fn frame_accuracy_on_clean_and_noisy_speech() {
+        let cfg = VadConfig::default();
+        let mut clean = vec![];
+        for clip in ["caller_leak_8k", "caller_address_8k", "caller_emergency_8k", "caller_short_8k"] {
+            let p = format!("fixtures/audio/{clip}.wav");
+            clean.push(accuracy(&p, &p, &cfg));
+        }
+        let mean = clean.iter().sum::<f64>() / clean.len() as f64;
+        let noisy = accuracy("fixtures/audio/caller_leak_8k.wav", "fixtures/audio/caller_leak_noisy_8k.wav", &cfg);
+        println!("frame accuracy: clean {clean:.3?} (mean {mean:.3}), noisy line {noisy:.3}");
+        assert!(mean >= 0.9, "clean accuracy {mean:.3}");
+        assert!(noisy >= 0.8, "noisy accuracy {noisy:.3}");
+    }
+
     #[test]
     fn noisy_line_still_detects_speech() {
         let frames = classify("fixtures/audio/caller_leak_noisy_8k.wav", &VadConfig::default());
