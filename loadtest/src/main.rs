@@ -88,7 +88,6 @@ fn main() -> anyhow::Result<()> {
         clips: Arc::new(clips),
         timing: ScriptTiming { barge_after_ms: cli.barge_after_ms as f64, ..ScriptTiming::default() },
         progress: !cli.quiet,
-        report_dir: Some(cli.report_dir.clone()),
     };
     let rt = if cli.threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?

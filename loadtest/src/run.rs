@@ -1,7 +1,6 @@
 //! The load run: N concurrent simulated Twilio calls over real WebSockets.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -38,8 +37,6 @@ pub struct Options {
     pub timing: ScriptTiming,
     /// Show a progress bar.
     pub progress: bool,
-    /// Where reports go.
-    pub report_dir: Option<PathBuf>,
 }
 
 /// Live counters for the progress bar.

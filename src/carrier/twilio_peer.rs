@@ -179,8 +179,6 @@ impl TwilioPeer {
 /// queue and echoes every pending mark at once (PROTOCOLS §1.5).
 #[derive(Debug, Default, Clone)]
 pub struct PlayoutModel {
-    /// Milliseconds of audio received in total.
-    received_ms: f64,
     /// Milliseconds at which the queue runs dry, on the peer's clock.
     drain_at_ms: f64,
     /// Pending marks with the playout time at which they fall due.
@@ -195,7 +193,6 @@ impl PlayoutModel {
         let gap = if self.drain_at_ms < now_ms { now_ms - self.drain_at_ms } else { 0.0 };
         let start = self.drain_at_ms.max(now_ms);
         self.drain_at_ms = start + dur;
-        self.received_ms += dur;
         gap
     }
 
@@ -223,11 +220,6 @@ impl PlayoutModel {
     pub fn clear(&mut self, now_ms: f64) -> Vec<String> {
         self.drain_at_ms = self.drain_at_ms.min(now_ms);
         self.marks.drain(..).map(|(n, _)| n).collect()
-    }
-
-    /// Milliseconds of audio received in total.
-    pub fn received_ms(&self) -> f64 {
-        self.received_ms
     }
 
     /// Whether audio is playing at `now_ms`.

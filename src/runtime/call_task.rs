@@ -1,7 +1,7 @@
 //! The call task: one tokio task per call that owns the carrier socket, the
 //! codec, the session and the engine, and moves bytes between them.
 //!
-//! Loop: wait for the first of {control command, carrier message, writer
+//! Loop: wait for the first of {control command, carrier message, socket
 //! progress, session deadline}, feed the session, drain its outputs into a
 //! bounded outbound queue, and flush that queue in one write per wake-up
 //! (batching). Control and `clear` jump ahead of queued audio (priority lane).
@@ -110,7 +110,7 @@ struct Outbound {
 
 /// The socket plus its bounded outbound queue. The socket is not split: one
 /// poll drives both directions, so there is no lock between two halves.
-struct Writer {
+struct Conn {
     sink: WebSocket,
     queue: VecDeque<Outbound>,
     cap: usize,
@@ -119,7 +119,7 @@ struct Writer {
     text: String,
 }
 
-impl Writer {
+impl Conn {
     fn has_work(&self) -> bool {
         !self.queue.is_empty() || self.needs_flush
     }
@@ -204,7 +204,7 @@ pub async fn run_twilio_call(socket: WebSocket, ctx: Arc<CallContext>) {
         codec: TwilioCodec::new(ctx.limits.twilio),
         session: Session::new(ctx.session.clone(), format, Instant::now().into_std()),
         engine,
-        writer: Writer {
+        conn: Conn {
             sink: socket,
             queue: VecDeque::with_capacity(ctx.limits.max_queued_messages.min(64)),
             cap: ctx.limits.max_queued_messages,
@@ -217,6 +217,7 @@ pub async fn run_twilio_call(socket: WebSocket, ctx: Arc<CallContext>) {
         logged_errors: 0,
         inbound_count: 0,
         in_samples: 0,
+        engine_frame: crate::audio::frame_samples(format.output_rate).max(1),
     };
     let end = call.run(control_rx).await;
     metrics::counter!(crate::metrics::CALLS_ENDED, "reason" => end.code()).increment(1);
@@ -230,12 +231,14 @@ struct Call {
     codec: TwilioCodec,
     session: Session,
     engine: Engine,
-    writer: Writer,
+    conn: Conn,
     metrics: CallMetrics,
     protocol_errors: u32,
     logged_errors: u32,
     inbound_count: u64,
     in_samples: u64,
+    /// Samples per 20 ms of engine audio (dropped audio is counted in frames).
+    engine_frame: usize,
 }
 
 enum Step {
@@ -266,7 +269,7 @@ impl Call {
             if let Some(t) = self.session.poll_timeout() {
                 deadline = deadline.min(Instant::from_std(t));
             }
-            if let Some(s) = self.writer.stalled_since {
+            if let Some(s) = self.conn.stalled_since {
                 deadline = deadline.min(s + limits.write_timeout);
             }
             if sleep.deadline() != deadline {
@@ -281,7 +284,7 @@ impl Call {
                     }
                     None => { control_open = false; Step::Continue }
                 },
-                io = poll_fn(|cx| self.writer.poll_io(cx)) => match io {
+                io = poll_fn(|cx| self.conn.poll_io(cx)) => match io {
                     Io::Read(msg) => {
                         last_rx = Instant::now();
                         self.on_message(msg)
@@ -293,7 +296,7 @@ impl Call {
                 },
                 () = &mut sleep => {
                     let now = Instant::now();
-                    if self.writer.stalled_since.is_some_and(|s| now >= s + limits.write_timeout) {
+                    if self.conn.stalled_since.is_some_and(|s| now >= s + limits.write_timeout) {
                         self.metrics.protocol_error("slow_consumer");
                         warn!(call = %self.id, "peer stopped reading; disconnecting");
                         Step::End(CallEnd::SlowConsumer, None)
@@ -308,10 +311,10 @@ impl Call {
                 }
             };
             // A write that could not complete this turn marks the start of a stall.
-            if self.writer.has_work() {
-                self.writer.stalled_since.get_or_insert(now);
+            if self.conn.has_work() {
+                self.conn.stalled_since.get_or_insert(now);
             } else {
-                self.writer.stalled_since = None;
+                self.conn.stalled_since = None;
             }
             if let Step::End(end, close) = step {
                 break (end, close);
@@ -321,13 +324,13 @@ impl Call {
         if !matches!(end, CallEnd::SlowConsumer | CallEnd::Transport) {
             let _ = self.pump();
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                let _ = poll_fn(|cx| self.writer.poll_write(cx)).await;
+                let _ = poll_fn(|cx| self.conn.poll_write(cx)).await;
                 if let Some((code, reason)) = close {
                     let reason: String = reason.chars().take(120).collect();
                     let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
-                    let _ = self.writer.sink.send(Message::Close(Some(frame))).await;
+                    let _ = self.conn.sink.send(Message::Close(Some(frame))).await;
                 }
-                let _ = self.writer.sink.close().await;
+                let _ = self.conn.sink.close().await;
             })
             .await;
         }
@@ -359,7 +362,7 @@ impl Call {
             Some(Ok(Message::Text(text))) => match self.codec.decode(text.as_str()) {
                 Ok(ev) => {
                     if let CarrierEvent::Audio(a) = &ev {
-                        let frame = crate::audio::frame_samples(8000) as u64;
+                        let frame = self.session.frame_samples().max(1) as u64;
                         if !(a.pcm.len() as u64).is_multiple_of(frame) {
                             self.metrics.protocol_error("partial_frame");
                         }
@@ -433,34 +436,36 @@ impl Call {
     /// Returns the hang-up reason if the session ended the call.
     fn pump(&mut self) -> Option<HangupReason> {
         let mut ended = None;
-        let (codec, writer, metrics, id) = (&mut self.codec, &mut self.writer, &self.metrics, self.id);
+        let frame = self.session.frame_samples().max(1);
+        let (codec, conn, metrics, id, engine_frame) =
+            (&mut self.codec, &mut self.conn, &self.metrics, self.id, self.engine_frame);
         let now = Instant::now().into_std();
         let Engine::Local(engine) = &mut self.engine;
         engine.pump(&mut self.session, now, |out| match out {
             Output::ToCarrier(cmd) => {
-                if codec.encode(&cmd, &mut writer.text).is_err() {
-                    writer.text.clear();
+                if codec.encode(&cmd, &mut conn.text).is_err() {
+                    conn.text.clear();
                     return;
                 }
                 let frames = match cmd {
-                    CarrierCommand::Audio(pcm) => pcm.len().div_ceil(crate::audio::frame_samples(8000)) as u64,
+                    CarrierCommand::Audio(pcm) => pcm.len().div_ceil(frame) as u64,
                     _ => 0,
                 };
-                if writer.push(frames > 0, matches!(cmd, CarrierCommand::Clear)) {
+                if conn.push(frames > 0, matches!(cmd, CarrierCommand::Clear)) {
                     metrics.frames_out.increment(frames);
                 } else {
                     metrics.dropped_queue.increment(frames);
                 }
             }
             Output::ToEngine(_) => {}
-            Output::Telemetry(t) => record(metrics, id, t),
+            Output::Telemetry(t) => record(metrics, id, engine_frame, t),
             Output::End(r) => ended = Some(r),
         });
         ended
     }
 }
 
-fn record(metrics: &CallMetrics, id: CallId, t: Telemetry) {
+fn record(metrics: &CallMetrics, id: CallId, engine_frame: usize, t: Telemetry) {
     match t {
         Telemetry::TurnStarted => metrics.turns.increment(1),
         Telemetry::TurnEnded => {}
@@ -470,8 +475,8 @@ fn record(metrics: &CallMetrics, id: CallId, t: Telemetry) {
             observe(&metrics.barge_in_latency, latency);
             debug!(call = %id, latency_ms = latency.as_millis() as u64, heard_ms, "barge-in");
         }
-        Telemetry::StaleAudioDropped(n) => metrics.dropped_stale.increment(n.div_ceil(160) as u64),
-        Telemetry::QueueOverflow(n) => metrics.dropped_queue.increment(n.div_ceil(160) as u64),
+        Telemetry::StaleAudioDropped(n) => metrics.dropped_stale.increment(n.div_ceil(engine_frame) as u64),
+        Telemetry::QueueOverflow(n) => metrics.dropped_queue.increment(n.div_ceil(engine_frame) as u64),
         Telemetry::Dtmf(_) => metrics.dtmf.increment(1),
     }
 }

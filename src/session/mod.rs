@@ -163,7 +163,6 @@ pub struct Session {
     now: Instant,
     stream: Option<StreamInfo>,
     frame: usize,
-    frame_dur: Duration,
     in_acc: Vec<i16>,
     vad: Option<VoiceDetector>,
     turn: TurnDetector,
@@ -190,7 +189,6 @@ impl Session {
             now,
             stream: None,
             frame: 0,
-            frame_dur: FRAME,
             in_acc: Vec::new(),
             vad: None,
             turn: TurnDetector::new(endpoint),
@@ -208,6 +206,11 @@ impl Session {
     /// The carrier stream, once started.
     pub fn stream(&self) -> Option<&StreamInfo> {
         self.stream.as_ref()
+    }
+
+    /// Samples in one 20 ms frame at the stream's rate (0 before `start`).
+    pub fn frame_samples(&self) -> usize {
+        self.frame
     }
 
     /// Whether the call has ended.
@@ -249,7 +252,7 @@ impl Session {
         }
         let release = self.playback.as_ref().and_then(|p| p.next_release(self.now));
         // Frames normally end turns; the timer only matters if audio stops coming.
-        let endpoint = self.turn.endpoint_deadline().map(|d| d + 2 * self.frame_dur);
+        let endpoint = self.turn.endpoint_deadline().map(|d| d + 2 * FRAME);
         match (release, endpoint) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -369,7 +372,7 @@ impl Session {
             }
         }
         let loud = d.level_dbfs >= self.cfg.turn.echo_guard_dbfs;
-        let ev = self.turn.on_frame(now, self.frame_dur, d.speech, loud);
+        let ev = self.turn.on_frame(now, FRAME, d.speech, loud);
         if let TurnEvent::Ended { speech_end } = ev {
             self.end_turn(speech_end);
             return;
