@@ -56,6 +56,82 @@ pub struct Config {
     pub playback: crate::session::playback::PlaybackConfig,
     /// Speech engine selection.
     pub engine: EngineConfig,
+    /// Backend callbacks (`[callbacks]`).
+    pub callbacks: CallbacksConfig,
+    /// Where persistent data lives (`[storage]`).
+    pub storage: StorageConfig,
+    /// Twilio account access (`[twilio]`).
+    pub twilio: TwilioConfig,
+    /// Numbers declared in the file (`[[numbers]]`); more are registered over the API.
+    #[serde(default)]
+    pub numbers: Vec<NumberConfig>,
+}
+
+/// `[callbacks]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CallbacksConfig {
+    /// Budget for blocking requests (`call.started` → plan, `tool.call` → result).
+    pub blocking_timeout_ms: u64,
+    /// While a blocking request runs this long, the caller hears the filler.
+    pub filler_after_ms: u64,
+    /// Per-attempt timeout for non-blocking events.
+    pub event_timeout_ms: u64,
+    /// Attempts per non-blocking event (first try included) before it is dropped.
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubles per attempt up to 8×.
+    pub retry_backoff_ms: u64,
+    /// Events queued per call before new ones are dropped (counted).
+    pub max_queued_events: usize,
+    /// Largest callback response body read.
+    pub max_response_bytes: usize,
+    /// What happens to calls to numbers nobody registered: "auto" (answer with the
+    /// configured engine while no number is registered at all, refuse once any
+    /// is), "reject", or "answer".
+    pub unknown_numbers: UnknownNumbers,
+}
+
+/// Policy for calls to unregistered numbers.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownNumbers {
+    /// Answer while the number table is empty, refuse once it is not.
+    Auto,
+    /// "Not in service".
+    Reject,
+    /// Answer with the configured engine, no callback.
+    Answer,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// SQLite database file (created with its folder, owner-only); "" keeps data in memory.
+    pub database: String,
+}
+
+/// `[twilio]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TwilioConfig {
+    /// Twilio REST base URL (tests point it at a fake on loopback).
+    pub api_base_url: String,
+}
+
+/// `[[numbers]]`: a number declared in the config file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NumberConfig {
+    /// E.164 number, e.g. "+15551230000".
+    pub number: String,
+    /// Where callback events are POSTed.
+    pub callback_url: String,
+    /// HMAC secret for `X-Callbridge-Signature`.
+    pub secret: String,
+    /// Bearer token for this tenant's control API ("" = none).
+    #[serde(default)]
+    pub api_token: String,
 }
 
 /// `[server]`
@@ -88,6 +164,11 @@ pub struct ServerConfig {
     /// Kernel send buffer per connection (SO_SNDBUF); 0 keeps the OS default.
     /// Bounds kernel memory per call and how long a dead peer goes unnoticed.
     pub socket_send_buffer_bytes: usize,
+    /// Check `X-Twilio-Signature` on webhooks and stream upgrades (needs env
+    /// `TWILIO_AUTH_TOKEN`). `false` is for local development only.
+    pub validate_twilio_signatures: bool,
+    /// Key for per-call stream tokens ("" = random per process).
+    pub stream_token_key: String,
 }
 
 /// `[engine]`
@@ -145,6 +226,17 @@ impl Config {
         Self::from_toml(&text, &path.display().to_string())
     }
 
+    /// The public HTTP(S) base URL (the stream URL with `ws`→`http`), which
+    /// Twilio signs webhook requests with.
+    pub fn public_http_url(&self) -> String {
+        let u = self.server.public_url.trim_end_matches('/');
+        match u.split_once("://") {
+            Some(("wss", rest)) => format!("https://{rest}"),
+            Some(("ws", rest)) => format!("http://{rest}"),
+            _ => u.to_string(),
+        }
+    }
+
     /// Session settings for one call.
     pub fn session(&self) -> SessionConfig {
         SessionConfig { turn: self.turn.clone(), vad: self.vad.clone(), playback: self.playback.clone() }
@@ -171,6 +263,19 @@ impl Config {
         }
         if self.server.max_message_bytes < 1024 {
             return bad("server.max_message_bytes must be at least 1024");
+        }
+        if self.callbacks.max_attempts == 0 || self.callbacks.max_attempts > 20 {
+            return bad("callbacks.max_attempts must be within 1..=20");
+        }
+        if self.callbacks.blocking_timeout_ms == 0 || self.callbacks.max_queued_events == 0 {
+            return bad("callbacks.blocking_timeout_ms and callbacks.max_queued_events must be positive");
+        }
+        for n in &self.numbers {
+            if !crate::tenant::is_e164(&n.number) {
+                return Err(ConfigError::Invalid(format!("numbers: {:?} is not an E.164 number", n.number)));
+            }
+            crate::tenant::check_callback_url(&n.callback_url)
+                .map_err(|e| ConfigError::Invalid(format!("numbers {}: {e}", n.number)))?;
         }
         if !(self.server.public_url.starts_with("ws://") || self.server.public_url.starts_with("wss://")) {
             return bad("server.public_url must start with wss:// (or ws:// for local testing)");

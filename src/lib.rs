@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod audio;
+pub mod callback;
 pub mod carrier;
 pub mod config;
 pub mod engine;
@@ -24,3 +25,5 @@ pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod session;
+pub mod signature;
+pub mod tenant;

@@ -41,6 +41,16 @@ pub const FRAME_PROCESSING: &str = "callbridge_frame_processing_seconds";
 pub const TURNS: &str = "callbridge_turns_total";
 /// DTMF key presses.
 pub const DTMF: &str = "callbridge_dtmf_total";
+/// Callback events by type and outcome (delivered, dropped, rejected, dropped_queue_full).
+pub const CALLBACK_EVENTS: &str = "callbridge_callback_events_total";
+/// Failed callback attempts by kind (timeout, unreachable, http_5xx, ...).
+pub const CALLBACK_FAILURES: &str = "callbridge_callback_failures_total";
+/// Callback round trip, by event type.
+pub const CALLBACK_LATENCY: &str = "callbridge_callback_latency_seconds";
+/// Blocking callbacks (plan, tool) that fell back, by event type and kind.
+pub const CALLBACK_FALLBACKS: &str = "callbridge_callback_fallbacks_total";
+/// Webhooks and streams refused for failed authentication, by reason.
+pub const AUTH_REJECTED: &str = "callbridge_auth_rejected_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -96,6 +106,11 @@ fn describe() {
     );
     describe_counter!(TURNS, "Caller turns detected");
     describe_counter!(DTMF, "DTMF digits received");
+    describe_counter!(CALLBACK_EVENTS, "Callback events by type and outcome");
+    describe_counter!(CALLBACK_FAILURES, "Failed callback attempts by kind");
+    describe_histogram!(CALLBACK_LATENCY, metrics::Unit::Seconds, "Callback request round trip");
+    describe_counter!(CALLBACK_FALLBACKS, "Blocking callbacks that timed out or failed, so the fallback applied");
+    describe_counter!(AUTH_REJECTED, "Webhooks and streams refused for failed authentication");
 }
 
 /// Metric handles for one call, resolved once at call start.

@@ -468,9 +468,9 @@ impl Call {
 fn record(metrics: &CallMetrics, id: CallId, engine_frame: usize, t: Telemetry) {
     match t {
         Telemetry::TurnStarted => metrics.turns.increment(1),
-        Telemetry::TurnEnded => {}
+        Telemetry::TurnEnded { .. } | Telemetry::ResponseFinished { .. } => {}
         Telemetry::ResponseLatency(d) => observe(&metrics.response_latency, d),
-        Telemetry::BargeIn { latency, heard_ms } => {
+        Telemetry::BargeIn { latency, heard_ms, .. } => {
             metrics.barge_ins.increment(1);
             observe(&metrics.barge_in_latency, latency);
             debug!(call = %id, latency_ms = latency.as_millis() as u64, heard_ms, "barge-in");

@@ -92,7 +92,12 @@ pub enum Telemetry {
     /// The caller's turn started.
     TurnStarted,
     /// The caller's turn ended.
-    TurnEnded,
+    TurnEnded {
+        /// speech onset of the turn
+        start: Instant,
+        /// last speech frame
+        end: Instant,
+    },
     /// End of caller speech → first bot audio frame sent.
     ResponseLatency(Duration),
     /// The caller interrupted the bot.
@@ -101,6 +106,25 @@ pub enum Telemetry {
         latency: Duration,
         /// what the caller heard of the interrupted response
         heard_ms: u32,
+        /// the interrupted response
+        response: ResponseId,
+        /// caller speech onset
+        onset: Instant,
+    },
+    /// A response that reached the carrier is over: all of it was sent, or it
+    /// was interrupted. (Responses cut off before any audio went out are not
+    /// reported.)
+    ResponseFinished {
+        /// the response
+        response: ResponseId,
+        /// its first audio was sent at
+        started: Instant,
+        /// audio sent to the carrier
+        sent_ms: u32,
+        /// audio the caller heard
+        heard_ms: u32,
+        /// cut off by a barge-in or the control API
+        interrupted: bool,
     },
     /// Samples of stale (interrupted) response audio discarded on arrival.
     StaleAudioDropped(usize),
@@ -176,6 +200,8 @@ pub struct Session {
     awaiting_response: Option<Instant>,
     interrupted: Vec<Interrupted>,
     pending: VecDeque<Pending>,
+    /// Speech onset of the caller's current turn.
+    turn_onset: Option<Instant>,
 }
 
 impl Session {
@@ -200,6 +226,7 @@ impl Session {
             awaiting_response: None,
             interrupted: Vec::with_capacity(4),
             pending: VecDeque::with_capacity(16),
+            turn_onset: None,
         }
     }
 
@@ -266,26 +293,28 @@ impl Session {
             self.engine_audio_queued = false;
         }
         if let Some(p) = self.pending.pop_front() {
-            return Some(match p {
-                Pending::Clear => Output::ToCarrier(CarrierCommand::Clear),
-                Pending::Mark(m) => Output::ToCarrier(CarrierCommand::Mark(m)),
-                Pending::EngineStart => Output::ToEngine(EngineCommand::Start),
-                Pending::EngineAudio => Output::ToEngine(EngineCommand::Audio(&self.engine_audio)),
-                Pending::EngineCreate => Output::ToEngine(EngineCommand::CreateResponse),
-                Pending::EngineCancel { response, heard_ms } => {
-                    Output::ToEngine(EngineCommand::Cancel { response, heard_ms })
-                }
-                Pending::EngineStop => Output::ToEngine(EngineCommand::Stop),
-                Pending::Telemetry(t) => Output::Telemetry(t),
-                Pending::End(r) => Output::End(r),
-            });
+            return Some(self.pending_output(p));
         }
         if self.phase != Phase::Active {
             return None;
         }
         let now = self.now;
         let playback = self.playback.as_mut()?;
-        let released = playback.release(now)?;
+        let released = playback.release(now);
+        while let Some(f) = playback.take_retired() {
+            if let Some(started) = f.started {
+                self.pending.push_back(Pending::Telemetry(Telemetry::ResponseFinished {
+                    response: f.response,
+                    started,
+                    sent_ms: f.sent_ms,
+                    heard_ms: f.heard_ms,
+                    interrupted: false,
+                }));
+            }
+        }
+        let Some(released) = released else {
+            return self.pending.pop_front().map(|p| self.pending_output(p));
+        };
         if let Some(mark) = playback.take_due_mark() {
             self.pending.push_back(Pending::Mark(mark));
         }
@@ -295,6 +324,22 @@ impl Session {
                 .push_back(Pending::Telemetry(Telemetry::ResponseLatency(now.saturating_duration_since(speech_end))));
         }
         Some(Output::ToCarrier(CarrierCommand::Audio(self.playback.as_ref()?.frame())))
+    }
+
+    fn pending_output(&self, p: Pending) -> Output<'_> {
+        match p {
+            Pending::Clear => Output::ToCarrier(CarrierCommand::Clear),
+            Pending::Mark(m) => Output::ToCarrier(CarrierCommand::Mark(m)),
+            Pending::EngineStart => Output::ToEngine(EngineCommand::Start),
+            Pending::EngineAudio => Output::ToEngine(EngineCommand::Audio(&self.engine_audio)),
+            Pending::EngineCreate => Output::ToEngine(EngineCommand::CreateResponse),
+            Pending::EngineCancel { response, heard_ms } => {
+                Output::ToEngine(EngineCommand::Cancel { response, heard_ms })
+            }
+            Pending::EngineStop => Output::ToEngine(EngineCommand::Stop),
+            Pending::Telemetry(t) => Output::Telemetry(t),
+            Pending::End(r) => Output::End(r),
+        }
     }
 
     fn advance(&mut self, now: Instant) {
@@ -385,18 +430,19 @@ impl Session {
             if turn::should_barge_in(&self.cfg.turn, self.turn.loud_run(), playback.playing_for(now)) {
                 let onset = self.turn.run_start().unwrap_or(now);
                 self.interrupt(Some(onset));
-                self.start_turn();
+                self.start_turn(onset);
             }
         } else if turn::should_start_turn(&self.cfg.turn, self.turn.speech_run()) {
             // A response still being generated (nothing audible yet) is moot now.
             if playback.has_live_response() {
                 self.interrupt(None);
             }
-            self.start_turn();
+            self.start_turn(self.turn.run_start().unwrap_or(now));
         }
     }
 
-    fn start_turn(&mut self) {
+    fn start_turn(&mut self, onset: Instant) {
+        self.turn_onset = Some(onset);
         self.turn.start_turn();
         self.awaiting_response = None;
         self.pending.push_back(Pending::Telemetry(Telemetry::TurnStarted));
@@ -404,7 +450,8 @@ impl Session {
 
     fn end_turn(&mut self, speech_end: Instant) {
         self.awaiting_response = Some(speech_end);
-        self.pending.push_back(Pending::Telemetry(Telemetry::TurnEnded));
+        let start = self.turn_onset.take().unwrap_or(speech_end).min(speech_end);
+        self.pending.push_back(Pending::Telemetry(Telemetry::TurnEnded { start, end: speech_end }));
         self.pending.push_back(Pending::EngineCreate);
     }
 
@@ -421,15 +468,26 @@ impl Session {
         if carrier_had_audio {
             self.pending.push_back(Pending::Clear);
         }
-        for i in &self.interrupted {
-            self.cancelled_upto = Some(self.cancelled_upto.map_or(i.response, |c| c.max(i.response)));
-            self.pending.push_back(Pending::EngineCancel { response: i.response, heard_ms: i.heard_ms });
-        }
         if let (Some(onset), Some(first)) = (onset, self.interrupted.first()) {
             self.pending.push_back(Pending::Telemetry(Telemetry::BargeIn {
                 latency: now.saturating_duration_since(onset),
                 heard_ms: first.heard_ms,
+                response: first.response,
+                onset,
             }));
+        }
+        for i in &self.interrupted {
+            self.cancelled_upto = Some(self.cancelled_upto.map_or(i.response, |c| c.max(i.response)));
+            self.pending.push_back(Pending::EngineCancel { response: i.response, heard_ms: i.heard_ms });
+            if let Some(started) = i.started {
+                self.pending.push_back(Pending::Telemetry(Telemetry::ResponseFinished {
+                    response: i.response,
+                    started,
+                    sent_ms: i.sent_ms,
+                    heard_ms: i.heard_ms,
+                    interrupted: true,
+                }));
+            }
         }
     }
 
@@ -482,6 +540,15 @@ impl Session {
         }
         self.phase = Phase::Ended;
         self.pending.push_back(Pending::End(reason));
+    }
+
+    /// Replace the turn settings (a call plan's overrides). Takes effect for the
+    /// next decision; meant for the moment the stream starts.
+    pub fn set_turn_config(&mut self, turn: turn::TurnConfig) {
+        if self.cfg.turn.endpoint_silence_ms != turn.endpoint_silence_ms && !self.turn.in_turn() {
+            self.turn = TurnDetector::new(Duration::from_millis(turn.endpoint_silence_ms as u64));
+        }
+        self.cfg.turn = turn;
     }
 
     /// What the caller has heard of the current response so far.

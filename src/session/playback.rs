@@ -71,6 +71,8 @@ pub struct Interrupted {
     pub sent_ms: u32,
     /// Whether the engine was still producing it.
     pub was_generating: bool,
+    /// When its first audio was released (None: nothing was sent).
+    pub started: Option<Instant>,
 }
 
 /// What releasing one frame produced.
@@ -100,6 +102,7 @@ pub struct Playback {
     next_mark: u64,
     mark_interval: u64,
     due_mark: Option<MarkId>,
+    retired: VecDeque<Interrupted>,
 }
 
 impl Playback {
@@ -125,6 +128,7 @@ impl Playback {
             next_mark: 0,
             mark_interval: cfg.mark_interval_ms as u64 * rate as u64 / 1000,
             due_mark: None,
+            retired: VecDeque::with_capacity(4),
         })
     }
 
@@ -207,7 +211,15 @@ impl Playback {
             if avail == 0 {
                 if done {
                     // Finished: its end mark was issued with its last frame.
-                    self.responses.pop_front();
+                    let r = self.responses.pop_front().expect("front exists");
+                    let sent_ms = self.samples_ms(r.sent);
+                    self.retired.push_back(Interrupted {
+                        response: r.id,
+                        heard_ms: sent_ms,
+                        sent_ms,
+                        was_generating: false,
+                        started: r.first_release,
+                    });
                     continue;
                 }
                 return None;
@@ -333,6 +345,7 @@ impl Playback {
                 heard_ms: if i == 0 { heard_front } else { 0 },
                 sent_ms,
                 was_generating: !r.done,
+                started: r.first_release,
             });
         }
         if let Some(r) = &mut self.resampler {
@@ -341,6 +354,11 @@ impl Playback {
     }
 
     /// Marks sent and not yet echoed.
+    /// A response whose audio was all released since the last call (in order).
+    pub fn take_retired(&mut self) -> Option<Interrupted> {
+        self.retired.pop_front()
+    }
+
     pub fn pending_marks(&self) -> usize {
         self.marks.len()
     }
@@ -431,7 +449,13 @@ mod tests {
         p.interrupt(t0 + 300 * MS, &mut out);
         assert_eq!(
             out,
-            vec![Interrupted { response: ResponseId(1), heard_ms: 300, sent_ms: 340, was_generating: false }]
+            vec![Interrupted {
+                response: ResponseId(1),
+                heard_ms: 300,
+                sent_ms: 340,
+                was_generating: false,
+                started: Some(t0)
+            }]
         );
         assert!(!p.is_playing(t0 + 300 * MS));
         assert_eq!(p.release(t0 + 301 * MS), None);

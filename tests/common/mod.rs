@@ -178,7 +178,7 @@ impl Harness {
         self.telemetry
             .iter()
             .filter_map(|(_, t)| {
-                if let Telemetry::BargeIn { latency, heard_ms } = t { Some((*latency, *heard_ms)) } else { None }
+                if let Telemetry::BargeIn { latency, heard_ms, .. } = t { Some((*latency, *heard_ms)) } else { None }
             })
             .collect()
     }

@@ -1,0 +1,166 @@
+//! The HTTP side of callbacks: one signed POST, with a deadline, no redirects,
+//! and a bounded response body. Retries and ordering live in
+//! [`super::delivery`]; this module only says whether an attempt may be retried.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
+
+use super::Envelope;
+use crate::signature::callback as sig;
+
+/// Where one tenant's callbacks go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Callback URL.
+    pub url: String,
+    /// Signing secret.
+    pub secret: String,
+}
+
+/// Why a callback attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    /// No answer within the deadline.
+    #[error("callback timed out after {0:?}")]
+    Timeout(Duration),
+    /// Could not connect or the connection broke.
+    #[error("callback unreachable: {0}")]
+    Unreachable(String),
+    /// The backend answered with an error status.
+    #[error("callback answered HTTP {0}")]
+    Status(u16),
+    /// A redirect (not followed: a signed body must not be re-sent elsewhere).
+    #[error("callback answered a redirect (HTTP {0}); redirects are not followed")]
+    Redirect(u16),
+    /// The body was larger than allowed.
+    #[error("callback response over {0} bytes")]
+    TooLarge(usize),
+    /// The body was not the JSON we expect.
+    #[error("callback response is not valid: {0}")]
+    BadBody(String),
+}
+
+impl CallbackError {
+    /// Whether another attempt may succeed: timeouts, connection errors, 5xx,
+    /// 408 and 429. Other 4xx, redirects and bad bodies are final.
+    pub fn retryable(&self) -> bool {
+        match self {
+            CallbackError::Timeout(_) | CallbackError::Unreachable(_) => true,
+            CallbackError::Status(s) => *s >= 500 || *s == 408 || *s == 429,
+            _ => false,
+        }
+    }
+
+    /// Short stable label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallbackError::Timeout(_) => "timeout",
+            CallbackError::Unreachable(_) => "unreachable",
+            CallbackError::Status(s) if *s >= 500 => "http_5xx",
+            CallbackError::Status(_) => "http_4xx",
+            CallbackError::Redirect(_) => "redirect",
+            CallbackError::TooLarge(_) => "too_large",
+            CallbackError::BadBody(_) => "bad_body",
+        }
+    }
+}
+
+/// Shared HTTP client for every tenant's callbacks.
+#[derive(Debug, Clone)]
+pub struct CallbackClient {
+    http: reqwest::Client,
+    max_body: usize,
+}
+
+impl CallbackClient {
+    /// A client that reads at most `max_body` bytes of any response.
+    pub fn new(max_body: usize) -> Self {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(3))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .expect("HTTP client builds");
+        Self { http, max_body }
+    }
+
+    /// The underlying HTTP client (for fetching audio URLs and Twilio REST).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// POST `env` to `target`, signed, within `timeout`; the parsed JSON reply
+    /// (`null` for an empty body).
+    pub async fn post(
+        &self,
+        target: &Target,
+        env: &Envelope,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, CallbackError> {
+        let body = serde_json::to_vec(env).expect("events serialize");
+        self.post_raw(target, body, timeout).await
+    }
+
+    /// POST an already serialized body (retries re-sign the same bytes).
+    pub async fn post_raw(
+        &self,
+        target: &Target,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, CallbackError> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let signature = sig::sign(&target.secret, now, &body);
+        let attempt = async {
+            let resp = self
+                .http
+                .post(&target.url)
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .header(USER_AGENT, HeaderValue::from_static(concat!("callbridge/", env!("CARGO_PKG_VERSION"))))
+                .header(sig::HEADER, signature)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| CallbackError::Unreachable(without_url(&e)))?;
+            let status = resp.status();
+            if status.is_redirection() {
+                return Err(CallbackError::Redirect(status.as_u16()));
+            }
+            if !status.is_success() {
+                return Err(CallbackError::Status(status.as_u16()));
+            }
+            read_limited(resp, self.max_body).await
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(CallbackError::Timeout(timeout)),
+        }
+    }
+}
+
+fn without_url(e: &reqwest::Error) -> String {
+    // The URL may carry a tenant's credentials in its query; keep it out of logs.
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), "<callback url>");
+    }
+    s
+}
+
+async fn read_limited(mut resp: reqwest::Response, max: usize) -> Result<serde_json::Value, CallbackError> {
+    if resp.content_length().is_some_and(|n| n as usize > max) {
+        return Err(CallbackError::TooLarge(max));
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| CallbackError::Unreachable(without_url(&e)))? {
+        if buf.len() + chunk.len() > max {
+            return Err(CallbackError::TooLarge(max));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if buf.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_slice(&buf).map_err(|e| CallbackError::BadBody(e.to_string()))
+}

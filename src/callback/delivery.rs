@@ -1,0 +1,157 @@
+//! Non-blocking event delivery: per call, one bounded queue and one task that
+//! POSTs events in order, retrying with backoff.
+//!
+//! The call task only ever `try_send`s (never awaits), so a slow or dead
+//! backend cannot delay audio: when the queue is full the event is dropped,
+//! counted and logged. An event whose attempts run out is dropped the same
+//! way, and the next one goes on (order is kept, liveness too). The task ends
+//! when the call's sender is dropped and the queue is drained.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::client::{CallbackClient, CallbackError, Target};
+use super::{Envelope, Event};
+
+/// Retry and queue settings (from `[callbacks]`).
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryConfig {
+    /// Per-attempt deadline.
+    pub attempt_timeout: Duration,
+    /// Attempts per event, first included.
+    pub max_attempts: u32,
+    /// Wait before the second attempt (doubles, at most 8×).
+    pub backoff: Duration,
+    /// Queue bound.
+    pub max_queued: usize,
+}
+
+impl DeliveryConfig {
+    /// From the config section.
+    pub fn from_config(c: &crate::config::CallbacksConfig) -> Self {
+        Self {
+            attempt_timeout: Duration::from_millis(c.event_timeout_ms),
+            max_attempts: c.max_attempts,
+            backoff: Duration::from_millis(c.retry_backoff_ms),
+            max_queued: c.max_queued_events,
+        }
+    }
+}
+
+/// The call task's end of a call's event stream.
+#[derive(Debug)]
+pub struct EventSender {
+    call_id: String,
+    seq: u64,
+    tx: Option<mpsc::Sender<Envelope>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl EventSender {
+    /// A sender that goes nowhere (calls without a callback). Sequence numbers
+    /// still advance so the transcript is numbered the same way.
+    pub fn disabled(call_id: &str) -> Self {
+        Self { call_id: call_id.into(), seq: 0, tx: None, dropped: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Start delivering `call_id`'s events to `target`. `first_seq` is the
+    /// sequence number already used (1 after a blocking `call.started`).
+    pub fn spawn(client: CallbackClient, target: Target, cfg: DeliveryConfig, call_id: &str, first_seq: u64) -> Self {
+        let (tx, rx) = mpsc::channel(cfg.max_queued.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        tokio::spawn(deliver(client, target, cfg, rx, dropped.clone()));
+        Self { call_id: call_id.into(), seq: first_seq, tx: Some(tx), dropped }
+    }
+
+    /// Whether events go anywhere.
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Reserve the next sequence number (for a blocking request sent elsewhere).
+    pub fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// The call id events carry.
+    pub fn call_id(&self) -> &str {
+        &self.call_id
+    }
+
+    /// Queue `event` (never waits). Returns false if it was dropped.
+    pub fn send(&mut self, event: Event) -> bool {
+        if self.tx.is_none() {
+            return false;
+        }
+        let kind = event.kind();
+        let seq = self.next_seq();
+        let tx = self.tx.as_ref().expect("checked");
+        match tx.try_send(Envelope::new(&self.call_id, seq, SystemTime::now(), event)) {
+            Ok(()) => true,
+            Err(_) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::CALLBACK_EVENTS, "type" => kind, "outcome" => "dropped_queue_full")
+                    .increment(1);
+                warn!(call = %self.call_id, event = kind, seq, "callback queue full; event dropped");
+                false
+            }
+        }
+    }
+
+    /// Events dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+async fn deliver(
+    client: CallbackClient,
+    target: Target,
+    cfg: DeliveryConfig,
+    mut rx: mpsc::Receiver<Envelope>,
+    dropped: Arc<AtomicU64>,
+) {
+    while let Some(env) = rx.recv().await {
+        let kind = env.event.kind();
+        let body = serde_json::to_vec(&env).expect("events serialize");
+        let mut attempt = 0;
+        let outcome = loop {
+            attempt += 1;
+            let started = std::time::Instant::now();
+            match client.post_raw(&target, body.clone(), cfg.attempt_timeout).await {
+                Ok(_) => {
+                    crate::metrics::observe(
+                        &metrics::histogram!(crate::metrics::CALLBACK_LATENCY, "type" => kind),
+                        started.elapsed(),
+                    );
+                    break Ok(());
+                }
+                Err(e) => {
+                    metrics::counter!(crate::metrics::CALLBACK_FAILURES, "kind" => e.kind()).increment(1);
+                    if !e.retryable() || attempt >= cfg.max_attempts {
+                        break Err(e);
+                    }
+                    debug!(call = %env.call_id, seq = env.seq, attempt, error = %e, "callback failed; retrying");
+                    let factor = 1u32 << (attempt - 1).min(3);
+                    tokio::time::sleep(cfg.backoff * factor).await;
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => metrics::counter!(crate::metrics::CALLBACK_EVENTS, "type" => kind, "outcome" => "delivered")
+                .increment(1),
+            Err(e) => {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                let outcome =
+                    if matches!(e, CallbackError::Status(_)) && !e.retryable() { "rejected" } else { "dropped" };
+                metrics::counter!(crate::metrics::CALLBACK_EVENTS, "type" => kind, "outcome" => outcome).increment(1);
+                warn!(call = %env.call_id, seq = env.seq, event = kind, attempts = attempt, error = %e, "callback event dropped");
+            }
+        }
+    }
+}

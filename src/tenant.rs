@@ -1,0 +1,367 @@
+//! Numbers and their tenants: who owns a phone number, where its callback goes,
+//! the secret that signs those callbacks, and the bearer token of its control
+//! API.
+//!
+//! A tenant is one registered number. Lookups (by number on every incoming
+//! call, by token on every API request) read an in-memory index; the SQLite
+//! database only persists registrations across restarts and is touched by the
+//! admin API alone, from a blocking thread. API tokens are stored as SHA-256
+//! hashes, never in clear; callback secrets are stored as given (they are needed
+//! to sign).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::config::NumberConfig;
+use crate::signature::{random_hex, sha256_hex};
+
+/// Where a registration came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// `[[numbers]]` in the config file (not stored, not deletable by API).
+    Config,
+    /// `POST /v1/numbers`.
+    Api,
+}
+
+/// One registered number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// E.164 number (also the tenant's identity).
+    pub number: String,
+    /// Callback URL.
+    pub callback_url: String,
+    /// Signing secret for callbacks.
+    pub secret: String,
+    /// SHA-256 hex of the API token ("" = no API access).
+    pub token_hash: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Origin.
+    pub source: Source,
+}
+
+/// Errors of the number store.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    /// Input rejected.
+    #[error("{0}")]
+    Invalid(String),
+    /// The number is already registered.
+    #[error("number {0} is already registered")]
+    Exists(String),
+    /// The number is declared in the config file.
+    #[error("number {0} is declared in the config file; change it there")]
+    FromConfig(String),
+    /// Database failure.
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// Creating the database folder failed.
+    #[error("database folder: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Whether `s` is an E.164 number: `+`, a non-zero digit, 7 to 15 digits in all.
+pub fn is_e164(s: &str) -> bool {
+    let Some(d) = s.strip_prefix('+') else { return false };
+    (7..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
+}
+
+/// A callback URL must be absolute http(s) with a host.
+pub fn check_callback_url(u: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(u).map_err(|e| format!("callback_url {u:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("callback_url {u:?} must be an http(s) URL with a host"));
+    }
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[derive(Default)]
+struct Index {
+    by_number: HashMap<String, Arc<Tenant>>,
+    by_token: HashMap<String, String>,
+}
+
+impl Index {
+    fn insert(&mut self, t: Tenant) {
+        if !t.token_hash.is_empty() {
+            self.by_token.insert(t.token_hash.clone(), t.number.clone());
+        }
+        self.by_number.insert(t.number.clone(), Arc::new(t));
+    }
+
+    fn remove(&mut self, number: &str) -> Option<Arc<Tenant>> {
+        let t = self.by_number.remove(number)?;
+        self.by_token.remove(&t.token_hash);
+        Some(t)
+    }
+}
+
+/// Registered numbers: an in-memory index over an optional SQLite file.
+pub struct NumberStore {
+    db: Option<Mutex<Connection>>,
+    index: RwLock<Index>,
+}
+
+impl std::fmt::Debug for NumberStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NumberStore").field("numbers", &self.len()).finish()
+    }
+}
+
+impl NumberStore {
+    /// Open (or create) the store at `path` ("" = memory only) and add the
+    /// config's numbers.
+    pub fn open(path: &str, declared: &[NumberConfig]) -> Result<Self, TenantError> {
+        let db = if path.is_empty() {
+            None
+        } else {
+            let p = Path::new(path);
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                create_private_dir(dir)?;
+            }
+            let conn = Connection::open(p)?;
+            restrict_file(p);
+            conn.execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 CREATE TABLE IF NOT EXISTS numbers (
+                     number TEXT PRIMARY KEY,
+                     callback_url TEXT NOT NULL,
+                     secret TEXT NOT NULL,
+                     token_hash TEXT NOT NULL,
+                     created_at INTEGER NOT NULL
+                 );",
+            )?;
+            Some(conn)
+        };
+        let mut index = Index::default();
+        if let Some(conn) = &db {
+            let mut st = conn.prepare("SELECT number, callback_url, secret, token_hash, created_at FROM numbers")?;
+            let rows = st.query_map([], |r| {
+                Ok(Tenant {
+                    number: r.get(0)?,
+                    callback_url: r.get(1)?,
+                    secret: r.get(2)?,
+                    token_hash: r.get(3)?,
+                    created_at: r.get::<_, i64>(4)? as u64,
+                    source: Source::Api,
+                })
+            })?;
+            for t in rows {
+                index.insert(t?);
+            }
+        }
+        for n in declared {
+            index.insert(Tenant {
+                number: n.number.clone(),
+                callback_url: n.callback_url.clone(),
+                secret: n.secret.clone(),
+                token_hash: if n.api_token.is_empty() { String::new() } else { sha256_hex(n.api_token.as_bytes()) },
+                created_at: 0,
+                source: Source::Config,
+            });
+        }
+        Ok(Self { db: db.map(Mutex::new), index: RwLock::new(index) })
+    }
+
+    /// Number of registered numbers.
+    pub fn len(&self) -> usize {
+        self.index.read().expect("index lock").by_number.len()
+    }
+
+    /// Whether nothing is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The tenant owning `number`.
+    pub fn get(&self, number: &str) -> Option<Arc<Tenant>> {
+        self.index.read().expect("index lock").by_number.get(number).cloned()
+    }
+
+    /// The tenant whose API token is `token`.
+    pub fn by_token(&self, token: &str) -> Option<Arc<Tenant>> {
+        if token.is_empty() {
+            return None;
+        }
+        let idx = self.index.read().expect("index lock");
+        let number = idx.by_token.get(&sha256_hex(token.as_bytes()))?;
+        idx.by_number.get(number).cloned()
+    }
+
+    /// Register a number; returns the tenant and its new API token (shown once).
+    /// Blocking (SQLite): call from a blocking thread.
+    pub fn register(
+        &self,
+        number: &str,
+        callback_url: &str,
+        secret: &str,
+    ) -> Result<(Arc<Tenant>, String), TenantError> {
+        if !is_e164(number) {
+            return Err(TenantError::Invalid(format!("number {number:?} is not E.164 (e.g. +15551230000)")));
+        }
+        check_callback_url(callback_url).map_err(TenantError::Invalid)?;
+        if secret.len() < 16 {
+            return Err(TenantError::Invalid("secret must be at least 16 characters".into()));
+        }
+        if let Some(t) = self.get(number) {
+            return Err(if t.source == Source::Config {
+                TenantError::FromConfig(number.into())
+            } else {
+                TenantError::Exists(number.into())
+            });
+        }
+        let token = format!("cbt_{}", random_hex());
+        let t = Tenant {
+            number: number.into(),
+            callback_url: callback_url.into(),
+            secret: secret.into(),
+            token_hash: sha256_hex(token.as_bytes()),
+            created_at: unix_now(),
+            source: Source::Api,
+        };
+        if let Some(db) = &self.db {
+            let conn = db.lock().expect("db lock");
+            let n = conn.execute(
+                "INSERT OR IGNORE INTO numbers (number, callback_url, secret, token_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t.number, t.callback_url, t.secret, t.token_hash, t.created_at as i64],
+            )?;
+            if n == 0 {
+                return Err(TenantError::Exists(number.into()));
+            }
+        }
+        let mut idx = self.index.write().expect("index lock");
+        if idx.by_number.contains_key(number) {
+            return Err(TenantError::Exists(number.into()));
+        }
+        idx.insert(t.clone());
+        Ok((idx.by_number[number].clone(), token))
+    }
+
+    /// Remove a number registered over the API. Blocking (SQLite).
+    pub fn remove(&self, number: &str) -> Result<Option<Arc<Tenant>>, TenantError> {
+        match self.get(number) {
+            None => return Ok(None),
+            Some(t) if t.source == Source::Config => return Err(TenantError::FromConfig(number.into())),
+            Some(_) => {}
+        }
+        if let Some(db) = &self.db {
+            let conn = db.lock().expect("db lock");
+            conn.execute("DELETE FROM numbers WHERE number = ?1", params![number])?;
+        }
+        Ok(self.index.write().expect("index lock").remove(number))
+    }
+
+    /// Whether the database file still holds `number` (tests, diagnostics).
+    pub fn stored(&self, number: &str) -> Result<bool, TenantError> {
+        let Some(db) = &self.db else { return Ok(false) };
+        let conn = db.lock().expect("db lock");
+        Ok(conn.query_row("SELECT 1 FROM numbers WHERE number = ?1", params![number], |_| Ok(())).optional()?.is_some())
+    }
+}
+
+/// Create `dir` (and parents) readable by the owner only.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+fn restrict_file(p: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("cb-tenant-{}", random_hex()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn e164_rules() {
+        assert!(is_e164("+15551230000"));
+        assert!(!is_e164("15551230000"));
+        assert!(!is_e164("+0555123"));
+        assert!(!is_e164("+1555"));
+        assert!(!is_e164("+1555123000012345"));
+        assert!(!is_e164("+1555-123-0000"));
+    }
+
+    #[test]
+    fn registrations_persist_across_reopen_and_tokens_are_hashed() {
+        let dir = tmpdir();
+        let db = dir.join("sub/cb.db");
+        let path = db.to_str().unwrap();
+        let store = NumberStore::open(path, &[]).unwrap();
+        let (t, token) = store.register("+15551230000", "http://127.0.0.1:9/cb", "0123456789abcdef").unwrap();
+        assert_eq!(store.by_token(&token).unwrap().number, "+15551230000");
+        assert_ne!(t.token_hash, token);
+        assert!(matches!(
+            store.register("+15551230000", "http://127.0.0.1:9/cb", "0123456789abcdef"),
+            Err(TenantError::Exists(_))
+        ));
+        drop(store);
+        let text = std::fs::read(&db).unwrap();
+        assert!(!text.windows(token.len()).any(|w| w == token.as_bytes()), "token stored in clear");
+        let store = NumberStore::open(path, &[]).unwrap();
+        assert_eq!(store.get("+15551230000").unwrap().callback_url, "http://127.0.0.1:9/cb");
+        assert!(store.by_token(&token).is_some());
+        assert!(store.remove("+15551230000").unwrap().is_some());
+        assert!(store.by_token(&token).is_none());
+        drop(store);
+        assert!(NumberStore::open(path, &[]).unwrap().is_empty());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(db.parent().unwrap()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "database folder is not private: {mode:o}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn bad_registrations_are_refused_and_config_numbers_are_protected() {
+        let declared = vec![NumberConfig {
+            number: "+15550001111".into(),
+            callback_url: "http://127.0.0.1:9/cb".into(),
+            secret: "s".into(),
+            api_token: "tok".into(),
+        }];
+        let store = NumberStore::open("", &declared).unwrap();
+        assert_eq!(store.by_token("tok").unwrap().number, "+15550001111");
+        assert!(store.by_token("").is_none());
+        assert!(matches!(
+            store.register("+15550001111", "http://a/b", "0123456789abcdef"),
+            Err(TenantError::FromConfig(_))
+        ));
+        assert!(matches!(store.remove("+15550001111"), Err(TenantError::FromConfig(_))));
+        assert!(matches!(store.register("555", "http://a/b", "0123456789abcdef"), Err(TenantError::Invalid(_))));
+        assert!(matches!(
+            store.register("+15551112222", "ftp://a/b", "0123456789abcdef"),
+            Err(TenantError::Invalid(_))
+        ));
+        assert!(matches!(store.register("+15551112222", "http://a/b", "short"), Err(TenantError::Invalid(_))));
+    }
+}
