@@ -39,6 +39,50 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Secrets, read from the environment only (never from config files or logs).
+#[derive(Clone, Default)]
+pub struct Secrets {
+    /// `CALLBRIDGE_ADMIN_TOKEN`: bearer token for `/v1/numbers`.
+    pub admin_token: Option<String>,
+    /// `TWILIO_AUTH_TOKEN` (and `TWILIO_AUTH_TOKEN_SECONDARY` during rotation).
+    pub twilio_auth_tokens: Vec<String>,
+    /// `TWILIO_ACCOUNT_SID`.
+    pub twilio_account_sid: Option<String>,
+    /// `TWILIO_API_KEY` + `TWILIO_API_SECRET` (preferred over the auth token for REST).
+    pub twilio_api_key: Option<(String, String)>,
+    /// `OPENAI_API_KEY`.
+    pub openai_api_key: Option<String>,
+    /// `CALLBRIDGE_ALLOW_UNSIGNED=1`: allow unvalidated Twilio requests on a non-loopback address.
+    pub allow_unsigned: bool,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .field("twilio_auth_tokens", &self.twilio_auth_tokens.len())
+            .field("twilio_account_sid", &self.twilio_account_sid)
+            .field("twilio_api_key", &self.twilio_api_key.as_ref().map(|(k, _)| k))
+            .field("openai_api_key", &self.openai_api_key.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+impl Secrets {
+    /// Read them from the process environment (empty values count as unset).
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        Self {
+            admin_token: var("CALLBRIDGE_ADMIN_TOKEN"),
+            twilio_auth_tokens: ["TWILIO_AUTH_TOKEN", "TWILIO_AUTH_TOKEN_SECONDARY"].iter().filter_map(|k| var(k)).collect(),
+            twilio_account_sid: var("TWILIO_ACCOUNT_SID"),
+            twilio_api_key: var("TWILIO_API_KEY").zip(var("TWILIO_API_SECRET")),
+            openai_api_key: var("OPENAI_API_KEY"),
+            allow_unsigned: var("CALLBRIDGE_ALLOW_UNSIGNED").is_some_and(|v| v == "1"),
+        }
+    }
+}
+
 /// Root of the configuration tree.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -28,6 +28,19 @@ impl fmt::Display for CallId {
     }
 }
 
+impl std::str::FromStr for CallId {
+    type Err = ();
+
+    /// Parse `call_<32 hex digits>` (the `Display` form).
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let hex = s.strip_prefix("call_").ok_or(())?;
+        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(());
+        }
+        u128::from_str_radix(hex, 16).map(CallId).map_err(|_| ())
+    }
+}
+
 /// One bot response within a call. Monotonic per call: a larger id is newer, so
 /// "stale" is a comparison, not a set lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]

@@ -14,10 +14,15 @@ use tracing::{info, warn};
 
 use crate::api::{AppState, router};
 use crate::carrier::twilio::TwilioLimits;
-use crate::config::Config;
-use crate::engine::local::{LocalClips, LocalEngineError};
+use crate::callback::client::CallbackClient;
+use crate::callback::delivery::DeliveryConfig;
+use crate::config::{Config, Secrets};
+use crate::engine::local::{LocalClips, LocalEngineError, Prompts};
+use crate::runtime::admission::PendingCalls;
 use crate::runtime::call_task::{CallContext, CallLimits};
 use crate::runtime::registry::Registry;
+use crate::signature::StreamTokens;
+use crate::tenant::{NumberStore, TenantError};
 use crate::session::ControlCommand;
 
 /// Errors starting the server.
@@ -29,11 +34,34 @@ pub enum ServerError {
     /// Binding or serving failed.
     #[error("server I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The number store could not be opened.
+    #[error("number store: {0}")]
+    Tenants(#[from] TenantError),
+    /// The configuration is unsafe or incomplete for what it asks.
+    #[error("{0}")]
+    Setup(String),
 }
 
-/// Build the shared state for `config`.
-pub fn build_state(config: Config) -> Result<Arc<AppState>, ServerError> {
+/// Build the shared state for `config` and `secrets`.
+pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, ServerError> {
+    let validate = config.server.validate_twilio_signatures;
+    if validate && secrets.twilio_auth_tokens.is_empty() {
+        return Err(ServerError::Setup(
+            "server.validate_twilio_signatures is on but TWILIO_AUTH_TOKEN is not set".into(),
+        ));
+    }
+    if !validate {
+        if !config.server.listen.ip().is_loopback() && !secrets.allow_unsigned {
+            return Err(ServerError::Setup(format!(
+                "server.validate_twilio_signatures = false is for local development, but the server listens on {}; \
+                 turn validation on (with TWILIO_AUTH_TOKEN) or set CALLBRIDGE_ALLOW_UNSIGNED=1",
+                config.server.listen
+            )));
+        }
+        warn!("Twilio signatures are NOT validated (server.validate_twilio_signatures = false): local development only");
+    }
     let clips = LocalClips::load(&config.engine.local.greeting_wav, &config.engine.local.reply_wav)?;
+    let tenants = Arc::new(NumberStore::open(&config.storage.database, &config.numbers)?);
     let s = &config.server;
     let limits = CallLimits {
         write_timeout: Duration::from_millis(s.write_timeout_ms),
@@ -42,8 +70,27 @@ pub fn build_state(config: Config) -> Result<Arc<AppState>, ServerError> {
         max_protocol_errors: s.max_protocol_errors,
         twilio: TwilioLimits { max_payload_bytes: (s.max_message_bytes / 4 * 3).min(64 * 1024) },
     };
-    let call = Arc::new(CallContext { session: config.session(), limits, clips, registry: Registry::new() });
-    Ok(Arc::new(AppState { config, call, metrics: crate::metrics::install(), accepting: AtomicBool::new(true) }))
+    let client = CallbackClient::new(config.callbacks.max_response_bytes);
+    let call = Arc::new(CallContext {
+        session: config.session(),
+        limits,
+        clips,
+        registry: Registry::new(),
+        pending: PendingCalls::new(),
+        tokens: StreamTokens::new(&config.server.stream_token_key),
+        validate,
+        client,
+        delivery: DeliveryConfig::from_config(&config.callbacks),
+        prompts: Prompts::builtin(),
+    });
+    Ok(Arc::new(AppState {
+        config,
+        secrets,
+        tenants,
+        call,
+        metrics: crate::metrics::install(),
+        accepting: AtomicBool::new(true),
+    }))
 }
 
 /// A running server's address and a handle to stop it.
@@ -74,11 +121,15 @@ pub async fn serve(
     // Histogram samples wait in the recorder until drained; drain them every few
     // seconds so an unscraped server does not grow.
     let metrics = state.metrics.clone();
+    let call = state.call.clone();
     let upkeep = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
             metrics.run_upkeep();
+            // Routes whose stream never came, and the ended-calls memory.
+            call.pending.sweep(Duration::from_secs(300));
+            call.registry.sweep_ended();
         }
     });
     let st = state.clone();
@@ -124,7 +175,17 @@ pub async fn spawn(
     addr: SocketAddr,
 ) -> Result<(Running, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), ServerError>>), ServerError>
 {
-    let state = build_state(config)?;
+    spawn_with(config, Secrets::default(), addr).await
+}
+
+/// [`spawn`] with explicit secrets.
+pub async fn spawn_with(
+    config: Config,
+    secrets: Secrets,
+    addr: SocketAddr,
+) -> Result<(Running, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), ServerError>>), ServerError>
+{
+    let state = build_state(config, secrets)?;
     let listener = bind(addr).await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

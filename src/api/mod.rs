@@ -2,6 +2,7 @@
 //!
 //! Handlers are thin: they check admission and hand the socket to a call task.
 
+pub mod control;
 pub mod twilio;
 
 use std::sync::Arc;
@@ -14,13 +15,18 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::config::Config;
+use crate::config::{Config, Secrets};
 use crate::runtime::call_task::CallContext;
+use crate::tenant::NumberStore;
 
 /// Shared server state (read-only but for the admission flag).
 pub struct AppState {
     /// Effective configuration.
     pub config: Config,
+    /// Keys from the environment.
+    pub secrets: Secrets,
+    /// Registered numbers.
+    pub tenants: Arc<NumberStore>,
     /// What every call task gets.
     pub call: Arc<CallContext>,
     /// Prometheus renderer.
@@ -49,6 +55,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/twilio/voice", post(twilio::voice))
         .route("/twilio/stream", get(twilio::stream))
+        .route("/v1/numbers", post(control::create_number))
+        .route("/v1/numbers/{number}", get(control::get_number).delete(control::delete_number))
+        .route("/v1/calls", get(control::list_calls))
+        .route("/v1/calls/{id}", get(control::get_call))
+        .route("/v1/calls/{id}/say", post(control::say))
+        .route("/v1/calls/{id}/interrupt", post(control::interrupt))
+        .route("/v1/calls/{id}/hangup", post(control::hangup))
+        .route("/v1/calls/{id}/transfer", post(control::transfer))
+        .route("/openapi.json", get(control::openapi))
+        .route("/schema/callbacks.json", get(control::callbacks_schema))
         .with_state(state)
 }
 

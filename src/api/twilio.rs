@@ -1,17 +1,27 @@
 //! Twilio entry points: the voice webhook that answers with TwiML, and the
 //! Media Streams WebSocket upgrade.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use axum::Form;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::http::header;
+use axum::extract::{OriginalUri, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use tracing::{info, warn};
 
 use super::AppState;
-use crate::runtime::call_task::run_twilio_call;
+use crate::callback::client::Target;
+use crate::callback::{CallPlan, Envelope, Event};
+use crate::config::UnknownNumbers;
+use crate::ids::CallId;
+use crate::runtime::admission::Route;
+use crate::runtime::call_task::{TOKEN_PARAM, run_twilio_call};
+use crate::signature::twilio as twilio_sig;
+
+/// Header Twilio signs requests with.
+pub const SIGNATURE_HEADER: &str = "X-Twilio-Signature";
 
 /// Escape text for an XML attribute value.
 pub fn xml_escape(s: &str) -> String {
@@ -44,16 +54,115 @@ pub fn connect_twiml(public_url: &str, params: &[(&str, &str)]) -> String {
     x
 }
 
-/// `POST /twilio/voice`: Twilio's incoming-call webhook.
-pub async fn voice(State(s): State<Arc<AppState>>, Form(form): Form<HashMap<String, String>>) -> Response {
-    let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
-    let params = [("call_sid", get("CallSid")), ("from", get("From")), ("to", get("To"))];
-    let params: Vec<_> = params.into_iter().filter(|(_, v)| !v.is_empty()).collect();
-    ([(header::CONTENT_TYPE, "text/xml")], connect_twiml(&s.config.server.public_url, &params)).into_response()
+/// TwiML for a number nobody registered.
+pub const NOT_IN_SERVICE_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response><Say>The number you have dialed is not in service.</Say><Hangup/></Response>"#;
+
+fn twiml(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/xml")], body).into_response()
+}
+
+fn refuse(reason: &'static str) -> Response {
+    metrics::counter!(crate::metrics::AUTH_REJECTED, "reason" => reason).increment(1);
+    warn!(reason, "Twilio request refused");
+    (StatusCode::FORBIDDEN, "invalid Twilio signature\n").into_response()
+}
+
+/// `POST /twilio/voice`: Twilio's incoming-call webhook. Validates the
+/// signature, looks the called number up, asks its backend for the call plan
+/// (within the blocking budget), and answers `<Connect><Stream>` with a token
+/// bound to the CallSid.
+pub async fn voice(
+    State(s): State<Arc<AppState>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    if s.call.validate {
+        let path = uri.path_and_query().map_or("/twilio/voice", |p| p.as_str());
+        let url = format!("{}{path}", s.config.public_http_url());
+        let sig = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !twilio_sig::validate(&s.secrets.twilio_auth_tokens, &url, &form, sig) {
+            return refuse(if sig.is_empty() { "webhook_unsigned" } else { "webhook_bad_signature" });
+        }
+    }
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or("");
+    let (call_sid, from, to, account) = (get("CallSid"), get("From"), get("To"), get("AccountSid"));
+    let tenant = s.tenants.get(to);
+    let answer_unknown = match s.config.callbacks.unknown_numbers {
+        UnknownNumbers::Answer => true,
+        UnknownNumbers::Reject => false,
+        UnknownNumbers::Auto => s.tenants.is_empty(),
+    };
+    if tenant.is_none() && !answer_unknown {
+        metrics::counter!(crate::metrics::CALLS_REJECTED, "reason" => "unknown_number").increment(1);
+        info!("call to an unregistered number refused");
+        return twiml(NOT_IN_SERVICE_TWIML.to_string());
+    }
+    let call_id = CallId::random();
+    let mut route = Route {
+        call_id,
+        tenant: tenant.clone(),
+        plan: CallPlan::default(),
+        plan_failed: false,
+        from: from.to_string(),
+        to: to.to_string(),
+        seq_used: 0,
+    };
+    if let Some(t) = &tenant {
+        let target = Target { url: t.callback_url.clone(), secret: t.secret.clone() };
+        let event = Event::CallStarted {
+            from: from.into(),
+            to: to.into(),
+            carrier: "twilio".into(),
+            carrier_call_id: call_sid.into(),
+            account_id: account.into(),
+        };
+        route.seq_used = 1;
+        let env = Envelope::new(&call_id.to_string(), 1, SystemTime::now(), event);
+        let budget = Duration::from_millis(s.config.callbacks.blocking_timeout_ms);
+        let started = std::time::Instant::now();
+        let reply = s.call.client.post(&target, &env, budget).await;
+        crate::metrics::observe(
+            &metrics::histogram!(crate::metrics::CALLBACK_LATENCY, "type" => "call.started"),
+            started.elapsed(),
+        );
+        match reply.and_then(|v| {
+            if v.is_null() {
+                Ok(CallPlan::default())
+            } else {
+                serde_json::from_value::<CallPlan>(v)
+                    .map_err(|e| crate::callback::client::CallbackError::BadBody(e.to_string()))
+            }
+        }) {
+            Ok(plan) => route.plan = plan,
+            Err(e) => {
+                metrics::counter!(crate::metrics::CALLBACK_FALLBACKS, "type" => "call.started", "kind" => e.kind())
+                    .increment(1);
+                warn!(call = %call_id, error = %e, "call plan unavailable; answering on defaults with the fallback line");
+                route.plan_failed = true;
+            }
+        }
+    }
+    let token = s.call.tokens.issue(call_sid);
+    let mut params = vec![("from", from), ("to", to)];
+    if !call_sid.is_empty() {
+        params.push((TOKEN_PARAM, token.as_str()));
+        s.call.pending.insert(call_sid, route);
+    }
+    params.retain(|(_, v)| !v.is_empty());
+    twiml(connect_twiml(&s.config.server.public_url, &params))
 }
 
 /// `GET /twilio/stream`: the Media Streams WebSocket.
-pub async fn stream(State(s): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+pub async fn stream(State(s): State<Arc<AppState>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    if s.call.validate {
+        // Signed over the stream URL exactly as in <Stream url>, no parameters.
+        let url = format!("{}/twilio/stream", s.config.server.public_url.trim_end_matches('/'));
+        let sig = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !twilio_sig::validate(&s.secrets.twilio_auth_tokens, &url, &[], sig) {
+            return refuse(if sig.is_empty() { "stream_unsigned" } else { "stream_bad_signature" });
+        }
+    }
     if let Err(refusal) = s.admit() {
         metrics::counter!(crate::metrics::CALLS_REJECTED, "reason" => refusal.1).increment(1);
         return refusal.into_response();

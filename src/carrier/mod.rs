@@ -8,6 +8,7 @@
 
 pub mod twilio;
 pub mod twilio_peer;
+pub mod twilio_rest;
 
 use crate::ids::MarkId;
 

@@ -23,6 +23,37 @@ pub const BUILTIN_GREETING: &[u8] = include_bytes!("../../fixtures/audio/bot_gre
 pub const BUILTIN_REPLY: &[u8] = include_bytes!("../../fixtures/audio/bot_reply_8k.wav");
 
 /// Rate the local engine's clips are converted to at load time.
+/// Built-in "One moment, please." (played while a blocking callback is slow).
+pub const BUILTIN_FILLER: &[u8] = include_bytes!("../../fixtures/audio/bot_filler_8k.wav");
+/// Built-in fallback line (a blocking callback failed).
+pub const BUILTIN_FALLBACK: &[u8] = include_bytes!("../../fixtures/audio/bot_fallback_8k.wav");
+/// Built-in apology (the engine dropped and came back).
+pub const BUILTIN_APOLOGY: &[u8] = include_bytes!("../../fixtures/audio/bot_apology_8k.wav");
+
+/// Short lines callbridge itself speaks, whatever the engine: 8 kHz PCM.
+#[derive(Debug, Clone)]
+pub struct Prompts {
+    /// While waiting on a slow blocking callback.
+    pub filler: Arc<[i16]>,
+    /// When a blocking callback failed or timed out.
+    pub fallback: Arc<[i16]>,
+    /// After an engine reconnect.
+    pub apology: Arc<[i16]>,
+}
+
+impl Prompts {
+    /// The built-in prompts.
+    pub fn builtin() -> Self {
+        let load = |s: &str| load_clip(s).expect("built-in prompts are valid");
+        Self { filler: load("builtin:filler"), fallback: load("builtin:fallback"), apology: load("builtin:apology") }
+    }
+}
+
+/// Decode a WAV (any rate our resampler takes) to trimmed 8 kHz PCM.
+pub fn clip_from_wav(bytes: &[u8], origin: &str) -> Result<Arc<[i16]>, LocalEngineError> {
+    decode_clip(bytes, origin)
+}
+
 pub const LOCAL_RATE: u32 = 8000;
 
 /// Errors loading clips.
@@ -82,12 +113,19 @@ fn load_clip(spec: &str) -> Result<Arc<[i16]>, LocalEngineError> {
     let bytes: std::borrow::Cow<'static, [u8]> = match spec {
         "builtin:greeting" => BUILTIN_GREETING.into(),
         "builtin:reply" => BUILTIN_REPLY.into(),
+        "builtin:filler" => BUILTIN_FILLER.into(),
+        "builtin:fallback" => BUILTIN_FALLBACK.into(),
+        "builtin:apology" => BUILTIN_APOLOGY.into(),
         path => std::fs::read(Path::new(path))
             .map_err(|source| LocalEngineError::Io { path: path.to_string(), source })?
             .into(),
     };
+    decode_clip(&bytes, spec)
+}
+
+fn decode_clip(bytes: &[u8], spec: &str) -> Result<Arc<[i16]>, LocalEngineError> {
     let (rate, samples) =
-        read_wav_mono_i16(&bytes).map_err(|source| LocalEngineError::Wav { path: spec.to_string(), source })?;
+        read_wav_mono_i16(bytes).map_err(|source| LocalEngineError::Wav { path: spec.to_string(), source })?;
     if rate == LOCAL_RATE {
         return Ok(trim_silence(&samples, rate).into());
     }
@@ -132,6 +170,11 @@ impl LocalEngine {
     /// Formats: wants no caller audio, speaks 8 kHz.
     pub fn format(&self) -> EngineFormat {
         EngineFormat { input_rate: None, output_rate: LOCAL_RATE }
+    }
+
+    /// Play `clip` (8 kHz) as a response of its own, after anything queued.
+    pub fn say(&mut self, clip: Arc<[i16]>) {
+        self.respond(clip);
     }
 
     fn respond(&mut self, clip: Arc<[i16]>) {

@@ -22,13 +22,22 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::callback::client::{CallbackClient, Target};
+use crate::callback::conversation::Conversation;
+use crate::callback::delivery::{DeliveryConfig, EventSender};
+use crate::callback::{CallPlan, Event};
 use crate::carrier::twilio::{TwilioCodec, TwilioLimits};
-use crate::carrier::{CarrierCommand, CarrierEvent};
-use crate::engine::local::{LocalClips, LocalEngine};
+use crate::carrier::{CarrierCommand, CarrierEvent, StreamInfo};
+use crate::engine::local::{LocalClips, LocalEngine, Prompts};
 use crate::ids::CallId;
 use crate::metrics::{CallMetrics, observe};
-use crate::runtime::registry::{CallHandle, Registry};
-use crate::session::{ControlCommand, HangupReason, Input, Output, Session, SessionConfig, Telemetry};
+use crate::runtime::admission::{PendingCalls, Route};
+use crate::runtime::registry::{CallControl, CallDetails, CallHandle, Registration, Registry};
+use crate::session::{HangupReason, Input, Output, Session, SessionConfig, Telemetry};
+use crate::signature::StreamTokens;
+
+/// The `<Parameter>` carrying the per-call stream token.
+pub const TOKEN_PARAM: &str = "cb_token";
 
 /// WebSocket close codes we use.
 pub mod close {
@@ -71,6 +80,18 @@ pub struct CallContext {
     pub clips: LocalClips,
     /// Live calls.
     pub registry: Arc<Registry>,
+    /// Routes decided by the voice webhook, waiting for their streams.
+    pub pending: Arc<PendingCalls>,
+    /// Stream tokens (checked on `start` when `validate` is on).
+    pub tokens: StreamTokens,
+    /// Whether streams must prove they come from our webhook.
+    pub validate: bool,
+    /// Callback HTTP client.
+    pub client: CallbackClient,
+    /// Event delivery settings.
+    pub delivery: DeliveryConfig,
+    /// Lines callbridge speaks itself.
+    pub prompts: Prompts,
 }
 
 /// How a call ended, for logs and metrics.
@@ -88,6 +109,8 @@ pub enum CallEnd {
     Idle,
     /// The socket failed.
     Transport,
+    /// The stream could not prove it came from our webhook.
+    Unauthorized,
 }
 
 impl CallEnd {
@@ -99,6 +122,7 @@ impl CallEnd {
             CallEnd::SlowConsumer => "slow_consumer",
             CallEnd::Idle => "idle_timeout",
             CallEnd::Transport => "transport_error",
+            CallEnd::Unauthorized => "unauthorized",
         }
     }
 }
@@ -190,8 +214,7 @@ impl Engine {
 pub async fn run_twilio_call(socket: WebSocket, ctx: Arc<CallContext>) {
     let id = CallId::random();
     let (control_tx, control_rx) = mpsc::channel(16);
-    let registration =
-        ctx.registry.register(id, CallHandle { control: control_tx, carrier: "twilio", carrier_call_id: None });
+    let registration = ctx.registry.register(id, CallHandle { control: control_tx, carrier: "twilio", details: None });
     metrics::counter!(crate::metrics::CALLS_TOTAL, "carrier" => "twilio").increment(1);
     let engine = Engine::Local(LocalEngine::new(ctx.clips.clone()));
     let format = match &engine {
@@ -218,11 +241,24 @@ pub async fn run_twilio_call(socket: WebSocket, ctx: Arc<CallContext>) {
         inbound_count: 0,
         in_samples: 0,
         engine_frame: crate::audio::frame_samples(format.output_rate).max(1),
+        registration,
+        conversation: Conversation::new(Instant::now().into_std()),
+        events: EventSender::disabled(&id.to_string()),
+        admitted: false,
+        transferred: false,
     };
     let end = call.run(control_rx).await;
-    metrics::counter!(crate::metrics::CALLS_ENDED, "reason" => end.code()).increment(1);
-    info!(call = %id, reason = end.code(), "call ended");
-    drop(registration);
+    let reason = if call.transferred && matches!(end, CallEnd::Hangup(_) | CallEnd::PeerClosed) {
+        "transferred"
+    } else {
+        end.code()
+    };
+    metrics::counter!(crate::metrics::CALLS_ENDED, "reason" => reason).increment(1);
+    info!(call = %call.id, reason, "call ended");
+    if call.admitted {
+        let summary = call.conversation.summary(reason, Instant::now().into_std(), call.events.dropped());
+        call.events.send(Event::CallEnded(summary));
+    }
 }
 
 struct Call {
@@ -239,6 +275,13 @@ struct Call {
     in_samples: u64,
     /// Samples per 20 ms of engine audio (dropped audio is counted in frames).
     engine_frame: usize,
+    registration: Registration,
+    conversation: Conversation,
+    events: EventSender,
+    /// The stream started and was accepted.
+    admitted: bool,
+    /// The control API transferred the call away.
+    transferred: bool,
 }
 
 enum Step {
@@ -247,7 +290,7 @@ enum Step {
 }
 
 impl Call {
-    async fn run(&mut self, mut control: mpsc::Receiver<ControlCommand>) -> CallEnd {
+    async fn run(&mut self, mut control: mpsc::Receiver<CallControl>) -> CallEnd {
         let limits = self.ctx.limits.clone();
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut sleep = pin!(tokio::time::sleep_until(far));
@@ -278,10 +321,7 @@ impl Call {
             let step = tokio::select! {
                 biased;
                 cmd = control.recv(), if control_open => match cmd {
-                    Some(cmd) => {
-                        let _ = self.session.handle_input(Instant::now().into_std(), Input::Control(cmd));
-                        Step::Continue
-                    }
+                    Some(cmd) => { self.on_control(cmd); Step::Continue }
                     None => { control_open = false; Step::Continue }
                 },
                 io = poll_fn(|cx| self.conn.poll_io(cx)) => match io {
@@ -360,6 +400,21 @@ impl Call {
                 }
             }
             Some(Ok(Message::Text(text))) => match self.codec.decode(text.as_str()) {
+                Ok(CarrierEvent::Start(info)) if !self.admitted => {
+                    if let Err(why) = self.admit(&info) {
+                        metrics::counter!(crate::metrics::AUTH_REJECTED, "reason" => why).increment(1);
+                        warn!(call = %self.id, reason = why, "stream refused");
+                        return Step::End(CallEnd::Unauthorized, Some((close::POLICY, "unauthorized".into())));
+                    }
+                    info!(call = %self.id, stream = %info.stream_sid, "stream started");
+                    match self.session.handle_input(now, Input::Carrier(CarrierEvent::Start(info))) {
+                        Ok(()) => Step::Continue,
+                        Err(e) => {
+                            warn!(call = %self.id, error = %e, "cannot set up the call");
+                            Step::End(CallEnd::Protocol("setup"), Some((close::INTERNAL, e.to_string())))
+                        }
+                    }
+                }
                 Ok(ev) => {
                     if let CarrierEvent::Audio(a) = &ev {
                         let frame = self.session.frame_samples().max(1) as u64;
@@ -369,10 +424,6 @@ impl Call {
                         let before = self.in_samples / frame;
                         self.in_samples += a.pcm.len() as u64;
                         self.metrics.frames_in.increment(self.in_samples / frame - before);
-                    }
-                    if let CarrierEvent::Start(info) = &ev {
-                        info!(call = %self.id, stream = %info.stream_sid, "stream started");
-                        self.ctx.registry.set_carrier_call_id(self.id, info.call_sid.clone());
                     }
                     match self.session.handle_input(now, Input::Carrier(ev)) {
                         Ok(()) => Step::Continue,
@@ -439,6 +490,7 @@ impl Call {
         let frame = self.session.frame_samples().max(1);
         let (codec, conn, metrics, id, engine_frame) =
             (&mut self.codec, &mut self.conn, &self.metrics, self.id, self.engine_frame);
+        let (conversation, events) = (&mut self.conversation, &mut self.events);
         let now = Instant::now().into_std();
         let Engine::Local(engine) = &mut self.engine;
         engine.pump(&mut self.session, now, |out| match out {
@@ -458,10 +510,106 @@ impl Call {
                 }
             }
             Output::ToEngine(_) => {}
-            Output::Telemetry(t) => record(metrics, id, engine_frame, t),
+            Output::Telemetry(t) => {
+                record(metrics, id, engine_frame, t);
+                if events.enabled()
+                    && let Some(ev) = conversation.on_telemetry(&t, now)
+                {
+                    events.send(ev);
+                }
+            }
             Output::End(r) => ended = Some(r),
         });
         ended
+    }
+}
+
+impl Call {
+    /// The stream started: check it came from our webhook, claim the route the
+    /// webhook decided, and set the call up for it. Nothing reached an engine yet.
+    fn admit(&mut self, info: &StreamInfo) -> Result<(), &'static str> {
+        let param = |k: &str| info.custom_parameters.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        if self.ctx.validate && !self.ctx.tokens.check(&info.call_sid, param(TOKEN_PARAM).unwrap_or("")) {
+            return Err("bad_stream_token");
+        }
+        let route = match self.ctx.pending.take(&info.call_sid) {
+            Some(r) => r,
+            None => {
+                if self.ctx.validate {
+                    warn!(call = %self.id, "stream has a valid token but no pending route; answering on defaults");
+                }
+                Route {
+                    call_id: self.id,
+                    tenant: None,
+                    plan: CallPlan::default(),
+                    plan_failed: false,
+                    from: param("from").unwrap_or_default().to_string(),
+                    to: param("to").unwrap_or_default().to_string(),
+                    seq_used: 0,
+                }
+            }
+        };
+        let now = Instant::now().into_std();
+        self.id = route.call_id;
+        let engine = self.engine.label();
+        self.registration.admit(
+            route.call_id,
+            CallDetails {
+                tenant: route.tenant.as_ref().map(|t| t.number.clone()),
+                from: route.from.clone(),
+                to: route.to.clone(),
+                carrier_call_id: info.call_sid.clone(),
+                account_id: info.account_sid.clone(),
+                engine,
+                started_at: std::time::SystemTime::now(),
+            },
+        );
+        self.conversation = Conversation::new(now);
+        let id = self.id.to_string();
+        self.events = match &route.tenant {
+            Some(t) => EventSender::spawn(
+                self.ctx.client.clone(),
+                Target { url: t.callback_url.clone(), secret: t.secret.clone() },
+                self.ctx.delivery,
+                &id,
+                route.seq_used,
+            ),
+            None => EventSender::disabled(&id),
+        };
+        self.session.set_turn_config(route.plan.turn.apply(&self.ctx.session.turn));
+        if route.plan_failed {
+            let Engine::Local(e) = &mut self.engine;
+            e.say(self.ctx.prompts.fallback.clone());
+        }
+        self.admitted = true;
+        Ok(())
+    }
+
+    fn on_control(&mut self, cmd: CallControl) {
+        let now = Instant::now().into_std();
+        match cmd {
+            CallControl::Session(c) => {
+                let _ = self.session.handle_input(now, Input::Control(c));
+            }
+            CallControl::Transferred => self.transferred = true,
+            CallControl::Say { clip, text, interrupt, reply } => {
+                let result = if self.session.stream().is_none() || self.session.is_ended() {
+                    Err("the call's stream is not active".to_string())
+                } else if let Some(clip) = clip {
+                    if interrupt {
+                        let _ = self.session.handle_input(now, Input::Control(crate::session::ControlCommand::Interrupt));
+                    }
+                    let Engine::Local(e) = &mut self.engine;
+                    e.say(clip);
+                    Ok(())
+                } else if text.is_some() {
+                    Err(format!("the {} engine cannot speak text; send audio_url", self.engine.label()))
+                } else {
+                    Err("nothing to say".to_string())
+                };
+                let _ = reply.send(result);
+            }
+        }
     }
 }
 

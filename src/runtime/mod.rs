@@ -2,5 +2,6 @@
 //! core. One task per call; a registry of bounded control senders; nothing else
 //! shared.
 
+pub mod admission;
 pub mod call_task;
 pub mod registry;

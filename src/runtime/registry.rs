@@ -1,32 +1,79 @@
-//! The registry of live calls: call id → a bounded control sender.
+//! The registry of live calls: call id → a bounded control sender and the
+//! call's public details (who it belongs to, who is talking).
 //!
 //! It holds no call state (each call task owns its own); only what lets the rest
 //! of the server reach a call. A [`Registration`] guard removes the entry and
-//! lowers the active-calls gauge when the call task ends, however it ends.
+//! lowers the active-calls gauge when the call task ends, however it ends, and
+//! remembers the call as recently ended for a while so the control API can say
+//! "ended" (410) rather than "unknown" (404).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use dashmap::DashMap;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::ids::CallId;
 use crate::session::ControlCommand;
+
+/// A command from outside a call to its task.
+#[derive(Debug)]
+pub enum CallControl {
+    /// Handled by the session (hang up, interrupt, shutdown).
+    Session(ControlCommand),
+    /// Speak: a clip (PCM at 8 kHz) or text (engines that speak text).
+    Say {
+        /// audio to play, 8 kHz mono
+        clip: Option<Arc<[i16]>>,
+        /// text to speak
+        text: Option<String>,
+        /// stop what the bot is saying first
+        interrupt: bool,
+        /// the outcome
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// The carrier call was transferred away; the stream's end is a transfer.
+    Transferred,
+}
+
+/// What the control API may show about a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallDetails {
+    /// Owning tenant (its number), if any.
+    pub tenant: Option<String>,
+    /// Caller.
+    pub from: String,
+    /// Called number.
+    pub to: String,
+    /// Carrier call id (Twilio CallSid).
+    pub carrier_call_id: String,
+    /// Carrier account id (Twilio AccountSid).
+    pub account_id: String,
+    /// Engine answering.
+    pub engine: &'static str,
+    /// When the stream started.
+    pub started_at: SystemTime,
+}
 
 /// How to reach one live call.
 #[derive(Debug, Clone)]
 pub struct CallHandle {
     /// Bounded control lane into the call task.
-    pub control: mpsc::Sender<ControlCommand>,
+    pub control: mpsc::Sender<CallControl>,
     /// Carrier label.
     pub carrier: &'static str,
-    /// Carrier call id (e.g. Twilio CallSid), once known.
-    pub carrier_call_id: Option<String>,
+    /// Known once the stream started (and was admitted).
+    pub details: Option<Arc<CallDetails>>,
 }
+
+/// How long ended calls are remembered.
+const ENDED_MEMORY: Duration = Duration::from_secs(600);
 
 /// Live calls.
 #[derive(Debug, Default)]
 pub struct Registry {
     calls: DashMap<CallId, CallHandle>,
+    ended: DashMap<CallId, (Option<String>, Instant)>,
     emptied: Notify,
 }
 
@@ -58,17 +105,34 @@ impl Registry {
         self.calls.get(&id).map(|h| h.clone())
     }
 
-    /// Update the carrier call id of a live call.
-    pub fn set_carrier_call_id(&self, id: CallId, carrier_id: String) {
-        if let Some(mut h) = self.calls.get_mut(&id) {
-            h.carrier_call_id = Some(carrier_id);
-        }
+    /// Live calls of `tenant` (with details).
+    pub fn of_tenant(&self, tenant: &str) -> Vec<(CallId, Arc<CallDetails>)> {
+        let mut v: Vec<_> = self
+            .calls
+            .iter()
+            .filter_map(|e| {
+                let d = e.details.as_ref()?;
+                (d.tenant.as_deref() == Some(tenant)).then(|| (*e.key(), d.clone()))
+            })
+            .collect();
+        v.sort_by_key(|(_, d)| d.started_at);
+        v
+    }
+
+    /// Whether `id` ended recently and belonged to `tenant`.
+    pub fn ended_recently(&self, id: CallId, tenant: &str) -> bool {
+        self.ended.get(&id).is_some_and(|e| e.0.as_deref() == Some(tenant))
+    }
+
+    /// Forget ended calls older than the memory window.
+    pub fn sweep_ended(&self) {
+        self.ended.retain(|_, (_, at)| at.elapsed() < ENDED_MEMORY);
     }
 
     /// Send `cmd` to every live call (best effort: a full lane is skipped).
     pub fn broadcast(&self, cmd: ControlCommand) -> usize {
         let senders: Vec<_> = self.calls.iter().map(|e| e.control.clone()).collect();
-        senders.iter().filter(|s| s.try_send(cmd.clone()).is_ok()).count()
+        senders.iter().filter(|s| s.try_send(CallControl::Session(cmd.clone())).is_ok()).count()
     }
 
     /// Wait until no call is live.
@@ -95,11 +159,24 @@ impl Registration {
     pub fn id(&self) -> CallId {
         self.id
     }
+
+    /// Re-key the call (its id was assigned by the webhook) and publish its details.
+    pub fn admit(&mut self, id: CallId, details: CallDetails) {
+        if let Some((_, mut h)) = self.registry.calls.remove(&self.id) {
+            h.details = Some(Arc::new(details));
+            self.registry.calls.insert(id, h);
+        }
+        self.id = id;
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry.calls.remove(&self.id);
+        if let Some((_, h)) = self.registry.calls.remove(&self.id)
+            && let Some(d) = h.details
+        {
+            self.registry.ended.insert(self.id, (d.tenant.clone(), Instant::now()));
+        }
         crate::metrics::calls_active().decrement(1.0);
         if self.registry.calls.is_empty() {
             self.registry.emptied.notify_waiters();
@@ -111,18 +188,47 @@ impl Drop for Registration {
 mod tests {
     use super::*;
 
+    fn details(tenant: &str) -> CallDetails {
+        CallDetails {
+            tenant: Some(tenant.into()),
+            from: "+1".into(),
+            to: tenant.into(),
+            carrier_call_id: "CA1".into(),
+            account_id: String::new(),
+            engine: "local",
+            started_at: SystemTime::now(),
+        }
+    }
+
     #[tokio::test]
     async fn guard_removes_and_wait_empty_returns() {
         let r = Registry::new();
         let (tx, mut rx) = mpsc::channel(1);
-        let g = r.register(CallId(1), CallHandle { control: tx, carrier: "twilio", carrier_call_id: None });
+        let g = r.register(CallId(1), CallHandle { control: tx, carrier: "twilio", details: None });
         assert_eq!(r.len(), 1);
         assert_eq!(r.broadcast(ControlCommand::Shutdown), 1);
-        assert_eq!(rx.recv().await, Some(ControlCommand::Shutdown));
+        assert!(matches!(rx.recv().await, Some(CallControl::Session(ControlCommand::Shutdown))));
         let r2 = r.clone();
         let waiter = tokio::spawn(async move { r2.wait_empty().await });
         drop(g);
         waiter.await.unwrap();
         assert!(r.is_empty());
+    }
+
+    #[tokio::test]
+    async fn admitted_calls_are_listed_per_tenant_and_remembered_when_ended() {
+        let r = Registry::new();
+        let (tx, _rx) = mpsc::channel(1);
+        let mut g = r.register(CallId(1), CallHandle { control: tx.clone(), carrier: "twilio", details: None });
+        let _other = r.register(CallId(2), CallHandle { control: tx, carrier: "twilio", details: None });
+        assert!(r.of_tenant("+15550001111").is_empty());
+        g.admit(CallId(9), details("+15550001111"));
+        assert!(r.get(CallId(1)).is_none());
+        assert_eq!(r.of_tenant("+15550001111").len(), 1);
+        assert!(r.of_tenant("+15550002222").is_empty());
+        drop(g);
+        assert!(r.ended_recently(CallId(9), "+15550001111"));
+        assert!(!r.ended_recently(CallId(9), "+15550002222"));
+        assert_eq!(r.len(), 1);
     }
 }

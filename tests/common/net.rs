@@ -31,7 +31,16 @@ impl TestServer {
         let mut cfg = Config::from_toml(extra_toml, "test").expect("test config");
         // Tests end with calls still up; hang them up quickly on shutdown.
         cfg.server.shutdown_grace_ms = 300;
-        let (running, stop, join) = callbridge::server::spawn(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        // No database file unless a test asks for one.
+        if !extra_toml.contains("database") {
+            cfg.storage.database = String::new();
+        }
+        Self::start_with(cfg, callbridge::config::Secrets::default()).await
+    }
+
+    pub async fn start_with(cfg: Config, secrets: callbridge::config::Secrets) -> Self {
+        let (running, stop, join) =
+            callbridge::server::spawn_with(cfg, secrets, "127.0.0.1:0".parse().unwrap()).await.unwrap();
         Self { addr: running.addr, state: running.state, stop: Some(stop), join: Some(join) }
     }
 

@@ -1,0 +1,366 @@
+//! The control API (`/v1`): numbers (admin token) and live calls (tenant
+//! token). Documented in `docs/openapi.json`, served at `/openapi.json`.
+//!
+//! Isolation: a tenant token resolves to exactly one number, and every call
+//! lookup is filtered by that number, so another tenant's call is
+//! indistinguishable from one that does not exist (404). Handlers never touch
+//! a call's state directly; they send a [`CallControl`] down its bounded lane.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::sync::oneshot;
+
+use super::AppState;
+use crate::carrier::twilio_rest::{RestError, TransferTarget, TwilioRest};
+use crate::ids::CallId;
+use crate::runtime::registry::{CallControl, CallDetails};
+use crate::session::ControlCommand;
+use crate::tenant::{Tenant, TenantError};
+
+/// Largest audio file `say` fetches.
+const MAX_AUDIO_BYTES: usize = 8 * 1024 * 1024;
+
+/// A JSON error: `{"error": code, "message": text}`.
+pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": code, "message": message.into()}))).into_response()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn is_admin(s: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(admin) = s.secrets.admin_token.as_deref() else {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "admin_disabled",
+            "the admin API is off: set CALLBRIDGE_ADMIN_TOKEN",
+        ));
+    };
+    match bearer(headers) {
+        Some(t) if bool::from(t.as_bytes().ct_eq(admin.as_bytes())) => Ok(()),
+        _ => Err(error(StatusCode::UNAUTHORIZED, "unauthorized", "admin bearer token required")),
+    }
+}
+
+fn tenant(s: &AppState, headers: &HeaderMap) -> Result<Arc<Tenant>, Response> {
+    bearer(headers)
+        .and_then(|t| s.tenants.by_token(t))
+        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "unauthorized", "tenant bearer token required"))
+}
+
+fn number_json(t: &Tenant) -> serde_json::Value {
+    json!({"number": t.number, "callback_url": t.callback_url, "created_at": t.created_at, "source": t.source})
+}
+
+/// `POST /v1/numbers` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewNumber {
+    number: String,
+    callback_url: String,
+    secret: String,
+}
+
+fn tenant_error(e: TenantError) -> Response {
+    match e {
+        TenantError::Invalid(m) => error(StatusCode::BAD_REQUEST, "invalid", m),
+        TenantError::Exists(_) => error(StatusCode::CONFLICT, "exists", e.to_string()),
+        TenantError::FromConfig(_) => error(StatusCode::CONFLICT, "declared_in_config", e.to_string()),
+        TenantError::Db(_) | TenantError::Io(_) => {
+            tracing::error!(error = %e, "number store failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "storage", "the number store failed")
+        }
+    }
+}
+
+/// `POST /v1/numbers` (admin).
+pub async fn create_number(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<NewNumber>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(r) = is_admin(&s, &headers) {
+        return r;
+    }
+    let Json(n) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid", e.body_text()),
+    };
+    let store = s.tenants.clone();
+    let res = tokio::task::spawn_blocking(move || store.register(&n.number, &n.callback_url, &n.secret)).await;
+    match res {
+        Ok(Ok((t, token))) => {
+            let mut v = number_json(&t);
+            v["api_token"] = json!(token);
+            (StatusCode::CREATED, Json(v)).into_response()
+        }
+        Ok(Err(e)) => tenant_error(e),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "registration failed"),
+    }
+}
+
+/// `GET /v1/numbers/{number}` (admin, or the number's own tenant).
+pub async fn get_number(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(number): Path<String>) -> Response {
+    let allowed = is_admin(&s, &headers).is_ok() || tenant(&s, &headers).is_ok_and(|t| t.number == number);
+    if !allowed {
+        // Same answer whether or not the number exists.
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", "admin token or this number's token required");
+    }
+    match s.tenants.get(&number) {
+        Some(t) => Json(number_json(&t)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "not_found", "number not registered"),
+    }
+}
+
+/// `DELETE /v1/numbers/{number}` (admin).
+pub async fn delete_number(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(number): Path<String>) -> Response {
+    if let Err(r) = is_admin(&s, &headers) {
+        return r;
+    }
+    let store = s.tenants.clone();
+    match tokio::task::spawn_blocking(move || store.remove(&number)).await {
+        Ok(Ok(Some(_))) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "not_found", "number not registered"),
+        Ok(Err(e)) => tenant_error(e),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "removal failed"),
+    }
+}
+
+fn call_json(id: CallId, d: &CallDetails) -> serde_json::Value {
+    let started = d.started_at.duration_since(UNIX_EPOCH).map_or(0, |t| t.as_millis() as u64);
+    json!({
+        "call_id": id.to_string(),
+        "from": d.from,
+        "to": d.to,
+        "carrier": "twilio",
+        "carrier_call_id": d.carrier_call_id,
+        "engine": d.engine,
+        "started_at_ms": started,
+        "duration_ms": d.started_at.elapsed().map_or(0, |e| e.as_millis() as u64),
+    })
+}
+
+/// `GET /v1/calls` (tenant): its live calls.
+pub async fn list_calls(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let t = match tenant(&s, &headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let calls: Vec<_> = s.call.registry.of_tenant(&t.number).iter().map(|(id, d)| call_json(*id, d)).collect();
+    Json(json!({ "calls": calls })).into_response()
+}
+
+/// A live call of the tenant, or the response to give.
+fn own_call(
+    s: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<(Arc<Tenant>, CallId, crate::runtime::registry::CallHandle, Arc<CallDetails>), Response> {
+    let t = tenant(s, headers)?;
+    let not_found = || error(StatusCode::NOT_FOUND, "not_found", "no such call");
+    let call_id = id.parse::<CallId>().map_err(|_| not_found())?;
+    let handle = s.call.registry.get(call_id);
+    match handle {
+        Some(h) => match h.details.clone() {
+            Some(d) if d.tenant.as_deref() == Some(t.number.as_str()) => Ok((t, call_id, h, d)),
+            _ => Err(not_found()),
+        },
+        None if s.call.registry.ended_recently(call_id, &t.number) => {
+            Err(error(StatusCode::GONE, "call_ended", "the call has ended"))
+        }
+        None => Err(not_found()),
+    }
+}
+
+/// `GET /v1/calls/{id}` (tenant).
+pub async fn get_call(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    match own_call(&s, &headers, &id) {
+        Ok((_, cid, _, d)) => Json(call_json(cid, &d)).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn send(h: &crate::runtime::registry::CallHandle, cmd: CallControl) -> Result<(), Response> {
+    // Bounded lane; a call that cannot take a command within a second is stuck or gone.
+    match tokio::time::timeout(Duration::from_secs(1), h.control.send(cmd)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(error(StatusCode::GONE, "call_ended", "the call has ended")),
+        Err(_) => Err(error(StatusCode::SERVICE_UNAVAILABLE, "busy", "the call is not taking commands")),
+    }
+}
+
+/// `POST /v1/calls/{id}/interrupt` (tenant).
+pub async fn interrupt(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    match own_call(&s, &headers, &id) {
+        Ok((_, _, h, _)) => match send(&h, CallControl::Session(ControlCommand::Interrupt)).await {
+            Ok(()) => (StatusCode::ACCEPTED, Json(json!({"status": "interrupted"}))).into_response(),
+            Err(r) => r,
+        },
+        Err(r) => r,
+    }
+}
+
+/// `POST /v1/calls/{id}/hangup` (tenant).
+pub async fn hangup(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    match own_call(&s, &headers, &id) {
+        Ok((_, _, h, _)) => match send(&h, CallControl::Session(ControlCommand::Hangup)).await {
+            Ok(()) => (StatusCode::ACCEPTED, Json(json!({"status": "hanging_up"}))).into_response(),
+            Err(r) => r,
+        },
+        Err(r) => r,
+    }
+}
+
+/// `POST /v1/calls/{id}/say` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Say {
+    text: Option<String>,
+    audio_url: Option<String>,
+    /// Stop the bot first (default false: queued after what it is saying).
+    #[serde(default)]
+    interrupt: bool,
+}
+
+async fn fetch_audio(s: &AppState, url: &str) -> Result<Arc<[i16]>, Response> {
+    let bad = |m: String| error(StatusCode::UNPROCESSABLE_ENTITY, "bad_audio", m);
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(format!("audio_url: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad("audio_url must be http(s)".into()));
+    }
+    let fetch = async {
+        let mut resp = s.call.client.http().get(parsed).send().await.map_err(|e| e.without_url().to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("audio_url answered HTTP {}", resp.status().as_u16()));
+        }
+        let mut buf = Vec::new();
+        while let Some(c) = resp.chunk().await.map_err(|e| e.without_url().to_string())? {
+            if buf.len() + c.len() > MAX_AUDIO_BYTES {
+                return Err(format!("audio over {MAX_AUDIO_BYTES} bytes"));
+            }
+            buf.extend_from_slice(&c);
+        }
+        Ok(buf)
+    };
+    let bytes = tokio::time::timeout(Duration::from_secs(10), fetch)
+        .await
+        .map_err(|_| bad("audio_url timed out".into()))?
+        .map_err(bad)?;
+    // Decoding is CPU work proportional to the clip: keep it off the runtime threads.
+    tokio::task::spawn_blocking(move || crate::engine::local::clip_from_wav(&bytes, "audio_url"))
+        .await
+        .map_err(|_| bad("decoding failed".into()))?
+        .map_err(|e| bad(format!("{e} (a mono or stereo 16-bit PCM WAV is expected)")))
+}
+
+/// `POST /v1/calls/{id}/say` (tenant).
+pub async fn say(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<Say>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let (_, _, h, _) = match own_call(&s, &headers, &id) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid", e.body_text()),
+    };
+    let clip = match (&req.text, &req.audio_url) {
+        (None, None) | (Some(_), Some(_)) => {
+            return error(StatusCode::BAD_REQUEST, "invalid", "give exactly one of text or audio_url");
+        }
+        (_, Some(url)) => match fetch_audio(&s, url).await {
+            Ok(c) => Some(c),
+            Err(r) => return r,
+        },
+        (Some(_), None) => None,
+    };
+    let (tx, rx) = oneshot::channel();
+    if let Err(r) = send(&h, CallControl::Say { clip, text: req.text, interrupt: req.interrupt, reply: tx }).await {
+        return r;
+    }
+    match tokio::time::timeout(Duration::from_secs(2), rx).await {
+        Ok(Ok(Ok(()))) => (StatusCode::ACCEPTED, Json(json!({"status": "queued", "interrupt": req.interrupt})))
+            .into_response(),
+        Ok(Ok(Err(m))) => error(StatusCode::UNPROCESSABLE_ENTITY, "cannot_say", m),
+        Ok(Err(_)) => error(StatusCode::GONE, "call_ended", "the call has ended"),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "busy", "the call did not answer"),
+    }
+}
+
+/// `POST /v1/calls/{id}/transfer` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transfer {
+    to: String,
+}
+
+/// `POST /v1/calls/{id}/transfer` (tenant): Twilio REST "update call" with `<Dial>`.
+pub async fn transfer(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<Transfer>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let (_, _, h, d) = match own_call(&s, &headers, &id) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid", e.body_text()),
+    };
+    let target = match TransferTarget::parse(&req.to) {
+        Ok(t) => t,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "invalid", m),
+    };
+    let account = if d.account_id.is_empty() {
+        s.secrets.twilio_account_sid.clone().unwrap_or_default()
+    } else {
+        d.account_id.clone()
+    };
+    if account.is_empty() || d.carrier_call_id.is_empty() {
+        return error(StatusCode::CONFLICT, "no_carrier_call", "the carrier did not identify this call");
+    }
+    let rest = TwilioRest::new(s.call.client.http().clone(), &s.config.twilio.api_base_url, &s.secrets);
+    match rest.update_call(&account, &d.carrier_call_id, &target.twiml()).await {
+        Ok(()) => {
+            let _ = send(&h, CallControl::Transferred).await;
+            (StatusCode::ACCEPTED, Json(json!({"status": "transferring", "to": req.to}))).into_response()
+        }
+        Err(RestError::NoCredentials) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "no_credentials", RestError::NoCredentials.to_string())
+        }
+        Err(RestError::CallNotFound) => error(StatusCode::GONE, "call_ended", "Twilio says the call has ended"),
+        Err(e) => error(StatusCode::BAD_GATEWAY, "carrier_error", e.to_string()),
+    }
+}
+
+/// The OpenAPI document of this API.
+pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
+/// The JSON schema of callback events.
+pub const CALLBACKS_SCHEMA_JSON: &str = include_str!("../../docs/callbacks.schema.json");
+
+/// `GET /openapi.json`.
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+/// `GET /schema/callbacks.json`.
+pub async fn callbacks_schema() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], CALLBACKS_SCHEMA_JSON).into_response()
+}
