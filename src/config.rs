@@ -74,7 +74,10 @@ impl Secrets {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         Self {
             admin_token: var("CALLBRIDGE_ADMIN_TOKEN"),
-            twilio_auth_tokens: ["TWILIO_AUTH_TOKEN", "TWILIO_AUTH_TOKEN_SECONDARY"].iter().filter_map(|k| var(k)).collect(),
+            twilio_auth_tokens: ["TWILIO_AUTH_TOKEN", "TWILIO_AUTH_TOKEN_SECONDARY"]
+                .iter()
+                .filter_map(|k| var(k))
+                .collect(),
             twilio_account_sid: var("TWILIO_ACCOUNT_SID"),
             twilio_api_key: var("TWILIO_API_KEY").zip(var("TWILIO_API_SECRET")),
             openai_api_key: var("OPENAI_API_KEY"),

@@ -77,7 +77,8 @@ async fn run(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     );
     let listener = callbridge::server::bind(cfg.server.listen).await.context("binding listener")?;
     let addr = listener.local_addr()?;
-    let state = callbridge::server::build_state(cfg, callbridge::config::Secrets::from_env()).context("starting callbridge")?;
+    let state =
+        callbridge::server::build_state(cfg, callbridge::config::Secrets::from_env()).context("starting callbridge")?;
     info!(%addr, "callbridge listening (POST /twilio/voice, GET /twilio/stream, /healthz, /metrics)");
     callbridge::server::serve(state, listener, shutdown_signal()).await?;
     info!("callbridge stopped");

@@ -13,17 +13,17 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::api::{AppState, router};
-use crate::carrier::twilio::TwilioLimits;
 use crate::callback::client::CallbackClient;
 use crate::callback::delivery::DeliveryConfig;
+use crate::carrier::twilio::TwilioLimits;
 use crate::config::{Config, Secrets};
 use crate::engine::local::{LocalClips, LocalEngineError, Prompts};
 use crate::runtime::admission::PendingCalls;
 use crate::runtime::call_task::{CallContext, CallLimits};
 use crate::runtime::registry::Registry;
+use crate::session::ControlCommand;
 use crate::signature::StreamTokens;
 use crate::tenant::{NumberStore, TenantError};
-use crate::session::ControlCommand;
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +58,9 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
                 config.server.listen
             )));
         }
-        warn!("Twilio signatures are NOT validated (server.validate_twilio_signatures = false): local development only");
+        warn!(
+            "Twilio signatures are NOT validated (server.validate_twilio_signatures = false): local development only"
+        );
     }
     let clips = LocalClips::load(&config.engine.local.greeting_wav, &config.engine.local.reply_wav)?;
     let tenants = Arc::new(NumberStore::open(&config.storage.database, &config.numbers)?);

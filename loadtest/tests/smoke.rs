@@ -9,7 +9,11 @@ use loadtest::script::ScriptTiming;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_few_calls_talk_and_barge_in_against_a_real_server() {
-    let cfg = callbridge::config::Config::from_toml("[engine.local]\ngreeting_wav = \"\"\n[storage]\ndatabase = \"\"\n", "test").unwrap();
+    let cfg = callbridge::config::Config::from_toml(
+        "[engine.local]\ngreeting_wav = \"\"\n[storage]\ndatabase = \"\"\n",
+        "test",
+    )
+    .unwrap();
     let (srv, stop, join) = callbridge::server::spawn(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let fixtures = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/audio"));
     let clips = loadtest::clip::load_caller_clips(fixtures).unwrap();

@@ -294,8 +294,9 @@ pub async fn say(
         return r;
     }
     match tokio::time::timeout(Duration::from_secs(2), rx).await {
-        Ok(Ok(Ok(()))) => (StatusCode::ACCEPTED, Json(json!({"status": "queued", "interrupt": req.interrupt})))
-            .into_response(),
+        Ok(Ok(Ok(()))) => {
+            (StatusCode::ACCEPTED, Json(json!({"status": "queued", "interrupt": req.interrupt}))).into_response()
+        }
         Ok(Ok(Err(m))) => error(StatusCode::UNPROCESSABLE_ENTITY, "cannot_say", m),
         Ok(Err(_)) => error(StatusCode::GONE, "call_ended", "the call has ended"),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "busy", "the call did not answer"),

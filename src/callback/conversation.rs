@@ -158,27 +158,35 @@ mod tests {
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut c = Conversation::new(t0);
         c.user_transcript("my sink leaks".into());
-        let Some(Event::TurnUser(u)) = c.on_telemetry(&Telemetry::TurnEnded { start: at(300), end: at(1800) }, at(1800)) else {
+        let Some(Event::TurnUser(u)) =
+            c.on_telemetry(&Telemetry::TurnEnded { start: at(300), end: at(1800) }, at(1800))
+        else {
             panic!()
         };
         assert_eq!((u.turn, u.start_ms, u.end_ms, u.transcript.as_deref()), (1, 300, 1800, Some("my sink leaks")));
         assert!(c.on_telemetry(&Telemetry::ResponseLatency(Duration::from_millis(512)), at(2300)).is_none());
         c.response_text(ResponseId(1), "I can book a plumber ");
         c.response_text(ResponseId(1), "for tomorrow morning.");
-        let ev = c.on_telemetry(&Telemetry::BargeIn {
-            latency: Duration::from_millis(70),
-            heard_ms: 1000,
-            response: ResponseId(1),
-            onset: at(3000),
-        }, at(3070));
+        let ev = c.on_telemetry(
+            &Telemetry::BargeIn {
+                latency: Duration::from_millis(70),
+                heard_ms: 1000,
+                response: ResponseId(1),
+                onset: at(3000),
+            },
+            at(3070),
+        );
         assert!(matches!(ev, Some(Event::BargeIn { at_ms: 3000, heard_ms: 1000, latency_ms: 70, response_id: 1 })));
-        let Some(Event::TurnAgent(a)) = c.on_telemetry(&Telemetry::ResponseFinished {
-            response: ResponseId(1),
-            started: at(2300),
-            sent_ms: 2000,
-            heard_ms: 1000,
-            interrupted: true,
-        }, at(3070)) else {
+        let Some(Event::TurnAgent(a)) = c.on_telemetry(
+            &Telemetry::ResponseFinished {
+                response: ResponseId(1),
+                started: at(2300),
+                sent_ms: 2000,
+                heard_ms: 1000,
+                interrupted: true,
+            },
+            at(3070),
+        ) else {
             panic!()
         };
         assert_eq!((a.turn, a.start_ms, a.end_ms, a.interrupted), (2, 2300, 3300, true));

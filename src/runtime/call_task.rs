@@ -597,7 +597,8 @@ impl Call {
                     Err("the call's stream is not active".to_string())
                 } else if let Some(clip) = clip {
                     if interrupt {
-                        let _ = self.session.handle_input(now, Input::Control(crate::session::ControlCommand::Interrupt));
+                        let _ =
+                            self.session.handle_input(now, Input::Control(crate::session::ControlCommand::Interrupt));
                     }
                     let Engine::Local(e) = &mut self.engine;
                     e.say(clip);

@@ -536,6 +536,22 @@ impl Session {
             return;
         }
         if self.phase == Phase::Active {
+            // A response cut off by the end of the call: report what was heard.
+            if let Some(playback) = self.playback.as_mut() {
+                self.interrupted.clear();
+                playback.interrupt(self.now, &mut self.interrupted);
+                for i in &self.interrupted {
+                    if let Some(started) = i.started {
+                        self.pending.push_back(Pending::Telemetry(Telemetry::ResponseFinished {
+                            response: i.response,
+                            started,
+                            sent_ms: i.sent_ms,
+                            heard_ms: i.heard_ms,
+                            interrupted: true,
+                        }));
+                    }
+                }
+            }
             self.pending.push_back(Pending::EngineStop);
         }
         self.phase = Phase::Ended;

@@ -1,6 +1,7 @@
 //! Shared test helpers: a virtual-time session harness and synthetic audio.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod net;
 
 use std::sync::Arc;

@@ -108,6 +108,29 @@ impl FakeTwilio {
         Self::from_ws(ws, n)
     }
 
+    /// Connect with an `X-Twilio-Signature` header (or none), as Twilio does.
+    pub async fn connect_signed(
+        url: &str,
+        n: u64,
+        signature: Option<&str>,
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = url.into_client_request()?;
+        if let Some(sig) = signature {
+            req.headers_mut().insert("X-Twilio-Signature", sig.parse().unwrap());
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        Ok(Self::from_ws(ws, n))
+    }
+
+    /// `connected` + `start` with these custom parameters.
+    pub async fn start_with(&mut self, params: &[(&str, &str)]) {
+        let c = self.peer.connected();
+        self.send(c).await;
+        let s = self.peer.start(params);
+        self.send(s).await;
+    }
+
     pub fn from_ws(ws: Ws, n: u64) -> Self {
         let (tx, stream) = ws.split();
         let peer = TwilioPeer::new(n);

@@ -1,0 +1,208 @@
+//! A fake tenant backend and a fake Twilio REST API on loopback (FAKES: they
+//! speak the real wire formats but decide nothing). The backend records every
+//! callback with its signature header and answers per event type as told.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::Value;
+
+/// How the fake backend answers one event type.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// 200 with this JSON.
+    Json(Value),
+    /// This status, empty body.
+    Status(u16),
+    /// 200 with a body that is not JSON.
+    NotJson,
+    /// 200 with a body of this many bytes (valid JSON).
+    Huge(usize),
+    /// 302 to elsewhere.
+    Redirect,
+    /// Never answer (until the client gives up).
+    Hang,
+    /// Fail with 503 this many times, then 200 `{}`.
+    FailTimes(u32),
+}
+
+/// One recorded callback.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    pub signature: String,
+    pub raw: Vec<u8>,
+    pub body: Value,
+}
+
+impl Received {
+    pub fn kind(&self) -> &str {
+        self.body["type"].as_str().unwrap_or("")
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    modes: HashMap<String, Mode>,
+    failures: HashMap<String, u32>,
+    received: Vec<Received>,
+    twilio_updates: Vec<(String, String, HashMap<String, String>)>,
+    twilio_status: u16,
+}
+
+/// The fake backend (and fake Twilio REST on the same listener).
+#[derive(Clone)]
+pub struct FakeBackend {
+    pub addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for FakeBackend {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.task) == 1 {
+            self.task.abort();
+        }
+    }
+}
+
+impl FakeBackend {
+    pub async fn start() -> Self {
+        let inner = Arc::new(Mutex::new(Inner { twilio_status: 200, ..Default::default() }));
+        let app = Router::new()
+            .route("/cb", post(callback))
+            .route("/audio.wav", get(audio))
+            .route("/2010-04-01/Accounts/{account}/Calls/{call}", post(twilio_update))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, inner, task: Arc::new(task) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/cb", self.addr)
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set(&self, kind: &str, mode: Mode) {
+        self.inner.lock().unwrap().modes.insert(kind.into(), mode);
+    }
+
+    pub fn set_twilio_status(&self, status: u16) {
+        self.inner.lock().unwrap().twilio_status = status;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.inner.lock().unwrap().received.clone()
+    }
+
+    pub fn twilio_updates(&self) -> Vec<(String, String, HashMap<String, String>)> {
+        self.inner.lock().unwrap().twilio_updates.clone()
+    }
+
+    /// Wait (bounded) until an event of `kind` arrived; returns all received so far.
+    pub async fn wait_for(&self, kind: &str, within: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + within;
+        loop {
+            let r = self.received();
+            if r.iter().any(|e| e.kind() == kind) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {kind} within {within:?}; got {:?}",
+                r.iter().map(|e| e.kind().to_string()).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn callback(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, raw: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let kind = body["type"].as_str().unwrap_or("").to_string();
+    let mode = {
+        let mut g = inner.lock().unwrap();
+        g.received.push(Received {
+            at: Instant::now(),
+            signature: headers.get("x-callbridge-signature").and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
+            raw: raw.to_vec(),
+            body,
+        });
+        let mode = g.modes.get(&kind).cloned().unwrap_or(Mode::Json(serde_json::json!({})));
+        if let Mode::FailTimes(n) = mode {
+            let f = g.failures.entry(kind.clone()).or_default();
+            *f += 1;
+            if *f <= n { Mode::Status(503) } else { Mode::Json(serde_json::json!({})) }
+        } else {
+            mode
+        }
+    };
+    match mode {
+        Mode::Json(v) => axum::Json(v).into_response(),
+        Mode::Status(s) => StatusCode::from_u16(s).unwrap().into_response(),
+        Mode::NotJson => ([(header::CONTENT_TYPE, "text/html")], "<html>oops</html>").into_response(),
+        Mode::Huge(n) => {
+            let mut s = String::from("{\"instructions\":\"");
+            s.push_str(&"x".repeat(n));
+            s.push_str("\"}");
+            ([(header::CONTENT_TYPE, "application/json")], s).into_response()
+        }
+        Mode::Redirect => (StatusCode::FOUND, [(header::LOCATION, "http://127.0.0.1:9/elsewhere")]).into_response(),
+        Mode::Hang => {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            StatusCode::OK.into_response()
+        }
+        Mode::FailTimes(_) => unreachable!(),
+    }
+}
+
+async fn audio() -> Response {
+    let bytes = std::fs::read("fixtures/audio/bot_filler_8k.wav").unwrap();
+    ([(header::CONTENT_TYPE, "audio/wav")], bytes).into_response()
+}
+
+async fn twilio_update(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path((account, call)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let mut f = form;
+    f.insert(
+        "_authorization".into(),
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("").into(),
+    );
+    let mut g = inner.lock().unwrap();
+    g.twilio_updates.push((account, call.trim_end_matches(".json").to_string(), f));
+    match g.twilio_status {
+        200 => axum::Json(serde_json::json!({"sid": "CA", "status": "in-progress"})).into_response(),
+        404 => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"code": 20404, "message": "The requested resource was not found"})),
+        )
+            .into_response(),
+        s => (
+            StatusCode::from_u16(s).unwrap(),
+            axum::Json(serde_json::json!({"code": 20003, "message": "Authenticate"})),
+        )
+            .into_response(),
+    }
+}
