@@ -29,8 +29,27 @@ use crate::tenant::{Tenant, TenantError};
 const MAX_AUDIO_BYTES: usize = 8 * 1024 * 1024;
 
 /// A JSON error: `{"error": code, "message": text}`.
-pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": code, "message": message.into()}))).into_response()
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": self.code, "message": self.message}))).into_response()
+    }
+}
+
+/// Build an [`ApiError`].
+pub fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError { status, code, message: message.into() }
+}
+
+/// An error response.
+pub fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
+    api_error(status, code, message).into_response()
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -39,9 +58,9 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn is_admin(s: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+fn is_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(admin) = s.secrets.admin_token.as_deref() else {
-        return Err(error(
+        return Err(api_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "admin_disabled",
             "the admin API is off: set CALLBRIDGE_ADMIN_TOKEN",
@@ -49,14 +68,14 @@ fn is_admin(s: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     };
     match bearer(headers) {
         Some(t) if bool::from(t.as_bytes().ct_eq(admin.as_bytes())) => Ok(()),
-        _ => Err(error(StatusCode::UNAUTHORIZED, "unauthorized", "admin bearer token required")),
+        _ => Err(api_error(StatusCode::UNAUTHORIZED, "unauthorized", "admin bearer token required")),
     }
 }
 
-fn tenant(s: &AppState, headers: &HeaderMap) -> Result<Arc<Tenant>, Response> {
+fn tenant(s: &AppState, headers: &HeaderMap) -> Result<Arc<Tenant>, ApiError> {
     bearer(headers)
         .and_then(|t| s.tenants.by_token(t))
-        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "unauthorized", "tenant bearer token required"))
+        .ok_or_else(|| api_error(StatusCode::UNAUTHORIZED, "unauthorized", "tenant bearer token required"))
 }
 
 fn number_json(t: &Tenant) -> serde_json::Value {
@@ -72,14 +91,14 @@ pub struct NewNumber {
     secret: String,
 }
 
-fn tenant_error(e: TenantError) -> Response {
+fn tenant_error(e: TenantError) -> ApiError {
     match e {
-        TenantError::Invalid(m) => error(StatusCode::BAD_REQUEST, "invalid", m),
-        TenantError::Exists(_) => error(StatusCode::CONFLICT, "exists", e.to_string()),
-        TenantError::FromConfig(_) => error(StatusCode::CONFLICT, "declared_in_config", e.to_string()),
+        TenantError::Invalid(m) => api_error(StatusCode::BAD_REQUEST, "invalid", m),
+        TenantError::Exists(_) => api_error(StatusCode::CONFLICT, "exists", e.to_string()),
+        TenantError::FromConfig(_) => api_error(StatusCode::CONFLICT, "declared_in_config", e.to_string()),
         TenantError::Db(_) | TenantError::Io(_) => {
             tracing::error!(error = %e, "number store failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "storage", "the number store failed")
+            api_error(StatusCode::INTERNAL_SERVER_ERROR, "storage", "the number store failed")
         }
     }
 }
@@ -91,7 +110,7 @@ pub async fn create_number(
     body: Result<Json<NewNumber>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     if let Err(r) = is_admin(&s, &headers) {
-        return r;
+        return r.into_response();
     }
     let Json(n) = match body {
         Ok(b) => b,
@@ -105,7 +124,7 @@ pub async fn create_number(
             v["api_token"] = json!(token);
             (StatusCode::CREATED, Json(v)).into_response()
         }
-        Ok(Err(e)) => tenant_error(e),
+        Ok(Err(e)) => tenant_error(e).into_response(),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "registration failed"),
     }
 }
@@ -126,13 +145,13 @@ pub async fn get_number(State(s): State<Arc<AppState>>, headers: HeaderMap, Path
 /// `DELETE /v1/numbers/{number}` (admin).
 pub async fn delete_number(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(number): Path<String>) -> Response {
     if let Err(r) = is_admin(&s, &headers) {
-        return r;
+        return r.into_response();
     }
     let store = s.tenants.clone();
     match tokio::task::spawn_blocking(move || store.remove(&number)).await {
         Ok(Ok(Some(_))) => StatusCode::NO_CONTENT.into_response(),
         Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "not_found", "number not registered"),
-        Ok(Err(e)) => tenant_error(e),
+        Ok(Err(e)) => tenant_error(e).into_response(),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "removal failed"),
     }
 }
@@ -155,7 +174,7 @@ fn call_json(id: CallId, d: &CallDetails) -> serde_json::Value {
 pub async fn list_calls(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let t = match tenant(&s, &headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let calls: Vec<_> = s.call.registry.of_tenant(&t.number).iter().map(|(id, d)| call_json(*id, d)).collect();
     Json(json!({ "calls": calls })).into_response()
@@ -166,9 +185,9 @@ fn own_call(
     s: &AppState,
     headers: &HeaderMap,
     id: &str,
-) -> Result<(Arc<Tenant>, CallId, crate::runtime::registry::CallHandle, Arc<CallDetails>), Response> {
+) -> Result<(Arc<Tenant>, CallId, crate::runtime::registry::CallHandle, Arc<CallDetails>), ApiError> {
     let t = tenant(s, headers)?;
-    let not_found = || error(StatusCode::NOT_FOUND, "not_found", "no such call");
+    let not_found = || api_error(StatusCode::NOT_FOUND, "not_found", "no such call");
     let call_id = id.parse::<CallId>().map_err(|_| not_found())?;
     let handle = s.call.registry.get(call_id);
     match handle {
@@ -177,7 +196,7 @@ fn own_call(
             _ => Err(not_found()),
         },
         None if s.call.registry.ended_recently(call_id, &t.number) => {
-            Err(error(StatusCode::GONE, "call_ended", "the call has ended"))
+            Err(api_error(StatusCode::GONE, "call_ended", "the call has ended"))
         }
         None => Err(not_found()),
     }
@@ -187,16 +206,16 @@ fn own_call(
 pub async fn get_call(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     match own_call(&s, &headers, &id) {
         Ok((_, cid, _, d)) => Json(call_json(cid, &d)).into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
-async fn send(h: &crate::runtime::registry::CallHandle, cmd: CallControl) -> Result<(), Response> {
+async fn send(h: &crate::runtime::registry::CallHandle, cmd: CallControl) -> Result<(), ApiError> {
     // Bounded lane; a call that cannot take a command within a second is stuck or gone.
     match tokio::time::timeout(Duration::from_secs(1), h.control.send(cmd)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(error(StatusCode::GONE, "call_ended", "the call has ended")),
-        Err(_) => Err(error(StatusCode::SERVICE_UNAVAILABLE, "busy", "the call is not taking commands")),
+        Ok(Err(_)) => Err(api_error(StatusCode::GONE, "call_ended", "the call has ended")),
+        Err(_) => Err(api_error(StatusCode::SERVICE_UNAVAILABLE, "busy", "the call is not taking commands")),
     }
 }
 
@@ -205,9 +224,9 @@ pub async fn interrupt(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(
     match own_call(&s, &headers, &id) {
         Ok((_, _, h, _)) => match send(&h, CallControl::Session(ControlCommand::Interrupt)).await {
             Ok(()) => (StatusCode::ACCEPTED, Json(json!({"status": "interrupted"}))).into_response(),
-            Err(r) => r,
+            Err(r) => r.into_response(),
         },
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -216,9 +235,9 @@ pub async fn hangup(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(id)
     match own_call(&s, &headers, &id) {
         Ok((_, _, h, _)) => match send(&h, CallControl::Session(ControlCommand::Hangup)).await {
             Ok(()) => (StatusCode::ACCEPTED, Json(json!({"status": "hanging_up"}))).into_response(),
-            Err(r) => r,
+            Err(r) => r.into_response(),
         },
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -233,8 +252,8 @@ pub struct Say {
     interrupt: bool,
 }
 
-async fn fetch_audio(s: &AppState, url: &str) -> Result<Arc<[i16]>, Response> {
-    let bad = |m: String| error(StatusCode::UNPROCESSABLE_ENTITY, "bad_audio", m);
+async fn fetch_audio(s: &AppState, url: &str) -> Result<Arc<[i16]>, ApiError> {
+    let bad = |m: String| api_error(StatusCode::UNPROCESSABLE_ENTITY, "bad_audio", m);
     let parsed = reqwest::Url::parse(url).map_err(|e| bad(format!("audio_url: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(bad("audio_url must be http(s)".into()));
@@ -273,7 +292,7 @@ pub async fn say(
 ) -> Response {
     let (_, _, h, _) = match own_call(&s, &headers, &id) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Json(req) = match body {
         Ok(b) => b,
@@ -285,13 +304,13 @@ pub async fn say(
         }
         (_, Some(url)) => match fetch_audio(&s, url).await {
             Ok(c) => Some(c),
-            Err(r) => return r,
+            Err(r) => return r.into_response(),
         },
         (Some(_), None) => None,
     };
     let (tx, rx) = oneshot::channel();
     if let Err(r) = send(&h, CallControl::Say { clip, text: req.text, interrupt: req.interrupt, reply: tx }).await {
-        return r;
+        return r.into_response();
     }
     match tokio::time::timeout(Duration::from_secs(2), rx).await {
         Ok(Ok(Ok(()))) => {
@@ -319,7 +338,7 @@ pub async fn transfer(
 ) -> Response {
     let (_, _, h, d) = match own_call(&s, &headers, &id) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Json(req) = match body {
         Ok(b) => b,

@@ -1,0 +1,160 @@
+//! Helpers for tests that go through the signed Twilio entry: a validating
+//! server with two tenants, the voice webhook as Twilio signs it, signed stream
+//! upgrades, and paced talking.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use callbridge::carrier::twilio_peer::ServerMessage;
+use callbridge::config::{Config, Secrets};
+use callbridge::signature::{callback as cbsig, twilio as twsig};
+use tokio::time::{Instant, interval};
+
+use super::backend::{FakeBackend, Received};
+use super::net::*;
+
+pub const AUTH_TOKEN: &str = "12345";
+pub const PUBLIC: &str = "wss://cb.example.com";
+pub const SECRET_A: &str = "whsec_tenant_a_0123456789";
+pub const NUMBER_A: &str = "+15550001111";
+pub const NUMBER_B: &str = "+15550002222";
+
+pub fn secrets() -> Secrets {
+    Secrets {
+        admin_token: Some("admin-token".into()),
+        twilio_auth_tokens: vec![AUTH_TOKEN.into()],
+        twilio_account_sid: Some("AC0000".into()),
+        ..Default::default()
+    }
+}
+
+/// A validating server with tenants A and B, A's callback at `backend`.
+pub async fn server(backend: &FakeBackend, extra: &str) -> TestServer {
+    let toml = format!(
+        r#"
+[server]
+public_url = "{PUBLIC}"
+validate_twilio_signatures = true
+[engine.local]
+greeting_wav = ""
+[twilio]
+api_base_url = "{base}"
+[[numbers]]
+number = "{NUMBER_A}"
+callback_url = "{url}"
+secret = "{SECRET_A}"
+api_token = "tenant-a-token"
+[[numbers]]
+number = "{NUMBER_B}"
+callback_url = "http://127.0.0.1:9/never"
+secret = "whsec_tenant_b_0123456789"
+api_token = "tenant-b-token"
+{extra}
+"#,
+        base = backend.base(),
+        url = backend.url()
+    );
+    let mut cfg = Config::from_toml(&toml, "test").expect("config");
+    cfg.server.shutdown_grace_ms = 300;
+    if !extra.contains("database") {
+        cfg.storage.database = String::new();
+    }
+    TestServer::start_with(cfg, secrets()).await
+}
+
+pub fn voice_params(tw: &FakeTwilio, to: &str) -> Vec<(String, String)> {
+    [
+        ("AccountSid", tw.peer.account_sid.as_str()),
+        ("CallSid", tw.peer.call_sid.as_str()),
+        ("From", "+15557770000"),
+        ("To", to),
+        ("CallStatus", "ringing"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// POST the voice webhook as Twilio would (signed unless `signature` is given).
+pub async fn webhook(srv: &TestServer, params: &[(String, String)], signature: Option<&str>) -> (u16, String) {
+    let sig = signature
+        .map(str::to_string)
+        .unwrap_or_else(|| twsig::compute(AUTH_TOKEN, "https://cb.example.com/twilio/voice", params));
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/twilio/voice", srv.addr))
+        .header("X-Twilio-Signature", sig)
+        .form(params)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+pub fn token_of(twiml: &str) -> String {
+    let i = twiml.find(r#"name="cb_token" value=""#).expect("token parameter") + 23;
+    twiml[i..i + 64].to_string()
+}
+
+pub fn stream_signature() -> String {
+    twsig::compute(AUTH_TOKEN, "wss://cb.example.com/twilio/stream", &[])
+}
+
+/// Place a call to `to` through the webhook and open its signed stream.
+pub async fn call(srv: &TestServer, n: u64, to: &str) -> FakeTwilio {
+    let mut tw = FakeTwilio::connect_signed(&srv.url(), n, Some(&stream_signature())).await.expect("upgrade");
+    let (status, twiml) = webhook(srv, &voice_params(&tw, to), None).await;
+    assert_eq!(status, 200, "{twiml}");
+    let token = token_of(&twiml);
+    tw.start_with(&[("from", "+15557770000"), ("to", to), ("cb_token", &token)]).await;
+    tw
+}
+
+/// Stream `ulaw` paced at 20 ms, then `tail` frames of silence; returns what arrived.
+pub async fn talk(tw: &mut FakeTwilio, ulaw: &[u8], tail: usize) -> Vec<Rx> {
+    let mut tick = interval(Duration::from_millis(20));
+    let silence = [0xFFu8; 160];
+    let mut got = Vec::new();
+    for f in ulaw.chunks_exact(160).chain(std::iter::repeat_n(&silence[..], tail)) {
+        tick.tick().await;
+        tw.frame(f).await;
+        while let Ok(ev) = tw.rx.try_recv() {
+            got.push(ev);
+        }
+    }
+    got
+}
+
+/// Keep streaming silence until no bot audio arrived for 600 ms (bounded).
+pub async fn until_quiet(tw: &mut FakeTwilio, within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut last = Instant::now();
+    let mut tick = interval(Duration::from_millis(20));
+    let silence = vec![0xFFu8; 160];
+    while Instant::now() - last < Duration::from_millis(600) {
+        assert!(Instant::now() < deadline, "bot audio did not stop within {within:?}");
+        tick.tick().await;
+        tw.frame(&silence).await;
+        while let Ok(ev) = tw.rx.try_recv() {
+            if matches!(ev, Rx::Msg(_, ServerMessage::Media(_))) {
+                last = Instant::now();
+            }
+        }
+    }
+}
+
+pub fn media_count(rx: &[Rx]) -> usize {
+    rx.iter().filter(|e| matches!(e, Rx::Msg(_, ServerMessage::Media(_)))).count()
+}
+
+pub fn verify_all(events: &[Received], secret: &str) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    for e in events {
+        cbsig::verify(secret, &e.signature, &e.raw, now, 300)
+            .unwrap_or_else(|err| panic!("{} signature: {err}", e.kind()));
+        assert_eq!(
+            e.body["idempotency_key"].as_str().unwrap(),
+            format!("{}:{}", e.body["call_id"].as_str().unwrap(), e.body["seq"])
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! The control API over real HTTP on 127.0.0.1: numbers (admin), live-call
+//! control (tenant), isolation between tenants, persistence across restarts,
+//! and transfers through a fake Twilio REST server. Every wait is bounded.
+
+mod common;
+
+use std::time::Duration;
+
+use callbridge::carrier::twilio_peer::ServerMessage;
+use common::backend::FakeBackend;
+use common::calls::*;
+use common::net::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(srv: &TestServer) -> Self {
+        Self { base: format!("http://{}", srv.addr), http: reqwest::Client::new() }
+    }
+
+    async fn req(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let mut r = self.http.request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_are_admin_only_persist_across_restarts_and_tokens_see_only_their_own() {
+    let backend = FakeBackend::start().await;
+    let dir = std::env::temp_dir().join(format!("cb-api-{}", callbridge::signature::random_hex()));
+    let db = dir.join("cb.db");
+    let extra = format!("[storage]\ndatabase = \"{}\"\n", db.display());
+    let srv = server(&backend, &extra).await;
+    let api = Api::new(&srv);
+    let new = json!({"number": "+15553334444", "callback_url": backend.url(), "secret": "whsec_new_tenant_0123"});
+
+    assert_eq!(api.req("POST", "/v1/numbers", None, Some(new.clone())).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api.req("POST", "/v1/numbers", Some("tenant-a-token"), Some(new.clone())).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (st, body) = api.req("POST", "/v1/numbers", Some("admin-token"), Some(new.clone())).await;
+    assert_eq!(st, StatusCode::CREATED, "{body}");
+    let token = body["api_token"].as_str().unwrap().to_string();
+    assert!(body.get("secret").is_none(), "the secret is never echoed");
+    assert_eq!(api.req("POST", "/v1/numbers", Some("admin-token"), Some(new.clone())).await.0, StatusCode::CONFLICT);
+    let bad = json!({"number": "5553334444", "callback_url": backend.url(), "secret": "whsec_new_tenant_0123"});
+    let (st, body) = api.req("POST", "/v1/numbers", Some("admin-token"), Some(bad)).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(body["message"].as_str().unwrap().contains("E.164"));
+    let typo = json!({"numbr": "+15553334444"});
+    assert_eq!(api.req("POST", "/v1/numbers", Some("admin-token"), Some(typo)).await.0, StatusCode::BAD_REQUEST);
+
+    // Reading a registration: admin or its own token; never another tenant's.
+    let path = "/v1/numbers/%2B15553334444";
+    assert_eq!(api.req("GET", path, Some(&token), None).await.0, StatusCode::OK);
+    assert_eq!(api.req("GET", path, Some("admin-token"), None).await.1["callback_url"], backend.url());
+    assert_eq!(api.req("GET", path, Some("tenant-a-token"), None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api.req("DELETE", "/v1/numbers/%2B15550001111", Some("admin-token"), None).await.0,
+        StatusCode::CONFLICT
+    );
+    srv.shutdown().await;
+
+    // Restart on the same database: the registration and its token survive.
+    let srv = server(&backend, &extra).await;
+    let api = Api::new(&srv);
+    assert_eq!(api.req("GET", path, Some(&token), None).await.0, StatusCode::OK);
+    assert_eq!(api.req("GET", "/v1/calls", Some(&token), None).await.1, json!({"calls": []}));
+    assert_eq!(api.req("DELETE", path, Some(&token), None).await.0, StatusCode::UNAUTHORIZED, "admin only");
+    assert_eq!(api.req("DELETE", path, Some("admin-token"), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(api.req("DELETE", path, Some("admin-token"), None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(api.req("GET", "/v1/calls", Some(&token), None).await.0, StatusCode::UNAUTHORIZED, "token revoked");
+    srv.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+
+    // Without CALLBRIDGE_ADMIN_TOKEN the admin API is off, clearly.
+    let srv = TestServer::start("").await;
+    let (st, body) = Api::new(&srv).req("POST", "/v1/numbers", Some("anything"), Some(new)).await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"], "admin_disabled");
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_control_their_live_calls_and_only_theirs() {
+    let backend = FakeBackend::start().await;
+    let srv = server(&backend, "").await;
+    let api = Api::new(&srv);
+    let mut tw = call(&srv, 1, NUMBER_A).await;
+    // The call is listed once its stream started.
+    let mut listed = Value::Null;
+    for _ in 0..50 {
+        listed = api.req("GET", "/v1/calls", Some("tenant-a-token"), None).await.1;
+        if listed["calls"].as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let id = listed["calls"][0]["call_id"].as_str().expect("call listed").to_string();
+    assert_eq!(listed["calls"][0]["carrier_call_id"].as_str().unwrap(), tw.peer.call_sid);
+    assert_eq!(api.req("GET", "/v1/calls", Some("tenant-b-token"), None).await.1, json!({"calls": []}));
+    assert_eq!(api.req("GET", "/v1/calls", None, None).await.0, StatusCode::UNAUTHORIZED);
+
+    // Tenant B cannot see or touch A's call: indistinguishable from no call.
+    for (m, p, b) in [
+        ("GET", format!("/v1/calls/{id}"), None),
+        ("POST", format!("/v1/calls/{id}/hangup"), None),
+        ("POST", format!("/v1/calls/{id}/interrupt"), None),
+        ("POST", format!("/v1/calls/{id}/say"), Some(json!({"audio_url": format!("{}/audio.wav", backend.base())}))),
+        ("POST", format!("/v1/calls/{id}/transfer"), Some(json!({"to": "+15557654321"}))),
+    ] {
+        let (st, body) = api.req(m, &p, Some("tenant-b-token"), b).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{m} {p}: {body}");
+    }
+    assert_eq!(api.req("GET", "/v1/calls/call_nonsense", Some("tenant-a-token"), None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(api.req("GET", &format!("/v1/calls/{id}"), Some("tenant-a-token"), None).await.0, StatusCode::OK);
+
+    // say: text is refused by the local engine; exactly one of text/audio_url; a WAV URL plays.
+    let say = format!("/v1/calls/{id}/say");
+    let (st, body) = api.req("POST", &say, Some("tenant-a-token"), Some(json!({"text": "hello"}))).await;
+    assert_eq!((st, body["error"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("cannot_say")));
+    assert_eq!(api.req("POST", &say, Some("tenant-a-token"), Some(json!({}))).await.0, StatusCode::BAD_REQUEST);
+    let (st, _) =
+        api.req("POST", &say, Some("tenant-a-token"), Some(json!({"audio_url": "http://127.0.0.1:9/x.wav"}))).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "unreachable audio");
+    let (st, _) = api.req("POST", &say, Some("tenant-a-token"), Some(json!({"audio_url": backend.url()}))).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "not a WAV");
+    let wav = format!("{}/audio.wav", backend.base());
+    let (st, body) = api.req("POST", &say, Some("tenant-a-token"), Some(json!({"audio_url": wav}))).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    let got = talk(&mut tw, &[], 40).await;
+    assert!(media_count(&got) > 5, "the clip plays");
+
+    // interrupt: the carrier is told to clear what it holds.
+    let (st, _) = api.req("POST", &format!("/v1/calls/{id}/interrupt"), Some("tenant-a-token"), None).await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    let got = talk(&mut tw, &[], 10).await;
+    assert!(got.iter().any(|e| matches!(e, Rx::Msg(_, ServerMessage::Clear))), "clear sent");
+
+    // transfer: Twilio REST gets <Dial> with Basic auth; then the call ends as transferred.
+    let transfer = format!("/v1/calls/{id}/transfer");
+    let (st, _) = api.req("POST", &transfer, Some("tenant-a-token"), Some(json!({"to": "not a number"}))).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, body) = api.req("POST", &transfer, Some("tenant-a-token"), Some(json!({"to": "+15557654321"}))).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    let updates = backend.twilio_updates();
+    assert_eq!(updates.len(), 1);
+    let (account, sid, form) = &updates[0];
+    assert_eq!((account.as_str(), sid.as_str()), (tw.peer.account_sid.as_str(), tw.peer.call_sid.as_str()));
+    assert_eq!(
+        form["Twiml"],
+        r#"<?xml version="1.0" encoding="UTF-8"?><Response><Dial>+15557654321</Dial></Response>"#
+    );
+    use base64::Engine as _;
+    // Basic auth with the account the auth token belongs to (TWILIO_ACCOUNT_SID); the call's own account in the URL.
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("AC0000:{AUTH_TOKEN}"));
+    assert_eq!(form["_authorization"], format!("Basic {basic}"));
+    // Twilio then stops the stream.
+    let stop = tw.peer.stop();
+    tw.send(stop).await;
+    let events = backend.wait_for("call.ended", Duration::from_secs(5)).await;
+    assert_eq!(events.last().unwrap().body["reason"], "transferred");
+
+    // The call is over: control answers 410, not 404.
+    srv.wait_no_calls().await;
+    assert_eq!(api.req("GET", &format!("/v1/calls/{id}"), Some("tenant-a-token"), None).await.0, StatusCode::GONE);
+    assert_eq!(
+        api.req("POST", &format!("/v1/calls/{id}/hangup"), Some("tenant-a-token"), None).await.0,
+        StatusCode::GONE
+    );
+    assert_eq!(api.req("GET", &format!("/v1/calls/{id}"), Some("tenant-b-token"), None).await.0, StatusCode::NOT_FOUND);
+
+    // hangup of a live call closes its stream; a transfer Twilio says is over is 410.
+    let mut tw = call(&srv, 2, NUMBER_A).await;
+    let _ = talk(&mut tw, &[], 5).await;
+    let id = api.req("GET", "/v1/calls", Some("tenant-a-token"), None).await.1["calls"][0]["call_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    backend.set_twilio_status(404);
+    let (st, _) = api
+        .req(
+            "POST",
+            &format!("/v1/calls/{id}/transfer"),
+            Some("tenant-a-token"),
+            Some(json!({"to": "sip:desk@pbx.example.com"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::GONE);
+    backend.set_twilio_status(401);
+    let (st, body) = api
+        .req("POST", &format!("/v1/calls/{id}/transfer"), Some("tenant-a-token"), Some(json!({"to": "+15557654321"})))
+        .await;
+    assert_eq!((st, body["error"].as_str()), (StatusCode::BAD_GATEWAY, Some("carrier_error")));
+    let (st, _) = api.req("POST", &format!("/v1/calls/{id}/hangup"), Some("tenant-a-token"), None).await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    assert_eq!(tw.closed(Duration::from_secs(3)).await.map(|c| c.0), Some(1000));
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn documents_are_served_and_the_schema_matches_every_event() {
+    let srv = TestServer::start("").await;
+    let api = Api::new(&srv);
+    let (st, openapi) = api.req("GET", "/openapi.json", None, None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(openapi["openapi"], "3.1.0");
+    for p in ["/v1/numbers", "/v1/calls", "/v1/calls/{id}/say", "/v1/calls/{id}/transfer"] {
+        assert!(openapi["paths"].get(p).is_some(), "{p} documented");
+    }
+    let (st, schema) = api.req("GET", "/schema/callbacks.json", None, None).await;
+    assert_eq!(st, StatusCode::OK);
+
+    use callbridge::callback::*;
+    let samples = [
+        Event::CallStarted {
+            from: "+1".into(),
+            to: "+2".into(),
+            carrier: "twilio".into(),
+            carrier_call_id: "CA".into(),
+            account_id: "AC".into(),
+        },
+        Event::TurnUser(UserTurn { turn: 1, start_ms: 1, end_ms: 2, transcript: Some("hi".into()) }),
+        Event::TurnAgent(AgentTurn {
+            turn: 2,
+            response_id: 1,
+            start_ms: 3,
+            end_ms: 4,
+            text: None,
+            sent_ms: 1,
+            heard_ms: 1,
+            heard_text: None,
+            interrupted: false,
+        }),
+        Event::BargeIn { at_ms: 1, response_id: 1, heard_ms: 1, latency_ms: 1 },
+        Event::Dtmf { digit: "1".into(), at_ms: 1 },
+        Event::ToolCall { tool_call_id: "t".into(), name: "n".into(), arguments: json!({}) },
+        Event::CallEnded(CallSummary {
+            latencies: vec![TurnLatency { turn: 1, ..Default::default() }],
+            reason: "hangup".into(),
+            ..Default::default()
+        }),
+    ];
+    let listed: Vec<&str> = schema["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["$ref"].as_str().unwrap().trim_start_matches("#/$defs/"))
+        .collect();
+    for ev in samples {
+        let kind = ev.kind();
+        assert!(listed.contains(&kind), "{kind} listed in oneOf");
+        let v = serde_json::to_value(Envelope::new("call_1", 1, std::time::SystemTime::now(), ev)).unwrap();
+        let def = &schema["$defs"][kind];
+        let props = def["properties"].as_object().unwrap_or_else(|| panic!("{kind} defined"));
+        for key in v.as_object().unwrap().keys() {
+            assert!(props.contains_key(key), "{kind}.{key} is in the schema");
+        }
+        for req in def["required"].as_array().unwrap() {
+            assert!(v.get(req.as_str().unwrap()).is_some(), "{kind} always sends {req}");
+        }
+        assert_eq!(props["type"]["const"], kind);
+    }
+    srv.shutdown().await;
+}
