@@ -1,0 +1,125 @@
+//! The example Python backend (`examples/receptionist/`) against a real
+//! callbridge on 127.0.0.1: signature self-test, a call that uses its plan,
+//! events it stores, and a transfer it requests when the caller presses 0.
+//! Needs `python3` (CI installs it). The child process is killed on every path.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use callbridge::config::Config;
+use common::backend::FakeBackend;
+use common::calls::*;
+use common::net::*;
+
+const SCRIPT: &str = "examples/receptionist/receptionist.py";
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_example_verifies_the_documented_signature_vector() {
+    let out = Command::new("python3").args([SCRIPT, "--self-test"]).output().expect("python3 is installed");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "self-test ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_receptionist_plans_stores_and_transfers() {
+    let twilio = FakeBackend::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("cb-example-{}", callbridge::signature::random_hex()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("receptionist.db");
+    let toml = format!(
+        r#"
+[server]
+public_url = "{PUBLIC}"
+validate_twilio_signatures = true
+[engine.local]
+greeting_wav = ""
+[twilio]
+api_base_url = "{}"
+[storage]
+database = ""
+[[numbers]]
+number = "{NUMBER_A}"
+callback_url = "http://127.0.0.1:{port}/"
+secret = "{SECRET_A}"
+api_token = "tenant-a-token"
+"#,
+        twilio.base()
+    );
+    let mut cfg = Config::from_toml(&toml, "t").unwrap();
+    cfg.server.shutdown_grace_ms = 300;
+    let srv = TestServer::start_with(cfg, secrets()).await;
+
+    let mut child = Kill(
+        Command::new("python3")
+            .args([SCRIPT, "--port", &port.to_string(), "--db", db.to_str().unwrap()])
+            .args(["--callbridge", &format!("http://{}", srv.addr), "--on-call", "+15550009999"])
+            .env("RECEPTIONIST_SECRET", SECRET_A)
+            .env("CALLBRIDGE_API_TOKEN", "tenant-a-token")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 is installed"),
+    );
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("listening"), "backend started: {line}");
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in stderr.lines() {});
+
+    let mut tw = call(&srv, 1, NUMBER_A).await;
+    let got = talk(&mut tw, &ulaw_fixture("caller_short_8k.wav"), 60).await;
+    assert!(media_count(&got) > 5, "answered");
+    let zero = tw.peer.dtmf('0');
+    tw.send(zero).await;
+
+    // The example transfers through our control API → Twilio REST.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while twilio.twilio_updates().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no transfer requested");
+        let _ = talk(&mut tw, &[], 5).await;
+    }
+    let (_, sid, form) = &twilio.twilio_updates()[0];
+    assert_eq!(sid, &tw.peer.call_sid);
+    assert!(form["Twiml"].contains("<Dial>+15550009999</Dial>"), "{}", form["Twiml"]);
+    let stop = tw.peer.stop();
+    tw.send(stop).await;
+    srv.wait_no_calls().await;
+
+    // What it stored: the conversation, in order, ending as transferred.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let rows = loop {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let mut st = conn.prepare("SELECT type, body FROM events ORDER BY rowid").unwrap();
+        let rows: Vec<(String, String)> =
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+        if rows.iter().any(|(t, _)| t == "call.ended") || tokio::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let kinds: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"turn.user"), "{kinds:?}");
+    assert!(kinds.contains(&"dtmf"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"call.ended"), "{kinds:?}");
+    let ended: serde_json::Value = serde_json::from_str(&rows.last().unwrap().1).unwrap();
+    assert_eq!(ended["reason"], "transferred");
+    // The plan's 600 ms endpointing was applied.
+    let latency = ended["latencies"][0]["response_latency_ms"].as_u64().unwrap();
+    assert!((600..800).contains(&latency), "plan applied: latency {latency} ms");
+    srv.shutdown().await;
+    drop(child);
+    let _ = std::fs::remove_dir_all(dir);
+}
