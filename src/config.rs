@@ -54,6 +54,8 @@ pub struct Secrets {
     pub openai_api_key: Option<String>,
     /// `CALLBRIDGE_ALLOW_UNSIGNED=1`: allow unvalidated Twilio requests on a non-loopback address.
     pub allow_unsigned: bool,
+    /// `OPENAI_REALTIME_URL`: overrides `engine.openai_realtime.url` (not a secret, but from the environment).
+    pub openai_realtime_url: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -82,6 +84,7 @@ impl Secrets {
             twilio_api_key: var("TWILIO_API_KEY").zip(var("TWILIO_API_SECRET")),
             openai_api_key: var("OPENAI_API_KEY"),
             allow_unsigned: var("CALLBRIDGE_ALLOW_UNSIGNED").is_some_and(|v| v == "1"),
+            openai_realtime_url: var("OPENAI_REALTIME_URL"),
         }
     }
 }
@@ -226,6 +229,36 @@ pub struct EngineConfig {
     pub kind: EngineKind,
     /// The embedded local engine.
     pub local: LocalEngineConfig,
+    /// OpenAI Realtime (`[engine.openai_realtime]`).
+    pub openai_realtime: OpenAiRealtimeConfig,
+}
+
+/// `[engine.openai_realtime]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiRealtimeConfig {
+    /// WebSocket endpoint (env `OPENAI_REALTIME_URL` overrides); `?model=` is added.
+    pub url: String,
+    /// Model.
+    pub model: String,
+    /// "ga" or "beta" event names and session shape.
+    pub api: crate::engine::openai_realtime::ApiFlavor,
+    /// Voice (a call plan may override).
+    pub voice: String,
+    /// Instructions when the plan gives none.
+    pub instructions: String,
+    /// Said first when the plan gives no greeting ("" = wait for the caller).
+    pub greeting: String,
+    /// "local" (our VAD ends turns and creates responses) or "server_vad".
+    pub turn_detection: crate::engine::openai_realtime::TurnMode,
+    /// Input transcription model for `turn.user` transcripts ("" = none).
+    pub transcription_model: String,
+    /// Server VAD silence before the engine answers (server_vad only).
+    pub silence_duration_ms: u32,
+    /// Deadline for connecting to the engine.
+    pub connect_timeout_ms: u64,
+    /// Messages queued towards the engine per call before audio is dropped.
+    pub max_queued_messages: usize,
 }
 
 /// Engine choice.
@@ -234,6 +267,8 @@ pub struct EngineConfig {
 pub enum EngineKind {
     /// Embedded clips, no network.
     Local,
+    /// OpenAI Realtime speech-to-speech (needs `OPENAI_API_KEY`).
+    OpenaiRealtime,
 }
 
 /// `[engine.local]`

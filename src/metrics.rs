@@ -49,6 +49,10 @@ pub const CALLBACK_FAILURES: &str = "callbridge_callback_failures_total";
 pub const CALLBACK_LATENCY: &str = "callbridge_callback_latency_seconds";
 /// Blocking callbacks (plan, tool) that fell back, by event type and kind.
 pub const CALLBACK_FALLBACKS: &str = "callbridge_callback_fallbacks_total";
+/// Messages to a network engine dropped because its lane was full.
+pub const ENGINE_DROPPED: &str = "callbridge_engine_dropped_messages_total";
+/// Network engine trouble by kind (connect_failed, dropped, reconnected, error, fatal_error, bad_message).
+pub const ENGINE_ERRORS: &str = "callbridge_engine_errors_total";
 /// Webhooks and streams refused for failed authentication, by reason.
 pub const AUTH_REJECTED: &str = "callbridge_auth_rejected_total";
 
@@ -110,6 +114,8 @@ fn describe() {
     describe_counter!(CALLBACK_FAILURES, "Failed callback attempts by kind");
     describe_histogram!(CALLBACK_LATENCY, metrics::Unit::Seconds, "Callback request round trip");
     describe_counter!(CALLBACK_FALLBACKS, "Blocking callbacks that timed out or failed, so the fallback applied");
+    describe_counter!(ENGINE_DROPPED, "Messages to a network engine dropped because its lane was full");
+    describe_counter!(ENGINE_ERRORS, "Network engine failures, reconnects and error events, by kind");
     describe_counter!(AUTH_REJECTED, "Webhooks and streams refused for failed authentication");
 }
 

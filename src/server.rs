@@ -62,6 +62,9 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
             "Twilio signatures are NOT validated (server.validate_twilio_signatures = false): local development only"
         );
     }
+    if config.engine.kind == crate::config::EngineKind::OpenaiRealtime && secrets.openai_api_key.is_none() {
+        return Err(ServerError::Setup("engine.kind = \"openai_realtime\" needs OPENAI_API_KEY".into()));
+    }
     let clips = LocalClips::load(&config.engine.local.greeting_wav, &config.engine.local.reply_wav)?;
     let tenants = Arc::new(NumberStore::open(&config.storage.database, &config.numbers)?);
     let s = &config.server;
@@ -84,6 +87,11 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         client,
         delivery: DeliveryConfig::from_config(&config.callbacks),
         prompts: Prompts::builtin(),
+        callbacks: config.callbacks.clone(),
+        default_engine: config.engine.kind,
+        realtime: config.engine.openai_realtime.clone(),
+        realtime_url: secrets.openai_realtime_url.clone().unwrap_or_else(|| config.engine.openai_realtime.url.clone()),
+        openai_api_key: secrets.openai_api_key.clone(),
     });
     Ok(Arc::new(AppState {
         config,

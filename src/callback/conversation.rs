@@ -26,6 +26,9 @@ pub struct Conversation {
     texts: HashMap<ResponseId, String>,
     /// Last user transcript not yet attached to a turn.
     pending_transcript: Option<String>,
+    /// Hold each user turn until its transcript arrives (engines that transcribe).
+    hold_user: bool,
+    held: Option<UserTurn>,
 }
 
 fn ms(origin: Instant, t: Instant) -> u64 {
@@ -58,7 +61,20 @@ impl Conversation {
             latencies: Vec::new(),
             texts: HashMap::new(),
             pending_transcript: None,
+            hold_user: false,
+            held: None,
         }
+    }
+
+    /// Expect transcripts: a `turn.user` waits for its transcript (or for the
+    /// next event, whichever comes first) so it is sent with the text.
+    pub fn expect_transcripts(&mut self, yes: bool) {
+        self.hold_user = yes;
+    }
+
+    /// The held user turn, if any (before `call.ended`).
+    pub fn flush(&mut self) -> Option<Event> {
+        self.held.take().map(Event::TurnUser)
     }
 
     /// The engine's text for `response` (accumulated across deltas).
@@ -66,9 +82,19 @@ impl Conversation {
         self.texts.entry(response).or_default().push_str(delta);
     }
 
-    /// The engine's transcript of the caller's last turn (may arrive after the turn ended).
-    pub fn user_transcript(&mut self, text: String) {
-        self.pending_transcript = Some(text);
+    /// The engine's transcript of the caller's last turn (may arrive after the
+    /// turn ended): completes the held turn, or waits for the next one.
+    pub fn user_transcript(&mut self, text: String) -> Option<Event> {
+        match self.held.take() {
+            Some(mut u) => {
+                u.transcript = Some(text);
+                Some(Event::TurnUser(u))
+            }
+            None => {
+                self.pending_transcript = Some(text);
+                None
+            }
+        }
     }
 
     /// Time to first engine audio of the latest exchange.
@@ -78,8 +104,16 @@ impl Conversation {
         }
     }
 
-    /// Account for one telemetry item; returns the event to send, if any.
-    pub fn on_telemetry(&mut self, t: &Telemetry, now: Instant) -> Option<Event> {
+    /// Account for one telemetry item; returns the events to send, in order.
+    pub fn on_telemetry(&mut self, t: &Telemetry, now: Instant) -> Vec<Event> {
+        let Some(ev) = self.event_for(t, now) else { return Vec::new() };
+        match ev {
+            Event::TurnUser(u) if self.hold_user => self.held.replace(u).map(Event::TurnUser).into_iter().collect(),
+            ev => self.flush().into_iter().chain(std::iter::once(ev)).collect(),
+        }
+    }
+
+    fn event_for(&mut self, t: &Telemetry, now: Instant) -> Option<Event> {
         match *t {
             Telemetry::TurnEnded { start, end } => {
                 self.turn += 1;
@@ -157,14 +191,14 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut c = Conversation::new(t0);
-        c.user_transcript("my sink leaks".into());
+        assert!(c.user_transcript("my sink leaks".into()).is_none());
         let Some(Event::TurnUser(u)) =
-            c.on_telemetry(&Telemetry::TurnEnded { start: at(300), end: at(1800) }, at(1800))
+            c.on_telemetry(&Telemetry::TurnEnded { start: at(300), end: at(1800) }, at(1800)).pop()
         else {
             panic!()
         };
         assert_eq!((u.turn, u.start_ms, u.end_ms, u.transcript.as_deref()), (1, 300, 1800, Some("my sink leaks")));
-        assert!(c.on_telemetry(&Telemetry::ResponseLatency(Duration::from_millis(512)), at(2300)).is_none());
+        assert!(c.on_telemetry(&Telemetry::ResponseLatency(Duration::from_millis(512)), at(2300)).is_empty());
         c.response_text(ResponseId(1), "I can book a plumber ");
         c.response_text(ResponseId(1), "for tomorrow morning.");
         let ev = c.on_telemetry(
@@ -176,17 +210,23 @@ mod tests {
             },
             at(3070),
         );
-        assert!(matches!(ev, Some(Event::BargeIn { at_ms: 3000, heard_ms: 1000, latency_ms: 70, response_id: 1 })));
-        let Some(Event::TurnAgent(a)) = c.on_telemetry(
-            &Telemetry::ResponseFinished {
-                response: ResponseId(1),
-                started: at(2300),
-                sent_ms: 2000,
-                heard_ms: 1000,
-                interrupted: true,
-            },
-            at(3070),
-        ) else {
+        assert!(matches!(
+            ev.as_slice(),
+            [Event::BargeIn { at_ms: 3000, heard_ms: 1000, latency_ms: 70, response_id: 1 }]
+        ));
+        let Some(Event::TurnAgent(a)) = c
+            .on_telemetry(
+                &Telemetry::ResponseFinished {
+                    response: ResponseId(1),
+                    started: at(2300),
+                    sent_ms: 2000,
+                    heard_ms: 1000,
+                    interrupted: true,
+                },
+                at(3070),
+            )
+            .pop()
+        else {
             panic!()
         };
         assert_eq!((a.turn, a.start_ms, a.end_ms, a.interrupted), (2, 2300, 3300, true));
@@ -203,6 +243,32 @@ mod tests {
                 barge_in_latency_ms: Some(70)
             }]
         );
+    }
+
+    #[test]
+    fn held_user_turns_wait_for_their_transcript_or_the_next_event() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut c = Conversation::new(t0);
+        c.expect_transcripts(true);
+        assert!(c.on_telemetry(&Telemetry::TurnEnded { start: at(0), end: at(900) }, at(900)).is_empty());
+        let Some(Event::TurnUser(u)) = c.user_transcript("hello".into()) else { panic!() };
+        assert_eq!(u.transcript.as_deref(), Some("hello"));
+        // No transcript this time: the turn goes out (untranscribed) before the agent turn.
+        assert!(c.on_telemetry(&Telemetry::TurnEnded { start: at(2000), end: at(2500) }, at(2500)).is_empty());
+        let evs = c.on_telemetry(
+            &Telemetry::ResponseFinished {
+                response: ResponseId(1),
+                started: at(2600),
+                sent_ms: 100,
+                heard_ms: 100,
+                interrupted: false,
+            },
+            at(2700),
+        );
+        assert!(matches!(evs.as_slice(), [Event::TurnUser(UserTurn { transcript: None, .. }), Event::TurnAgent(_)]));
+        assert!(c.on_telemetry(&Telemetry::TurnEnded { start: at(3000), end: at(3500) }, at(3500)).is_empty());
+        assert!(matches!(c.flush(), Some(Event::TurnUser(UserTurn { turn: 4, .. }))));
     }
 
     #[test]

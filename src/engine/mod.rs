@@ -7,6 +7,7 @@
 //! call, so the session drops stale audio by comparing ids.
 
 pub mod local;
+pub mod openai_realtime;
 
 use std::sync::Arc;
 

@@ -25,15 +25,19 @@ use tracing::{debug, info, warn};
 use crate::callback::client::{CallbackClient, Target};
 use crate::callback::conversation::Conversation;
 use crate::callback::delivery::{DeliveryConfig, EventSender};
-use crate::callback::{CallPlan, Event};
+use crate::callback::{CallPlan, Envelope, Event, ToolResult};
 use crate::carrier::twilio::{TwilioCodec, TwilioLimits};
 use crate::carrier::{CarrierCommand, CarrierEvent, StreamInfo};
+use crate::config::{CallbacksConfig, EngineKind, OpenAiRealtimeConfig};
 use crate::engine::local::{LocalClips, LocalEngine, Prompts};
+use crate::engine::openai_realtime::{ApiFlavor, RealtimeCodec, RealtimeConfig, RealtimeOutput, WireAudio};
 use crate::ids::CallId;
 use crate::metrics::{CallMetrics, observe};
 use crate::runtime::admission::{PendingCalls, Route};
+use crate::runtime::engine_driver::{Engine, Realtime};
+use crate::runtime::engine_link::{EngineLink, LinkConfig, LinkEvent};
 use crate::runtime::registry::{CallControl, CallDetails, CallHandle, Registration, Registry};
-use crate::session::{HangupReason, Input, Output, Session, SessionConfig, Telemetry};
+use crate::session::{ControlCommand, HangupReason, Input, Output, Session, SessionConfig, Telemetry};
 use crate::signature::StreamTokens;
 
 /// The `<Parameter>` carrying the per-call stream token.
@@ -92,6 +96,16 @@ pub struct CallContext {
     pub delivery: DeliveryConfig,
     /// Lines callbridge speaks itself.
     pub prompts: Prompts,
+    /// Callback budgets.
+    pub callbacks: CallbacksConfig,
+    /// Engine for calls without a plan choice.
+    pub default_engine: EngineKind,
+    /// OpenAI Realtime settings.
+    pub realtime: OpenAiRealtimeConfig,
+    /// OpenAI Realtime endpoint (config or `OPENAI_REALTIME_URL`).
+    pub realtime_url: String,
+    /// `OPENAI_API_KEY`.
+    pub openai_api_key: Option<String>,
 }
 
 /// How a call ended, for logs and metrics.
@@ -198,18 +212,6 @@ enum Io {
     WriteFailed(axum::Error),
 }
 
-enum Engine {
-    Local(LocalEngine),
-}
-
-impl Engine {
-    fn label(&self) -> &'static str {
-        match self {
-            Engine::Local(_) => "local",
-        }
-    }
-}
-
 /// Run one Twilio media-stream call to its end.
 pub async fn run_twilio_call(socket: WebSocket, ctx: Arc<CallContext>) {
     let id = CallId::random();
@@ -217,9 +219,7 @@ pub async fn run_twilio_call(socket: WebSocket, ctx: Arc<CallContext>) {
     let registration = ctx.registry.register(id, CallHandle { control: control_tx, carrier: "twilio", details: None });
     metrics::counter!(crate::metrics::CALLS_TOTAL, "carrier" => "twilio").increment(1);
     let engine = Engine::Local(LocalEngine::new(ctx.clips.clone()));
-    let format = match &engine {
-        Engine::Local(e) => e.format(),
-    };
+    let format = engine.format();
     let m = CallMetrics::new("twilio", engine.label());
     let mut call = Call {
         id,
@@ -246,9 +246,15 @@ pub async fn run_twilio_call(socket: WebSocket, ctx: Arc<CallContext>) {
         events: EventSender::disabled(&id.to_string()),
         admitted: false,
         transferred: false,
+        engine_failed: None,
+        target: None,
+        pending_tools: Vec::new(),
+        tool_tx: None,
     };
     let end = call.run(control_rx).await;
-    let reason = if call.transferred && matches!(end, CallEnd::Hangup(_) | CallEnd::PeerClosed) {
+    let reason = if call.engine_failed.is_some() {
+        "engine_error"
+    } else if call.transferred && matches!(end, CallEnd::Hangup(_) | CallEnd::PeerClosed) {
         "transferred"
     } else {
         end.code()
@@ -256,6 +262,9 @@ pub async fn run_twilio_call(socket: WebSocket, ctx: Arc<CallContext>) {
     metrics::counter!(crate::metrics::CALLS_ENDED, "reason" => reason).increment(1);
     info!(call = %call.id, reason, "call ended");
     if call.admitted {
+        if let Some(ev) = call.conversation.flush() {
+            call.events.send(ev);
+        }
         let summary = call.conversation.summary(reason, Instant::now().into_std(), call.events.dropped());
         call.events.send(Event::CallEnded(summary));
     }
@@ -282,6 +291,27 @@ struct Call {
     admitted: bool,
     /// The control API transferred the call away.
     transferred: bool,
+    /// The engine failed for good (the call ends with `engine_error`).
+    engine_failed: Option<String>,
+    /// The tenant's callback, if any.
+    target: Option<Target>,
+    /// Blocking tool calls in flight.
+    pending_tools: Vec<PendingTool>,
+    /// Where tool results come back.
+    tool_tx: Option<mpsc::Sender<ToolOutcome>>,
+}
+
+/// A `tool.call` waiting for the backend.
+struct PendingTool {
+    call_id: String,
+    started: Instant,
+    filler_played: bool,
+}
+
+/// The backend's answer to a `tool.call` (or why there is none).
+struct ToolOutcome {
+    call_id: String,
+    result: Result<serde_json::Value, String>,
 }
 
 enum Step {
@@ -296,6 +326,9 @@ impl Call {
         let mut sleep = pin!(tokio::time::sleep_until(far));
         let mut last_rx = Instant::now();
         let mut control_open = true;
+        let (tool_tx, mut tool_rx) = mpsc::channel::<ToolOutcome>(8);
+        self.tool_tx = Some(tool_tx);
+        let filler_after = Duration::from_millis(self.ctx.callbacks.filler_after_ms);
         let (end, close) = loop {
             // Everything the last input caused, then the next deadline.
             if let Some(end) = self.pump() {
@@ -315,6 +348,9 @@ impl Call {
             if let Some(s) = self.conn.stalled_since {
                 deadline = deadline.min(s + limits.write_timeout);
             }
+            for t in self.pending_tools.iter().filter(|t| !t.filler_played) {
+                deadline = deadline.min(t.started + filler_after);
+            }
             if sleep.deadline() != deadline {
                 sleep.as_mut().reset(deadline);
             }
@@ -324,6 +360,8 @@ impl Call {
                     Some(cmd) => { self.on_control(cmd); Step::Continue }
                     None => { control_open = false; Step::Continue }
                 },
+                ev = link_event(&mut self.engine) => self.on_link(ev),
+                Some(outcome) = tool_rx.recv() => { self.on_tool_result(outcome); Step::Continue }
                 io = poll_fn(|cx| self.conn.poll_io(cx)) => match io {
                     Io::Read(msg) => {
                         last_rx = Instant::now();
@@ -346,9 +384,14 @@ impl Call {
                         Step::End(CallEnd::Idle, Some((close::POLICY, "idle timeout".into())))
                     } else {
                         self.session.handle_timeout(now.into_std());
+                        self.play_due_fillers(now, filler_after);
                         Step::Continue
                     }
                 }
+            };
+            let step = match step {
+                Step::Continue => self.after_engine(),
+                end => end,
             };
             // A write that could not complete this turn marks the start of a stall.
             if self.conn.has_work() {
@@ -416,6 +459,11 @@ impl Call {
                     }
                 }
                 Ok(ev) => {
+                    if let CarrierEvent::Audio(a) = &ev
+                        && self.admitted
+                    {
+                        self.engine.forward_ulaw(a.encoded);
+                    }
                     if let CarrierEvent::Audio(a) = &ev {
                         let frame = self.session.frame_samples().max(1) as u64;
                         if !(a.pcm.len() as u64).is_multiple_of(frame) {
@@ -488,38 +536,50 @@ impl Call {
     fn pump(&mut self) -> Option<HangupReason> {
         let mut ended = None;
         let frame = self.session.frame_samples().max(1);
-        let (codec, conn, metrics, id, engine_frame) =
-            (&mut self.codec, &mut self.conn, &self.metrics, self.id, self.engine_frame);
-        let (conversation, events) = (&mut self.conversation, &mut self.events);
         let now = Instant::now().into_std();
-        let Engine::Local(engine) = &mut self.engine;
-        engine.pump(&mut self.session, now, |out| match out {
-            Output::ToCarrier(cmd) => {
-                if codec.encode(&cmd, &mut conn.text).is_err() {
-                    conn.text.clear();
-                    return;
-                }
-                let frames = match cmd {
-                    CarrierCommand::Audio(pcm) => pcm.len().div_ceil(frame) as u64,
-                    _ => 0,
-                };
-                if conn.push(frames > 0, matches!(cmd, CarrierCommand::Clear)) {
-                    metrics.frames_out.increment(frames);
-                } else {
-                    metrics.dropped_queue.increment(frames);
+        let Call { session, engine, codec, conn, metrics, id, engine_frame, conversation, events, .. } = self;
+        loop {
+            let mut progressed = false;
+            while let Some(out) = session.poll_output() {
+                progressed = true;
+                match out {
+                    Output::ToCarrier(cmd) => {
+                        if codec.encode(&cmd, &mut conn.text).is_err() {
+                            conn.text.clear();
+                            continue;
+                        }
+                        let frames = match cmd {
+                            CarrierCommand::Audio(pcm) => pcm.len().div_ceil(frame) as u64,
+                            _ => 0,
+                        };
+                        if conn.push(frames > 0, matches!(cmd, CarrierCommand::Clear)) {
+                            metrics.frames_out.increment(frames);
+                        } else {
+                            metrics.dropped_queue.increment(frames);
+                        }
+                    }
+                    Output::ToEngine(cmd) => engine.command(cmd, now),
+                    Output::Telemetry(t) => {
+                        record(metrics, *id, *engine_frame, t);
+                        if events.enabled() {
+                            for ev in conversation.on_telemetry(&t, now) {
+                                events.send(ev);
+                            }
+                        }
+                    }
+                    Output::End(r) => ended = Some(r),
                 }
             }
-            Output::ToEngine(_) => {}
-            Output::Telemetry(t) => {
-                record(metrics, id, engine_frame, t);
-                if events.enabled()
-                    && let Some(ev) = conversation.on_telemetry(&t, now)
-                {
-                    events.send(ev);
-                }
+            while let Some(ev) = engine.poll_event() {
+                progressed = true;
+                // Engine events never fail (only a carrier start can).
+                let _ = session.handle_input(now, Input::Engine(ev));
             }
-            Output::End(r) => ended = Some(r),
-        });
+            if !progressed {
+                break;
+            }
+        }
+        engine.flush();
         ended
     }
 }
@@ -576,13 +636,223 @@ impl Call {
             ),
             None => EventSender::disabled(&id),
         };
+        self.target = route.tenant.as_ref().map(|t| Target { url: t.callback_url.clone(), secret: t.secret.clone() });
         self.session.set_turn_config(route.plan.turn.apply(&self.ctx.session.turn));
+        if let Some(engine) = self.choose_engine(&route.plan, info) {
+            self.session.set_engine_format(engine.format());
+            self.engine = engine;
+            self.metrics = CallMetrics::new("twilio", self.engine.label());
+            self.engine_frame = crate::audio::frame_samples(self.engine.format().output_rate).max(1);
+        }
+        if let Engine::Realtime(r) = &self.engine {
+            self.conversation.expect_transcripts(!r.codec.config().transcription_model.is_empty());
+        }
         if route.plan_failed {
-            let Engine::Local(e) = &mut self.engine;
-            e.say(self.ctx.prompts.fallback.clone());
+            self.engine.inject(&self.ctx.prompts.fallback);
         }
         self.admitted = true;
         Ok(())
+    }
+
+    /// The engine the plan (or config) asks for, when it is not the local one
+    /// already in place. Falls back to local, with a warning, when the choice
+    /// cannot be honoured (unknown name, no API key).
+    fn choose_engine(&mut self, plan: &CallPlan, info: &StreamInfo) -> Option<Engine> {
+        let kind = match plan.engine.as_deref() {
+            None => self.ctx.default_engine,
+            Some("local") => EngineKind::Local,
+            Some("openai_realtime") => EngineKind::OpenaiRealtime,
+            Some(other) => {
+                warn!(call = %self.id, engine = other, "plan asks for an unknown engine; using the configured one");
+                self.ctx.default_engine
+            }
+        };
+        if kind == EngineKind::Local {
+            return None;
+        }
+        let Some(key) = self.ctx.openai_api_key.clone() else {
+            warn!(call = %self.id, "openai_realtime asked for but OPENAI_API_KEY is not set; using the local engine");
+            return None;
+        };
+        let rc = &self.ctx.realtime;
+        let audio = if info.encoding == crate::carrier::AudioEncoding::Pcmu && info.sample_rate == 8000 {
+            WireAudio::Pcmu
+        } else {
+            WireAudio::Pcm24k
+        };
+        let cfg = RealtimeConfig {
+            flavor: rc.api,
+            model: rc.model.clone(),
+            instructions: plan.instructions.clone().unwrap_or_else(|| rc.instructions.clone()),
+            voice: plan.voice.clone().unwrap_or_else(|| rc.voice.clone()),
+            tools: plan.tools.clone(),
+            greeting: plan.greeting.clone().or_else(|| Some(rc.greeting.clone()).filter(|g| !g.is_empty())),
+            turn: rc.turn_detection,
+            audio,
+            transcription_model: rc.transcription_model.clone(),
+            silence_duration_ms: rc.silence_duration_ms,
+        };
+        let codec = RealtimeCodec::new(cfg);
+        let base = &self.ctx.realtime_url;
+        let url = if base.contains("model=") {
+            base.clone()
+        } else {
+            let sep = if base.contains('?') { '&' } else { '?' };
+            format!("{base}{sep}model={}", rc.model)
+        };
+        let link = EngineLink::spawn(
+            LinkConfig {
+                url,
+                api_key: key,
+                beta: rc.api == ApiFlavor::Beta,
+                connect_timeout: Duration::from_millis(rc.connect_timeout_ms),
+            },
+            codec.session_update(),
+            rc.max_queued_messages,
+        );
+        Some(Engine::Realtime(Box::new(Realtime::new(codec, link))))
+    }
+
+    /// An event from the engine socket.
+    fn on_link(&mut self, ev: Option<LinkEvent>) -> Step {
+        let Engine::Realtime(r) = &mut self.engine else { return Step::Continue };
+        match ev {
+            Some(LinkEvent::Text(t)) => {
+                if let Err(e) = r.codec.on_message(&t) {
+                    metrics::counter!(crate::metrics::ENGINE_ERRORS, "kind" => "bad_message").increment(1);
+                    debug!(call = %self.id, error = %e, "unusable engine message");
+                }
+            }
+            Some(LinkEvent::Reconnected) => {
+                metrics::counter!(crate::metrics::ENGINE_ERRORS, "kind" => "reconnected").increment(1);
+                warn!(call = %self.id, "engine reconnected; the caller hears an apology");
+                r.codec.on_reconnect();
+                // What was playing is incomplete: stop it, then apologise.
+                let now = Instant::now().into_std();
+                let _ = self.session.handle_input(now, Input::Control(ControlCommand::Interrupt));
+                self.engine.inject(&self.ctx.prompts.apology);
+            }
+            Some(LinkEvent::Failed(why)) => return self.fail_engine(why),
+            None => return self.fail_engine("engine link ended".into()),
+        }
+        self.pump_step()
+    }
+
+    fn fail_engine(&mut self, why: String) -> Step {
+        metrics::counter!(crate::metrics::ENGINE_ERRORS, "kind" => "failed").increment(1);
+        warn!(call = %self.id, reason = %why, "engine failed; ending the call");
+        self.engine_failed = Some(why);
+        let _ = self.session.handle_input(Instant::now().into_std(), Input::Control(ControlCommand::Hangup));
+        self.pump_step()
+    }
+
+    fn pump_step(&mut self) -> Step {
+        match self.pump() {
+            Some(end) => Step::End(CallEnd::Hangup(end), Some((close::NORMAL, format!("call ended: {}", end.code())))),
+            None => Step::Continue,
+        }
+    }
+
+    /// Handle what the engine said besides audio; called after every step.
+    fn after_engine(&mut self) -> Step {
+        let Engine::Realtime(r) = &mut self.engine else { return Step::Continue };
+        if r.side.is_empty() {
+            return Step::Continue;
+        }
+        let now = Instant::now().into_std();
+        let side: Vec<RealtimeOutput> = r.side.drain(..).collect();
+        let asked_at = r.asked_at;
+        for out in side {
+            match out {
+                RealtimeOutput::SpeechStarted => {
+                    if self.session.bot_playing(now) {
+                        let _ = self.session.handle_input(now, Input::Control(ControlCommand::Interrupt));
+                    }
+                }
+                RealtimeOutput::UserTranscript(t) => {
+                    if let Some(ev) = self.conversation.user_transcript(t) {
+                        self.events.send(ev);
+                    }
+                }
+                RealtimeOutput::AgentText(id, delta) => self.conversation.response_text(id, &delta),
+                RealtimeOutput::FirstAudio(_) => {
+                    if let Some(t) = asked_at {
+                        self.conversation.engine_first_audio(now.saturating_duration_since(t));
+                    }
+                }
+                RealtimeOutput::ToolCall { call_id, name, arguments } => self.start_tool_call(call_id, name, arguments),
+                RealtimeOutput::Error { fatal: true, code, message } => {
+                    metrics::counter!(crate::metrics::ENGINE_ERRORS, "kind" => "fatal_error").increment(1);
+                    return self.fail_engine(format!("{code}: {message}"));
+                }
+                RealtimeOutput::Error { fatal: false, code, message } => {
+                    metrics::counter!(crate::metrics::ENGINE_ERRORS, "kind" => "error").increment(1);
+                    debug!(call = %self.id, code, message, "engine error event");
+                }
+                RealtimeOutput::Engine(_) => {}
+            }
+        }
+        self.pump_step()
+    }
+
+    /// Ask the backend to run a tool (a blocking request, run off this task).
+    fn start_tool_call(&mut self, call_id: String, name: String, arguments: serde_json::Value) {
+        let (Some(target), Some(tx)) = (self.target.clone(), self.tool_tx.clone()) else {
+            // No backend: tell the model so it does not wait.
+            if let Engine::Realtime(r) = &mut self.engine {
+                let err = serde_json::json!({"error": "no backend handles tools for this call"});
+                r.codec.tool_result(&call_id, &err, true);
+            }
+            return;
+        };
+        let seq = self.events.next_seq();
+        let env = Envelope::new(
+            &self.id.to_string(),
+            seq,
+            std::time::SystemTime::now(),
+            Event::ToolCall { tool_call_id: call_id.clone(), name, arguments },
+        );
+        self.pending_tools.push(PendingTool {
+            call_id: call_id.clone(),
+            started: Instant::now(),
+            filler_played: false,
+        });
+        let client = self.ctx.client.clone();
+        let budget = Duration::from_millis(self.ctx.callbacks.blocking_timeout_ms);
+        tokio::spawn(async move {
+            let result = client.post(&target, &env, budget).await.map_err(|e| {
+                metrics::counter!(crate::metrics::CALLBACK_FALLBACKS, "type" => "tool.call", "kind" => e.kind())
+                    .increment(1);
+                e.to_string()
+            });
+            let _ = tx.send(ToolOutcome { call_id, result }).await;
+        });
+    }
+
+    fn on_tool_result(&mut self, outcome: ToolOutcome) {
+        self.pending_tools.retain(|t| t.call_id != outcome.call_id);
+        let Engine::Realtime(r) = &mut self.engine else { return };
+        match outcome.result {
+            Ok(v) => r.codec.tool_result(&outcome.call_id, &ToolResult::from_reply(v).result, true),
+            Err(e) => {
+                warn!(call = %self.id, error = %e, "tool call failed; the caller hears the fallback line");
+                let err = serde_json::json!({"error": "the tool is unavailable right now"});
+                r.codec.tool_result(&outcome.call_id, &err, false);
+                self.engine.inject(&self.ctx.prompts.fallback);
+            }
+        }
+    }
+
+    /// Blocking tool calls slower than `after`: the caller hears the filler (once per call of the tool).
+    fn play_due_fillers(&mut self, now: Instant, after: Duration) {
+        let mut due = false;
+        for t in self.pending_tools.iter_mut().filter(|t| !t.filler_played && now >= t.started + after) {
+            t.filler_played = true;
+            due = true;
+        }
+        if due && !self.session.bot_playing(now.into_std()) {
+            self.engine.inject(&self.ctx.prompts.filler);
+        }
     }
 
     fn on_control(&mut self, cmd: CallControl) {
@@ -595,22 +865,35 @@ impl Call {
             CallControl::Say { clip, text, interrupt, reply } => {
                 let result = if self.session.stream().is_none() || self.session.is_ended() {
                     Err("the call's stream is not active".to_string())
-                } else if let Some(clip) = clip {
+                } else if clip.is_none() && text.is_none() {
+                    Err("nothing to say".to_string())
+                } else if clip.is_none() && matches!(self.engine, Engine::Local(_)) {
+                    Err("the local engine cannot speak text; send audio_url".to_string())
+                } else {
                     if interrupt {
                         let _ =
                             self.session.handle_input(now, Input::Control(crate::session::ControlCommand::Interrupt));
                     }
-                    let Engine::Local(e) = &mut self.engine;
-                    e.say(clip);
-                    Ok(())
-                } else if text.is_some() {
-                    Err(format!("the {} engine cannot speak text; send audio_url", self.engine.label()))
-                } else {
-                    Err("nothing to say".to_string())
+                    match (clip, text) {
+                        (Some(clip), _) => {
+                            self.engine.inject(&clip);
+                            Ok(())
+                        }
+                        (None, Some(text)) => self.engine.say_text(&text),
+                        (None, None) => Ok(()),
+                    }
                 };
                 let _ = reply.send(result);
             }
         }
+    }
+}
+
+/// The next event of a realtime engine's socket (never resolves for the local engine).
+async fn link_event(engine: &mut Engine) -> Option<LinkEvent> {
+    match engine {
+        Engine::Realtime(r) => r.link.rx.recv().await,
+        Engine::Local(_) => std::future::pending().await,
     }
 }
 

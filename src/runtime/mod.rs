@@ -4,4 +4,6 @@
 
 pub mod admission;
 pub mod call_task;
+pub mod engine_driver;
+pub mod engine_link;
 pub mod registry;

@@ -558,6 +558,14 @@ impl Session {
         self.pending.push_back(Pending::End(reason));
     }
 
+    /// Change the engine's audio formats; only before the stream starts (later
+    /// calls are ignored: the resamplers are built at `start`).
+    pub fn set_engine_format(&mut self, engine: EngineFormat) {
+        if self.phase == Phase::AwaitingStart {
+            self.engine = engine;
+        }
+    }
+
     /// Replace the turn settings (a call plan's overrides). Takes effect for the
     /// next decision; meant for the moment the stream starts.
     pub fn set_turn_config(&mut self, turn: turn::TurnConfig) {
