@@ -20,6 +20,7 @@ pub mod callback;
 pub mod carrier;
 pub mod config;
 pub mod engine;
+pub mod fakes;
 pub mod ids;
 pub mod metrics;
 pub mod runtime;

@@ -31,6 +31,11 @@ pub fn secrets() -> Secrets {
 
 /// A validating server with tenants A and B, A's callback at `backend`.
 pub async fn server(backend: &FakeBackend, extra: &str) -> TestServer {
+    server_with(backend, extra, secrets()).await
+}
+
+/// [`server`] with other secrets.
+pub async fn server_with(backend: &FakeBackend, extra: &str, secrets: Secrets) -> TestServer {
     let toml = format!(
         r#"
 [server]
@@ -60,7 +65,7 @@ api_token = "tenant-b-token"
     if !extra.contains("database") {
         cfg.storage.database = String::new();
     }
-    TestServer::start_with(cfg, secrets()).await
+    TestServer::start_with(cfg, secrets).await
 }
 
 pub fn voice_params(tw: &FakeTwilio, to: &str) -> Vec<(String, String)> {

@@ -1,0 +1,322 @@
+//! The OpenAI Realtime engine against the in-repo FAKE Realtime server
+//! (`callbridge::fakes`), all on 127.0.0.1: a full turn with µ-law passing
+//! through both ways, barge-in truncation at the heard position, a tool call
+//! through the tenant's callback (and its filler/fallback), an engine drop
+//! and reconnect, persistent failure, GA and beta names, a refused key.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use callbridge::carrier::twilio_peer::ServerMessage;
+use callbridge::config::{Config, Secrets};
+use callbridge::engine::openai_realtime::ApiFlavor;
+use callbridge::fakes::{FakeRealtime, FakeRealtimeConfig};
+use common::backend::{FakeBackend, Mode, Received};
+use common::calls::*;
+use common::net::*;
+use serde_json::{Value, json};
+use tokio::time::{Instant, interval};
+
+fn reply() -> Arc<[u8]> {
+    ulaw_fixture("bot_reply_8k.wav").into()
+}
+
+fn rt_secrets(fake: &FakeRealtime) -> Secrets {
+    Secrets { openai_api_key: Some("sk-test".into()), openai_realtime_url: Some(fake.url()), ..secrets() }
+}
+
+/// An unsigned (local development) server whose default engine is the fake.
+async fn rt_server(fake: &FakeRealtime, extra: &str) -> TestServer {
+    let toml = format!("[engine]\nkind = \"openai_realtime\"\n{extra}\n[storage]\ndatabase = \"\"\n");
+    let mut cfg = Config::from_toml(&toml, "test").expect("config");
+    cfg.server.shutdown_grace_ms = 300;
+    TestServer::start_with(cfg, rt_secrets(fake)).await
+}
+
+const NO_GREETING: &str = "[engine.openai_realtime]\ngreeting = \"\"\n";
+
+/// µ-law has two zeros (0x7F, 0xFF); decoding then encoding maps both to 0xFF.
+fn canon(b: &[u8]) -> Vec<u8> {
+    b.iter().map(|&x| if x == 0x7F { 0xFF } else { x }).collect()
+}
+
+fn media_bytes(rx: &[Rx]) -> Vec<u8> {
+    rx.iter()
+        .filter_map(|e| match e {
+            Rx::Msg(_, ServerMessage::Media(p)) => Some(p.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_turn_passes_mulaw_through_both_ways() {
+    let fake = FakeRealtime::start(FakeRealtimeConfig::new(reply())).await.unwrap();
+    let srv = rt_server(&fake, NO_GREETING).await;
+    let mut tw = FakeTwilio::connect(&srv.url(), 1).await;
+    tw.start().await;
+    let update = fake.wait_for("session.update", 1, Duration::from_secs(3)).await;
+    let s = &update[0]["session"];
+    assert_eq!(s["type"], "realtime");
+    assert_eq!(s["audio"]["input"]["format"], json!({"type": "audio/pcmu"}));
+    assert_eq!(s["audio"]["output"]["format"], json!({"type": "audio/pcmu"}));
+    assert_eq!(s["audio"]["input"]["turn_detection"], Value::Null, "local turn detection");
+    assert_eq!(fake.headers()[0], ("Bearer sk-test".to_string(), None));
+
+    let speech = ulaw_fixture("caller_short_8k.wav");
+    let got = talk(&mut tw, &speech, 100).await;
+    // Caller audio reached the engine byte for byte.
+    let sent: Vec<u8> =
+        speech.chunks_exact(160).flatten().copied().chain(std::iter::repeat_n(0xFF, 160 * 100)).collect();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while fake.appended().len() < sent.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(fake.appended(), sent, "µ-law forwarded untouched");
+    let kinds: Vec<String> = fake.received().iter().map(|(_, v)| v["type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(kinds, ["session.update", "input_audio_buffer.commit", "response.create"], "one turn, one response");
+    // The engine's audio reached the caller bit-exactly (µ-law → PCM → µ-law).
+    let heard = media_bytes(&got);
+    assert!(heard.len() >= 8000, "at least a second of reply arrived ({} bytes)", heard.len());
+    assert_eq!(canon(&heard), canon(&reply()[..heard.len()]));
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_truncates_the_item_at_what_the_caller_heard() {
+    let fake = FakeRealtime::start(FakeRealtimeConfig::new(reply())).await.unwrap();
+    let srv = rt_server(&fake, NO_GREETING).await;
+    let mut tw = FakeTwilio::connect(&srv.url(), 1).await;
+    tw.start().await;
+    let mut tick = interval(Duration::from_millis(20));
+    let silence = [0xFFu8; 160];
+    for f in ulaw_fixture("caller_short_8k.wav").chunks_exact(160) {
+        tick.tick().await;
+        tw.frame(f).await;
+    }
+    // Wait for the reply to start, let it play ~1.5 s, then talk over it.
+    let mut first_media = None;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while first_media.is_none_or(|t: Instant| t.elapsed() < Duration::from_millis(1500)) {
+        assert!(Instant::now() < deadline, "reply did not start");
+        tick.tick().await;
+        tw.frame(&silence).await;
+        while let Ok(ev) = tw.rx.try_recv() {
+            if let Rx::Msg(at, ServerMessage::Media(_)) = ev {
+                first_media.get_or_insert(at);
+            }
+        }
+    }
+    let first_media = first_media.unwrap();
+    let mut cleared = None;
+    for f in ulaw_fixture("caller_leak_8k.wav").chunks_exact(160).skip(15).take(40) {
+        tick.tick().await;
+        tw.frame(f).await;
+        while let Ok(ev) = tw.rx.try_recv() {
+            if let Rx::Msg(at, ServerMessage::Clear) = ev {
+                cleared.get_or_insert(at);
+            }
+        }
+    }
+    let cleared = cleared.expect("clear sent on barge-in");
+    let truncates = fake.wait_for("conversation.item.truncate", 1, Duration::from_secs(2)).await;
+    assert_eq!(truncates.len(), 1, "one truncate");
+    let t = &truncates[0];
+    assert_eq!(t["item_id"], "item_resp_1_1");
+    assert_eq!(t["content_index"], 0);
+    // A real Twilio plays from the first media it receives, in real time, until the clear.
+    let heard_by_caller = (cleared - first_media).as_millis() as i64;
+    let told = t["audio_end_ms"].as_i64().unwrap();
+    assert!((told - heard_by_caller).abs() <= 20, "truncated at {told} ms, caller heard {heard_by_caller} ms");
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_call_goes_to_the_backend_and_its_result_back_to_the_engine() {
+    let mut fc = FakeRealtimeConfig::new(reply());
+    fc.tool_call = Some(("schedule_appointment".into(), r#"{"when":"tomorrow morning"}"#.into()));
+    fc.transcript = Some("my kitchen sink is leaking".into());
+    let fake = FakeRealtime::start(fc).await.unwrap();
+    let backend = FakeBackend::start().await;
+    backend.set(
+        "call.started",
+        Mode::Json(json!({"engine": "openai_realtime", "greeting": "", "instructions": "Book plumbers.",
+            "tools": [{"name": "schedule_appointment", "description": "Book a visit",
+                       "parameters": {"type": "object", "properties": {"when": {"type": "string"}}}}]})),
+    );
+    backend.set("tool.call", Mode::Json(json!({"result": {"booked": true, "slot": "tomorrow 8-10am"}})));
+    let srv = server_with(&backend, "", rt_secrets(&fake)).await;
+    let mut tw = call(&srv, 1, NUMBER_A).await;
+    let update = fake.wait_for("session.update", 1, Duration::from_secs(3)).await;
+    assert_eq!(update[0]["session"]["instructions"], "Book plumbers.");
+    assert_eq!(update[0]["session"]["tools"][0]["name"], "schedule_appointment");
+    assert_eq!(update[0]["session"]["tools"][0]["type"], "function");
+
+    let got = talk(&mut tw, &ulaw_fixture("caller_short_8k.wav"), 120).await;
+    let events = backend.wait_for("tool.call", Duration::from_secs(3)).await;
+    let tool = events.iter().find(|e| e.kind() == "tool.call").unwrap();
+    assert_eq!(tool.body["name"], "schedule_appointment");
+    assert_eq!(tool.body["arguments"], json!({"when": "tomorrow morning"}));
+    assert_eq!(tool.body["tool_call_id"], "call_resp_1_1");
+    let outputs = fake.wait_for("conversation.item.create", 1, Duration::from_secs(2)).await;
+    assert_eq!(outputs[0]["item"]["type"], "function_call_output");
+    assert_eq!(outputs[0]["item"]["call_id"], "call_resp_1_1");
+    let out: Value = serde_json::from_str(outputs[0]["item"]["output"].as_str().unwrap()).unwrap();
+    assert_eq!(out, json!({"booked": true, "slot": "tomorrow 8-10am"}));
+    assert_eq!(fake.wait_for("response.create", 2, Duration::from_secs(2)).await.len(), 2, "answer after the tool");
+    assert!(media_bytes(&got).len() > 4000, "the follow-up answer is heard");
+
+    until_quiet(&mut tw, Duration::from_secs(15)).await;
+    let stop = tw.peer.stop();
+    tw.send(stop).await;
+    let events = backend.wait_for("call.ended", Duration::from_secs(5)).await;
+    verify_all(&events, SECRET_A);
+    let user = events.iter().find(|e| e.kind() == "turn.user").expect("turn.user");
+    assert_eq!(user.body["transcript"], "my kitchen sink is leaking");
+    let agent = events.iter().find(|e| e.kind() == "turn.agent").expect("turn.agent");
+    assert_eq!(agent.body["text"], "I can book a technician for tomorrow.");
+    // tool.call is sent at once (blocking) and may overtake queued events; seq orders them all.
+    let mut seqs: Vec<u64> = events.iter().map(|e| e.body["seq"].as_u64().unwrap()).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "one sequence, no gaps");
+    let ended = &events.last().unwrap().body;
+    assert!(ended["latencies"][0]["engine_first_audio_ms"].is_u64(), "{ended}");
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_tool_gets_the_filler_then_the_fallback_and_the_call_goes_on() {
+    let mut fc = FakeRealtimeConfig::new(reply());
+    fc.tool_call = Some(("schedule_appointment".into(), "{}".into()));
+    let fake = FakeRealtime::start(fc).await.unwrap();
+    let backend = FakeBackend::start().await;
+    backend.set("call.started", Mode::Json(json!({"greeting": "", "tools": [{"name": "schedule_appointment"}]})));
+    backend.set("tool.call", Mode::Hang);
+    let extra =
+        "[engine]\nkind = \"openai_realtime\"\n[callbacks]\nblocking_timeout_ms = 1200\nfiller_after_ms = 300\n";
+    let srv = server_with(&backend, extra, rt_secrets(&fake)).await;
+    let fallbacks = srv.metric("callbridge_callback_fallbacks_total", &[("type", "tool.call"), ("kind", "timeout")]);
+    let mut tw = call(&srv, 1, NUMBER_A).await;
+    let speech = ulaw_fixture("caller_short_8k.wav");
+    let got = talk(&mut tw, &speech, 150).await;
+    let tool_at = backend.wait_for("tool.call", Duration::from_secs(2)).await;
+    let tool_at = tool_at.iter().find(|e| e.kind() == "tool.call").unwrap().at;
+    let media: Vec<Instant> = got
+        .iter()
+        .filter_map(|e| match e {
+            Rx::Msg(at, ServerMessage::Media(_)) => Some(*at),
+            _ => None,
+        })
+        .collect();
+    let first = *media.first().expect("the caller heard something");
+    let waited = first.saturating_duration_since(tool_at.into());
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(800),
+        "filler after ~300 ms of waiting ({waited:?})"
+    );
+    assert!(media.len() > 50, "filler and fallback lines played ({} messages)", media.len());
+    let outputs = fake.wait_for("conversation.item.create", 1, Duration::from_secs(2)).await;
+    assert!(outputs[0]["item"]["output"].as_str().unwrap().contains("error"), "the model is told the tool failed");
+    assert_eq!(fake.of_type("response.create").len(), 1, "no second answer on top of the fallback line");
+    assert_eq!(
+        srv.metric("callbridge_callback_fallbacks_total", &[("type", "tool.call"), ("kind", "timeout")]),
+        fallbacks + 1.0
+    );
+    // The call goes on: the next turn is answered by the engine.
+    let _ = talk(&mut tw, &speech, 60).await;
+    assert_eq!(fake.wait_for("response.create", 2, Duration::from_secs(3)).await.len(), 2);
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_drop_reconnects_once_with_an_apology_then_fails_cleanly() {
+    let mut fc = FakeRealtimeConfig::new(reply());
+    fc.drop_after_deltas = Some(5);
+    let fake = FakeRealtime::start(fc).await.unwrap();
+    let srv = rt_server(&fake, NO_GREETING).await;
+    let reconnects = srv.metric("callbridge_engine_errors_total", &[("kind", "reconnected")]);
+    let mut tw = FakeTwilio::connect(&srv.url(), 1).await;
+    tw.start().await;
+    let speech = ulaw_fixture("caller_short_8k.wav");
+    let got = talk(&mut tw, &speech, 150).await;
+    assert_eq!(fake.connections(), 2, "reconnected once");
+    assert_eq!(fake.of_type("session.update").len(), 2, "same session config on the new socket");
+    assert_eq!(fake.of_type("session.update")[0], fake.of_type("session.update")[1]);
+    let heard = media_bytes(&got).len();
+    assert!(heard > 500 * 8 + 8000, "after 500 ms of reply, the apology plays ({heard} bytes)");
+    assert_eq!(srv.metric("callbridge_engine_errors_total", &[("kind", "reconnected")]), reconnects + 1.0);
+    // The new session answers the next turn.
+    let got = talk(&mut tw, &speech, 80).await;
+    assert!(media_bytes(&got).len() > 4000, "answered after the reconnect");
+    srv.shutdown().await;
+
+    // A second drop is not survived: the call ends cleanly as an engine error.
+    let engine_errors = |srv: &TestServer| srv.metric("callbridge_calls_ended_total", &[("reason", "engine_error")]);
+    let mut fc = FakeRealtimeConfig::new(reply());
+    fc.drop_after_deltas = Some(3);
+    fc.refuse_reconnect = true;
+    let fake = FakeRealtime::start(fc).await.unwrap();
+    let srv = rt_server(&fake, NO_GREETING).await;
+    let before = engine_errors(&srv);
+    let mut tw = FakeTwilio::connect(&srv.url(), 2).await;
+    tw.start().await;
+    let mut tick = interval(Duration::from_millis(20));
+    // The fixture's own trailing silence ends the turn; the engine drops mid-answer and stays
+    // down, so the call may end before the last frame is sent (sends may fail; that is fine).
+    for (i, f) in speech.chunks_exact(160).enumerate() {
+        tick.tick().await;
+        let m = tw.peer.media(f, i as u64 * 20);
+        if futures_util::SinkExt::send(&mut tw.tx, tokio_tungstenite::tungstenite::Message::text(m)).await.is_err() {
+            break;
+        }
+    }
+    let close = tw.closed(Duration::from_secs(5)).await;
+    assert_eq!(close.map(|c| c.0), Some(1000), "a clean close");
+    srv.wait_no_calls().await;
+    assert_eq!(engine_errors(&srv), before + 1.0, "ended as engine_error");
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beta_names_and_the_greeting() {
+    let mut fc = FakeRealtimeConfig::new(reply());
+    fc.flavor = ApiFlavor::Beta;
+    let fake = FakeRealtime::start(fc).await.unwrap();
+    let srv = rt_server(&fake, "[engine.openai_realtime]\napi = \"beta\"\n").await;
+    let mut tw = FakeTwilio::connect(&srv.url(), 1).await;
+    tw.start().await;
+    let got = talk(&mut tw, &[], 60).await;
+    assert_eq!(fake.headers()[0].1.as_deref(), Some("realtime=v1"));
+    let s = &fake.of_type("session.update")[0]["session"];
+    assert_eq!(
+        (s["input_audio_format"].as_str(), s["output_audio_format"].as_str()),
+        (Some("g711_ulaw"), Some("g711_ulaw"))
+    );
+    let create = &fake.of_type("response.create")[0];
+    assert!(create["response"]["instructions"].as_str().unwrap().contains("Hello! How can I help you today?"));
+    let heard = media_bytes(&got);
+    assert!(heard.len() > 4000, "greeting played from beta response.audio.delta events");
+    assert_eq!(canon(&heard), canon(&reply()[..heard.len()]));
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_ends_the_call_as_an_engine_error_with_call_ended() {
+    let mut fc = FakeRealtimeConfig::new(reply());
+    fc.refuse_status = Some(401);
+    let fake = FakeRealtime::start(fc).await.unwrap();
+    let backend = FakeBackend::start().await;
+    backend.set("call.started", Mode::Json(json!({"engine": "openai_realtime"})));
+    let srv = server_with(&backend, "", rt_secrets(&fake)).await;
+    let t0 = Instant::now();
+    let mut tw = call(&srv, 1, NUMBER_A).await;
+    assert_eq!(tw.closed(Duration::from_secs(3)).await.map(|c| c.0), Some(1000));
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    let events = backend.wait_for("call.ended", Duration::from_secs(3)).await;
+    assert_eq!(events.last().map(Received::kind), Some("call.ended"));
+    assert_eq!(events.last().unwrap().body["reason"], "engine_error");
+    srv.shutdown().await;
+}
