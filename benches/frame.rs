@@ -286,5 +286,47 @@ fn path_bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, g711_bench, resample_bench, vad_bench, path_bench);
+/// OpenAI Realtime relay cost: one 100 ms µ-law audio delta in (JSON → base64 →
+/// µ-law → PCM chunk), one 20 ms caller frame out (µ-law → base64 → JSON).
+fn realtime_bench(c: &mut Criterion) {
+    use base64::Engine as _;
+    use callbridge::engine::openai_realtime::*;
+    let cfg = RealtimeConfig {
+        flavor: ApiFlavor::Ga,
+        model: "gpt-realtime".into(),
+        instructions: String::new(),
+        voice: "alloy".into(),
+        tools: vec![],
+        greeting: None,
+        turn: TurnMode::Local,
+        audio: WireAudio::Pcmu,
+        transcription_model: String::new(),
+        silence_duration_ms: 500,
+    };
+    let mut codec = RealtimeCodec::new(cfg);
+    codec.on_message(r#"{"type":"response.created","response":{"id":"resp_1"}}"#).unwrap();
+    let pcm = speech_8k();
+    let mut ulaw = vec![0u8; 800];
+    g711::ulaw_encode(&pcm[8000..8800], &mut ulaw);
+    let delta = base64::engine::general_purpose::STANDARD.encode(&ulaw);
+    let msg = format!(
+        r#"{{"type":"response.output_audio.delta","event_id":"event_1","response_id":"resp_1","item_id":"item_1","output_index":0,"content_index":0,"delta":"{delta}"}}"#
+    );
+    let mut g = c.benchmark_group("realtime");
+    g.bench_function("audio_delta_100ms_in", |b| {
+        b.iter(|| {
+            codec.on_message(black_box(&msg)).unwrap();
+            while let Some(o) = codec.poll_output() {
+                black_box(o);
+            }
+        })
+    });
+    let mut out = String::with_capacity(512);
+    g.bench_function("caller_frame_20ms_append_out", |b| {
+        b.iter(|| codec.append_ulaw(black_box(&ulaw[..160]), &mut out))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, g711_bench, resample_bench, vad_bench, path_bench, realtime_bench);
 criterion_main!(benches);

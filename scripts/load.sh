@@ -3,6 +3,8 @@
 # the load generator to CPU 1, both on loopback. Stops the server when done.
 #   scripts/load.sh CALLS [SCENARIO] [DURATION] [REPORT_DIR] [EXTRA_SERVER_TOML]
 # Extra loadtest flags can be passed in LOADTEST_ARGS (e.g. --clips caller_leak_8k.wav).
+# ENGINE=openai_realtime runs the FAKE Realtime server (loadtest's fake_realtime, on CPU 1
+# with the generator) and points callbridge's OpenAI Realtime engine at it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 calls=${1:?calls}
@@ -12,11 +14,19 @@ out=${4:-reports/load-$calls}
 extra=${5:-}
 port=$((18000 + RANDOM % 1000))
 cfg=$(mktemp)
-printf '[server]\nlisten = "127.0.0.1:%s"\nworker_threads = 1\n%s\n' "$port" "$extra" > "$cfg"
+printf '[server]\nlisten = "127.0.0.1:%s"\nworker_threads = 1\n[storage]\ndatabase = ""\n%s\n' "$port" "$extra" > "$cfg"
 cargo build --release -q -p callbridge -p loadtest
+fake_pid=""
+if [ "${ENGINE:-local}" = openai_realtime ]; then
+  fport=$((19000 + RANDOM % 1000))
+  taskset -c 1 target/release/fake_realtime --port "$fport" > /dev/null 2>&1 &
+  fake_pid=$!
+  printf '[engine]\nkind = "openai_realtime"\n' >> "$cfg"
+  export OPENAI_API_KEY=fake-key OPENAI_REALTIME_URL="ws://127.0.0.1:$fport/v1/realtime"
+fi
 RUST_LOG=warn taskset -c 0 target/release/callbridge serve --config "$cfg" > "$out.server.log" 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$cfg"' EXIT
+trap 'kill $pid $fake_pid 2>/dev/null; wait $pid $fake_pid 2>/dev/null; rm -f "$cfg"' EXIT
 for _ in $(seq 50); do curl -sf "127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 mkdir -p "$out"
 taskset -c 1 target/release/loadtest --url "ws://127.0.0.1:$port/twilio/stream" --calls "$calls" \

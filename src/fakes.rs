@@ -94,9 +94,14 @@ impl Drop for FakeRealtime {
 impl FakeRealtime {
     /// Start on 127.0.0.1 (random port).
     pub async fn start(cfg: FakeRealtimeConfig) -> std::io::Result<Self> {
+        Self::start_on(cfg, 0).await
+    }
+
+    /// Start on 127.0.0.1:`port` (0 = random).
+    pub async fn start_on(cfg: FakeRealtimeConfig, port: u16) -> std::io::Result<Self> {
         let shared = Arc::new(Shared::default());
         let app = Router::new().route("/v1/realtime", get(upgrade)).with_state((Arc::new(cfg), shared.clone()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
