@@ -110,6 +110,8 @@ pub struct Config {
     pub callbacks: CallbacksConfig,
     /// Where persistent data lives (`[storage]`).
     pub storage: StorageConfig,
+    /// Call recording (`[recording]`).
+    pub recording: RecordingConfig,
     /// Twilio account access (`[twilio]`).
     pub twilio: TwilioConfig,
     /// Numbers declared in the file (`[[numbers]]`); more are registered over the API.
@@ -159,6 +161,22 @@ pub enum UnknownNumbers {
 pub struct StorageConfig {
     /// SQLite database file (created with its folder, owner-only); "" keeps data in memory.
     pub database: String,
+    /// Delete call data (transcripts, recordings) older than this many days; 0 = keep.
+    pub retention_days: u32,
+}
+
+/// `[recording]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// Record every call (a call plan's `record` decides per call).
+    pub enabled: bool,
+    /// Folder for `<call_id>.wav` (created owner-only).
+    pub dir: String,
+    /// 20 ms slots buffered per call between the call task and the writer thread.
+    pub ring_slots: usize,
+    /// How often the WAV header is rewritten (what survives a crash).
+    pub header_update_ms: u64,
 }
 
 /// `[twilio]`

@@ -17,12 +17,14 @@
 pub mod api;
 pub mod audio;
 pub mod callback;
+pub mod callstore;
 pub mod carrier;
 pub mod config;
 pub mod engine;
 pub mod fakes;
 pub mod ids;
 pub mod metrics;
+pub mod recording;
 pub mod runtime;
 pub mod server;
 pub mod session;

@@ -53,6 +53,12 @@ pub const CALLBACK_FALLBACKS: &str = "callbridge_callback_fallbacks_total";
 pub const ENGINE_DROPPED: &str = "callbridge_engine_dropped_messages_total";
 /// Network engine trouble by kind (connect_failed, dropped, reconnected, error, fatal_error, bad_message).
 pub const ENGINE_ERRORS: &str = "callbridge_engine_errors_total";
+/// Recording slots dropped because the writer fell behind.
+pub const RECORDING_DROPPED: &str = "callbridge_recording_dropped_slots_total";
+/// Recordings stopped by a disk error.
+pub const RECORDING_FAILED: &str = "callbridge_recording_failures_total";
+/// Call-store records dropped or failed.
+pub const STORE_FAILED: &str = "callbridge_store_failures_total";
 /// Webhooks and streams refused for failed authentication, by reason.
 pub const AUTH_REJECTED: &str = "callbridge_auth_rejected_total";
 
@@ -116,6 +122,9 @@ fn describe() {
     describe_counter!(CALLBACK_FALLBACKS, "Blocking callbacks that timed out or failed, so the fallback applied");
     describe_counter!(ENGINE_DROPPED, "Messages to a network engine dropped because its lane was full");
     describe_counter!(ENGINE_ERRORS, "Network engine failures, reconnects and error events, by kind");
+    describe_counter!(RECORDING_DROPPED, "Recording slots (20 ms) dropped because the writer fell behind");
+    describe_counter!(RECORDING_FAILED, "Recordings stopped by a disk error");
+    describe_counter!(STORE_FAILED, "Call-store records dropped or failed");
     describe_counter!(AUTH_REJECTED, "Webhooks and streams refused for failed authentication");
 }
 

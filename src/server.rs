@@ -67,6 +67,8 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
     }
     let clips = LocalClips::load(&config.engine.local.greeting_wav, &config.engine.local.reply_wav)?;
     let tenants = Arc::new(NumberStore::open(&config.storage.database, &config.numbers)?);
+    let store = crate::callstore::CallStore::open(&config.storage.database)
+        .map_err(|e| ServerError::Setup(format!("call store: {e}")))?;
     let s = &config.server;
     let limits = CallLimits {
         write_timeout: Duration::from_millis(s.write_timeout_ms),
@@ -92,6 +94,14 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         realtime: config.engine.openai_realtime.clone(),
         realtime_url: secrets.openai_realtime_url.clone().unwrap_or_else(|| config.engine.openai_realtime.url.clone()),
         openai_api_key: secrets.openai_api_key.clone(),
+        recordings: Some(crate::recording::RecordingService::start(
+            std::path::Path::new(&config.recording.dir),
+            config.recording.ring_slots,
+            Duration::from_millis(config.recording.header_update_ms),
+        )?),
+        record_by_default: config.recording.enabled,
+        store: Some(store),
+        public_http: config.public_http_url(),
     });
     Ok(Arc::new(AppState {
         config,
@@ -142,6 +152,24 @@ pub async fn serve(
             call.registry.sweep_ended();
         }
     });
+    // Retention: delete call data older than `storage.retention_days`, hourly.
+    let retention = (state.config.storage.retention_days > 0).then(|| {
+        let days = state.config.storage.retention_days as i64;
+        let store = state.call.store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                let Some(store) = store.clone() else { return };
+                let cutoff = crate::callstore::unix_ms(std::time::SystemTime::now()) - days * 86_400_000;
+                match tokio::task::spawn_blocking(move || store.sweep(cutoff)).await {
+                    Ok(Ok(n)) if n > 0 => info!(deleted = n, "retention: old call data deleted"),
+                    Ok(Err(e)) => warn!(error = %e, "retention sweep failed"),
+                    _ => {}
+                }
+            }
+        })
+    });
     let st = state.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -154,6 +182,9 @@ pub async fn serve(
         drain(&state, grace).await;
     }
     upkeep.abort();
+    if let Some(r) = retention {
+        r.abort();
+    }
     served?;
     Ok(())
 }

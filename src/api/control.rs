@@ -384,3 +384,95 @@ pub async fn openapi() -> Response {
 pub async fn callbacks_schema() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], CALLBACKS_SCHEMA_JSON).into_response()
 }
+
+/// The tenant's stored call (live or ended), read on a blocking thread.
+async fn stored_call(s: &AppState, headers: &HeaderMap, id: &str) -> Result<crate::callstore::CallRow, ApiError> {
+    let t = tenant(s, headers)?;
+    let not_found = || api_error(StatusCode::NOT_FOUND, "not_found", "no such call");
+    if id.parse::<CallId>().is_err() {
+        return Err(not_found());
+    }
+    let Some(store) = s.call.store.clone() else { return Err(not_found()) };
+    let id = id.to_string();
+    let row = tokio::task::spawn_blocking(move || store.call(&id))
+        .await
+        .map_err(|_| api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "lookup failed"))?
+        .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()))?;
+    match row {
+        Some(r) if r.tenant.as_deref() == Some(t.number.as_str()) => Ok(r),
+        _ => Err(not_found()),
+    }
+}
+
+/// `GET /v1/calls/{id}/transcript` (tenant): the call's report and every event, in order.
+pub async fn transcript(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let row = match stored_call(&s, &headers, &id).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let store = s.call.store.clone().expect("stored_call checked");
+    let cid = row.call_id.clone();
+    let events = match tokio::task::spawn_blocking(move || store.events(&cid)).await {
+        Ok(Ok(ev)) => ev,
+        _ => return error(StatusCode::INTERNAL_SERVER_ERROR, "storage", "reading the transcript failed"),
+    };
+    let recording_url =
+        row.recording.as_ref().map(|_| crate::callstore::recording_url(&s.call.public_http, &row.call_id));
+    Json(json!({
+        "call_id": row.call_id,
+        "from": row.from,
+        "to": row.to,
+        "started_at_ms": row.started_at,
+        "ended_at_ms": row.ended_at,
+        "reason": row.reason,
+        "recording_url": recording_url,
+        "recording_loss": row.recording_loss,
+        "events": events,
+    }))
+    .into_response()
+}
+
+/// `GET /v1/calls/{id}/recording` (tenant): the stereo WAV; supports `Range`.
+pub async fn recording(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    req: axum::extract::Request,
+) -> Response {
+    let row = match stored_call(&s, req.headers(), &id).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let Some(path) = row.recording.filter(|p| std::path::Path::new(p).exists()) else {
+        return error(StatusCode::NOT_FOUND, "no_recording", "this call has no recording");
+    };
+    use tower::ServiceExt;
+    match tower_http::services::ServeFile::new_with_mime(&path, &"audio/wav".parse().expect("static mime"))
+        .oneshot(req)
+        .await
+    {
+        Ok(resp) => resp.map(axum::body::Body::new),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
+    }
+}
+
+/// `DELETE /v1/calls/{id}` (tenant): erase the call's recording and transcript.
+pub async fn delete_call(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Ok(cid) = id.parse::<CallId>()
+        && s.call.registry.get(cid).is_some_and(|h| {
+            h.details
+                .as_ref()
+                .is_some_and(|d| tenant(&s, &headers).is_ok_and(|t| d.tenant.as_deref() == Some(&t.number)))
+        })
+    {
+        return error(StatusCode::CONFLICT, "call_live", "the call is still in progress; hang up first");
+    }
+    let row = match stored_call(&s, &headers, &id).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let store = s.call.store.clone().expect("stored_call checked");
+    match tokio::task::spawn_blocking(move || store.delete(&row.call_id)).await {
+        Ok(Ok(_)) => StatusCode::NO_CONTENT.into_response(),
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "storage", "deletion failed"),
+    }
+}

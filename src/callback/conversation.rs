@@ -177,6 +177,7 @@ impl Conversation {
             latencies: self.latencies.clone(),
             events_dropped,
             recording_url: None,
+            recording_loss: None,
         }
     }
 }

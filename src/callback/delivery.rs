@@ -49,13 +49,14 @@ pub struct EventSender {
     seq: u64,
     tx: Option<mpsc::Sender<Envelope>>,
     dropped: Arc<AtomicU64>,
+    store: Option<crate::callstore::CallStore>,
 }
 
 impl EventSender {
     /// A sender that goes nowhere (calls without a callback). Sequence numbers
     /// still advance so the transcript is numbered the same way.
     pub fn disabled(call_id: &str) -> Self {
-        Self { call_id: call_id.into(), seq: 0, tx: None, dropped: Arc::new(AtomicU64::new(0)) }
+        Self { call_id: call_id.into(), seq: 0, tx: None, dropped: Arc::new(AtomicU64::new(0)), store: None }
     }
 
     /// Start delivering `call_id`'s events to `target`. `first_seq` is the
@@ -64,7 +65,40 @@ impl EventSender {
         let (tx, rx) = mpsc::channel(cfg.max_queued.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
         tokio::spawn(deliver(client, target, cfg, rx, dropped.clone()));
-        Self { call_id: call_id.into(), seq: first_seq, tx: Some(tx), dropped }
+        Self { call_id: call_id.into(), seq: first_seq, tx: Some(tx), dropped, store: None }
+    }
+
+    /// Also keep every event in the call store (the transcript).
+    pub fn with_store(mut self, store: Option<crate::callstore::CallStore>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// Whether events go anywhere (a callback or the store).
+    pub fn active(&self) -> bool {
+        self.tx.is_some() || self.store.is_some()
+    }
+
+    /// Keep a record in the transcript only (not a callback event), e.g. a
+    /// tool's result. It takes no sequence number of its own (callbacks stay
+    /// gap-free): it is stored under the latest one, after that event.
+    pub fn record(&self, kind: &str, body: serde_json::Value) {
+        if let Some(st) = &self.store {
+            let seq = self.seq;
+            let mut v = serde_json::json!({"type": kind, "call_id": self.call_id, "seq": seq,
+                "timestamp": humantime::format_rfc3339_millis(SystemTime::now()).to_string()});
+            if let (Some(m), serde_json::Value::Object(b)) = (v.as_object_mut(), body) {
+                m.extend(b);
+            }
+            st.event(&self.call_id, seq, kind, v.to_string());
+        }
+    }
+
+    /// Store a blocking request's envelope (it was sent elsewhere).
+    pub fn store_envelope(&self, env: &Envelope) {
+        if let Some(st) = &self.store {
+            st.event(&self.call_id, env.seq, env.event.kind(), serde_json::to_string(env).expect("events serialize"));
+        }
     }
 
     /// Whether events go anywhere.
@@ -85,13 +119,15 @@ impl EventSender {
 
     /// Queue `event` (never waits). Returns false if it was dropped.
     pub fn send(&mut self, event: Event) -> bool {
-        if self.tx.is_none() {
+        if !self.active() {
             return false;
         }
         let kind = event.kind();
         let seq = self.next_seq();
-        let tx = self.tx.as_ref().expect("checked");
-        match tx.try_send(Envelope::new(&self.call_id, seq, SystemTime::now(), event)) {
+        let env = Envelope::new(&self.call_id, seq, SystemTime::now(), event);
+        self.store_envelope(&env);
+        let Some(tx) = self.tx.as_ref() else { return true };
+        match tx.try_send(env) {
             Ok(()) => true,
             Err(_) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);

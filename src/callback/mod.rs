@@ -190,6 +190,8 @@ pub struct CallSummary {
     pub events_dropped: u64,
     /// Recording location, when the call was recorded.
     pub recording_url: Option<String>,
+    /// What the recording lost (writer behind, disk error), if anything.
+    pub recording_loss: Option<String>,
 }
 
 /// The reply to `call.started`. Every field is optional; unknown fields are

@@ -106,6 +106,14 @@ pub struct CallContext {
     pub realtime_url: String,
     /// `OPENAI_API_KEY`.
     pub openai_api_key: Option<String>,
+    /// Recording writer.
+    pub recordings: Option<crate::recording::RecordingService>,
+    /// Record calls whose plan does not say.
+    pub record_by_default: bool,
+    /// Call reports and transcripts.
+    pub store: Option<crate::callstore::CallStore>,
+    /// Public HTTP base (recording URLs).
+    pub public_http: String,
 }
 
 /// How a call ended, for logs and metrics.
@@ -250,6 +258,8 @@ pub async fn run_twilio_call(socket: WebSocket, ctx: Arc<CallContext>) {
         target: None,
         pending_tools: Vec::new(),
         tool_tx: None,
+        recorder: None,
+        rec_scratch: Vec::new(),
     };
     let end = call.run(control_rx).await;
     let reason = if call.engine_failed.is_some() {
@@ -265,8 +275,16 @@ pub async fn run_twilio_call(socket: WebSocket, ctx: Arc<CallContext>) {
         if let Some(ev) = call.conversation.flush() {
             call.events.send(ev);
         }
-        let summary = call.conversation.summary(reason, Instant::now().into_std(), call.events.dropped());
+        let mut summary = call.conversation.summary(reason, Instant::now().into_std(), call.events.dropped());
+        let loss = call.recorder.take().and_then(|r| {
+            summary.recording_url = Some(crate::callstore::recording_url(&call.ctx.public_http, &call.id.to_string()));
+            r.status().loss()
+        });
+        summary.recording_loss = loss.clone();
         call.events.send(Event::CallEnded(summary));
+        if let Some(st) = &call.ctx.store {
+            st.ended(&call.id.to_string(), reason, loss);
+        }
     }
 }
 
@@ -299,6 +317,10 @@ struct Call {
     pending_tools: Vec<PendingTool>,
     /// Where tool results come back.
     tool_tx: Option<mpsc::Sender<ToolOutcome>>,
+    /// This call's recording, if recorded.
+    recorder: Option<crate::recording::Recorder>,
+    /// Bot audio waiting for its play time (recording).
+    rec_scratch: Vec<i16>,
 }
 
 /// A `tool.call` waiting for the backend.
@@ -463,6 +485,9 @@ impl Call {
                         && self.admitted
                     {
                         self.engine.forward_ulaw(a.encoded);
+                        if let Some(rec) = &mut self.recorder {
+                            rec.caller(a.pcm);
+                        }
                     }
                     if let CarrierEvent::Audio(a) = &ev {
                         let frame = self.session.frame_samples().max(1) as u64;
@@ -537,13 +562,33 @@ impl Call {
         let mut ended = None;
         let frame = self.session.frame_samples().max(1);
         let now = Instant::now().into_std();
-        let Call { session, engine, codec, conn, metrics, id, engine_frame, conversation, events, .. } = self;
+        let Call {
+            session,
+            engine,
+            codec,
+            conn,
+            metrics,
+            id,
+            engine_frame,
+            conversation,
+            events,
+            recorder,
+            rec_scratch,
+            ..
+        } = self;
         loop {
             let mut progressed = false;
             while let Some(out) = session.poll_output() {
                 progressed = true;
                 match out {
                     Output::ToCarrier(cmd) => {
+                        if let Some(rec) = recorder.as_mut() {
+                            match cmd {
+                                CarrierCommand::Audio(pcm) => rec_scratch.extend_from_slice(pcm),
+                                CarrierCommand::Clear => rec.clear(now),
+                                CarrierCommand::Mark(_) => {}
+                            }
+                        }
                         if codec.encode(&cmd, &mut conn.text).is_err() {
                             conn.text.clear();
                             continue;
@@ -561,13 +606,19 @@ impl Call {
                     Output::ToEngine(cmd) => engine.command(cmd, now),
                     Output::Telemetry(t) => {
                         record(metrics, *id, *engine_frame, t);
-                        if events.enabled() {
+                        if events.active() {
                             for ev in conversation.on_telemetry(&t, now) {
                                 events.send(ev);
                             }
                         }
                     }
                     Output::End(r) => ended = Some(r),
+                }
+                if !rec_scratch.is_empty() {
+                    if let (Some(rec), Some(at)) = (recorder.as_mut(), session.last_play_at()) {
+                        rec.bot(rec_scratch, at);
+                    }
+                    rec_scratch.clear();
                 }
             }
             while let Some(ev) = engine.poll_event() {
@@ -626,6 +677,25 @@ impl Call {
         );
         self.conversation = Conversation::new(now);
         let id = self.id.to_string();
+        let record = route.plan.record.unwrap_or(self.ctx.record_by_default);
+        if record && let Some(svc) = &self.ctx.recordings {
+            let rec = svc.begin(self.id, info.sample_rate, now);
+            self.rec_scratch = Vec::with_capacity(crate::audio::frame_samples(info.sample_rate) * 4);
+            self.recorder = Some(rec);
+        }
+        if let Some(st) = &self.ctx.store {
+            st.started(crate::callstore::CallRow {
+                call_id: id.clone(),
+                tenant: route.tenant.as_ref().map(|t| t.number.clone()),
+                from: route.from.clone(),
+                to: route.to.clone(),
+                started_at: crate::callstore::unix_ms(std::time::SystemTime::now()),
+                ended_at: None,
+                reason: None,
+                recording: self.recorder.as_ref().map(|r| r.path.display().to_string()),
+                recording_loss: None,
+            });
+        }
         self.events = match &route.tenant {
             Some(t) => EventSender::spawn(
                 self.ctx.client.clone(),
@@ -635,7 +705,8 @@ impl Call {
                 route.seq_used,
             ),
             None => EventSender::disabled(&id),
-        };
+        }
+        .with_store(self.ctx.store.clone());
         self.target = route.tenant.as_ref().map(|t| Target { url: t.callback_url.clone(), secret: t.secret.clone() });
         self.session.set_turn_config(route.plan.turn.apply(&self.ctx.session.turn));
         if let Some(engine) = self.choose_engine(&route.plan, info) {
@@ -812,6 +883,7 @@ impl Call {
             std::time::SystemTime::now(),
             Event::ToolCall { tool_call_id: call_id.clone(), name, arguments },
         );
+        self.events.store_envelope(&env);
         self.pending_tools.push(PendingTool {
             call_id: call_id.clone(),
             started: Instant::now(),
@@ -831,6 +903,13 @@ impl Call {
 
     fn on_tool_result(&mut self, outcome: ToolOutcome) {
         self.pending_tools.retain(|t| t.call_id != outcome.call_id);
+        let record = match &outcome.result {
+            Ok(v) => {
+                serde_json::json!({"tool_call_id": outcome.call_id, "result": ToolResult::from_reply(v.clone()).result})
+            }
+            Err(e) => serde_json::json!({"tool_call_id": outcome.call_id, "error": e}),
+        };
+        self.events.record("tool.result", record);
         let Engine::Realtime(r) = &mut self.engine else { return };
         match outcome.result {
             Ok(v) => r.codec.tool_result(&outcome.call_id, &ToolResult::from_reply(v).result, true),

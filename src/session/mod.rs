@@ -580,6 +580,11 @@ impl Session {
         self.playback.as_ref().map_or(0, |p| p.heard_ms(now))
     }
 
+    /// When the carrier will start playing the last audio frame output.
+    pub fn last_play_at(&self) -> Option<Instant> {
+        self.playback.as_ref().and_then(|p| p.last_play_at())
+    }
+
     /// Marks sent and not yet echoed.
     pub fn pending_marks(&self) -> usize {
         self.playback.as_ref().map_or(0, |p| p.pending_marks())

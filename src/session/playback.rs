@@ -103,6 +103,7 @@ pub struct Playback {
     mark_interval: u64,
     due_mark: Option<MarkId>,
     retired: VecDeque<Interrupted>,
+    last_play_at: Option<Instant>,
 }
 
 impl Playback {
@@ -129,6 +130,7 @@ impl Playback {
             mark_interval: cfg.mark_interval_ms as u64 * rate as u64 / 1000,
             due_mark: None,
             retired: VecDeque::with_capacity(4),
+            last_play_at: None,
         })
     }
 
@@ -256,6 +258,8 @@ impl Playback {
                 None => self.frame_buf.copy_from_slice(&self.scratch),
             }
             let released_before = self.pacer.released();
+            // The carrier plays this frame after what it still holds.
+            self.last_play_at = Some(now + self.pacer.buffered(now));
             self.pacer.release(now, self.frame);
             let r = self.responses.front_mut().expect("front exists");
             let first = r.first_release.is_none();
@@ -354,6 +358,11 @@ impl Playback {
     }
 
     /// Marks sent and not yet echoed.
+    /// When the carrier will start playing the last released frame.
+    pub fn last_play_at(&self) -> Option<Instant> {
+        self.last_play_at
+    }
+
     /// A response whose audio was all released since the last call (in order).
     pub fn take_retired(&mut self) -> Option<Interrupted> {
         self.retired.pop_front()

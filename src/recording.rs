@@ -1,0 +1,544 @@
+//! Dual-channel call recording, off the hot path.
+//!
+//! Each recorded call task owns a [`Recorder`]: the producer end of a
+//! lock-free SPSC ring (`rtrb`) of fixed-size [`Slot`]s. Pushing never blocks
+//! and never allocates; a full ring drops the slot and counts it. One writer
+//! thread for the whole server drains every ring, aligns the two channels and
+//! writes a stereo 16-bit WAV (left: caller, right: bot) at the call's rate.
+//!
+//! Alignment: positions are samples since the stream started. Caller audio is
+//! placed sequentially as it arrived (the carrier's clock). Bot audio is placed
+//! where the carrier will *play* it — release time plus what the carrier still
+//! held (the pacer's model) — and a `clear` cuts everything scheduled from its
+//! instant on, so a barge-in shows as bot audio stopping where the caller heard
+//! it stop. The writer commits audio up to the caller's position (bot audio is
+//! at most the playback lead ahead of it).
+//!
+//! Durability: the WAV header is rewritten every `header_update_ms` and at the
+//! end, so after a crash or `kill -9` the file opens and holds the audio up to
+//! the last update. A disk error (full, permissions) stops that recording only;
+//! the call goes on and its report says what was lost. Files are created
+//! owner-only (0600) in an owner-only folder.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use crate::ids::CallId;
+
+/// Samples per slot (20 ms at 8 kHz; longer frames span several slots).
+pub const SLOT: usize = 160;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Caller,
+    Bot,
+    Clear,
+    End,
+}
+
+/// One ring entry: up to [`SLOT`] samples of one channel at a position.
+#[derive(Debug, Clone, Copy)]
+pub struct Slot {
+    kind: Kind,
+    pos: u64,
+    n: u16,
+    s: [i16; SLOT],
+}
+
+/// What a recording lost, shared between the call and the writer.
+#[derive(Debug, Default)]
+pub struct RecordingStatus {
+    /// Slots dropped because the ring was full.
+    pub dropped_slots: AtomicU64,
+    /// Samples (per channel) written to the file.
+    pub written_samples: AtomicU64,
+    /// Samples of caller audio missing (filled with silence) in the file.
+    pub gap_samples: AtomicU64,
+    /// The first disk error; writing stopped there.
+    pub disk_error: Mutex<Option<String>>,
+    /// The writer finished the file.
+    pub finished: AtomicBool,
+}
+
+impl RecordingStatus {
+    /// A short account for the call report: `None` if nothing was lost.
+    pub fn loss(&self) -> Option<String> {
+        let dropped = self.dropped_slots.load(Ordering::Relaxed);
+        let err = self.disk_error.lock().expect("status lock").clone();
+        match (dropped, err) {
+            (0, None) => None,
+            (d, None) => Some(format!("{d} slots of 20 ms dropped (writer behind)")),
+            (_, Some(e)) => Some(format!("recording stopped: {e}")),
+        }
+    }
+}
+
+/// The call task's end of a recording.
+pub struct Recorder {
+    tx: rtrb::Producer<Slot>,
+    rate: u32,
+    t0: Instant,
+    caller_pos: u64,
+    status: Arc<RecordingStatus>,
+    /// Where the file is.
+    pub path: PathBuf,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder").field("path", &self.path).finish()
+    }
+}
+
+impl Recorder {
+    fn push(&mut self, kind: Kind, pos: u64, pcm: &[i16]) {
+        let mut pos = pos;
+        let mut chunks = pcm.chunks(SLOT);
+        loop {
+            let chunk = chunks.next().unwrap_or(&[]);
+            let mut slot = Slot { kind, pos, n: chunk.len() as u16, s: [0; SLOT] };
+            slot.s[..chunk.len()].copy_from_slice(chunk);
+            if self.tx.push(slot).is_err() {
+                self.status.dropped_slots.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::RECORDING_DROPPED).increment(1);
+            }
+            pos += chunk.len() as u64;
+            if chunk.len() < SLOT || chunks.len() == 0 {
+                break;
+            }
+        }
+    }
+
+    fn pos_at(&self, t: Instant) -> u64 {
+        (t.saturating_duration_since(self.t0).as_nanos() * self.rate as u128 / 1_000_000_000) as u64
+    }
+
+    /// Caller audio, in arrival order.
+    pub fn caller(&mut self, pcm: &[i16]) {
+        let pos = self.caller_pos;
+        self.caller_pos += pcm.len() as u64;
+        self.push(Kind::Caller, pos, pcm);
+    }
+
+    /// Bot audio the carrier will start playing at `play_at`.
+    pub fn bot(&mut self, pcm: &[i16], play_at: Instant) {
+        let pos = self.pos_at(play_at);
+        self.push(Kind::Bot, pos, pcm);
+    }
+
+    /// The carrier dropped what it held at `at`.
+    pub fn clear(&mut self, at: Instant) {
+        let pos = self.pos_at(at);
+        self.push(Kind::Clear, pos, &[]);
+    }
+
+    /// What was lost so far.
+    pub fn status(&self) -> &Arc<RecordingStatus> {
+        &self.status
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        // The end marker must get through even if the ring is full right now.
+        let end = Slot { kind: Kind::End, pos: 0, n: 0, s: [0; SLOT] };
+        let mut end = Some(end);
+        for _ in 0..200 {
+            match self.tx.push(end.take().expect("set")) {
+                Ok(()) => return,
+                Err(rtrb::PushError::Full(s)) => {
+                    end = Some(s);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+}
+
+/// Something a WAV can be written to (a file; tests inject failing ones).
+pub trait Sink: Write + Seek + Send {}
+impl<T: Write + Seek + Send> Sink for T {}
+
+/// Opens the sink for a path.
+pub type SinkFactory = Arc<dyn Fn(&Path) -> std::io::Result<Box<dyn Sink>> + Send + Sync>;
+
+fn file_sink(path: &Path) -> std::io::Result<Box<dyn Sink>> {
+    if let Some(dir) = path.parent() {
+        crate::tenant::create_private_dir(dir)?;
+    }
+    let mut o = OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let f: File = o.open(path)?;
+    Ok(Box::new(BufWriter::with_capacity(64 * 1024, f)))
+}
+
+struct NewRecording {
+    rx: rtrb::Consumer<Slot>,
+    path: PathBuf,
+    rate: u32,
+    status: Arc<RecordingStatus>,
+}
+
+/// Starts recordings and runs the writer thread.
+#[derive(Clone)]
+pub struct RecordingService {
+    dir: PathBuf,
+    ring_slots: usize,
+    tx: mpsc::Sender<NewRecording>,
+}
+
+impl std::fmt::Debug for RecordingService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordingService").field("dir", &self.dir).finish()
+    }
+}
+
+impl RecordingService {
+    /// Recordings in `dir` (created owner-only), `ring_slots` per call, header
+    /// rewritten every `header_update`.
+    pub fn start(dir: &Path, ring_slots: usize, header_update: Duration) -> std::io::Result<Self> {
+        Self::start_with(dir, ring_slots, header_update, Arc::new(file_sink))
+    }
+
+    /// [`Self::start`] with another sink (fault injection in tests).
+    pub fn start_with(
+        dir: &Path,
+        ring_slots: usize,
+        header_update: Duration,
+        sinks: SinkFactory,
+    ) -> std::io::Result<Self> {
+        // The folder is made with the first file; a folder that cannot be made is
+        // reported per call (the call still goes on).
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new().name("recording-writer".into()).spawn(move || writer(rx, header_update, sinks))?;
+        Ok(Self { dir: dir.to_path_buf(), ring_slots: ring_slots.max(8), tx })
+    }
+
+    /// The file of `id`.
+    pub fn path_of(&self, id: CallId) -> PathBuf {
+        self.dir.join(format!("{id}.wav"))
+    }
+
+    /// Start recording call `id` at `rate`; positions count from `t0`.
+    pub fn begin(&self, id: CallId, rate: u32, t0: Instant) -> Recorder {
+        let (ptx, prx) = rtrb::RingBuffer::new(self.ring_slots);
+        let status = Arc::new(RecordingStatus::default());
+        let path = self.path_of(id);
+        let _ = self.tx.send(NewRecording { rx: prx, path: path.clone(), rate, status: status.clone() });
+        Recorder { tx: ptx, rate, t0, caller_pos: 0, status, path }
+    }
+}
+
+/// A sink that refuses everything once switched off, so dropping a failed
+/// writer cannot rewrite the header over the last good one.
+struct Guarded {
+    inner: Box<dyn Sink>,
+    off: Arc<AtomicBool>,
+}
+
+impl Guarded {
+    fn check(&self) -> std::io::Result<()> {
+        if self.off.load(Ordering::Relaxed) { Err(std::io::Error::other("recording stopped")) } else { Ok(()) }
+    }
+}
+
+impl Write for Guarded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.check()?;
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.flush()
+    }
+}
+
+impl Seek for Guarded {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.check()?;
+        self.inner.seek(pos)
+    }
+}
+
+struct Active {
+    rx: rtrb::Consumer<Slot>,
+    wav: Option<hound::WavWriter<Guarded>>,
+    off: Arc<AtomicBool>,
+    status: Arc<RecordingStatus>,
+    written: u64,
+    caller: VecDeque<i16>,
+    bot: VecDeque<i16>,
+    last_flush: Instant,
+    ended: bool,
+}
+
+impl Active {
+    fn fail(&mut self, e: impl std::fmt::Display) {
+        let mut err = self.status.disk_error.lock().expect("status lock");
+        if err.is_none() {
+            *err = Some(e.to_string());
+            metrics::counter!(crate::metrics::RECORDING_FAILED).increment(1);
+            tracing::warn!(error = %e, "recording failed; the call continues unrecorded");
+        }
+        // Drop the writer without touching the file again: its header holds the last good update.
+        self.off.store(true, Ordering::Relaxed);
+        self.wav = None;
+    }
+
+    fn apply(&mut self, s: &Slot) {
+        let samples = &s.s[..s.n as usize];
+        match s.kind {
+            Kind::Caller => {
+                let end = self.written + self.caller.len() as u64;
+                if s.pos > end {
+                    let gap = s.pos - end;
+                    self.status.gap_samples.fetch_add(gap, Ordering::Relaxed);
+                    self.caller.extend(std::iter::repeat_n(0, gap as usize));
+                }
+                let end = self.written + self.caller.len() as u64;
+                let skip = (end - s.pos.min(end)) as usize;
+                self.caller.extend(samples.iter().skip(skip));
+            }
+            Kind::Bot => {
+                for (i, &v) in samples.iter().enumerate() {
+                    let p = s.pos + i as u64;
+                    if p < self.written {
+                        continue; // already committed (arrived late)
+                    }
+                    let rel = (p - self.written) as usize;
+                    if self.bot.len() <= rel {
+                        self.bot.resize(rel + 1, 0);
+                    }
+                    self.bot[rel] = v;
+                }
+            }
+            Kind::Clear => {
+                let rel = s.pos.saturating_sub(self.written) as usize;
+                self.bot.truncate(rel);
+            }
+            Kind::End => self.ended = true,
+        }
+    }
+
+    /// Write `n` frames from the pending channels.
+    fn commit(&mut self, n: usize) {
+        for _ in 0..n {
+            let l = self.caller.pop_front().unwrap_or(0);
+            let r = self.bot.pop_front().unwrap_or(0);
+            if let Some(w) = &mut self.wav
+                && let Err(e) = w.write_sample(l).and_then(|()| w.write_sample(r))
+            {
+                self.fail(e);
+            }
+        }
+        self.written += n as u64;
+        if self.wav.is_some() {
+            self.status.written_samples.store(self.written, Ordering::Relaxed);
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(w) = &mut self.wav
+            && let Err(e) = w.flush()
+        {
+            self.fail(e);
+        }
+        self.last_flush = Instant::now();
+    }
+}
+
+fn writer(rx: mpsc::Receiver<NewRecording>, header_update: Duration, sinks: SinkFactory) {
+    let mut active: HashMap<u64, Active> = HashMap::new();
+    let mut next = 0u64;
+    let mut closed = false;
+    loop {
+        loop {
+            match rx.try_recv() {
+                Ok(n) => {
+                    let spec = hound::WavSpec {
+                        channels: 2,
+                        sample_rate: n.rate,
+                        bits_per_sample: 16,
+                        sample_format: hound::SampleFormat::Int,
+                    };
+                    let mut a = Active {
+                        rx: n.rx,
+                        wav: None,
+                        off: Arc::new(AtomicBool::new(false)),
+                        status: n.status,
+                        written: 0,
+                        caller: VecDeque::with_capacity(4096),
+                        bot: VecDeque::with_capacity(4096),
+                        last_flush: Instant::now(),
+                        ended: false,
+                    };
+                    let off = a.off.clone();
+                    let opened = sinks(&n.path).and_then(|inner| {
+                        hound::WavWriter::new(Guarded { inner, off }, spec).map_err(std::io::Error::other)
+                    });
+                    match opened {
+                        Ok(w) => a.wav = Some(w),
+                        Err(e) => a.fail(format!("cannot create {}: {e}", n.path.display())),
+                    }
+                    a.flush();
+                    active.insert(next, a);
+                    next += 1;
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let mut done = Vec::new();
+        for (k, a) in active.iter_mut() {
+            while let Ok(s) = a.rx.pop() {
+                a.apply(&s);
+            }
+            if a.ended || a.rx.is_abandoned() && a.rx.is_empty() {
+                let n = a.caller.len().max(a.bot.len());
+                a.commit(n);
+                if let Some(w) = a.wav.take()
+                    && let Err(e) = w.finalize()
+                {
+                    a.fail(e);
+                }
+                a.status.finished.store(true, Ordering::Release);
+                done.push(*k);
+                continue;
+            }
+            let n = a.caller.len();
+            a.commit(n);
+            if a.last_flush.elapsed() >= header_update {
+                a.flush();
+            }
+        }
+        for k in done {
+            active.remove(&k);
+        }
+        if closed && active.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A FAKE disk that fills up after `limit` bytes.
+    struct FullDisk {
+        inner: std::io::Cursor<Vec<u8>>,
+        limit: usize,
+        shared: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for FullDisk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let pos = self.inner.position() as usize;
+            if pos + buf.len() > self.limit {
+                return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device"));
+            }
+            let n = self.inner.write(buf)?;
+            *self.shared.lock().unwrap() = self.inner.get_ref().clone();
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Seek for FullDisk {
+        fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+            self.inner.seek(pos)
+        }
+    }
+
+    fn wait_finished(st: &RecordingStatus) {
+        let t = Instant::now();
+        while !st.finished.load(Ordering::Acquire) {
+            assert!(t.elapsed() < Duration::from_secs(5), "writer did not finish");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn channels_align_and_a_clear_cuts_the_bot_where_it_was_heard() {
+        let dir = std::env::temp_dir().join(format!("cb-rec-{}", crate::signature::random_hex()));
+        let svc = RecordingService::start(&dir, 256, Duration::from_millis(50)).unwrap();
+        let t0 = Instant::now();
+        let mut r = svc.begin(CallId(7), 8000, t0);
+        let path = r.path.clone();
+        // 1 s of caller audio (value 1), bot audio from 200 ms scheduled in 40 ms
+        // messages (value 2), cleared at 500 ms.
+        for i in 0..50u64 {
+            r.caller(&[1; 160]);
+            if (10..25).contains(&i) && i % 2 == 0 {
+                r.bot(&[2; 320], t0 + Duration::from_millis(i * 20));
+            }
+            if i == 25 {
+                r.clear(t0 + Duration::from_millis(500));
+            }
+        }
+        let st = r.status().clone();
+        drop(r);
+        wait_finished(&st);
+        let mut rd = hound::WavReader::open(&path).unwrap();
+        assert_eq!((rd.spec().channels, rd.spec().sample_rate), (2, 8000));
+        let s: Vec<i16> = rd.samples::<i16>().map(Result::unwrap).collect();
+        let (left, right): (Vec<i16>, Vec<i16>) = s.chunks(2).map(|f| (f[0], f[1])).unzip();
+        assert_eq!(left.len(), 8000);
+        assert!(left.iter().all(|&v| v == 1));
+        let first = right.iter().position(|&v| v == 2).unwrap();
+        let last = right.iter().rposition(|&v| v == 2).unwrap();
+        assert_eq!((first, last + 1), (1600, 4000), "bot from 200 ms to the clear at 500 ms");
+        assert!(st.loss().is_none());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o077, 0);
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_full_disk_stops_the_recording_but_not_the_call_and_the_file_stays_valid() {
+        let shared = Arc::new(Mutex::new(Vec::new()));
+        let s2 = shared.clone();
+        let factory: SinkFactory = Arc::new(move |_p: &Path| {
+            Ok(Box::new(FullDisk { inner: std::io::Cursor::new(Vec::new()), limit: 44 + 4 * 4000, shared: s2.clone() })
+                as Box<dyn Sink>)
+        });
+        let svc =
+            RecordingService::start_with(Path::new("/nonexistent-unused"), 64, Duration::from_millis(30), factory)
+                .unwrap();
+        let t0 = Instant::now();
+        let mut r = svc.begin(CallId(8), 8000, t0);
+        // 2 s of audio paced like a call; the "disk" holds 0.5 s.
+        for _ in 0..100 {
+            r.caller(&[3; 160]); // never blocks, whatever the disk does
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let st = r.status().clone();
+        drop(r);
+        wait_finished(&st);
+        let loss = st.loss().expect("the loss is reported");
+        assert!(loss.contains("no space left"), "{loss}");
+        let bytes = shared.lock().unwrap().clone();
+        let rd = hound::WavReader::new(std::io::Cursor::new(bytes)).expect("what exists is a valid WAV");
+        let n = rd.len() / 2;
+        assert!(n > 0 && n <= 4000, "holds audio up to the last header update ({n} frames)");
+    }
+}
