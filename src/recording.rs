@@ -11,8 +11,9 @@
 //! where the carrier will *play* it — release time plus what the carrier still
 //! held (the pacer's model) — and a `clear` cuts everything scheduled from its
 //! instant on, so a barge-in shows as bot audio stopping where the caller heard
-//! it stop. The writer commits audio up to the caller's position (bot audio is
-//! at most the playback lead ahead of it).
+//! it stop. The writer commits audio up to 200 ms behind the caller's position
+//! (bot audio is at most the playback lead ahead of it, and the caller's frame
+//! clock may run a frame or two ahead of wall time).
 //!
 //! Durability: the WAV header is rewritten every `header_update_ms` and at the
 //! end, so after a crash or `kill -9` the file opens and holds the audio up to
@@ -81,9 +82,9 @@ impl RecordingStatus {
 /// The call task's end of a recording.
 pub struct Recorder {
     tx: rtrb::Producer<Slot>,
-    rate: u32,
-    t0: Instant,
     caller_pos: u64,
+    /// Where the last bot audio ended (consecutive frames are contiguous).
+    bot_end: Option<u64>,
     status: Arc<RecordingStatus>,
     /// Where the file is.
     pub path: PathBuf,
@@ -114,10 +115,6 @@ impl Recorder {
         }
     }
 
-    fn pos_at(&self, t: Instant) -> u64 {
-        (t.saturating_duration_since(self.t0).as_nanos() * self.rate as u128 / 1_000_000_000) as u64
-    }
-
     /// Caller audio, in arrival order.
     pub fn caller(&mut self, pcm: &[i16]) {
         let pos = self.caller_pos;
@@ -125,15 +122,24 @@ impl Recorder {
         self.push(Kind::Caller, pos, pcm);
     }
 
-    /// Bot audio the carrier will start playing at `play_at`.
-    pub fn bot(&mut self, pcm: &[i16], play_at: Instant) {
-        let pos = self.pos_at(play_at);
+    /// Bot audio the carrier will start playing at `play_at` (seen at `now`).
+    /// Placed on the caller's timeline (the carrier's clock, not ours): audio
+    /// released while the carrier still holds some plays right after it, so it
+    /// follows the previous bot audio exactly; otherwise it starts where the
+    /// caller's audio is now.
+    pub fn bot(&mut self, pcm: &[i16], play_at: Instant, now: Instant) {
+        let pos = match self.bot_end {
+            Some(end) if play_at > now => end,
+            _ => self.caller_pos,
+        };
+        self.bot_end = Some(pos + pcm.len() as u64);
         self.push(Kind::Bot, pos, pcm);
     }
 
-    /// The carrier dropped what it held at `at`.
-    pub fn clear(&mut self, at: Instant) {
-        let pos = self.pos_at(at);
+    /// The carrier dropped what it held, now.
+    pub fn clear(&mut self) {
+        let pos = self.caller_pos;
+        self.bot_end = None;
         self.push(Kind::Clear, pos, &[]);
     }
 
@@ -229,13 +235,14 @@ impl RecordingService {
         self.dir.join(format!("{id}.wav"))
     }
 
-    /// Start recording call `id` at `rate`; positions count from `t0`.
-    pub fn begin(&self, id: CallId, rate: u32, t0: Instant) -> Recorder {
+    /// Start recording call `id` at `rate`.
+    pub fn begin(&self, id: CallId, rate: u32) -> Recorder {
+        // `rate` goes to the writer (the WAV header); the recorder counts samples.
         let (ptx, prx) = rtrb::RingBuffer::new(self.ring_slots);
         let status = Arc::new(RecordingStatus::default());
         let path = self.path_of(id);
         let _ = self.tx.send(NewRecording { rx: prx, path: path.clone(), rate, status: status.clone() });
-        Recorder { tx: ptx, rate, t0, caller_pos: 0, status, path }
+        Recorder { tx: ptx, caller_pos: 0, bot_end: None, status, path }
     }
 }
 
@@ -280,6 +287,9 @@ struct Active {
     bot: VecDeque<i16>,
     last_flush: Instant,
     ended: bool,
+    /// Caller audio kept uncommitted so bot audio placed slightly in the past
+    /// (the caller's frame clock runs a frame or two ahead of wall time) still lands.
+    holdback: usize,
 }
 
 impl Active {
@@ -381,6 +391,7 @@ fn writer(rx: mpsc::Receiver<NewRecording>, header_update: Duration, sinks: Sink
                         bot: VecDeque::with_capacity(4096),
                         last_flush: Instant::now(),
                         ended: false,
+                        holdback: (n.rate / 5) as usize,
                     };
                     let off = a.off.clone();
                     let opened = sinks(&n.path).and_then(|inner| {
@@ -418,7 +429,7 @@ fn writer(rx: mpsc::Receiver<NewRecording>, header_update: Duration, sinks: Sink
                 done.push(*k);
                 continue;
             }
-            let n = a.caller.len();
+            let n = a.caller.len().saturating_sub(a.holdback);
             a.commit(n);
             if a.last_flush.elapsed() >= header_update {
                 a.flush();
@@ -479,18 +490,21 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cb-rec-{}", crate::signature::random_hex()));
         let svc = RecordingService::start(&dir, 256, Duration::from_millis(50)).unwrap();
         let t0 = Instant::now();
-        let mut r = svc.begin(CallId(7), 8000, t0);
+        let mut r = svc.begin(CallId(7), 8000);
         let path = r.path.clone();
-        // 1 s of caller audio (value 1), bot audio from 200 ms scheduled in 40 ms
-        // messages (value 2), cleared at 500 ms.
+        // 1 s of caller audio (value 1); bot audio from 200 ms in 40 ms messages
+        // (value 2): the first plays at once, the rest queue behind it at the
+        // carrier; cleared at 500 ms, while the bot's audio runs to 520 ms.
         for i in 0..50u64 {
-            r.caller(&[1; 160]);
-            if (10..25).contains(&i) && i % 2 == 0 {
-                r.bot(&[2; 320], t0 + Duration::from_millis(i * 20));
+            if (10..=24).contains(&i) && i % 2 == 0 {
+                let now = t0 + Duration::from_millis(i * 20);
+                let play_at = if i == 10 { now } else { now + Duration::from_millis(20) };
+                r.bot(&[2; 320], play_at, now);
             }
             if i == 25 {
-                r.clear(t0 + Duration::from_millis(500));
+                r.clear();
             }
+            r.caller(&[1; 160]);
         }
         let st = r.status().clone();
         drop(r);
@@ -524,8 +538,7 @@ mod tests {
         let svc =
             RecordingService::start_with(Path::new("/nonexistent-unused"), 64, Duration::from_millis(30), factory)
                 .unwrap();
-        let t0 = Instant::now();
-        let mut r = svc.begin(CallId(8), 8000, t0);
+        let mut r = svc.begin(CallId(8), 8000);
         // 2 s of audio paced like a call; the "disk" holds 0.5 s.
         for _ in 0..100 {
             r.caller(&[3; 160]); // never blocks, whatever the disk does

@@ -50,13 +50,16 @@ greeting_wav = ""
 api_base_url = "{}"
 [storage]
 database = ""
+[recording]
+dir = "{rec}"
 [[numbers]]
 number = "{NUMBER_A}"
 callback_url = "http://127.0.0.1:{port}/"
 secret = "{SECRET_A}"
 api_token = "tenant-a-token"
 "#,
-        twilio.base()
+        twilio.base(),
+        rec = dir.join("recordings").display()
     );
     let mut cfg = Config::from_toml(&toml, "t").unwrap();
     cfg.server.shutdown_grace_ms = 300;

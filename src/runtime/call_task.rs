@@ -585,7 +585,7 @@ impl Call {
                         if let Some(rec) = recorder.as_mut() {
                             match cmd {
                                 CarrierCommand::Audio(pcm) => rec_scratch.extend_from_slice(pcm),
-                                CarrierCommand::Clear => rec.clear(now),
+                                CarrierCommand::Clear => rec.clear(),
                                 CarrierCommand::Mark(_) => {}
                             }
                         }
@@ -616,7 +616,7 @@ impl Call {
                 }
                 if !rec_scratch.is_empty() {
                     if let (Some(rec), Some(at)) = (recorder.as_mut(), session.last_play_at()) {
-                        rec.bot(rec_scratch, at);
+                        rec.bot(rec_scratch, at, now);
                     }
                     rec_scratch.clear();
                 }
@@ -679,7 +679,7 @@ impl Call {
         let id = self.id.to_string();
         let record = route.plan.record.unwrap_or(self.ctx.record_by_default);
         if record && let Some(svc) = &self.ctx.recordings {
-            let rec = svc.begin(self.id, info.sample_rate, now);
+            let rec = svc.begin(self.id, info.sample_rate);
             self.rec_scratch = Vec::with_capacity(crate::audio::frame_samples(info.sample_rate) * 4);
             self.recorder = Some(rec);
         }
