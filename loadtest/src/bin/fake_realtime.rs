@@ -25,6 +25,8 @@ async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let (rate, pcm) = callbridge::audio::wav::read_wav_mono_i16(&std::fs::read(&a.reply)?)?;
     anyhow::ensure!(rate == 8000, "{}: need 8 kHz, got {rate}", a.reply);
+    // Like a TTS that starts speaking at once (and like the local engine's clips).
+    let pcm = callbridge::engine::local::trim_silence(&pcm, rate);
     let mut ulaw = vec![0u8; pcm.len()];
     callbridge::audio::g711::ulaw_encode(&pcm, &mut ulaw);
     let cfg = callbridge::fakes::FakeRealtimeConfig::new(Arc::from(ulaw));
