@@ -185,7 +185,7 @@ fn file_sink(path: &Path) -> std::io::Result<Box<dyn Sink>> {
         o.mode(0o600);
     }
     let f: File = o.open(path)?;
-    Ok(Box::new(BufWriter::with_capacity(64 * 1024, f)))
+    Ok(Box::new(BufWriter::with_capacity(16 * 1024, f)))
 }
 
 struct NewRecording {
@@ -320,16 +320,15 @@ impl Active {
                 self.caller.extend(samples.iter().skip(skip));
             }
             Kind::Bot => {
-                for (i, &v) in samples.iter().enumerate() {
-                    let p = s.pos + i as u64;
-                    if p < self.written {
-                        continue; // already committed (arrived late)
-                    }
-                    let rel = (p - self.written) as usize;
-                    if self.bot.len() <= rel {
-                        self.bot.resize(rel + 1, 0);
-                    }
-                    self.bot[rel] = v;
+                // Skip what was already committed (arrived too late to place).
+                let skip = self.written.saturating_sub(s.pos).min(samples.len() as u64) as usize;
+                let samples = &samples[skip..];
+                let rel = (s.pos + skip as u64 - self.written) as usize;
+                if self.bot.len() < rel + samples.len() {
+                    self.bot.resize(rel + samples.len(), 0);
+                }
+                for (d, &v) in self.bot.range_mut(rel..rel + samples.len()).zip(samples) {
+                    *d = v;
                 }
             }
             Kind::Clear => {
@@ -340,16 +339,29 @@ impl Active {
         }
     }
 
-    /// Write `n` frames from the pending channels.
+    /// Write `n` frames from the pending channels (one buffered write).
     fn commit(&mut self, n: usize) {
-        for _ in 0..n {
-            let l = self.caller.pop_front().unwrap_or(0);
-            let r = self.bot.pop_front().unwrap_or(0);
-            if let Some(w) = &mut self.wav
-                && let Err(e) = w.write_sample(l).and_then(|()| w.write_sample(r))
-            {
+        if n == 0 {
+            return;
+        }
+        if self.bot.len() < n {
+            self.bot.resize(n, 0);
+        }
+        if self.caller.len() < n {
+            self.caller.resize(n, 0);
+        }
+        if let Some(w) = &mut self.wav {
+            let mut w16 = w.get_i16_writer(n as u32 * 2);
+            for (l, r) in self.caller.drain(..n).zip(self.bot.drain(..n)) {
+                w16.write_sample(l);
+                w16.write_sample(r);
+            }
+            if let Err(e) = w16.flush() {
                 self.fail(e);
             }
+        } else {
+            self.caller.drain(..n);
+            self.bot.drain(..n);
         }
         self.written += n as u64;
         if self.wav.is_some() {
@@ -387,8 +399,8 @@ fn writer(rx: mpsc::Receiver<NewRecording>, header_update: Duration, sinks: Sink
                         off: Arc::new(AtomicBool::new(false)),
                         status: n.status,
                         written: 0,
-                        caller: VecDeque::with_capacity(4096),
-                        bot: VecDeque::with_capacity(4096),
+                        caller: VecDeque::with_capacity(n.rate as usize / 2),
+                        bot: VecDeque::with_capacity(n.rate as usize / 2),
                         last_flush: Instant::now(),
                         ended: false,
                         holdback: (n.rate / 5) as usize,

@@ -99,7 +99,13 @@ async fn connect(cfg: &LinkConfig) -> Result<Ws, String> {
     if cfg.beta {
         h.insert("OpenAI-Beta", "realtime=v1".parse().expect("static header"));
     }
-    let ws_cfg = WebSocketConfig::default().max_message_size(Some(16 << 20)).max_frame_size(Some(16 << 20));
+    // Small read/write buffers: tungstenite zero-fills its read buffer on every
+    // read (PERFORMANCE.md), and the default is 128 KiB per socket.
+    let ws_cfg = WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_message_size(Some(16 << 20))
+        .max_frame_size(Some(16 << 20));
     let fut = tokio_tungstenite::connect_async_with_config(req, Some(ws_cfg), true);
     match tokio::time::timeout(cfg.connect_timeout, fut).await {
         Err(_) => Err(format!("engine connect timed out after {:?}", cfg.connect_timeout)),
