@@ -60,6 +60,10 @@ async fn a_signed_call_gets_its_plan_and_the_backend_hears_the_conversation() {
     assert_eq!(ended["user_turns"], 1);
     assert_eq!(ended["agent_turns"], 1);
     assert_eq!(ended["events_dropped"], 0);
+    let convo: Vec<&str> =
+        ended["conversation"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(convo, ["turn.user", "turn.agent"], "the whole conversation rides in call.ended");
+    assert_eq!(ended["conversation"][1]["heard_ms"], agent["heard_ms"]);
     let latency = ended["latencies"][0]["response_latency_ms"].as_u64().unwrap();
     assert!((250..450).contains(&latency), "plan's 250 ms endpointing applied (latency {latency} ms)");
     srv.shutdown().await;

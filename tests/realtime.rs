@@ -184,6 +184,11 @@ async fn a_tool_call_goes_to_the_backend_and_its_result_back_to_the_engine() {
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "one sequence, no gaps");
     let ended = &events.last().unwrap().body;
     assert!(ended["latencies"][0]["engine_first_audio_ms"].is_u64(), "{ended}");
+    let convo: Vec<&str> =
+        ended["conversation"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let at = |k: &str| convo.iter().position(|c| *c == k).unwrap_or_else(|| panic!("{k} in {convo:?}"));
+    assert!(at("tool.call") < at("tool.result"), "{convo:?}");
+    assert_eq!(ended["conversation"][at("tool.result")]["result"]["slot"], "tomorrow 8-10am");
     srv.shutdown().await;
 }
 
@@ -318,5 +323,27 @@ async fn a_refused_key_ends_the_call_as_an_engine_error_with_call_ended() {
     let events = backend.wait_for("call.ended", Duration::from_secs(3)).await;
     assert_eq!(events.last().map(Received::kind), Some("call.ended"));
     assert_eq!(events.last().unwrap().body["reason"], "engine_error");
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_vad_mode_leaves_turns_to_the_engine_and_still_stops_playback_at_once() {
+    let mut fc = FakeRealtimeConfig::new(reply());
+    fc.server_vad = true;
+    let fake = FakeRealtime::start(fc).await.unwrap();
+    let extra = "[engine.openai_realtime]\nturn_detection = \"server_vad\"\n";
+    let srv = rt_server(&fake, extra).await;
+    let mut tw = FakeTwilio::connect(&srv.url(), 1).await;
+    tw.start().await;
+    // The greeting plays (our response.create); caller turns are the engine's to end.
+    let got = talk(&mut tw, &[], 40).await;
+    assert!(media_bytes(&got).len() > 2000, "greeting plays");
+    let s = &fake.of_type("session.update")[0]["session"];
+    assert_eq!(s["audio"]["input"]["turn_detection"]["type"], "server_vad");
+    // The caller talks over it: the engine says speech_started, and local VAD agrees: clear.
+    let got = talk(&mut tw, &ulaw_fixture("caller_leak_8k.wav")[160 * 15..160 * 60], 10).await;
+    assert!(got.iter().any(|e| matches!(e, Rx::Msg(_, ServerMessage::Clear))), "playback stopped");
+    assert!(fake.of_type("input_audio_buffer.commit").is_empty(), "no commits from us in server_vad mode");
+    assert_eq!(fake.of_type("response.create").len(), 1, "only the greeting was asked for by us");
     srv.shutdown().await;
 }

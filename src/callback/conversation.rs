@@ -178,6 +178,7 @@ impl Conversation {
             events_dropped,
             recording_url: None,
             recording_loss: None,
+            conversation: Vec::new(),
         }
     }
 }

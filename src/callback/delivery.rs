@@ -50,13 +50,22 @@ pub struct EventSender {
     tx: Option<mpsc::Sender<Envelope>>,
     dropped: Arc<AtomicU64>,
     store: Option<crate::callstore::CallStore>,
+    /// Every event of the call so far (without envelope fields), for `call.ended`.
+    log: Vec<serde_json::Value>,
 }
 
 impl EventSender {
     /// A sender that goes nowhere (calls without a callback). Sequence numbers
     /// still advance so the transcript is numbered the same way.
     pub fn disabled(call_id: &str) -> Self {
-        Self { call_id: call_id.into(), seq: 0, tx: None, dropped: Arc::new(AtomicU64::new(0)), store: None }
+        Self {
+            call_id: call_id.into(),
+            seq: 0,
+            tx: None,
+            dropped: Arc::new(AtomicU64::new(0)),
+            store: None,
+            log: Vec::new(),
+        }
     }
 
     /// Start delivering `call_id`'s events to `target`. `first_seq` is the
@@ -65,7 +74,7 @@ impl EventSender {
         let (tx, rx) = mpsc::channel(cfg.max_queued.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
         tokio::spawn(deliver(client, target, cfg, rx, dropped.clone()));
-        Self { call_id: call_id.into(), seq: first_seq, tx: Some(tx), dropped, store: None }
+        Self { call_id: call_id.into(), seq: first_seq, tx: Some(tx), dropped, store: None, log: Vec::new() }
     }
 
     /// Also keep every event in the call store (the transcript).
@@ -82,7 +91,12 @@ impl EventSender {
     /// Keep a record in the transcript only (not a callback event), e.g. a
     /// tool's result. It takes no sequence number of its own (callbacks stay
     /// gap-free): it is stored under the latest one, after that event.
-    pub fn record(&self, kind: &str, body: serde_json::Value) {
+    pub fn record(&mut self, kind: &str, body: serde_json::Value) {
+        let mut entry = serde_json::json!({"type": kind});
+        if let (Some(m), serde_json::Value::Object(b)) = (entry.as_object_mut(), body.clone()) {
+            m.extend(b);
+        }
+        self.log.push(entry);
         if let Some(st) = &self.store {
             let seq = self.seq;
             let mut v = serde_json::json!({"type": kind, "call_id": self.call_id, "seq": seq,
@@ -94,8 +108,21 @@ impl EventSender {
         }
     }
 
+    /// The conversation so far: every event (and transcript-only record) of the
+    /// call, in order, without envelope fields.
+    pub fn take_log(&mut self) -> Vec<serde_json::Value> {
+        std::mem::take(&mut self.log)
+    }
+
+    fn log_event(&mut self, event: &Event) {
+        if let Ok(v) = serde_json::to_value(event) {
+            self.log.push(v);
+        }
+    }
+
     /// Store a blocking request's envelope (it was sent elsewhere).
-    pub fn store_envelope(&self, env: &Envelope) {
+    pub fn store_envelope(&mut self, env: &Envelope) {
+        self.log_event(&env.event);
         if let Some(st) = &self.store {
             st.event(&self.call_id, env.seq, env.event.kind(), serde_json::to_string(env).expect("events serialize"));
         }
@@ -125,7 +152,14 @@ impl EventSender {
         let kind = event.kind();
         let seq = self.next_seq();
         let env = Envelope::new(&self.call_id, seq, SystemTime::now(), event);
-        self.store_envelope(&env);
+        if matches!(env.event, Event::CallEnded(_)) {
+            // Its own body carries the conversation; do not log it into itself.
+            if let Some(st) = &self.store {
+                st.event(&self.call_id, env.seq, env.event.kind(), serde_json::to_string(&env).expect("serializes"));
+            }
+        } else {
+            self.store_envelope(&env);
+        }
         let Some(tx) = self.tx.as_ref() else { return true };
         match tx.try_send(env) {
             Ok(()) => true,

@@ -192,6 +192,10 @@ pub struct CallSummary {
     pub recording_url: Option<String>,
     /// What the recording lost (writer behind, disk error), if anything.
     pub recording_loss: Option<String>,
+    /// The whole conversation: every event of the call in order (turns with
+    /// text and `heard_ms`, barge-ins, DTMF, tool calls and their results),
+    /// each as sent, without envelope fields.
+    pub conversation: Vec<serde_json::Value>,
 }
 
 /// The reply to `call.started`. Every field is optional; unknown fields are

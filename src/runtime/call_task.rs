@@ -281,6 +281,7 @@ pub async fn run_twilio_call(socket: WebSocket, ctx: Arc<CallContext>) {
             r.status().loss()
         });
         summary.recording_loss = loss.clone();
+        summary.conversation = call.events.take_log();
         call.events.send(Event::CallEnded(summary));
         if let Some(st) = &call.ctx.store {
             st.ended(&call.id.to_string(), reason, loss);
