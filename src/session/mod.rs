@@ -178,6 +178,20 @@ enum Phase {
     Ended,
 }
 
+/// Report a response that reached the carrier and is now over (not one cut
+/// off before any of its audio went out).
+fn report_finished(pending: &mut VecDeque<Pending>, r: &Interrupted, interrupted: bool) {
+    if let Some(started) = r.started {
+        pending.push_back(Pending::Telemetry(Telemetry::ResponseFinished {
+            response: r.response,
+            started,
+            sent_ms: r.sent_ms,
+            heard_ms: r.heard_ms,
+            interrupted,
+        }));
+    }
+}
+
 /// Per-call state machine.
 #[derive(Debug)]
 pub struct Session {
@@ -302,15 +316,7 @@ impl Session {
         let playback = self.playback.as_mut()?;
         let released = playback.release(now);
         while let Some(f) = playback.take_retired() {
-            if let Some(started) = f.started {
-                self.pending.push_back(Pending::Telemetry(Telemetry::ResponseFinished {
-                    response: f.response,
-                    started,
-                    sent_ms: f.sent_ms,
-                    heard_ms: f.heard_ms,
-                    interrupted: false,
-                }));
-            }
+            report_finished(&mut self.pending, &f, false);
         }
         let Some(released) = released else {
             return self.pending.pop_front().map(|p| self.pending_output(p));
@@ -479,15 +485,7 @@ impl Session {
         for i in &self.interrupted {
             self.cancelled_upto = Some(self.cancelled_upto.map_or(i.response, |c| c.max(i.response)));
             self.pending.push_back(Pending::EngineCancel { response: i.response, heard_ms: i.heard_ms });
-            if let Some(started) = i.started {
-                self.pending.push_back(Pending::Telemetry(Telemetry::ResponseFinished {
-                    response: i.response,
-                    started,
-                    sent_ms: i.sent_ms,
-                    heard_ms: i.heard_ms,
-                    interrupted: true,
-                }));
-            }
+            report_finished(&mut self.pending, i, true);
         }
     }
 
@@ -541,15 +539,7 @@ impl Session {
                 self.interrupted.clear();
                 playback.interrupt(self.now, &mut self.interrupted);
                 for i in &self.interrupted {
-                    if let Some(started) = i.started {
-                        self.pending.push_back(Pending::Telemetry(Telemetry::ResponseFinished {
-                            response: i.response,
-                            started,
-                            sent_ms: i.sent_ms,
-                            heard_ms: i.heard_ms,
-                            interrupted: true,
-                        }));
-                    }
+                    report_finished(&mut self.pending, i, true);
                 }
             }
             self.pending.push_back(Pending::EngineStop);
