@@ -31,6 +31,10 @@ use std::time::{Duration, Instant};
 
 use crate::ids::CallId;
 
+/// How often the writer drains the rings: long enough to write in batches,
+/// short against the ring's capacity (64 slots = 1.28 s by default).
+const WRITER_PERIOD: Duration = Duration::from_millis(100);
+
 /// Samples per slot (20 ms at 8 kHz; longer frames span several slots).
 pub const SLOT: usize = 160;
 
@@ -453,7 +457,7 @@ fn writer(rx: mpsc::Receiver<NewRecording>, header_update: Duration, sinks: Sink
         if closed && active.is_empty() {
             return;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(WRITER_PERIOD);
     }
 }
 

@@ -220,7 +220,8 @@ async fn after_kill_9_the_wav_opens_and_holds_the_audio_up_to_the_last_header_up
         tick.tick().await;
         tw.frame(f).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await; // past at least one header update
+    // Long enough for the writer (every 100 ms) to commit and rewrite the header (every 200 ms).
+    tokio::time::sleep(Duration::from_millis(600)).await;
     child.0.kill().unwrap(); // SIGKILL: no chance to finalize
     child.0.wait().unwrap();
     let files: Vec<_> = std::fs::read_dir(dir.join("rec")).unwrap().map(|e| e.unwrap().path()).collect();
