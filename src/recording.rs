@@ -555,10 +555,10 @@ mod tests {
             RecordingService::start_with(Path::new("/nonexistent-unused"), 64, Duration::from_millis(30), factory)
                 .unwrap();
         let mut r = svc.begin(CallId(8), 8000);
-        // 2 s of audio paced like a call; the "disk" holds 0.5 s.
+        // 2 s of audio, fed faster than real time; the "disk" holds 0.5 s.
         for _ in 0..100 {
             r.caller(&[3; 160]); // never blocks, whatever the disk does
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(5));
         }
         let st = r.status().clone();
         drop(r);
