@@ -37,7 +37,7 @@ pub enum ServerError {
     /// The number store could not be opened.
     #[error("number store: {0}")]
     Tenants(#[from] TenantError),
-    /// The configuration is unsafe or incomplete for what it asks.
+    /// The configuration is insecure or incomplete for what it asks.
     #[error("{0}")]
     Setup(String),
 }

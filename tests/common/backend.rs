@@ -53,6 +53,7 @@ impl Received {
 
 #[derive(Default)]
 struct Inner {
+    arrived: Arc<tokio::sync::Notify>,
     modes: HashMap<String, Mode>,
     failures: HashMap<String, u32>,
     received: Vec<Received>,
@@ -119,7 +120,10 @@ impl FakeBackend {
     /// Wait (bounded) until an event of `kind` arrived; returns all received so far.
     pub async fn wait_for(&self, kind: &str, within: Duration) -> Vec<Received> {
         let deadline = Instant::now() + within;
+        let arrived = self.inner.lock().unwrap().arrived.clone();
         loop {
+            // Register before looking, so an arrival in between is not missed.
+            let notified = arrived.notified();
             let r = self.received();
             if r.iter().any(|e| e.kind() == kind) {
                 return r;
@@ -129,7 +133,7 @@ impl FakeBackend {
                 "no {kind} within {within:?}; got {:?}",
                 r.iter().map(|e| e.kind().to_string()).collect::<Vec<_>>()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = tokio::time::timeout_at(deadline.into(), notified).await;
         }
     }
 }
@@ -145,6 +149,7 @@ async fn callback(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, ra
             raw: raw.to_vec(),
             body,
         });
+        g.arrived.notify_waiters();
         let mode = g.modes.get(&kind).cloned().unwrap_or(Mode::Json(serde_json::json!({})));
         if let Mode::FailTimes(n) = mode {
             let f = g.failures.entry(kind.clone()).or_default();
@@ -165,10 +170,7 @@ async fn callback(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, ra
             ([(header::CONTENT_TYPE, "application/json")], s).into_response()
         }
         Mode::Redirect => (StatusCode::FOUND, [(header::LOCATION, "http://127.0.0.1:9/elsewhere")]).into_response(),
-        Mode::Hang => {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            StatusCode::OK.into_response()
-        }
+        Mode::Hang => std::future::pending().await,
         Mode::FailTimes(_) => unreachable!(),
     }
 }
