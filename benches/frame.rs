@@ -12,21 +12,15 @@
 //!   over 1,000 call states.
 
 use std::hint::black_box;
-use std::io::{Read, Write};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use callbridge::audio::g711;
 use callbridge::audio::resample::Resampler;
 use callbridge::audio::vad::{VadConfig, VadKind, VoiceDetector};
 use callbridge::carrier::twilio::{TwilioCodec, TwilioLimits};
-use callbridge::carrier::twilio_peer::TwilioPeer;
-use callbridge::carrier::{CarrierEvent, StreamInfo};
-use callbridge::engine::local::{LocalClips, LocalEngine};
-use callbridge::session::{Input, Output, Session, SessionConfig};
+use callbridge::carrier::{CarrierEvent, WireOut};
+use callbridge_testkit::mem_call::{MemCall, client_frames};
+use callbridge_testkit::twilio_peer::TwilioPeer;
 use criterion::{Criterion, criterion_group, criterion_main};
-use tungstenite::protocol::{Role, WebSocketConfig};
-use tungstenite::{Message, WebSocket};
 
 fn speech_8k() -> Vec<i16> {
     let (_, s) =
@@ -115,114 +109,6 @@ fn vad_bench(c: &mut Criterion) {
     g.finish();
 }
 
-/// An in-memory duplex for tungstenite: reads from `input`, writes to `output`.
-#[derive(Default)]
-struct Mem {
-    input: Vec<u8>,
-    pos: usize,
-    output: Vec<u8>,
-}
-
-impl Read for Mem {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.input.is_empty() {
-            return Err(std::io::ErrorKind::WouldBlock.into());
-        }
-        if self.pos >= self.input.len() {
-            self.pos = 0; // an endless stream: replay the recorded frames
-        }
-        let n = buf.len().min(self.input.len() - self.pos);
-        buf[..n].copy_from_slice(&self.input[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-impl Write for Mem {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.output.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Masked client→server frames for `msgs`, as a browser/Twilio would send them.
-fn client_frames(msgs: &[String]) -> Vec<u8> {
-    let mut ws = WebSocket::from_raw_socket(Mem::default(), Role::Client, None);
-    for m in msgs {
-        ws.send(Message::text(m.clone())).unwrap();
-    }
-    std::mem::take(&mut ws.get_mut().output)
-}
-
-fn stream_info() -> StreamInfo {
-    StreamInfo {
-        carrier: "bench",
-        call_sid: "CA1".into(),
-        stream_sid: "MZ00000000000000000000000000000001".into(),
-        account_sid: String::new(),
-        custom_parameters: vec![],
-        encoding: callbridge::carrier::AudioEncoding::Pcmu,
-        sample_rate: 8000,
-    }
-}
-
-/// One call's server-side state: socket framing, codec, session, engine.
-struct CallState {
-    ws: WebSocket<Mem>,
-    codec: TwilioCodec,
-    session: Session,
-    engine: LocalEngine,
-    text: String,
-    now: Instant,
-}
-
-impl CallState {
-    fn new(inbound_frames: Vec<u8>, start: &str) -> Self {
-        let cfg = WebSocketConfig::default().read_buffer_size(8 * 1024);
-        let ws = WebSocket::from_raw_socket(Mem { input: inbound_frames, ..Mem::default() }, Role::Server, Some(cfg));
-        let mut codec = TwilioCodec::new(TwilioLimits::default());
-        codec.decode(start).unwrap();
-        // A 10-minute reply keeps the bot talking for the whole benchmark.
-        let clips =
-            LocalClips { greeting: Some(Arc::from(vec![1000i16; 8000 * 600])), reply: Arc::from(vec![1i16; 160]) };
-        let engine = LocalEngine::new(clips);
-        let now = Instant::now();
-        // The caller's speech must not interrupt the bot here: every cycle sends a frame.
-        let mut cfg = SessionConfig::default();
-        cfg.turn.barge_in_min_speech_ms = u32::MAX;
-        let mut session = Session::new(cfg, engine.format(), now);
-        session.handle_input(now, Input::Carrier(CarrierEvent::Start(stream_info()))).unwrap();
-        let mut s = Self { ws, codec, session, engine, text: String::with_capacity(400), now };
-        s.pump();
-        s
-    }
-
-    fn pump(&mut self) {
-        let (codec, text, ws) = (&mut self.codec, &mut self.text, &mut self.ws);
-        self.engine.pump(&mut self.session, self.now, |o| {
-            if let Output::ToCarrier(cmd) = o {
-                text.clear();
-                codec.encode(&cmd, text).unwrap();
-                ws.write(Message::text(text.clone())).unwrap();
-            }
-        });
-    }
-
-    /// One inbound frame read off the socket and one outbound frame written.
-    fn cycle(&mut self) {
-        self.now += Duration::from_millis(20);
-        self.ws.get_mut().output.clear();
-        let msg = self.ws.read().unwrap();
-        let ev = self.codec.decode(msg.to_text().unwrap()).unwrap();
-        self.session.handle_input(self.now, Input::Carrier(ev)).unwrap();
-        self.pump();
-        self.ws.flush().unwrap();
-    }
-}
-
 fn path_bench(c: &mut Criterion) {
     let speech = speech_8k();
     let mut peer = TwilioPeer::new(1);
@@ -241,7 +127,7 @@ fn path_bench(c: &mut Criterion) {
     // Inbound DSP: JSON → base64 → µ-law → resample 8→16 k (as for a 16 kHz engine) → VAD.
     let speech_msg = msgs[22].clone();
     let mut codec = TwilioCodec::new(TwilioLimits::default());
-    codec.decode(&start).unwrap();
+    codec.decode_text(&start).unwrap();
     let mut up = Resampler::new(8000, 16000, 160).unwrap();
     let mut buf16 = vec![0i16; 320];
     let mut vad = VoiceDetector::new(&VadConfig::default(), 8000).unwrap();
@@ -250,7 +136,7 @@ fn path_bench(c: &mut Criterion) {
     }
     g.bench_function("inbound_json_b64_ulaw_resample_vad", |b| {
         b.iter(|| {
-            let CarrierEvent::Audio(a) = codec.decode(black_box(&speech_msg)).unwrap() else { unreachable!() };
+            let CarrierEvent::Audio(a) = codec.decode_text(black_box(&speech_msg)).unwrap() else { unreachable!() };
             up.process(a.pcm, &mut buf16);
             black_box(vad.process(a.pcm))
         })
@@ -260,22 +146,22 @@ fn path_bench(c: &mut Criterion) {
     let engine_frame: Vec<i16> = (0..480).map(|i| ((i * 13) % 3000) as i16 - 1500).collect();
     let mut down = Resampler::new(24000, 8000, 480).unwrap();
     let mut pcm8 = vec![0i16; 160];
-    let mut text = String::with_capacity(400);
+    let mut out = WireOut::new(16, 4096);
     g.bench_function("outbound_resample_ulaw_b64_json", |b| {
         b.iter(|| {
             down.process(black_box(&engine_frame), &mut pcm8);
-            text.clear();
-            codec.encode(&callbridge::carrier::CarrierCommand::Audio(&pcm8), &mut text).unwrap();
-            black_box(text.len())
+            codec.encode_into(&callbridge::carrier::CarrierCommand::Audio(&pcm8), &mut out).unwrap();
+            black_box(out.pop().map(|m| m.data.len()))
         })
     });
 
-    // Whole call path, one frame in and one out, with WebSocket framing.
+    // Whole call path, one frame in and one out, with WebSocket framing,
+    // through the same call loop the server runs.
     let frames = client_frames(&msgs);
-    let mut one = CallState::new(frames.clone(), &start);
+    let mut one = MemCall::talking(frames.clone(), &start);
     g.bench_function("in_out_session_with_ws_framing", |b| b.iter(|| one.cycle()));
 
-    let mut many: Vec<CallState> = (0..1000).map(|_| CallState::new(frames.clone(), &start)).collect();
+    let mut many: Vec<MemCall> = (0..1000).map(|_| MemCall::talking(frames.clone(), &start)).collect();
     let mut i = 0;
     g.bench_function("in_out_session_with_ws_framing_1000_calls", |b| {
         b.iter(|| {
@@ -291,8 +177,10 @@ fn path_bench(c: &mut Criterion) {
 fn realtime_bench(c: &mut Criterion) {
     use base64::Engine as _;
     use callbridge::engine::openai_realtime::*;
+    use callbridge::engine::{AudioRef, Engine, EngineCommand};
     let cfg = RealtimeConfig {
-        flavor: ApiFlavor::Ga,
+        url: "ws://127.0.0.1:9/v1/realtime?model=gpt-realtime".into(),
+        api_key: "sk-bench".into(),
         model: "gpt-realtime".into(),
         instructions: String::new(),
         voice: "alloy".into(),
@@ -302,9 +190,11 @@ fn realtime_bench(c: &mut Criterion) {
         audio: WireAudio::Pcmu,
         transcription_model: String::new(),
         silence_duration_ms: 500,
+        connect_timeout: std::time::Duration::from_secs(5),
+        max_queued: 64,
     };
-    let mut codec = RealtimeCodec::new(cfg);
-    codec.on_message(r#"{"type":"response.created","response":{"id":"resp_1"}}"#).unwrap();
+    let mut engine = RealtimeEngine::new(cfg);
+    engine.on_message(r#"{"type":"response.created","response":{"id":"resp_1"}}"#).unwrap();
     let pcm = speech_8k();
     let mut ulaw = vec![0u8; 800];
     g711::ulaw_encode(&pcm[8000..8800], &mut ulaw);
@@ -315,15 +205,18 @@ fn realtime_bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("realtime");
     g.bench_function("audio_delta_100ms_in", |b| {
         b.iter(|| {
-            codec.on_message(black_box(&msg)).unwrap();
-            while let Some(o) = codec.poll_output() {
+            engine.on_message(black_box(&msg)).unwrap();
+            while let Some(o) = engine.poll_event() {
                 black_box(o);
             }
         })
     });
-    let mut out = String::with_capacity(512);
+    let now = std::time::Instant::now();
     g.bench_function("caller_frame_20ms_append_out", |b| {
-        b.iter(|| codec.append_ulaw(black_box(&ulaw[..160]), &mut out))
+        b.iter(|| {
+            engine.handle_command(now, EngineCommand::Audio(AudioRef::Encoded(black_box(&ulaw[..160]))));
+            black_box(engine.poll_transmit())
+        })
     });
     g.finish();
 }

@@ -235,16 +235,17 @@ pub struct ServerConfig {
     /// Check `X-Twilio-Signature` on webhooks and stream upgrades (needs env
     /// `TWILIO_AUTH_TOKEN`). `false` is for local development only.
     pub validate_twilio_signatures: bool,
-    /// Key for per-call stream tokens ("" = random per process).
-    pub stream_token_key: String,
+    /// A stream that sends no `start` within this long is closed.
+    pub start_timeout_ms: u64,
 }
 
 /// `[engine]`
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
-    /// Which engine answers calls.
-    pub kind: EngineKind,
+    /// Which engine answers calls without a plan choice (a registered engine
+    /// name: `local`, `openai_realtime`).
+    pub kind: String,
     /// The embedded local engine.
     pub local: LocalEngineConfig,
     /// OpenAI Realtime (`[engine.openai_realtime]`).
@@ -259,8 +260,8 @@ pub struct OpenAiRealtimeConfig {
     pub url: String,
     /// Model.
     pub model: String,
-    /// "ga" or "beta" event names and session shape.
-    pub api: crate::engine::openai_realtime::ApiFlavor,
+    /// Interface generation: "ga" (the beta interface is retired and refused).
+    pub api: String,
     /// Voice (a call plan may override).
     pub voice: String,
     /// Instructions when the plan gives none.
@@ -277,16 +278,6 @@ pub struct OpenAiRealtimeConfig {
     pub connect_timeout_ms: u64,
     /// Messages queued towards the engine per call before audio is dropped.
     pub max_queued_messages: usize,
-}
-
-/// Engine choice.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum EngineKind {
-    /// Embedded clips, no network.
-    Local,
-    /// OpenAI Realtime speech-to-speech (needs `OPENAI_API_KEY`).
-    OpenaiRealtime,
 }
 
 /// `[engine.local]`
@@ -337,9 +328,15 @@ impl Config {
         }
     }
 
-    /// Session settings for one call.
+    /// Session settings for one call (the plan may still change turns; the
+    /// agent's part is filled in per call).
     pub fn session(&self) -> SessionConfig {
-        SessionConfig { turn: self.turn.clone(), vad: self.vad.clone(), playback: self.playback.clone() }
+        SessionConfig {
+            turn: self.turn.clone(),
+            vad: self.vad.clone(),
+            playback: self.playback.clone(),
+            ..SessionConfig::default()
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -377,6 +374,16 @@ impl Config {
             crate::tenant::check_callback_url(&n.callback_url)
                 .map_err(|e| ConfigError::Invalid(format!("numbers {}: {e}", n.number)))?;
         }
+        match self.engine.openai_realtime.api.as_str() {
+            "ga" => {}
+            "beta" => {
+                return bad(
+                    "engine.openai_realtime.api = \"beta\": OpenAI retired the beta Realtime interface in 2026 \
+                     (beta sessions are refused with beta_api_shape_disabled); use \"ga\"",
+                );
+            }
+            other => return Err(ConfigError::Invalid(format!("engine.openai_realtime.api = {other:?}: use \"ga\""))),
+        }
         if !(self.server.public_url.starts_with("ws://") || self.server.public_url.starts_with("wss://")) {
             return bad("server.public_url must start with wss:// (or ws:// for local testing)");
         }
@@ -403,7 +410,7 @@ mod tests {
     fn embedded_default_parses_and_matches_struct_defaults() {
         let c = Config::embedded();
         assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(c.engine.kind, EngineKind::Local);
+        assert_eq!(c.engine.kind, "local");
         // default.toml mirrors every default in code
         assert_eq!(c.turn, crate::session::turn::TurnConfig::default());
         assert_eq!(c.vad, crate::audio::vad::VadConfig::default());
@@ -418,5 +425,7 @@ mod tests {
         let e = Config::from_toml("[turn]\nendpoint_silense_ms = 300\n", "t").unwrap_err();
         assert!(e.to_string().contains("endpoint_silense_ms"), "{e}");
         assert!(Config::from_toml("[turn]\nendpoint_silence_ms = 10\n", "t").is_err());
+        let beta = Config::from_toml("[engine.openai_realtime]\napi = \"beta\"\n", "t").unwrap_err();
+        assert!(beta.to_string().contains("retired"), "{beta}");
     }
 }

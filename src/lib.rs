@@ -1,27 +1,32 @@
 //! callbridge: a real-time audio media server between phone carriers and AI
-//! speech engines.
+//! speech engines. The map is `docs/architecture.md`.
 //!
-//! Two rings (see `DESIGN.md` in the project notes and README):
+//! Two rings:
 //! - a **sans-IO core** that never awaits, never reads the clock and never touches
-//!   a socket: [`audio`] (G.711, resampling, VAD, pacing), [`carrier`] wire
-//!   codecs, [`engine`] codecs, and the per-call [`session::Session`];
-//! - an **I/O shell** of tokio tasks: [`api`] (axum routes and upgrades),
-//!   [`runtime`] (one task per call, the registry), [`server`] (start and
+//!   a socket: [`audio`] (G.711, resampling, VAD, pacing), [`carrier`] codecs
+//!   behind the [`carrier::Carrier`] trait, [`engine`]s behind the
+//!   [`engine::Engine`] trait, the per-call [`session::Session`], and
+//!   [`call::Call`], the one loop that drives the three;
+//! - an **I/O shell** of tokio tasks: [`api`] (axum routes, webhooks and
+//!   upgrades), [`runtime`] (one task per call, engine links, the registry),
+//!   [`callback`] delivery, [`recording`], [`callstore`], [`server`] (start and
 //!   graceful shutdown), [`metrics`].
 //!
 //! The call run loop: the call task waits for the first of {control command,
-//! carrier message, writer progress, session deadline}, feeds the session with
-//! `now`, drains `poll_output()` into the carrier writer and the engine, and
-//! sleeps until `poll_timeout()`.
+//! engine link update, callback reply, carrier message, deadline}, reads the
+//! clock once, feeds the [`call::Call`], which drains the session into the
+//! carrier's outbound queue, the engine and the shell's outputs, and sleeps
+//! until its next deadline.
 
 pub mod api;
 pub mod audio;
+pub mod call;
 pub mod callback;
 pub mod callstore;
 pub mod carrier;
 pub mod config;
+pub mod contract;
 pub mod engine;
-pub mod fakes;
 pub mod ids;
 pub mod metrics;
 pub mod recording;

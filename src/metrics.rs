@@ -59,6 +59,10 @@ pub const RECORDING_DROPPED: &str = "callbridge_recording_dropped_slots_total";
 pub const RECORDING_FAILED: &str = "callbridge_recording_failures_total";
 /// Call-store records dropped or failed.
 pub const STORE_FAILED: &str = "callbridge_store_failures_total";
+/// Engine asked (end of the caller's turn) → its first audio.
+pub const ENGINE_FIRST_AUDIO: &str = "callbridge_engine_first_audio_seconds";
+/// Failures during calls other than the engine's (tools, transfers), by source.
+pub const CALL_ERRORS: &str = "callbridge_call_errors_total";
 /// Webhooks and streams refused for failed authentication, by reason.
 pub const AUTH_REJECTED: &str = "callbridge_auth_rejected_total";
 
@@ -87,10 +91,6 @@ pub fn install() -> PrometheusHandle {
             describe();
             // Present from the first scrape, not only once something happened.
             calls_active().set(0.0);
-            for name in [CALLS_TOTAL, FRAMES_IN, FRAMES_OUT] {
-                counter!(name, "carrier" => "twilio").increment(0);
-            }
-            counter!(BARGE_INS, "carrier" => "twilio", "engine" => "local").increment(0);
             counter!(TURNS).increment(0);
             handle
         })
@@ -126,6 +126,8 @@ fn describe() {
     describe_counter!(RECORDING_FAILED, "Recordings stopped by a disk error");
     describe_counter!(STORE_FAILED, "Call-store records dropped or failed");
     describe_counter!(AUTH_REJECTED, "Webhooks and streams refused for failed authentication");
+    describe_histogram!(ENGINE_FIRST_AUDIO, metrics::Unit::Seconds, "End of caller turn to the engine's first audio");
+    describe_counter!(CALL_ERRORS, "Failures during calls (tools, transfers), by source");
 }
 
 /// Metric handles for one call, resolved once at call start.
@@ -147,6 +149,8 @@ pub struct CallMetrics {
     pub barge_in_latency: Histogram,
     /// per-message processing time
     pub frame_processing: Histogram,
+    /// engine asked → first audio
+    pub engine_first_audio: Histogram,
     /// turns
     pub turns: Counter,
     /// dtmf
@@ -166,6 +170,7 @@ impl CallMetrics {
             response_latency: histogram!(RESPONSE_LATENCY, "engine" => engine),
             barge_in_latency: histogram!(BARGE_IN_LATENCY, "engine" => engine),
             frame_processing: histogram!(FRAME_PROCESSING),
+            engine_first_audio: histogram!(ENGINE_FIRST_AUDIO, "engine" => engine),
             turns: counter!(TURNS),
             dtmf: counter!(DTMF),
             carrier,
@@ -176,6 +181,15 @@ impl CallMetrics {
     pub fn protocol_error(&self, kind: &'static str) {
         counter!(PROTOCOL_ERRORS, "carrier" => self.carrier, "kind" => kind).increment(1);
     }
+}
+
+/// Make a carrier's core metrics present from the first scrape, not only once
+/// a call happened (called for every registered carrier at start).
+pub fn announce_carrier(carrier: &'static str, engine: &'static str) {
+    for name in [CALLS_TOTAL, FRAMES_IN, FRAMES_OUT] {
+        counter!(name, "carrier" => carrier).increment(0);
+    }
+    counter!(BARGE_INS, "carrier" => carrier, "engine" => engine).increment(0);
 }
 
 /// Record a duration on a histogram in seconds.

@@ -6,12 +6,12 @@
 //! thread for the whole server drains every ring, aligns the two channels and
 //! writes a stereo 16-bit WAV (left: caller, right: bot) at the call's rate.
 //!
-//! Alignment: positions are samples since the stream started. Caller audio is
-//! placed sequentially as it arrived (the carrier's clock). Bot audio is placed
-//! where the carrier will *play* it — release time plus what the carrier still
-//! held (the pacer's model) — and a `clear` cuts everything scheduled from its
-//! instant on, so a barge-in shows as bot audio stopping where the caller heard
-//! it stop. The writer commits audio up to 200 ms behind the caller's position
+//! Alignment: positions are samples since the stream started, decided by the
+//! session ([`crate::session::record`]): caller audio sequentially as it
+//! arrived (the carrier's clock), bot audio where the carrier will *play* it,
+//! and a `clear` cuts everything scheduled from its position on, so a barge-in
+//! shows as bot audio stopping where the caller heard it stop. The writer
+//! commits audio up to 200 ms behind the caller's position
 //! (bot audio is at most the playback lead ahead of it, and the caller's frame
 //! clock may run a frame or two ahead of wall time).
 //!
@@ -87,8 +87,6 @@ impl RecordingStatus {
 pub struct Recorder {
     tx: rtrb::Producer<Slot>,
     caller_pos: u64,
-    /// Where the last bot audio ended (consecutive frames are contiguous).
-    bot_end: Option<u64>,
     status: Arc<RecordingStatus>,
     /// Where the file is.
     pub path: PathBuf,
@@ -126,24 +124,14 @@ impl Recorder {
         self.push(Kind::Caller, pos, pcm);
     }
 
-    /// Bot audio the carrier will start playing at `play_at` (seen at `now`).
-    /// Placed on the caller's timeline (the carrier's clock, not ours): audio
-    /// released while the carrier still holds some plays right after it, so it
-    /// follows the previous bot audio exactly; otherwise it starts where the
-    /// caller's audio is now.
-    pub fn bot(&mut self, pcm: &[i16], play_at: Instant, now: Instant) {
-        let pos = match self.bot_end {
-            Some(end) if play_at > now => end,
-            _ => self.caller_pos,
-        };
-        self.bot_end = Some(pos + pcm.len() as u64);
+    /// Bot audio the carrier plays from caller-timeline position `pos` on
+    /// (placed by the session, [`crate::session::record`]).
+    pub fn bot(&mut self, pcm: &[i16], pos: u64) {
         self.push(Kind::Bot, pos, pcm);
     }
 
-    /// The carrier dropped what it held, now.
-    pub fn clear(&mut self) {
-        let pos = self.caller_pos;
-        self.bot_end = None;
+    /// The carrier dropped the bot audio scheduled from `pos` on.
+    pub fn clear(&mut self, pos: u64) {
         self.push(Kind::Clear, pos, &[]);
     }
 
@@ -237,7 +225,7 @@ impl RecordingService {
         let status = Arc::new(RecordingStatus::default());
         let path = self.path_of(id);
         let _ = self.tx.send(NewRecording { rx: prx, path: path.clone(), rate, status: status.clone() });
-        Recorder { tx: ptx, caller_pos: 0, bot_end: None, status, path }
+        Recorder { tx: ptx, caller_pos: 0, status, path }
     }
 }
 
@@ -496,21 +484,21 @@ mod tests {
     fn channels_align_and_a_clear_cuts_the_bot_where_it_was_heard() {
         let dir = std::env::temp_dir().join(format!("cb-rec-{}", crate::signature::random_hex()));
         let svc = RecordingService::start(&dir, 256, Duration::from_millis(50)).unwrap();
-        let t0 = Instant::now();
         let mut r = svc.begin(CallId(7), 8000);
         let path = r.path.clone();
         // 1 s of caller audio (value 1); bot audio from 200 ms in 40 ms messages
-        // (value 2): the first plays at once, the rest queue behind it at the
-        // carrier; cleared at 500 ms, while the bot's audio runs to 520 ms.
+        // (value 2), placed back to back (the session's clock); cleared at
+        // 500 ms, while the bot's audio runs to 520 ms.
+        let mut clock = crate::session::record::RecordClock::default();
         for i in 0..50u64 {
             if (10..=24).contains(&i) && i % 2 == 0 {
-                let now = t0 + Duration::from_millis(i * 20);
-                let play_at = if i == 10 { now } else { now + Duration::from_millis(20) };
-                r.bot(&[2; 320], play_at, now);
+                let pos = clock.bot(320, i != 10);
+                r.bot(&[2; 320], pos);
             }
             if i == 25 {
-                r.clear();
+                r.clear(clock.clear());
             }
+            clock.caller(160);
             r.caller(&[1; 160]);
         }
         let st = r.status().clone();

@@ -15,14 +15,14 @@ use tracing::{info, warn};
 use crate::api::{AppState, router};
 use crate::callback::client::CallbackClient;
 use crate::callback::delivery::DeliveryConfig;
-use crate::carrier::twilio::TwilioLimits;
 use crate::config::{Config, Secrets};
-use crate::engine::local::{LocalClips, LocalEngineError, Prompts};
+use crate::engine::local::{LocalClips, LocalEngineError, LocalFactory};
+use crate::engine::openai_realtime::RealtimeFactory;
+use crate::engine::registry::EngineRegistry;
 use crate::runtime::admission::PendingCalls;
 use crate::runtime::call_task::{CallContext, CallLimits};
 use crate::runtime::registry::Registry;
-use crate::session::ControlCommand;
-use crate::signature::StreamTokens;
+use crate::session::{ControlCommand, Prompts};
 use crate::tenant::{NumberStore, TenantError};
 
 /// Errors starting the server.
@@ -62,10 +62,16 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
             "Twilio signatures are NOT validated (server.validate_twilio_signatures = false): local development only"
         );
     }
-    if config.engine.kind == crate::config::EngineKind::OpenaiRealtime && secrets.openai_api_key.is_none() {
-        return Err(ServerError::Setup("engine.kind = \"openai_realtime\" needs OPENAI_API_KEY".into()));
-    }
     let clips = LocalClips::load(&config.engine.local.greeting_wav, &config.engine.local.reply_wav)?;
+    // Engines by name: one registration line each.
+    let mut engines = EngineRegistry::new(&config.engine.kind, "local");
+    engines.register(LocalFactory::new(clips));
+    engines.register(RealtimeFactory::new(
+        config.engine.openai_realtime.clone(),
+        secrets.openai_realtime_url.clone(),
+        secrets.openai_api_key.clone(),
+    ));
+    engines.check_default().map_err(|e| ServerError::Setup(format!("engine.kind = {:?}: {e}", config.engine.kind)))?;
     let tenants = Arc::new(NumberStore::open(&config.storage.database, &config.numbers)?);
     let store = crate::callstore::CallStore::open(&config.storage.database)
         .map_err(|e| ServerError::Setup(format!("call store: {e}")))?;
@@ -73,27 +79,22 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
     let limits = CallLimits {
         write_timeout: Duration::from_millis(s.write_timeout_ms),
         idle_timeout: Duration::from_millis(s.idle_timeout_ms),
+        start_timeout: Duration::from_millis(s.start_timeout_ms),
         max_queued_messages: s.max_queued_messages,
         max_protocol_errors: s.max_protocol_errors,
-        twilio: TwilioLimits { max_payload_bytes: (s.max_message_bytes / 4 * 3).min(64 * 1024) },
     };
     let client = CallbackClient::new(config.callbacks.max_response_bytes);
     let call = Arc::new(CallContext {
         session: config.session(),
         limits,
-        clips,
+        engines,
         registry: Registry::new(),
         pending: PendingCalls::new(),
-        tokens: StreamTokens::new(&config.server.stream_token_key),
-        validate,
-        client,
+        require_stream_token: validate,
+        client: client.clone(),
         delivery: DeliveryConfig::from_config(&config.callbacks),
         prompts: Prompts::builtin(),
         callbacks: config.callbacks.clone(),
-        default_engine: config.engine.kind,
-        realtime: config.engine.openai_realtime.clone(),
-        realtime_url: secrets.openai_realtime_url.clone().unwrap_or_else(|| config.engine.openai_realtime.url.clone()),
-        openai_api_key: secrets.openai_api_key.clone(),
         recordings: Some(crate::recording::RecordingService::start(
             std::path::Path::new(&config.recording.dir),
             config.recording.ring_slots,
@@ -103,14 +104,15 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         store: Some(store),
         public_http: config.public_http_url(),
     });
-    Ok(Arc::new(AppState {
-        config,
-        secrets,
-        tenants,
-        call,
-        metrics: crate::metrics::install(),
-        accepting: AtomicBool::new(true),
-    }))
+    // Carriers' call-control REST APIs: one registration line each.
+    let carriers: Vec<Arc<dyn crate::api::carrier_control::CarrierControl>> = vec![Arc::new(
+        crate::api::twilio::rest::TwilioRest::new(client.http().clone(), &config.twilio.api_base_url, &secrets),
+    )];
+    let metrics = crate::metrics::install();
+    for c in &carriers {
+        crate::metrics::announce_carrier(c.carrier(), "local");
+    }
+    Ok(Arc::new(AppState { config, secrets, tenants, call, metrics, carriers, accepting: AtomicBool::new(true) }))
 }
 
 /// A running server's address and a handle to stop it.

@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use callbridge::carrier::twilio_peer::ServerMessage;
+use callbridge::carrier::twilio::signature as twsig;
 use callbridge::config::Config;
-use callbridge::signature::twilio as twsig;
+use callbridge_testkit::twilio_peer::ServerMessage;
 use common::backend::{FakeBackend, Mode, Received};
 use common::calls::*;
 use common::net::*;

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use callbridge::carrier::twilio_peer::ServerMessage;
+use callbridge_testkit::twilio_peer::ServerMessage;
 use common::net::*;
 use futures_util::SinkExt;
 use tokio::time::{Instant, interval};
@@ -152,7 +152,7 @@ async fn a_client_that_stops_reading_is_disconnected_without_hurting_others() {
         tokio_tungstenite::client_async(srv.url(), tokio_tungstenite::MaybeTlsStream::Plain(tcp)).await.unwrap();
     use futures_util::StreamExt;
     let (mut tx, _rx_never_read) = ws.split();
-    let mut peer = callbridge::carrier::twilio_peer::TwilioPeer::new(7);
+    let mut peer = callbridge_testkit::twilio_peer::TwilioPeer::new(7);
     tx.send(Message::text(peer.start(&[]))).await.unwrap();
     let speech = ulaw_fixture("caller_short_8k.wav");
     let mut tick = interval(Duration::from_millis(20));

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use callbridge::carrier::twilio_peer::ServerMessage;
+use callbridge_testkit::twilio_peer::ServerMessage;
 use common::backend::FakeBackend;
 use common::calls::*;
 use common::net::*;
@@ -226,7 +226,7 @@ async fn documents_are_served_and_the_schema_matches_every_event() {
     let (st, schema) = api.req("GET", "/schema/callbacks.json", None, None).await;
     assert_eq!(st, StatusCode::OK);
 
-    use callbridge::callback::*;
+    use callbridge::contract::*;
     let samples = [
         Event::CallStarted {
             from: "+1".into(),
@@ -250,6 +250,7 @@ async fn documents_are_served_and_the_schema_matches_every_event() {
         Event::BargeIn { at_ms: 1, response_id: 1, heard_ms: 1, latency_ms: 1 },
         Event::Dtmf { digit: "1".into(), at_ms: 1 },
         Event::ToolCall { tool_call_id: "t".into(), name: "n".into(), arguments: json!({}) },
+        Event::Error { source: "engine".into(), code: "response_failed".into(), message: "m".into() },
         Event::CallEnded(CallSummary {
             latencies: vec![TurnLatency { turn: 1, ..Default::default() }],
             reason: "hangup".into(),

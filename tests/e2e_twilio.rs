@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use callbridge::carrier::twilio_peer::ServerMessage;
+use callbridge_testkit::twilio_peer::ServerMessage;
 use common::net::*;
 use tokio::time::{Instant, interval};
 

@@ -1,5 +1,5 @@
 //! The OpenAI Realtime engine against the in-repo FAKE Realtime server
-//! (`callbridge::fakes`), all on 127.0.0.1: a full turn with µ-law passing
+//! (`callbridge_testkit::fake_realtime`), all on 127.0.0.1: a full turn with µ-law passing
 //! through both ways, barge-in truncation at the heard position, a tool call
 //! through the tenant's callback (and its filler/fallback), an engine drop
 //! and reconnect, persistent failure, GA and beta names, a refused key.
@@ -9,10 +9,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use callbridge::carrier::twilio_peer::ServerMessage;
 use callbridge::config::{Config, Secrets};
-use callbridge::engine::openai_realtime::ApiFlavor;
-use callbridge::fakes::{FakeRealtime, FakeRealtimeConfig};
+use callbridge_testkit::fake_realtime::{FakeRealtime, FakeRealtimeConfig};
+use callbridge_testkit::twilio_peer::ServerMessage;
 use common::backend::{FakeBackend, Mode, Received};
 use common::calls::*;
 use common::net::*;
@@ -286,24 +285,17 @@ async fn an_engine_drop_reconnects_once_with_an_apology_then_fails_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn beta_names_and_the_greeting() {
-    let mut fc = FakeRealtimeConfig::new(reply());
-    fc.flavor = ApiFlavor::Beta;
-    let fake = FakeRealtime::start(fc).await.unwrap();
-    let srv = rt_server(&fake, "[engine.openai_realtime]\napi = \"beta\"\n").await;
+async fn the_default_greeting_is_spoken_first() {
+    let fake = FakeRealtime::start(FakeRealtimeConfig::new(reply())).await.unwrap();
+    let srv = rt_server(&fake, "").await;
     let mut tw = FakeTwilio::connect(&srv.url(), 1).await;
     tw.start().await;
     let got = talk(&mut tw, &[], 60).await;
-    assert_eq!(fake.headers()[0].1.as_deref(), Some("realtime=v1"));
-    let s = &fake.of_type("session.update")[0]["session"];
-    assert_eq!(
-        (s["input_audio_format"].as_str(), s["output_audio_format"].as_str()),
-        (Some("g711_ulaw"), Some("g711_ulaw"))
-    );
+    assert_eq!(fake.headers()[0].1, None, "no beta header: the GA interface");
     let create = &fake.of_type("response.create")[0];
     assert!(create["response"]["instructions"].as_str().unwrap().contains("Hello! How can I help you today?"));
     let heard = media_bytes(&got);
-    assert!(heard.len() > 4000, "greeting played from beta response.audio.delta events");
+    assert!(heard.len() > 4000, "greeting played");
     assert_eq!(canon(&heard), canon(&reply()[..heard.len()]));
     srv.shutdown().await;
 }
@@ -331,7 +323,9 @@ async fn server_vad_mode_leaves_turns_to_the_engine_and_still_stops_playback_at_
     let mut fc = FakeRealtimeConfig::new(reply());
     fc.server_vad = true;
     let fake = FakeRealtime::start(fc).await.unwrap();
-    let extra = "[engine.openai_realtime]\nturn_detection = \"server_vad\"\n";
+    // Our own barge-in needs 2 s of speech here: any stop within the 900 ms the
+    // caller talks below comes from the engine's speech_started alone.
+    let extra = "[engine.openai_realtime]\nturn_detection = \"server_vad\"\n[turn]\nbarge_in_min_speech_ms = 2000\n";
     let srv = rt_server(&fake, extra).await;
     let mut tw = FakeTwilio::connect(&srv.url(), 1).await;
     tw.start().await;
@@ -340,7 +334,7 @@ async fn server_vad_mode_leaves_turns_to_the_engine_and_still_stops_playback_at_
     assert!(media_bytes(&got).len() > 2000, "greeting plays");
     let s = &fake.of_type("session.update")[0]["session"];
     assert_eq!(s["audio"]["input"]["turn_detection"]["type"], "server_vad");
-    // The caller talks over it: the engine says speech_started, and local VAD agrees: clear.
+    // The caller talks over it: the engine says speech_started: clear.
     let got = talk(&mut tw, &ulaw_fixture("caller_leak_8k.wav")[160 * 15..160 * 60], 10).await;
     assert!(got.iter().any(|e| matches!(e, Rx::Msg(_, ServerMessage::Clear))), "playback stopped");
     assert!(fake.of_type("input_audio_buffer.commit").is_empty(), "no commits from us in server_vad mode");

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use callbridge::audio::g711;
-use callbridge::carrier::twilio_peer::ServerMessage;
+use callbridge_testkit::twilio_peer::ServerMessage;
 use common::backend::{FakeBackend, Mode};
 use common::calls::*;
 use common::net::*;

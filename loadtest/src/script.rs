@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use callbridge::carrier::twilio_peer::{PlayoutModel, ServerMessage};
+use callbridge_testkit::twilio_peer::{PlayoutModel, ServerMessage};
 
 use crate::clip::{Clip, is_sound};
 use crate::scenario::Scenario;

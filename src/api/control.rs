@@ -19,10 +19,10 @@ use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
 use super::AppState;
-use crate::carrier::twilio_rest::{RestError, TransferTarget, TwilioRest};
+use super::carrier_control::{ControlError, TransferTarget};
 use crate::ids::CallId;
 use crate::runtime::registry::{CallControl, CallDetails};
-use crate::session::ControlCommand;
+use crate::session::{ControlCommand, Say};
 use crate::tenant::{Tenant, TenantError};
 
 /// Largest audio file `say` fetches.
@@ -162,7 +162,7 @@ fn call_json(id: CallId, d: &CallDetails) -> serde_json::Value {
         "call_id": id.to_string(),
         "from": d.from,
         "to": d.to,
-        "carrier": "twilio",
+        "carrier": d.carrier,
         "carrier_call_id": d.carrier_call_id,
         "engine": d.engine,
         "started_at_ms": started,
@@ -244,7 +244,7 @@ pub async fn hangup(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(id)
 /// `POST /v1/calls/{id}/say` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Say {
+pub struct SayBody {
     text: Option<String>,
     audio_url: Option<String>,
     /// Stop the bot first (default false: queued after what it is saying).
@@ -288,7 +288,7 @@ pub async fn say(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Result<Json<Say>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<SayBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let (_, _, h, _) = match own_call(&s, &headers, &id) {
         Ok(c) => c,
@@ -298,18 +298,18 @@ pub async fn say(
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid", e.body_text()),
     };
-    let clip = match (&req.text, &req.audio_url) {
+    let what = match (req.text, &req.audio_url) {
         (None, None) | (Some(_), Some(_)) => {
             return error(StatusCode::BAD_REQUEST, "invalid", "give exactly one of text or audio_url");
         }
         (_, Some(url)) => match fetch_audio(&s, url).await {
-            Ok(c) => Some(c),
+            Ok(c) => Say::Clip(c),
             Err(r) => return r.into_response(),
         },
-        (Some(_), None) => None,
+        (Some(text), None) => Say::Text(text),
     };
     let (tx, rx) = oneshot::channel();
-    if let Err(r) = send(&h, CallControl::Say { clip, text: req.text, interrupt: req.interrupt, reply: tx }).await {
+    if let Err(r) = send(&h, CallControl::Say { what, interrupt: req.interrupt, reply: tx }).await {
         return r.into_response();
     }
     match tokio::time::timeout(Duration::from_secs(2), rx).await {
@@ -329,7 +329,7 @@ pub struct Transfer {
     to: String,
 }
 
-/// `POST /v1/calls/{id}/transfer` (tenant): Twilio REST "update call" with `<Dial>`.
+/// `POST /v1/calls/{id}/transfer` (tenant): through the call's carrier's REST API.
 pub async fn transfer(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -348,24 +348,21 @@ pub async fn transfer(
         Ok(t) => t,
         Err(m) => return error(StatusCode::BAD_REQUEST, "invalid", m),
     };
-    let account = if d.account_id.is_empty() {
-        s.secrets.twilio_account_sid.clone().unwrap_or_default()
-    } else {
-        d.account_id.clone()
+    let Some(carrier) = s.carrier_control(d.carrier) else {
+        return error(StatusCode::CONFLICT, "unsupported", "this carrier cannot transfer calls");
     };
-    if account.is_empty() || d.carrier_call_id.is_empty() {
-        return error(StatusCode::CONFLICT, "no_carrier_call", "the carrier did not identify this call");
-    }
-    let rest = TwilioRest::new(s.call.client.http().clone(), &s.config.twilio.api_base_url, &s.secrets);
-    match rest.update_call(&account, &d.carrier_call_id, &target.twiml()).await {
+    match carrier.transfer(&d, &target).await {
         Ok(()) => {
-            let _ = send(&h, CallControl::Transferred).await;
+            let _ = send(&h, CallControl::Session(ControlCommand::Transferred)).await;
             (StatusCode::ACCEPTED, Json(json!({"status": "transferring", "to": req.to}))).into_response()
         }
-        Err(RestError::NoCredentials) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, "no_credentials", RestError::NoCredentials.to_string())
+        Err(e @ ControlError::NoCredentials(_)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "no_credentials", e.to_string())
         }
-        Err(RestError::CallNotFound) => error(StatusCode::GONE, "call_ended", "Twilio says the call has ended"),
+        Err(ControlError::CallGone) => error(StatusCode::GONE, "call_ended", "the carrier says the call has ended"),
+        Err(ControlError::NoCarrierCall) => {
+            error(StatusCode::CONFLICT, "no_carrier_call", "the carrier did not identify this call")
+        }
         Err(e) => error(StatusCode::BAD_GATEWAY, "carrier_error", e.to_string()),
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! Handlers are thin: they check admission and hand the socket to a call task.
 
+pub mod carrier_control;
 pub mod control;
 pub mod twilio;
 
@@ -31,11 +32,18 @@ pub struct AppState {
     pub call: Arc<CallContext>,
     /// Prometheus renderer.
     pub metrics: PrometheusHandle,
+    /// Each carrier's call-control REST API.
+    pub carriers: Vec<Arc<dyn carrier_control::CarrierControl>>,
     /// False once shutdown began: new calls are refused.
     pub accepting: AtomicBool,
 }
 
 impl AppState {
+    /// The call-control API of `carrier`.
+    pub fn carrier_control(&self, carrier: &str) -> Option<&Arc<dyn carrier_control::CarrierControl>> {
+        self.carriers.iter().find(|c| c.carrier() == carrier)
+    }
+
     /// Whether a new call may be admitted now.
     pub fn admit(&self) -> Result<(), (StatusCode, &'static str)> {
         if !self.accepting.load(Ordering::Acquire) {
@@ -53,8 +61,6 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
-        .route("/twilio/voice", post(twilio::voice))
-        .route("/twilio/stream", get(twilio::stream))
         .route("/v1/numbers", post(control::create_number))
         .route("/v1/numbers/{number}", get(control::get_number).delete(control::delete_number))
         .route("/v1/calls", get(control::list_calls))
@@ -67,6 +73,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/calls/{id}/transfer", post(control::transfer))
         .route("/openapi.json", get(control::openapi))
         .route("/schema/callbacks.json", get(control::callbacks_schema))
+        .merge(twilio::routes())
         .with_state(state)
 }
 

@@ -236,6 +236,24 @@ fn design(up: usize, down: usize) -> (usize, Box<[f32]>) {
     (taps, coeffs.into_boxed_slice())
 }
 
+/// A whole clip converted from `from` Hz to `to` Hz (shared unchanged when
+/// the rates match, or when no converter exists for the pair). For prompts and
+/// `say` audio, not for the per-frame path.
+pub fn resample_clip(clip: &std::sync::Arc<[i16]>, from: u32, to: u32) -> std::sync::Arc<[i16]> {
+    if from == to {
+        return clip.clone();
+    }
+    let block = (from / 50) as usize;
+    let Ok(mut r) = Resampler::new(from, to, block) else { return clip.clone() };
+    let mut out = Vec::with_capacity(clip.len() * to as usize / from as usize + 8);
+    let mut buf = vec![0i16; (to / 50) as usize + 8];
+    for chunk in clip.chunks(block) {
+        let n = r.process(chunk, &mut buf);
+        out.extend_from_slice(&buf[..n]);
+    }
+    out.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
 
-use super::Envelope;
+use crate::contract::Envelope;
 use crate::signature::callback as sig;
 
 /// Where one tenant's callbacks go.

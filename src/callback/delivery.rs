@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::client::{CallbackClient, CallbackError, Target};
-use super::{Envelope, Event};
+use crate::contract::{Envelope, Event};
 
 /// Retry and queue settings (from `[callbacks]`).
 #[derive(Debug, Clone, Copy)]

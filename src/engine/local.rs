@@ -10,19 +10,18 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{AudioChunk, EngineCommand, EngineEvent, EngineFormat};
+use std::time::Instant;
+
+use super::{AudioChunk, Engine, EngineCommand, EngineEvent, EngineFormat, InputAudio};
 use crate::audio::resample::Resampler;
 use crate::audio::wav::{WavError, read_wav_mono_i16};
 use crate::ids::ResponseId;
-use crate::session::{Input, Output, Session};
-use std::time::Instant;
 
 /// The built-in greeting ("Thanks for calling Rapid Rooter plumbing…").
 pub const BUILTIN_GREETING: &[u8] = include_bytes!("../../fixtures/audio/bot_greeting_8k.wav");
 /// The built-in reply ("Got it. I can book a technician…").
 pub const BUILTIN_REPLY: &[u8] = include_bytes!("../../fixtures/audio/bot_reply_8k.wav");
 
-/// Rate the local engine's clips are converted to at load time.
 /// Built-in "One moment, please." (played while a blocking callback is slow).
 pub const BUILTIN_FILLER: &[u8] = include_bytes!("../../fixtures/audio/bot_filler_8k.wav");
 /// Built-in fallback line (a blocking callback failed).
@@ -30,30 +29,12 @@ pub const BUILTIN_FALLBACK: &[u8] = include_bytes!("../../fixtures/audio/bot_fal
 /// Built-in apology (the engine dropped and came back).
 pub const BUILTIN_APOLOGY: &[u8] = include_bytes!("../../fixtures/audio/bot_apology_8k.wav");
 
-/// Short lines callbridge itself speaks, whatever the engine: 8 kHz PCM.
-#[derive(Debug, Clone)]
-pub struct Prompts {
-    /// While waiting on a slow blocking callback.
-    pub filler: Arc<[i16]>,
-    /// When a blocking callback failed or timed out.
-    pub fallback: Arc<[i16]>,
-    /// After an engine reconnect.
-    pub apology: Arc<[i16]>,
-}
-
-impl Prompts {
-    /// The built-in prompts.
-    pub fn builtin() -> Self {
-        let load = |s: &str| load_clip(s).expect("built-in prompts are valid");
-        Self { filler: load("builtin:filler"), fallback: load("builtin:fallback"), apology: load("builtin:apology") }
-    }
-}
-
 /// Decode a WAV (any rate our resampler takes) to trimmed 8 kHz PCM.
 pub fn clip_from_wav(bytes: &[u8], origin: &str) -> Result<Arc<[i16]>, LocalEngineError> {
     decode_clip(bytes, origin)
 }
 
+/// Rate the local engine's clips (and callbridge's own lines) are converted to at load time.
 pub const LOCAL_RATE: u32 = 8000;
 
 /// Errors loading clips.
@@ -109,7 +90,8 @@ impl LocalClips {
     }
 }
 
-fn load_clip(spec: &str) -> Result<Arc<[i16]>, LocalEngineError> {
+/// Load a clip: a WAV path or `builtin:{greeting,reply,filler,fallback,apology}`.
+pub fn load_clip(spec: &str) -> Result<Arc<[i16]>, LocalEngineError> {
     let bytes: std::borrow::Cow<'static, [u8]> = match spec {
         "builtin:greeting" => BUILTIN_GREETING.into(),
         "builtin:reply" => BUILTIN_REPLY.into(),
@@ -167,16 +149,6 @@ impl LocalEngine {
         Self { clips, next_id: 0, events: VecDeque::with_capacity(4) }
     }
 
-    /// Formats: wants no caller audio, speaks 8 kHz.
-    pub fn format(&self) -> EngineFormat {
-        EngineFormat { input_rate: None, output_rate: LOCAL_RATE }
-    }
-
-    /// Play `clip` (8 kHz) as a response of its own, after anything queued.
-    pub fn say(&mut self, clip: Arc<[i16]>) {
-        self.respond(clip);
-    }
-
     fn respond(&mut self, clip: Arc<[i16]>) {
         self.next_id += 1;
         let id = ResponseId(self.next_id);
@@ -184,50 +156,64 @@ impl LocalEngine {
         self.events.push_back(EngineEvent::Audio(AudioChunk::whole(id, clip)));
         self.events.push_back(EngineEvent::ResponseDone(id));
     }
+}
 
-    /// Feed a command; answers are queued immediately.
-    pub fn handle_command(&mut self, cmd: EngineCommand<'_>) {
+impl Engine for LocalEngine {
+    fn label(&self) -> &'static str {
+        "local"
+    }
+
+    /// Wants no caller audio, speaks 8 kHz.
+    fn format(&self) -> EngineFormat {
+        EngineFormat { input: InputAudio::None, output_rate: LOCAL_RATE }
+    }
+
+    /// Answers are queued immediately.
+    fn handle_command(&mut self, _now: Instant, cmd: EngineCommand<'_>) {
         match cmd {
             EngineCommand::Start => {
                 if let Some(g) = self.clips.greeting.clone() {
                     self.respond(g);
                 }
             }
-            EngineCommand::CreateResponse => self.respond(self.clips.reply.clone()),
+            EngineCommand::EndOfTurn => self.respond(self.clips.reply.clone()),
+            EngineCommand::Play(clip) => self.respond(clip),
             // Responses are emitted whole, so there is nothing left to stop here;
-            // the session drops the queued audio by id.
-            EngineCommand::Cancel { .. } | EngineCommand::Audio(_) | EngineCommand::Stop => {}
+            // the session drops the queued audio by id. Text and tools it cannot do
+            // (the session never sends them: `speaks_text` is false, no tools).
+            EngineCommand::Cancel { .. }
+            | EngineCommand::Audio(_)
+            | EngineCommand::Say(_)
+            | EngineCommand::ToolResult { .. }
+            | EngineCommand::Stop => {}
         }
     }
 
-    /// Next event, if any.
-    pub fn poll_event(&mut self) -> Option<EngineEvent> {
+    fn poll_event(&mut self) -> Option<EngineEvent> {
         self.events.pop_front()
     }
+}
 
-    /// Drain `session` and this engine until both are quiet: engine commands
-    /// are executed here, engine events go back into the session at `now`, and
-    /// every output (engine commands included, for observers) is handed to
-    /// `sink`. The one loop the call task, the tests and the benches share.
-    pub fn pump(&mut self, session: &mut Session, now: Instant, mut sink: impl FnMut(Output<'_>)) {
-        loop {
-            let mut progressed = false;
-            while let Some(out) = session.poll_output() {
-                progressed = true;
-                if let Output::ToEngine(cmd) = out {
-                    self.handle_command(cmd);
-                }
-                sink(out);
-            }
-            while let Some(ev) = self.poll_event() {
-                progressed = true;
-                // Engine events never fail (only a carrier start can).
-                let _ = session.handle_input(now, Input::Engine(ev));
-            }
-            if !progressed {
-                return;
-            }
-        }
+/// Builds the local engine for every call (it always builds: the fallback).
+#[derive(Debug, Clone)]
+pub struct LocalFactory {
+    clips: LocalClips,
+}
+
+impl LocalFactory {
+    /// Calls answered with `clips`.
+    pub fn new(clips: LocalClips) -> Self {
+        Self { clips }
+    }
+}
+
+impl super::registry::EngineFactory for LocalFactory {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn build(&self, _req: &super::registry::EngineRequest<'_>) -> Result<Box<dyn Engine>, super::registry::BuildError> {
+        Ok(Box::new(LocalEngine::new(self.clips.clone())))
     }
 }
 
@@ -237,13 +223,14 @@ mod tests {
 
     #[test]
     fn greets_then_replies_with_new_ids() {
+        let now = Instant::now();
         let mut e = LocalEngine::new(LocalClips::builtin());
-        e.handle_command(EngineCommand::Start);
+        e.handle_command(now, EngineCommand::Start);
         assert_eq!(e.poll_event(), Some(EngineEvent::ResponseStarted(ResponseId(1))));
         assert!(matches!(e.poll_event(), Some(EngineEvent::Audio(c)) if c.len() > 8000));
         assert_eq!(e.poll_event(), Some(EngineEvent::ResponseDone(ResponseId(1))));
         assert_eq!(e.poll_event(), None);
-        e.handle_command(EngineCommand::CreateResponse);
+        e.handle_command(now, EngineCommand::EndOfTurn);
         assert_eq!(e.poll_event(), Some(EngineEvent::ResponseStarted(ResponseId(2))));
     }
 
@@ -263,7 +250,7 @@ mod tests {
         let trimmed16 = trim_silence(&s16, 16000);
         assert!((clips.reply.len() as i64 - trimmed16.len() as i64 / 2).abs() <= 160);
         let mut e = LocalEngine::new(clips);
-        e.handle_command(EngineCommand::Start);
+        e.handle_command(Instant::now(), EngineCommand::Start);
         assert_eq!(e.poll_event(), None);
         assert!(LocalClips::load("", "/nonexistent.wav").is_err());
     }

@@ -1,13 +1,18 @@
-//! Between the webhook and the stream: what the voice webhook decided about a
-//! call (its id, tenant, plan), kept by carrier call id until the call's stream
-//! starts and claims it. Entries nobody claims expire.
+//! Between a carrier's webhook and its media stream: what the webhook decided
+//! about a call (our id, tenant, plan) and the single-use token it handed the
+//! carrier, kept by (carrier, carrier call id) until the stream starts and
+//! claims it with that token. Entries nobody claims expire.
+//!
+//! Tokens are random, never derived from the call id, and a route is taken at
+//! most once: a replayed `start` (same call id, same token) finds nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use subtle::ConstantTimeEq;
 
-use crate::callback::CallPlan;
+use crate::contract::CallPlan;
 use crate::ids::CallId;
 use crate::tenant::Tenant;
 
@@ -30,10 +35,56 @@ pub struct Route {
     pub seq_used: u64,
 }
 
-/// Routes waiting for their stream, by carrier call id.
-#[derive(Debug, Default)]
+impl Route {
+    /// A route for a stream no webhook announced (local development only).
+    pub fn unannounced(call_id: CallId, from: &str, to: &str) -> Self {
+        Self {
+            call_id,
+            tenant: None,
+            plan: CallPlan::default(),
+            plan_failed: false,
+            from: from.into(),
+            to: to.into(),
+            seq_used: 0,
+        }
+    }
+}
+
+/// Why a stream could not claim a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimError {
+    /// No route waits for this call (never announced, expired, or already claimed).
+    Unknown,
+    /// A route waits but the token does not match.
+    BadToken,
+}
+
+impl ClaimError {
+    /// Stable code for metrics and logs.
+    pub fn code(self) -> &'static str {
+        match self {
+            ClaimError::Unknown => "no_pending_call",
+            ClaimError::BadToken => "bad_stream_token",
+        }
+    }
+}
+
+struct Waiting {
+    route: Route,
+    token: String,
+    at: Instant,
+}
+
+/// Routes waiting for their stream.
+#[derive(Default)]
 pub struct PendingCalls {
-    map: DashMap<String, (Route, Instant)>,
+    map: DashMap<(&'static str, String), Waiting>,
+}
+
+impl std::fmt::Debug for PendingCalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingCalls").field("waiting", &self.map.len()).finish()
+    }
 }
 
 impl PendingCalls {
@@ -42,19 +93,47 @@ impl PendingCalls {
         Arc::new(Self::default())
     }
 
-    /// Keep `route` for the stream of `carrier_call_id`.
-    pub fn insert(&self, carrier_call_id: &str, route: Route) {
-        self.map.insert(carrier_call_id.to_string(), (route, Instant::now()));
+    /// Keep `route` for the stream of `carrier_call_id` on `carrier`; returns
+    /// the single-use token the stream must present.
+    pub fn insert(&self, carrier: &'static str, carrier_call_id: &str, route: Route) -> String {
+        let token = crate::signature::random_hex();
+        self.map.insert(
+            (carrier, carrier_call_id.to_string()),
+            Waiting { route, token: token.clone(), at: Instant::now() },
+        );
+        token
     }
 
-    /// Claim the route of `carrier_call_id` (once).
-    pub fn take(&self, carrier_call_id: &str) -> Option<Route> {
-        self.map.remove(carrier_call_id).map(|(_, (r, _))| r)
+    /// Claim the route of `carrier_call_id` with `token` (once; a wrong token
+    /// leaves the route for the real stream).
+    pub fn claim(&self, carrier: &'static str, carrier_call_id: &str, token: &str) -> Result<Route, ClaimError> {
+        let key = (carrier, carrier_call_id.to_string());
+        let removed = self.map.remove_if(&key, |_, w| bool::from(w.token.as_bytes().ct_eq(token.as_bytes())));
+        match removed {
+            Some((_, w)) => Ok(w.route),
+            None if self.map.contains_key(&key) => Err(ClaimError::BadToken),
+            None => Err(ClaimError::Unknown),
+        }
     }
 
-    /// Drop routes older than `max_age`.
-    pub fn sweep(&self, max_age: Duration) {
-        self.map.retain(|_, (_, at)| at.elapsed() < max_age);
+    /// Take the route of `carrier_call_id` without a token (the carrier's own
+    /// signature already proved the stream, or validation is off).
+    pub fn take(&self, carrier: &'static str, carrier_call_id: &str) -> Option<Route> {
+        self.map.remove(&(carrier, carrier_call_id.to_string())).map(|(_, w)| w.route)
+    }
+
+    /// Drop routes older than `max_age`; returns them (their calls never
+    /// arrived: the caller hung up first, or the stream failed).
+    pub fn sweep(&self, max_age: Duration) -> Vec<Route> {
+        let mut gone = Vec::new();
+        self.map.retain(|_, w| {
+            let keep = w.at.elapsed() < max_age;
+            if !keep {
+                gone.push(w.route.clone());
+            }
+            keep
+        });
+        gone
     }
 
     /// Routes waiting.
@@ -65,5 +144,24 @@ impl PendingCalls {
     /// Whether none is waiting.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_is_claimed_once_with_its_token_and_a_wrong_token_leaves_it() {
+        let p = PendingCalls::new();
+        let tok = p.insert("twilio", "CA1", Route::unannounced(CallId(1), "+1", "+2"));
+        assert_eq!(tok.len(), 64);
+        assert_eq!(p.claim("twilio", "CA1", "nope").unwrap_err(), ClaimError::BadToken);
+        assert_eq!(p.claim("telnyx", "CA1", &tok).unwrap_err(), ClaimError::Unknown, "carriers are separate");
+        assert_eq!(p.claim("twilio", "CA1", &tok).unwrap().call_id, CallId(1));
+        assert_eq!(p.claim("twilio", "CA1", &tok).unwrap_err(), ClaimError::Unknown, "a replay finds nothing");
+        let tok2 = p.insert("twilio", "CA2", Route::unannounced(CallId(2), "+1", "+2"));
+        assert_ne!(tok, tok2, "tokens are random");
+        assert!(p.sweep(Duration::ZERO).len() == 1 && p.is_empty());
     }
 }

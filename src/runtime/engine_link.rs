@@ -1,65 +1,51 @@
-//! The socket to a network speech engine (OpenAI Realtime), owned by one small
-//! task per call: it connects, sends the session configuration first on every
-//! connection, forwards the call task's messages out and the engine's
-//! messages in, and reconnects **once** if the socket drops mid-call.
+//! The sockets of network engines, one small task per link: connect with the
+//! URL and headers the engine supplied ([`LinkSpec`]), send its hello first on
+//! every connection, forward the call task's messages out and the engine's
+//! messages in (text and binary alike), and reconnect as many times as the
+//! spec allows if the socket drops mid-call. It knows no engine by name.
 //!
-//! The call task never awaits this socket: it `try_send`s into a bounded lane
-//! (a stalled engine costs dropped audio, counted, never a stalled call) and
-//! receives [`LinkEvent`]s in its select loop. Dropping the [`EngineLink`]
-//! closes the socket.
+//! The call task never awaits a link: it `try_send`s into a bounded lane (a
+//! stalled engine costs dropped messages, counted, never a stalled call) and
+//! receives [`LinkUpdate`]s in its select loop. Dropping the [`LinkLanes`]
+//! closes every socket.
 
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::{debug, warn};
 
-/// Where and how to connect.
-#[derive(Clone)]
-pub struct LinkConfig {
-    /// Full WebSocket URL (with `?model=`).
-    pub url: String,
-    /// Bearer token.
-    pub api_key: String,
-    /// Send `OpenAI-Beta: realtime=v1`.
-    pub beta: bool,
-    /// Connect (TCP + TLS + upgrade) deadline.
-    pub connect_timeout: Duration,
-}
+use crate::engine::{LinkEvent, LinkMsg, LinkSpec};
 
-impl std::fmt::Debug for LinkConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LinkConfig").field("url", &self.url).field("beta", &self.beta).finish()
-    }
-}
-
-/// What the link reports to the call task.
+/// What a link reports to the call task (owned form of [`LinkEvent`]).
 #[derive(Debug)]
-pub enum LinkEvent {
-    /// A server message (JSON text).
-    Text(String),
-    /// The socket dropped and a new one is up (session config re-sent);
-    /// responses in flight are lost.
-    Reconnected,
-    /// No engine: the first connection failed, or the one reconnect did.
-    Failed(String),
+pub enum LinkUpdate {
+    /// Connected; `reconnected` after a drop.
+    Up {
+        /// a reconnect
+        reconnected: bool,
+    },
+    /// A text message.
+    Text(tungstenite::Utf8Bytes),
+    /// A binary message.
+    Binary(bytes::Bytes),
+    /// Gone for good.
+    Down(String),
 }
 
-/// The call task's end of the link.
-#[derive(Debug)]
-pub struct EngineLink {
-    tx: mpsc::Sender<String>,
-    /// Events from the engine.
-    pub rx: mpsc::Receiver<LinkEvent>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for EngineLink {
-    fn drop(&mut self) {
-        self.task.abort();
+impl LinkUpdate {
+    /// The borrowed form the engine takes.
+    pub fn as_event(&self) -> LinkEvent<'_> {
+        match self {
+            LinkUpdate::Up { reconnected } => LinkEvent::Up { reconnected: *reconnected },
+            LinkUpdate::Text(t) => LinkEvent::Text(t.as_str()),
+            LinkUpdate::Binary(b) => LinkEvent::Binary(b),
+            LinkUpdate::Down(why) => LinkEvent::Down(why),
+        }
     }
 }
 
@@ -72,32 +58,73 @@ pub enum SendError {
     Closed,
 }
 
-impl EngineLink {
-    /// Start connecting; `session_update` is sent first on every connection.
-    pub fn spawn(cfg: LinkConfig, session_update: String, lane: usize) -> Self {
-        let (tx, out_rx) = mpsc::channel(lane.max(8));
-        let (ev_tx, rx) = mpsc::channel(256);
-        let task = tokio::spawn(run(cfg, session_update, out_rx, ev_tx));
-        Self { tx, rx, task }
-    }
+/// The call task's sending end of its engine's links. Dropping it closes
+/// every socket.
+#[derive(Debug, Default)]
+pub struct LinkLanes {
+    lanes: Vec<mpsc::Sender<LinkMsg>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
 
-    /// Queue a message for the engine (never waits).
-    pub fn send(&self, msg: String) -> Result<(), SendError> {
-        self.tx.try_send(msg).map_err(|e| match e {
+impl Drop for LinkLanes {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl LinkLanes {
+    /// Queue a message for link `link` (never waits).
+    pub fn send(&self, link: usize, msg: LinkMsg) -> Result<(), SendError> {
+        let lane = self.lanes.get(link).ok_or(SendError::Closed)?;
+        lane.try_send(msg).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::Full,
             mpsc::error::TrySendError::Closed(_) => SendError::Closed,
         })
     }
 }
 
+/// The call task's receiving end: updates from every link, by index.
+#[derive(Debug)]
+pub struct LinkEvents {
+    rx: Option<mpsc::Receiver<(usize, LinkUpdate)>>,
+}
+
+impl LinkEvents {
+    /// The next update from any link (never resolves when there are none).
+    pub async fn next(&mut self) -> Option<(usize, LinkUpdate)> {
+        match &mut self.rx {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Start connecting every link in `specs` (none for engines without sockets).
+pub fn spawn(specs: Vec<LinkSpec>) -> (LinkLanes, LinkEvents) {
+    if specs.is_empty() {
+        return (LinkLanes::default(), LinkEvents { rx: None });
+    }
+    let (ev_tx, rx) = mpsc::channel(256);
+    let mut lanes = LinkLanes::default();
+    for (i, spec) in specs.into_iter().enumerate() {
+        let (tx, out_rx) = mpsc::channel(spec.max_queued.max(8));
+        lanes.lanes.push(tx);
+        lanes.tasks.push(tokio::spawn(run(i, spec, out_rx, ev_tx.clone())));
+    }
+    (lanes, LinkEvents { rx: Some(rx) })
+}
+
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(cfg: &LinkConfig) -> Result<Ws, String> {
-    let mut req = cfg.url.as_str().into_client_request().map_err(|e| format!("engine URL: {e}"))?;
-    let h = req.headers_mut();
-    h.insert("Authorization", format!("Bearer {}", cfg.api_key).parse().map_err(|_| "API key is not a valid header")?);
-    if cfg.beta {
-        h.insert("OpenAI-Beta", "realtime=v1".parse().expect("static header"));
+async fn connect(spec: &LinkSpec) -> Result<Ws, String> {
+    let mut req = spec.url.as_str().into_client_request().map_err(|e| format!("{} URL: {e}", spec.name))?;
+    for (k, v) in &spec.headers {
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("{}: bad header name", spec.name))?;
+        // The value may be a key: never echo it in the error.
+        let value = HeaderValue::from_str(v).map_err(|_| format!("{}: header {k} is not a valid value", spec.name))?;
+        req.headers_mut().insert(name, value);
     }
     // Small read/write buffers: tungstenite zero-fills its read buffer on every
     // read (PERFORMANCE.md), and the default is 128 KiB per socket.
@@ -107,18 +134,18 @@ async fn connect(cfg: &LinkConfig) -> Result<Ws, String> {
         .max_message_size(Some(16 << 20))
         .max_frame_size(Some(16 << 20));
     let fut = tokio_tungstenite::connect_async_with_config(req, Some(ws_cfg), true);
-    match tokio::time::timeout(cfg.connect_timeout, fut).await {
-        Err(_) => Err(format!("engine connect timed out after {:?}", cfg.connect_timeout)),
+    match tokio::time::timeout(spec.connect_timeout, fut).await {
+        Err(_) => Err(format!("{} connect timed out after {:?}", spec.name, spec.connect_timeout)),
         Ok(Err(tungstenite::Error::Http(resp))) => {
             let status = resp.status();
             let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).chars().take(200).collect::<String>());
             Err(match status.as_u16() {
-                401 | 403 => format!("engine refused the API key (HTTP {status})"),
-                429 => format!("engine rate limit or quota (HTTP {status})"),
-                _ => format!("engine answered HTTP {status}: {}", body.unwrap_or_default()),
+                401 | 403 => format!("{} refused the API key (HTTP {status})", spec.name),
+                429 => format!("{} rate limit or quota (HTTP {status})", spec.name),
+                _ => format!("{} answered HTTP {status}: {}", spec.name, body.unwrap_or_default()),
             })
         }
-        Ok(Err(e)) => Err(format!("engine connect failed: {e}")),
+        Ok(Err(e)) => Err(format!("{} connect failed: {e}", spec.name)),
         Ok(Ok((ws, _))) => Ok(ws),
     }
 }
@@ -131,13 +158,26 @@ enum Ended {
     Dropped(String),
 }
 
-async fn pump(ws: &mut Ws, out_rx: &mut mpsc::Receiver<String>, ev_tx: &mpsc::Sender<LinkEvent>) -> Ended {
+fn to_message(m: LinkMsg) -> Message {
+    match m {
+        LinkMsg::Text(t) => Message::text(t),
+        LinkMsg::Binary(b) => Message::Binary(b),
+    }
+}
+
+async fn pump(
+    i: usize,
+    name: &str,
+    ws: &mut Ws,
+    out_rx: &mut mpsc::Receiver<LinkMsg>,
+    ev_tx: &mpsc::Sender<(usize, LinkUpdate)>,
+) -> Ended {
     loop {
         tokio::select! {
             msg = out_rx.recv() => match msg {
                 Some(m) => {
-                    if let Err(e) = ws.send(Message::text(m)).await {
-                        return Ended::Dropped(format!("engine write failed: {e}"));
+                    if let Err(e) = ws.send(to_message(m)).await {
+                        return Ended::Dropped(format!("{name} write failed: {e}"));
                     }
                 }
                 None => {
@@ -145,58 +185,65 @@ async fn pump(ws: &mut Ws, out_rx: &mut mpsc::Receiver<String>, ev_tx: &mpsc::Se
                     return Ended::CallGone;
                 }
             },
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(t))) => {
-                    if ev_tx.send(LinkEvent::Text(t.as_str().to_owned())).await.is_err() {
-                        return Ended::CallGone;
+            msg = ws.next() => {
+                let update = match msg {
+                    Some(Ok(Message::Text(t))) => LinkUpdate::Text(t),
+                    Some(Ok(Message::Binary(b))) => LinkUpdate::Binary(b),
+                    Some(Ok(Message::Close(c))) => {
+                        let code = c.map_or("no code".into(), |c| c.code.to_string());
+                        return Ended::Dropped(format!("{name} closed the socket ({code})"));
                     }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Ended::Dropped(format!("{name} socket error: {e}")),
+                    None => return Ended::Dropped(format!("{name} socket ended")),
+                };
+                if ev_tx.send((i, update)).await.is_err() {
+                    return Ended::CallGone;
                 }
-                Some(Ok(Message::Close(c))) => {
-                    return Ended::Dropped(format!("engine closed the socket ({})", c.map_or("no code".into(), |c| c.code.to_string())));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Ended::Dropped(format!("engine socket error: {e}")),
-                None => return Ended::Dropped("engine socket ended".into()),
             }
         }
     }
 }
 
-async fn run(
-    cfg: LinkConfig,
-    session_update: String,
-    mut out_rx: mpsc::Receiver<String>,
-    ev_tx: mpsc::Sender<LinkEvent>,
-) {
-    let mut reconnects_left = 1;
+async fn run(i: usize, spec: LinkSpec, mut out_rx: mpsc::Receiver<LinkMsg>, ev_tx: mpsc::Sender<(usize, LinkUpdate)>) {
+    let mut reconnects_left = spec.reconnects;
     let mut first = true;
     loop {
-        let mut ws = match connect(&cfg).await {
+        let mut ws = match connect(&spec).await {
             Ok(ws) => ws,
             Err(e) => {
-                let _ = ev_tx.send(LinkEvent::Failed(e)).await;
+                let _ = ev_tx.send((i, LinkUpdate::Down(e))).await;
                 return;
             }
         };
-        if ws.send(Message::text(session_update.clone())).await.is_err() {
-            let _ = ev_tx.send(LinkEvent::Failed("engine closed before the session was configured".into())).await;
+        let mut hello_ok = true;
+        for m in &spec.hello {
+            if ws.send(to_message(m.clone())).await.is_err() {
+                hello_ok = false;
+                break;
+            }
+        }
+        if !hello_ok {
+            let why = format!("{} closed before it was configured", spec.name);
+            let _ = ev_tx.send((i, LinkUpdate::Down(why))).await;
             return;
         }
-        if !first {
-            let _ = ev_tx.send(LinkEvent::Reconnected).await;
+        if ev_tx.send((i, LinkUpdate::Up { reconnected: !first })).await.is_err() {
+            return;
         }
         first = false;
-        match pump(&mut ws, &mut out_rx, &ev_tx).await {
+        match pump(i, spec.name, &mut ws, &mut out_rx, &ev_tx).await {
             Ended::CallGone => return,
             Ended::Dropped(why) if reconnects_left > 0 => {
                 reconnects_left -= 1;
-                warn!(reason = %why, "engine socket dropped mid-call; reconnecting once");
+                warn!(engine = spec.name, reason = %why, "engine socket dropped mid-call; reconnecting");
                 // Messages queued for the dead session (audio of the lost turn) are stale.
                 while out_rx.try_recv().is_ok() {}
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Ended::Dropped(why) => {
-                debug!(reason = %why, "engine socket dropped again");
-                let _ = ev_tx.send(LinkEvent::Failed(why)).await;
+                debug!(engine = spec.name, reason = %why, "engine socket dropped for good");
+                let _ = ev_tx.send((i, LinkUpdate::Down(why))).await;
                 return;
             }
         }

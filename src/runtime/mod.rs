@@ -1,9 +1,10 @@
 //! The I/O shell: tokio tasks at the edge that own sockets and feed the sans-IO
-//! core. One task per call; a registry of bounded control senders; nothing else
+//! core. One task per call; a registry of bounded control senders; the routes
+//! webhooks decided, waiting for their streams; engine links; nothing else
 //! shared.
 
 pub mod admission;
 pub mod call_task;
-pub mod engine_driver;
 pub mod engine_link;
 pub mod registry;
+pub mod transport;

@@ -14,26 +14,22 @@ use dashmap::DashMap;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::ids::CallId;
-use crate::session::ControlCommand;
+use crate::session::{ControlCommand, Say};
 
 /// A command from outside a call to its task.
 #[derive(Debug)]
 pub enum CallControl {
-    /// Handled by the session (hang up, interrupt, shutdown).
+    /// Handled by the session (hang up, interrupt, shutdown, transferred).
     Session(ControlCommand),
     /// Speak: a clip (PCM at 8 kHz) or text (engines that speak text).
     Say {
-        /// audio to play, 8 kHz mono
-        clip: Option<Arc<[i16]>>,
-        /// text to speak
-        text: Option<String>,
+        /// what to say
+        what: Say,
         /// stop what the bot is saying first
         interrupt: bool,
         /// the outcome
         reply: oneshot::Sender<Result<(), String>>,
     },
-    /// The carrier call was transferred away; the stream's end is a transfer.
-    Transferred,
 }
 
 /// What the control API may show about a call.
@@ -45,10 +41,12 @@ pub struct CallDetails {
     pub from: String,
     /// Called number.
     pub to: String,
-    /// Carrier call id (Twilio CallSid).
+    /// Carrier label.
+    pub carrier: &'static str,
+    /// The carrier's id of the call.
     pub carrier_call_id: String,
-    /// Carrier account id (Twilio AccountSid).
-    pub account_id: String,
+    /// The carrier's other ids (account, leg, …).
+    pub carrier_ids: Vec<(&'static str, String)>,
     /// Engine answering.
     pub engine: &'static str,
     /// When the stream started.
@@ -193,8 +191,9 @@ mod tests {
             tenant: Some(tenant.into()),
             from: "+1".into(),
             to: tenant.into(),
+            carrier: "twilio",
             carrier_call_id: "CA1".into(),
-            account_id: String::new(),
+            carrier_ids: Vec::new(),
             engine: "local",
             started_at: SystemTime::now(),
         }

@@ -6,33 +6,42 @@
 //! and sleep until [`Session::poll_timeout`]. It never reads the clock, never
 //! awaits and never touches a socket, so every scenario is testable in virtual
 //! time. Audio outputs borrow the session's buffers; drain them before the next
-//! input.
+//! input. [`crate::call::Call`] is the one driver that does all of that.
 //!
-//! What it decides: when the caller's turn starts and ends (VAD + endpointing),
-//! when the caller interrupts the bot (barge-in policy), which response audio is
-//! stale (by `ResponseId`), when outbound audio may go (pacer), and what the
-//! caller actually heard of each response.
+//! What it decides: when the caller's turn starts and ends (VAD + endpointing,
+//! [`turn`]), when the caller interrupts the bot (barge-in policy, also on the
+//! engine's own speech detection), which response audio is stale (by
+//! `ResponseId`), when outbound audio may go and what the caller heard of it
+//! ([`playback`]), where each side's audio lands in the recording
+//! ([`record`]), and everything that involves the backend ([`agent`]): tool
+//! calls with their filler, budget and fallback, held transcripts, the
+//! conversation record and the callback events it produces.
 
+pub mod agent;
+pub mod conversation;
+mod inbound;
 pub mod playback;
+pub mod record;
 pub mod turn;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
-use crate::audio::FRAME;
 use crate::audio::resample::{ResampleError, Resampler};
 use crate::audio::vad::{VadConfig, VadError, VoiceDetector};
-use crate::carrier::{CarrierCommand, CarrierEvent, StreamInfo};
-use crate::engine::{EngineCommand, EngineEvent, EngineFormat};
-use crate::ids::ResponseId;
+use crate::carrier::{Capabilities, CarrierCommand, CarrierEvent, StreamInfo};
+use crate::contract::{CallSummary, Event};
+use crate::engine::{AudioRef, EngineCommand, EngineEvent, EngineFormat, InputAudio};
+use crate::ids::{MarkId, ResponseId};
+use agent::Agent;
+pub use agent::{AgentConfig, Incident, Prompts, Reply, ReplyFailure, Request, RequestId};
 use playback::{Interrupted, Playback, PlaybackConfig};
-use turn::{TurnConfig, TurnDetector, TurnEvent};
+use record::RecordClock;
+pub use record::RecordOp;
+use turn::{TurnConfig, TurnDetector};
 
-/// Everything a session is tuned by.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+/// Everything a session is tuned by, final when the session is built.
+#[derive(Debug, Clone, Default)]
 pub struct SessionConfig {
     /// Turn-taking and barge-in.
     pub turn: TurnConfig,
@@ -40,9 +49,13 @@ pub struct SessionConfig {
     pub vad: VadConfig,
     /// Outbound playback.
     pub playback: PlaybackConfig,
+    /// The backend side: callbacks, prompts, budgets.
+    pub agent: AgentConfig,
+    /// Emit [`Output::Record`] for both sides of the call.
+    pub record: bool,
 }
 
-/// Errors building session parts for a stream.
+/// Errors building a session for a stream.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     /// The VAD could not be built for this rate.
@@ -51,6 +64,14 @@ pub enum SessionError {
     /// The engine's and carrier's rates cannot be converted.
     #[error(transparent)]
     Resample(#[from] ResampleError),
+    /// The engine wants the carrier's encoded audio in another format.
+    #[error("the engine wants {wanted:?} passthrough audio but the stream is {stream:?}")]
+    Passthrough {
+        /// what the engine declared
+        wanted: crate::carrier::AudioFormat,
+        /// what the stream carries
+        stream: crate::carrier::AudioFormat,
+    },
 }
 
 /// Commands from outside the call (control API, server shutdown).
@@ -62,6 +83,8 @@ pub enum ControlCommand {
     Interrupt,
     /// The server is shutting down.
     Shutdown,
+    /// The carrier call was transferred away: its end is a transfer.
+    Transferred,
 }
 
 /// Why a call ended.
@@ -73,6 +96,10 @@ pub enum HangupReason {
     Control,
     /// Server shutdown.
     Shutdown,
+    /// The stream ended after a transfer.
+    Transferred,
+    /// The engine is gone for good.
+    EngineError,
 }
 
 impl HangupReason {
@@ -82,6 +109,8 @@ impl HangupReason {
             HangupReason::CarrierStop => "caller_hangup",
             HangupReason::Control => "hangup",
             HangupReason::Shutdown => "shutdown",
+            HangupReason::Transferred => "transferred",
+            HangupReason::EngineError => "engine_error",
         }
     }
 }
@@ -100,6 +129,8 @@ pub enum Telemetry {
     },
     /// End of caller speech → first bot audio frame sent.
     ResponseLatency(Duration),
+    /// Engine asked (end of turn) → its first audio.
+    EngineFirstAudio(Duration),
     /// The caller interrupted the bot.
     BargeIn {
         /// speech onset → clear sent
@@ -143,10 +174,12 @@ pub enum Input<'a> {
     Engine(EngineEvent),
     /// From outside the call.
     Control(ControlCommand),
+    /// The backend answered (or failed to answer) a [`Request`].
+    Reply(Reply),
 }
 
 /// One output of the session.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Output<'a> {
     /// Send to the carrier.
     ToCarrier(CarrierCommand<'a>),
@@ -154,21 +187,45 @@ pub enum Output<'a> {
     ToEngine(EngineCommand<'a>),
     /// Record a measurement.
     Telemetry(Telemetry),
+    /// A non-blocking callback event (ordered delivery; also the transcript).
+    Event(Event),
+    /// A blocking callback request; answer with [`Input::Reply`].
+    Request(Request),
+    /// A transcript-only record (no callback of its own), e.g. a tool result.
+    Note(&'static str, serde_json::Value),
+    /// Something went wrong that the operator should see (metric + log).
+    Incident(Incident),
+    /// Audio for the recording, placed on the caller's timeline.
+    Record(RecordOp<'a>),
     /// The call is over; close everything.
     End(HangupReason),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Cold outputs (rare, owning their data) waiting in order with the hot ones.
+#[derive(Debug)]
+enum Cold {
+    Engine(EngineCommand<'static>),
+    Event(Event),
+    Request(Request),
+    Note(&'static str, serde_json::Value),
+    Incident(Incident),
+}
+
+#[derive(Debug)]
 enum Pending {
     Clear,
-    Mark(crate::ids::MarkId),
+    Mark(MarkId),
     EngineStart,
     EngineAudio,
-    EngineCreate,
+    EngineEndOfTurn,
     EngineCancel { response: ResponseId, heard_ms: u32 },
     EngineStop,
     Telemetry(Telemetry),
+    RecordCaller,
+    RecordBot { pos: u64 },
+    RecordClear { pos: u64 },
     End(HangupReason),
+    Cold(Box<Cold>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,70 +235,105 @@ enum Phase {
     Ended,
 }
 
-/// Report a response that reached the carrier and is now over (not one cut
-/// off before any of its audio went out).
-fn report_finished(pending: &mut VecDeque<Pending>, r: &Interrupted, interrupted: bool) {
-    if let Some(started) = r.started {
-        pending.push_back(Pending::Telemetry(Telemetry::ResponseFinished {
-            response: r.response,
-            started,
-            sent_ms: r.sent_ms,
-            heard_ms: r.heard_ms,
-            interrupted,
-        }));
-    }
-}
-
 /// Per-call state machine.
 #[derive(Debug)]
 pub struct Session {
     cfg: SessionConfig,
+    caps: Capabilities,
     engine: EngineFormat,
     phase: Phase,
     now: Instant,
     stream: Option<StreamInfo>,
     frame: usize,
     in_acc: Vec<i16>,
-    vad: Option<VoiceDetector>,
+    vad: VoiceDetector,
     turn: TurnDetector,
-    playback: Option<Playback>,
+    playback: Playback,
     to_engine: Option<Resampler>,
+    /// Caller audio for the engine, sent at the next poll (PCM or encoded).
     engine_audio: Vec<i16>,
+    engine_encoded: Vec<u8>,
     engine_audio_queued: bool,
+    /// Caller audio of this input for the recording.
+    rec_caller: Vec<i16>,
+    rec: RecordClock,
     /// Responses with id ≤ this were interrupted; their audio is stale.
     cancelled_upto: Option<ResponseId>,
     /// End of caller speech awaiting its first response frame.
     awaiting_response: Option<Instant>,
+    /// End of the turn the engine was asked to answer, awaiting its first audio.
+    awaiting_engine: Option<Instant>,
     interrupted: Vec<Interrupted>,
     pending: VecDeque<Pending>,
     /// Speech onset of the caller's current turn.
     turn_onset: Option<Instant>,
+    agent: Agent,
+    transferred: bool,
 }
 
 impl Session {
-    /// A session for an engine speaking `engine`, waiting for the carrier's start.
-    pub fn new(cfg: SessionConfig, engine: EngineFormat, now: Instant) -> Self {
+    /// A session for a stream with `caps` answered by an engine speaking
+    /// `engine`, waiting for the carrier's start. Everything per-frame is
+    /// allocated here.
+    pub fn new(
+        cfg: SessionConfig,
+        caps: Capabilities,
+        engine: EngineFormat,
+        now: Instant,
+    ) -> Result<Self, SessionError> {
+        let rate = caps.format.rate;
+        let frame = crate::audio::frame_samples(rate);
+        let mut play_cfg = cfg.playback.clone();
+        if let Some(n) = caps.frames_per_message {
+            play_cfg.frames_per_message = n;
+        }
+        if !caps.far_end_buffer {
+            // No buffer at the far end: send in real time, one message ahead at most.
+            play_cfg.lead_ms = 20 * play_cfg.frames_per_message;
+        }
+        let playback = Playback::new(&play_cfg, rate, engine.output_rate, caps.marks)?;
+        let (to_engine, engine_audio, engine_encoded) = match engine.input {
+            InputAudio::None => (None, Vec::new(), Vec::new()),
+            InputAudio::Pcm { rate: er } => {
+                let r = if er == rate { None } else { Some(Resampler::new(rate, er, frame)?) };
+                (r, Vec::with_capacity(crate::audio::frame_samples(er) * 4), Vec::new())
+            }
+            InputAudio::Passthrough(f) => {
+                if f != caps.format {
+                    return Err(SessionError::Passthrough { wanted: f, stream: caps.format });
+                }
+                (None, Vec::new(), Vec::with_capacity(frame * 4))
+            }
+        };
         let endpoint = Duration::from_millis(cfg.turn.endpoint_silence_ms as u64);
-        Self {
+        let rec_caller = if cfg.record { Vec::with_capacity(frame * 4) } else { Vec::new() };
+        Ok(Self {
+            vad: VoiceDetector::new(&cfg.vad, rate)?,
+            agent: Agent::new(cfg.agent.clone(), now),
             cfg,
+            caps,
             engine,
             phase: Phase::AwaitingStart,
             now,
             stream: None,
-            frame: 0,
-            in_acc: Vec::new(),
-            vad: None,
+            frame,
+            in_acc: Vec::with_capacity(frame),
             turn: TurnDetector::new(endpoint),
-            playback: None,
-            to_engine: None,
-            engine_audio: Vec::new(),
+            playback,
+            to_engine,
+            engine_audio,
+            engine_encoded,
             engine_audio_queued: false,
+            rec_caller,
+            rec: RecordClock::default(),
             cancelled_upto: None,
             awaiting_response: None,
+            awaiting_engine: None,
             interrupted: Vec::with_capacity(4),
             pending: VecDeque::with_capacity(16),
             turn_onset: None,
-        }
+            transferred: false,
+        })
     }
 
     /// The carrier stream, once started.
@@ -249,7 +341,7 @@ impl Session {
         self.stream.as_ref()
     }
 
-    /// Samples in one 20 ms frame at the stream's rate (0 before `start`).
+    /// Samples in one 20 ms frame at the stream's rate.
     pub fn frame_samples(&self) -> usize {
         self.frame
     }
@@ -259,31 +351,63 @@ impl Session {
         self.phase == Phase::Ended
     }
 
+    /// Whether the stream started and the call is live.
+    pub fn is_active(&self) -> bool {
+        self.phase == Phase::Active
+    }
+
+    /// Whether the call was transferred away.
+    pub fn transferred(&self) -> bool {
+        self.transferred
+    }
+
     /// Whether the bot is audible (or about to be) at `now`.
     pub fn bot_playing(&self, now: Instant) -> bool {
-        self.playback.as_ref().is_some_and(|p| p.is_playing(now))
+        self.playback.is_playing(now)
     }
 
     /// Feed one input.
-    pub fn handle_input(&mut self, now: Instant, input: Input<'_>) -> Result<(), SessionError> {
+    pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
         self.advance(now);
         match input {
-            Input::Carrier(ev) => self.on_carrier(ev)?,
+            Input::Carrier(ev) => self.on_carrier(ev),
             Input::Engine(ev) => self.on_engine(ev),
             Input::Control(c) => self.on_control(c),
+            Input::Reply(r) => {
+                if self.phase == Phase::Active {
+                    self.agent_reply(r);
+                }
+            }
         }
-        Ok(())
     }
 
-    /// The deadline from [`Session::poll_timeout`] passed.
+    /// Speak on the call's behalf (control API `say`): a clip, or text for
+    /// engines that speak text; after what is playing, or interrupting it.
+    pub fn say(&mut self, now: Instant, what: Say, interrupt: bool) {
+        self.advance(now);
+        if self.phase != Phase::Active {
+            return;
+        }
+        if interrupt {
+            self.interrupt(None);
+        }
+        let cmd = match what {
+            Say::Clip(c) => EngineCommand::Play(c),
+            Say::Text(t) => EngineCommand::Say(t),
+        };
+        self.cold(Cold::Engine(cmd));
+    }
+
+    /// The deadline from [`Session::poll_timeout`] passed (or any wake-up).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
         if self.phase != Phase::Active {
             return;
         }
-        if let TurnEvent::Ended { speech_end } = self.turn.expire(now) {
+        if let turn::TurnEvent::Ended { speech_end } = self.turn.expire(now) {
             self.end_turn(speech_end);
         }
+        self.agent_timeout();
     }
 
     /// When the session next needs [`Session::handle_timeout`].
@@ -291,20 +415,21 @@ impl Session {
         if self.phase != Phase::Active {
             return None;
         }
-        let release = self.playback.as_ref().and_then(|p| p.next_release(self.now));
+        let release = self.playback.next_release(self.now);
         // Frames normally end turns; the timer only matters if audio stops coming.
-        let endpoint = self.turn.endpoint_deadline().map(|d| d + 2 * FRAME);
-        match (release, endpoint) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let endpoint = self.turn.endpoint_deadline().map(|d| d + 2 * crate::audio::FRAME);
+        [release, endpoint, self.agent.poll_timeout()].into_iter().flatten().min()
     }
 
     /// Next output. Audio is released lazily here, at real time plus the lead.
     pub fn poll_output(&mut self) -> Option<Output<'_>> {
-        if self.engine_audio_queued && !self.pending.contains(&Pending::EngineAudio) {
+        if self.engine_audio_queued && !self.pending.iter().any(|p| matches!(p, Pending::EngineAudio)) {
             self.engine_audio.clear();
+            self.engine_encoded.clear();
             self.engine_audio_queued = false;
+        }
+        if !self.rec_caller.is_empty() && !self.pending.iter().any(|p| matches!(p, Pending::RecordCaller)) {
+            self.rec_caller.clear();
         }
         if let Some(p) = self.pending.pop_front() {
             return Some(self.pending_output(p));
@@ -313,39 +438,59 @@ impl Session {
             return None;
         }
         let now = self.now;
-        let playback = self.playback.as_mut()?;
-        let released = playback.release(now);
-        while let Some(f) = playback.take_retired() {
-            report_finished(&mut self.pending, &f, false);
+        let play_at = now + self.playback.buffered(now);
+        let released = self.playback.release(now);
+        while let Some(f) = self.playback.take_retired() {
+            self.finished(&f, false);
         }
         let Some(released) = released else {
             return self.pending.pop_front().map(|p| self.pending_output(p));
         };
-        if let Some(mark) = playback.take_due_mark() {
+        if let Some(mark) = self.playback.take_due_mark() {
             self.pending.push_back(Pending::Mark(mark));
+        }
+        if self.cfg.record {
+            let pos = self.rec.bot(self.playback.frame().len() as u64, play_at > now);
+            self.pending.push_back(Pending::RecordBot { pos });
         }
         if let (true, Some(speech_end)) = (released.first, self.awaiting_response) {
             self.awaiting_response = None;
-            self.pending
-                .push_back(Pending::Telemetry(Telemetry::ResponseLatency(now.saturating_duration_since(speech_end))));
+            self.telemetry(Telemetry::ResponseLatency(now.saturating_duration_since(speech_end)));
         }
-        Some(Output::ToCarrier(CarrierCommand::Audio(self.playback.as_ref()?.frame())))
+        Some(Output::ToCarrier(CarrierCommand::Audio(self.playback.frame())))
     }
 
-    fn pending_output(&self, p: Pending) -> Output<'_> {
+    fn pending_output(&mut self, p: Pending) -> Output<'_> {
         match p {
             Pending::Clear => Output::ToCarrier(CarrierCommand::Clear),
             Pending::Mark(m) => Output::ToCarrier(CarrierCommand::Mark(m)),
             Pending::EngineStart => Output::ToEngine(EngineCommand::Start),
-            Pending::EngineAudio => Output::ToEngine(EngineCommand::Audio(&self.engine_audio)),
-            Pending::EngineCreate => Output::ToEngine(EngineCommand::CreateResponse),
+            Pending::EngineAudio => Output::ToEngine(EngineCommand::Audio(match self.engine.input {
+                InputAudio::Passthrough(_) => AudioRef::Encoded(&self.engine_encoded),
+                _ => AudioRef::Pcm(&self.engine_audio),
+            })),
+            Pending::EngineEndOfTurn => Output::ToEngine(EngineCommand::EndOfTurn),
             Pending::EngineCancel { response, heard_ms } => {
                 Output::ToEngine(EngineCommand::Cancel { response, heard_ms })
             }
             Pending::EngineStop => Output::ToEngine(EngineCommand::Stop),
             Pending::Telemetry(t) => Output::Telemetry(t),
+            Pending::RecordCaller => Output::Record(RecordOp::Caller { pcm: &self.rec_caller }),
+            Pending::RecordBot { pos } => Output::Record(RecordOp::Bot { pcm: self.playback.frame(), pos }),
+            Pending::RecordClear { pos } => Output::Record(RecordOp::Clear { pos }),
             Pending::End(r) => Output::End(r),
+            Pending::Cold(c) => match *c {
+                Cold::Engine(cmd) => Output::ToEngine(cmd),
+                Cold::Event(e) => Output::Event(e),
+                Cold::Request(r) => Output::Request(r),
+                Cold::Note(k, v) => Output::Note(k, v),
+                Cold::Incident(i) => Output::Incident(i),
+            },
         }
+    }
+
+    fn cold(&mut self, c: Cold) {
+        self.pending.push_back(Pending::Cold(Box::new(c)));
     }
 
     fn advance(&mut self, now: Instant) {
@@ -354,96 +499,28 @@ impl Session {
         }
     }
 
-    fn on_carrier(&mut self, ev: CarrierEvent<'_>) -> Result<(), SessionError> {
-        match ev {
-            CarrierEvent::Start(info) => {
-                if self.phase != Phase::AwaitingStart {
-                    return Ok(());
-                }
-                let rate = info.sample_rate;
-                self.frame = crate::audio::frame_samples(rate);
-                self.in_acc = Vec::with_capacity(self.frame);
-                self.vad = Some(VoiceDetector::new(&self.cfg.vad, rate)?);
-                self.playback = Some(Playback::new(&self.cfg.playback, rate, self.engine.output_rate)?);
-                if let Some(er) = self.engine.input_rate {
-                    if er != rate {
-                        self.to_engine = Some(Resampler::new(rate, er, self.frame)?);
-                    }
-                    self.engine_audio = Vec::with_capacity(crate::audio::frame_samples(er) * 4);
-                }
-                self.stream = Some(info);
-                self.phase = Phase::Active;
-                self.pending.push_back(Pending::EngineStart);
+    /// Account for telemetry: metrics (always) and the conversation (when
+    /// events are on).
+    fn telemetry(&mut self, t: Telemetry) {
+        self.pending.push_back(Pending::Telemetry(t));
+        if self.agent.events_on() {
+            for ev in self.agent.conversation.on_telemetry(&t, self.now) {
+                self.cold(Cold::Event(ev));
             }
-            CarrierEvent::Audio(a) => {
-                if self.phase != Phase::Active {
-                    return Ok(());
-                }
-                let mut pcm = a.pcm;
-                while !pcm.is_empty() {
-                    let take = (self.frame - self.in_acc.len()).min(pcm.len());
-                    self.in_acc.extend_from_slice(&pcm[..take]);
-                    pcm = &pcm[take..];
-                    if self.in_acc.len() == self.frame {
-                        self.on_frame();
-                        self.in_acc.clear();
-                    }
-                }
-            }
-            CarrierEvent::Dtmf(d) => self.pending.push_back(Pending::Telemetry(Telemetry::Dtmf(d))),
-            CarrierEvent::Mark(Some(m)) => {
-                if let Some(p) = &mut self.playback {
-                    p.on_mark(m);
-                }
-            }
-            CarrierEvent::Mark(None) | CarrierEvent::Connected | CarrierEvent::Ignored => {}
-            CarrierEvent::Stop => self.end(HangupReason::CarrierStop),
         }
-        Ok(())
     }
 
-    /// One whole 20 ms caller frame is in `in_acc`.
-    fn on_frame(&mut self) {
-        let now = self.now;
-        let Some(vad) = self.vad.as_mut() else { return };
-        let d = vad.process(&self.in_acc);
-        if self.engine.input_rate.is_some() {
-            let start = self.engine_audio.len();
-            match &mut self.to_engine {
-                Some(r) => {
-                    let n = r.output_len(self.in_acc.len());
-                    self.engine_audio.resize(start + n, 0);
-                    r.process(&self.in_acc, &mut self.engine_audio[start..]);
-                }
-                None => self.engine_audio.extend_from_slice(&self.in_acc),
-            }
-            if !self.engine_audio_queued {
-                self.engine_audio_queued = true;
-                self.pending.push_back(Pending::EngineAudio);
-            }
-        }
-        let loud = d.level_dbfs >= self.cfg.turn.echo_guard_dbfs;
-        let ev = self.turn.on_frame(now, FRAME, d.speech, loud);
-        if let TurnEvent::Ended { speech_end } = ev {
-            self.end_turn(speech_end);
-            return;
-        }
-        if !d.speech || self.turn.in_turn() {
-            return;
-        }
-        let playback = self.playback.as_ref().expect("active session has playback");
-        if playback.is_playing(now) {
-            if turn::should_barge_in(&self.cfg.turn, self.turn.loud_run(), playback.playing_for(now)) {
-                let onset = self.turn.run_start().unwrap_or(now);
-                self.interrupt(Some(onset));
-                self.start_turn(onset);
-            }
-        } else if turn::should_start_turn(&self.cfg.turn, self.turn.speech_run()) {
-            // A response still being generated (nothing audible yet) is moot now.
-            if playback.has_live_response() {
-                self.interrupt(None);
-            }
-            self.start_turn(self.turn.run_start().unwrap_or(now));
+    /// Report a response that reached the carrier and is now over (not one
+    /// cut off before any of its audio went out).
+    fn finished(&mut self, r: &Interrupted, interrupted: bool) {
+        if let Some(started) = r.started {
+            self.telemetry(Telemetry::ResponseFinished {
+                response: r.response,
+                started,
+                sent_ms: r.sent_ms,
+                heard_ms: r.heard_ms,
+                interrupted,
+            });
         }
     }
 
@@ -451,42 +528,46 @@ impl Session {
         self.turn_onset = Some(onset);
         self.turn.start_turn();
         self.awaiting_response = None;
-        self.pending.push_back(Pending::Telemetry(Telemetry::TurnStarted));
+        self.telemetry(Telemetry::TurnStarted);
     }
 
     fn end_turn(&mut self, speech_end: Instant) {
         self.awaiting_response = Some(speech_end);
+        self.awaiting_engine = Some(self.now);
         let start = self.turn_onset.take().unwrap_or(speech_end).min(speech_end);
-        self.pending.push_back(Pending::Telemetry(Telemetry::TurnEnded { start, end: speech_end }));
-        self.pending.push_back(Pending::EngineCreate);
+        self.telemetry(Telemetry::TurnEnded { start, end: speech_end });
+        self.pending.push_back(Pending::EngineEndOfTurn);
     }
 
     /// Stop the bot: clear the carrier if it holds audio, drop queued audio,
     /// cancel the engine's responses with what the caller heard.
     fn interrupt(&mut self, onset: Option<Instant>) {
         let now = self.now;
-        let Some(playback) = self.playback.as_mut() else {
-            return;
-        };
-        let carrier_had_audio = playback.carrier_buffered(now);
+        let carrier_had_audio = self.playback.carrier_buffered(now);
         self.interrupted.clear();
-        playback.interrupt(now, &mut self.interrupted);
-        if carrier_had_audio {
+        self.playback.interrupt(now, &mut self.interrupted);
+        if carrier_had_audio && self.caps.clear {
             self.pending.push_back(Pending::Clear);
         }
-        if let (Some(onset), Some(first)) = (onset, self.interrupted.first()) {
-            self.pending.push_back(Pending::Telemetry(Telemetry::BargeIn {
+        if carrier_had_audio && self.cfg.record {
+            let pos = self.rec.clear();
+            self.pending.push_back(Pending::RecordClear { pos });
+        }
+        let interrupted = std::mem::take(&mut self.interrupted);
+        if let (Some(onset), Some(first)) = (onset, interrupted.first()) {
+            self.telemetry(Telemetry::BargeIn {
                 latency: now.saturating_duration_since(onset),
                 heard_ms: first.heard_ms,
                 response: first.response,
                 onset,
-            }));
+            });
         }
-        for i in &self.interrupted {
+        for i in &interrupted {
             self.cancelled_upto = Some(self.cancelled_upto.map_or(i.response, |c| c.max(i.response)));
             self.pending.push_back(Pending::EngineCancel { response: i.response, heard_ms: i.heard_ms });
-            report_finished(&mut self.pending, i, true);
+            self.finished(i, true);
         }
+        self.interrupted = interrupted;
     }
 
     fn on_engine(&mut self, ev: EngineEvent) {
@@ -494,26 +575,34 @@ impl Session {
             return;
         }
         let stale = |id: ResponseId, c: Option<ResponseId>| c.is_some_and(|c| id <= c);
-        let Some(playback) = self.playback.as_mut() else {
-            return;
-        };
         match ev {
             EngineEvent::ResponseStarted(id) => {
                 if !stale(id, self.cancelled_upto) {
-                    playback.start_response(id);
+                    self.playback.start_response(id);
                 }
             }
             EngineEvent::Audio(chunk) => {
                 if stale(chunk.response, self.cancelled_upto) {
                     self.pending.push_back(Pending::Telemetry(Telemetry::StaleAudioDropped(chunk.len())));
                 } else {
-                    let dropped = playback.push(chunk);
+                    if let Some(asked) = self.awaiting_engine.take() {
+                        self.telemetry(Telemetry::EngineFirstAudio(self.now.saturating_duration_since(asked)));
+                    }
+                    let dropped = self.playback.push(chunk);
                     if dropped > 0 {
                         self.pending.push_back(Pending::Telemetry(Telemetry::QueueOverflow(dropped)));
                     }
                 }
             }
-            EngineEvent::ResponseDone(id) => playback.finish(id),
+            EngineEvent::ResponseDone(id) => self.playback.finish(id),
+            EngineEvent::SpeechStarted => {
+                // The engine heard the caller: stop the bot now (our own VAD may
+                // follow; it finds nothing left to interrupt).
+                if self.playback.is_playing(self.now) {
+                    self.interrupt(Some(self.now));
+                }
+            }
+            other => self.agent_engine_event(other),
         }
     }
 
@@ -521,6 +610,7 @@ impl Session {
         match c {
             ControlCommand::Hangup => self.end(HangupReason::Control),
             ControlCommand::Shutdown => self.end(HangupReason::Shutdown),
+            ControlCommand::Transferred => self.transferred = true,
             ControlCommand::Interrupt => {
                 if self.phase == Phase::Active {
                     self.interrupt(None);
@@ -535,48 +625,48 @@ impl Session {
         }
         if self.phase == Phase::Active {
             // A response cut off by the end of the call: report what was heard.
-            if let Some(playback) = self.playback.as_mut() {
-                self.interrupted.clear();
-                playback.interrupt(self.now, &mut self.interrupted);
-                for i in &self.interrupted {
-                    report_finished(&mut self.pending, i, true);
-                }
+            self.interrupted.clear();
+            self.playback.interrupt(self.now, &mut self.interrupted);
+            let interrupted = std::mem::take(&mut self.interrupted);
+            for i in &interrupted {
+                self.finished(i, true);
+            }
+            self.interrupted = interrupted;
+            if let Some(ev) = self.agent.conversation.flush()
+                && self.agent.events_on()
+            {
+                self.cold(Cold::Event(ev));
             }
             self.pending.push_back(Pending::EngineStop);
         }
+        let reason =
+            if reason == HangupReason::CarrierStop && self.transferred { HangupReason::Transferred } else { reason };
         self.phase = Phase::Ended;
         self.pending.push_back(Pending::End(reason));
     }
 
-    /// Change the engine's audio formats; only before the stream starts (later
-    /// calls are ignored: the resamplers are built at `start`).
-    pub fn set_engine_format(&mut self, engine: EngineFormat) {
-        if self.phase == Phase::AwaitingStart {
-            self.engine = engine;
-        }
-    }
-
-    /// Replace the turn settings (a call plan's overrides). Takes effect for the
-    /// next decision; meant for the moment the stream starts.
-    pub fn set_turn_config(&mut self, turn: turn::TurnConfig) {
-        if self.cfg.turn.endpoint_silence_ms != turn.endpoint_silence_ms && !self.turn.in_turn() {
-            self.turn = TurnDetector::new(Duration::from_millis(turn.endpoint_silence_ms as u64));
-        }
-        self.cfg.turn = turn;
+    /// The `call.ended` report so far (without the shell's fields: recording,
+    /// events dropped, the logged conversation).
+    pub fn summary(&self, reason: &str, now: Instant) -> CallSummary {
+        self.agent.conversation.summary(reason, now, 0)
     }
 
     /// What the caller has heard of the current response so far.
     pub fn heard_ms(&self, now: Instant) -> u32 {
-        self.playback.as_ref().map_or(0, |p| p.heard_ms(now))
-    }
-
-    /// When the carrier will start playing the last audio frame output.
-    pub fn last_play_at(&self) -> Option<Instant> {
-        self.playback.as_ref().and_then(|p| p.last_play_at())
+        self.playback.heard_ms(now)
     }
 
     /// Marks sent and not yet echoed.
     pub fn pending_marks(&self) -> usize {
-        self.playback.as_ref().map_or(0, |p| p.pending_marks())
+        self.playback.pending_marks()
     }
+}
+
+/// What [`Session::say`] speaks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Say {
+    /// A clip (8 kHz PCM).
+    Clip(std::sync::Arc<[i16]>),
+    /// Text (engines that speak text).
+    Text(String),
 }

@@ -101,14 +101,16 @@ pub struct Playback {
     marks: VecDeque<(MarkId, ResponseId, u64)>,
     next_mark: u64,
     mark_interval: u64,
+    issue_marks: bool,
     due_mark: Option<MarkId>,
     retired: VecDeque<Interrupted>,
     last_play_at: Option<Instant>,
 }
 
 impl Playback {
-    /// Playback to a carrier at `rate` Hz of engine audio at `engine_rate` Hz.
-    pub fn new(cfg: &PlaybackConfig, rate: u32, engine_rate: u32) -> Result<Self, ResampleError> {
+    /// Playback to a carrier at `rate` Hz of engine audio at `engine_rate` Hz;
+    /// `marks` if the carrier echoes playback markers (none are issued otherwise).
+    pub fn new(cfg: &PlaybackConfig, rate: u32, engine_rate: u32, marks: bool) -> Result<Self, ResampleError> {
         let per = cfg.frames_per_message.clamp(1, 10) as usize;
         let frame = crate::audio::frame_samples(rate) * per;
         let engine_frame = crate::audio::frame_samples(engine_rate) * per;
@@ -128,6 +130,7 @@ impl Playback {
             marks: VecDeque::with_capacity(16),
             next_mark: 0,
             mark_interval: cfg.mark_interval_ms as u64 * rate as u64 / 1000,
+            issue_marks: marks,
             due_mark: None,
             retired: VecDeque::with_capacity(4),
             last_play_at: None,
@@ -176,6 +179,11 @@ impl Playback {
     /// Whether the bot is audible or about to be: audio at the far end or queued.
     pub fn is_playing(&self, now: Instant) -> bool {
         self.pacer.is_playing(now) || self.queued > 0
+    }
+
+    /// Audio believed buffered at the carrier at `now`.
+    pub fn buffered(&self, now: Instant) -> Duration {
+        self.pacer.buffered(now)
     }
 
     /// Whether the carrier is holding audio (a `clear` would drop something).
@@ -270,7 +278,7 @@ impl Playback {
             r.sent += self.frame as u64;
             r.since_mark += self.frame as u64;
             let finished = r.done && self.queue.front().is_none_or(|c| c.response != id);
-            if r.since_mark >= self.mark_interval || finished {
+            if self.issue_marks && (r.since_mark >= self.mark_interval || finished) {
                 r.since_mark = 0;
                 let mark = MarkId(self.next_mark);
                 self.next_mark += 1;
@@ -392,7 +400,7 @@ mod tests {
 
     #[test]
     fn two_frames_per_message_release_40_ms_at_a_time_within_the_lead() {
-        let mut p = Playback::new(&PlaybackConfig::default(), 8000, 8000).unwrap();
+        let mut p = Playback::new(&PlaybackConfig::default(), 8000, 8000, true).unwrap();
         let t0 = Instant::now();
         p.push(chunk(1, 8000, 1));
         p.finish(ResponseId(1));
@@ -412,7 +420,7 @@ mod tests {
 
     #[test]
     fn releases_whole_frames_and_pads_the_tail() {
-        let mut p = Playback::new(&one(), 8000, 8000).unwrap();
+        let mut p = Playback::new(&one(), 8000, 8000, true).unwrap();
         let t0 = Instant::now();
         p.start_response(ResponseId(1));
         p.push(chunk(1, 400, 7));
@@ -435,7 +443,7 @@ mod tests {
     #[test]
     fn interrupt_reports_heard_position_from_pacer_and_marks() {
         let cfg = PlaybackConfig { lead_ms: 60, mark_interval_ms: 100, ..one() };
-        let mut p = Playback::new(&cfg, 8000, 8000).unwrap();
+        let mut p = Playback::new(&cfg, 8000, 8000, true).unwrap();
         let t0 = Instant::now();
         p.start_response(ResponseId(1));
         p.push(chunk(1, 8000, 1));
@@ -475,7 +483,7 @@ mod tests {
     #[test]
     fn mark_confirmation_floors_the_heard_position() {
         let cfg = PlaybackConfig { lead_ms: 1000, mark_interval_ms: 100, ..one() };
-        let mut p = Playback::new(&cfg, 8000, 8000).unwrap();
+        let mut p = Playback::new(&cfg, 8000, 8000, true).unwrap();
         let t0 = Instant::now();
         p.push(chunk(1, 1600, 1));
         let mut marks = vec![];
@@ -491,14 +499,14 @@ mod tests {
     #[test]
     fn queue_limit_drops_and_counts() {
         let cfg = PlaybackConfig { max_queued_ms: 100, ..one() };
-        let mut p = Playback::new(&cfg, 8000, 8000).unwrap();
+        let mut p = Playback::new(&cfg, 8000, 8000, true).unwrap();
         assert_eq!(p.push(chunk(1, 800, 1)), 0);
         assert_eq!(p.push(chunk(1, 160, 1)), 160);
     }
 
     #[test]
     fn engine_audio_at_24k_is_resampled_to_carrier_frames() {
-        let mut p = Playback::new(&one(), 8000, 24000).unwrap();
+        let mut p = Playback::new(&one(), 8000, 24000, true).unwrap();
         let t0 = Instant::now();
         p.push(chunk(1, 480 * 2, 3000));
         p.finish(ResponseId(1));

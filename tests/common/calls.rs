@@ -6,9 +6,10 @@
 
 use std::time::Duration;
 
-use callbridge::carrier::twilio_peer::ServerMessage;
+use callbridge::carrier::twilio::signature as twsig;
 use callbridge::config::{Config, Secrets};
-use callbridge::signature::{callback as cbsig, twilio as twsig};
+use callbridge::signature::callback as cbsig;
+use callbridge_testkit::twilio_peer::ServerMessage;
 use tokio::time::{Instant, interval};
 
 use super::backend::{FakeBackend, Received};

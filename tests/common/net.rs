@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use callbridge::api::AppState;
 use callbridge::audio::g711;
-use callbridge::carrier::twilio_peer::{ServerMessage, TwilioPeer};
 use callbridge::config::Config;
+use callbridge_testkit::twilio_peer::{ServerMessage, TwilioPeer};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;

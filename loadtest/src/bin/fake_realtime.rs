@@ -1,4 +1,4 @@
-//! A FAKE OpenAI Realtime server for latency benchmarks: `callbridge::fakes::FakeRealtime`
+//! A FAKE OpenAI Realtime server for latency benchmarks: `callbridge_testkit::fake_realtime::FakeRealtime`
 //! on 127.0.0.1, answering every response at once with a canned clip. Runs until killed.
 //!
 //!     fake_realtime --port 19000 [--reply fixtures/audio/bot_reply_8k.wav]
@@ -29,8 +29,8 @@ async fn main() -> anyhow::Result<()> {
     let pcm = callbridge::engine::local::trim_silence(&pcm, rate);
     let mut ulaw = vec![0u8; pcm.len()];
     callbridge::audio::g711::ulaw_encode(&pcm, &mut ulaw);
-    let cfg = callbridge::fakes::FakeRealtimeConfig::new(Arc::from(ulaw));
-    let fake = callbridge::fakes::FakeRealtime::start_on(cfg, a.port).await?;
+    let cfg = callbridge_testkit::fake_realtime::FakeRealtimeConfig::new(Arc::from(ulaw));
+    let fake = callbridge_testkit::fake_realtime::FakeRealtime::start_on(cfg, a.port).await?;
     println!("{}", fake.url());
     tokio::signal::ctrl_c().await?;
     Ok(())

@@ -231,33 +231,36 @@ impl PlayoutModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::carrier::twilio::{TwilioCodec, TwilioLimits};
-    use crate::carrier::{CarrierCommand, CarrierEvent};
+    use callbridge::carrier::twilio::{TwilioCodec, TwilioLimits};
+    use callbridge::carrier::{CarrierCommand, CarrierEvent, WireOut};
 
     #[test]
     fn peer_messages_decode_in_the_server_codec_and_back() {
         let mut peer = TwilioPeer::new(7);
         let mut codec = TwilioCodec::new(TwilioLimits::default());
-        assert_eq!(codec.decode(&peer.connected()).unwrap(), CarrierEvent::Connected);
-        match codec.decode(&peer.start(&[("k", "v")])).unwrap() {
+        assert_eq!(codec.decode_text(&peer.connected()).unwrap(), CarrierEvent::Connected);
+        match codec.decode_text(&peer.start(&[("k", "v")])).unwrap() {
             CarrierEvent::Start(i) => {
-                assert_eq!(i.call_sid, peer.call_sid);
-                assert_eq!(i.custom_parameters, vec![("k".to_string(), "v".to_string())]);
+                assert_eq!(i.call_id, peer.call_sid);
+                assert_eq!(i.parameters, vec![("k".to_string(), "v".to_string())]);
             }
             e => panic!("{e:?}"),
         }
         assert!(
-            matches!(codec.decode(&peer.media(&[0xFF; 160], 20)).unwrap(), CarrierEvent::Audio(a) if a.pcm.len() == 160)
+            matches!(codec.decode_text(&peer.media(&[0xFF; 160], 20)).unwrap(), CarrierEvent::Audio(a) if a.pcm.len() == 160)
         );
-        assert_eq!(codec.decode(&peer.dtmf('5')).unwrap(), CarrierEvent::Dtmf('5'));
-        assert_eq!(codec.decode(&peer.stop()).unwrap(), CarrierEvent::Stop);
-        let mut out = String::new();
-        codec.encode(&CarrierCommand::Audio(&[0; 160]), &mut out).unwrap();
-        assert_eq!(peer.parse(&out).unwrap(), ServerMessage::Media(vec![0xFF; 160]));
-        out.clear();
-        codec.encode(&CarrierCommand::Clear, &mut out).unwrap();
-        assert_eq!(peer.parse(&out).unwrap(), ServerMessage::Clear);
-        assert!(matches!(TwilioPeer::new(8).parse(&out), Err(PeerError::WrongStream(_))));
+        assert_eq!(codec.decode_text(&peer.dtmf('5')).unwrap(), CarrierEvent::Dtmf('5'));
+        assert_eq!(codec.decode_text(&peer.stop()).unwrap(), CarrierEvent::Stop);
+        let mut out = WireOut::new(8, 1024);
+        let mut text = |codec: &mut TwilioCodec, cmd: CarrierCommand<'_>| {
+            codec.encode_into(&cmd, &mut out).unwrap();
+            String::from_utf8(out.pop().unwrap().data.to_vec()).unwrap()
+        };
+        let m = text(&mut codec, CarrierCommand::Audio(&[0; 160]));
+        assert_eq!(peer.parse(&m).unwrap(), ServerMessage::Media(vec![0xFF; 160]));
+        let c = text(&mut codec, CarrierCommand::Clear);
+        assert_eq!(peer.parse(&c).unwrap(), ServerMessage::Clear);
+        assert!(matches!(TwilioPeer::new(8).parse(&c), Err(PeerError::WrongStream(_))));
     }
 
     #[test]

@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::{AgentTurn, CallSummary, Event, TurnLatency, UserTurn};
+use super::Telemetry;
+use crate::contract::{AgentTurn, CallSummary, Event, TurnLatency, UserTurn};
 use crate::ids::ResponseId;
-use crate::session::Telemetry;
 
 /// One call's conversation so far.
 #[derive(Debug)]
@@ -97,13 +97,6 @@ impl Conversation {
         }
     }
 
-    /// Time to first engine audio of the latest exchange.
-    pub fn engine_first_audio(&mut self, d: std::time::Duration) {
-        if let Some(l) = self.latencies.last_mut().filter(|l| l.engine_first_audio_ms.is_none()) {
-            l.engine_first_audio_ms = Some(d.as_millis() as u32);
-        }
-    }
-
     /// Account for one telemetry item; returns the events to send, in order.
     pub fn on_telemetry(&mut self, t: &Telemetry, now: Instant) -> Vec<Event> {
         let Some(ev) = self.event_for(t, now) else { return Vec::new() };
@@ -125,6 +118,12 @@ impl Conversation {
                     end_ms: ms(self.origin, end),
                     transcript: self.pending_transcript.take(),
                 }))
+            }
+            Telemetry::EngineFirstAudio(d) => {
+                if let Some(l) = self.latencies.last_mut().filter(|l| l.engine_first_audio_ms.is_none()) {
+                    l.engine_first_audio_ms = Some(d.as_millis() as u32);
+                }
+                None
             }
             Telemetry::ResponseLatency(d) => {
                 if let Some(l) = self.latencies.last_mut().filter(|l| l.response_latency_ms.is_none()) {

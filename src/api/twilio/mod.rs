@@ -1,5 +1,8 @@
 //! Twilio entry points: the voice webhook that answers with TwiML, and the
-//! Media Streams WebSocket upgrade.
+//! Media Streams WebSocket upgrade (the call then runs on the carrier-neutral
+//! call task with the [`TwilioCodec`]); [`rest`] acts on live calls.
+
+pub mod rest;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,12 +16,14 @@ use tracing::{info, warn};
 
 use super::AppState;
 use crate::callback::client::Target;
-use crate::callback::{CallPlan, Envelope, Event};
+use crate::carrier::twilio::signature as twilio_sig;
+use crate::carrier::twilio::{FROM_PARAM, TO_PARAM, TOKEN_PARAM, TwilioCodec};
 use crate::config::UnknownNumbers;
+use crate::contract::{CallPlan, Envelope, Event};
 use crate::ids::CallId;
 use crate::runtime::admission::Route;
-use crate::runtime::call_task::{TOKEN_PARAM, run_twilio_call};
-use crate::signature::twilio as twilio_sig;
+use crate::runtime::call_task::run_call;
+use crate::runtime::transport::AxumSocket;
 
 /// Header Twilio signs requests with.
 pub const SIGNATURE_HEADER: &str = "X-Twilio-Signature";
@@ -67,6 +72,18 @@ fn refuse(reason: &'static str) -> Response {
     (StatusCode::FORBIDDEN, "invalid Twilio signature\n").into_response()
 }
 
+/// Twilio's routes.
+pub fn routes() -> axum::Router<Arc<AppState>> {
+    axum::Router::new()
+        .route("/twilio/voice", axum::routing::post(voice))
+        .route("/twilio/stream", axum::routing::get(stream))
+}
+
+/// Whether Twilio requests must be signed.
+fn validating(s: &AppState) -> bool {
+    s.config.server.validate_twilio_signatures
+}
+
 /// `POST /twilio/voice`: Twilio's incoming-call webhook. Validates the
 /// signature, looks the called number up, asks its backend for the call plan
 /// (within the blocking budget), and answers `<Connect><Stream>` with a token
@@ -77,7 +94,7 @@ pub async fn voice(
     headers: HeaderMap,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    if s.call.validate {
+    if validating(&s) {
         let path = uri.path_and_query().map_or("/twilio/voice", |p| p.as_str());
         let url = format!("{}{path}", s.config.public_http_url());
         let sig = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -143,11 +160,11 @@ pub async fn voice(
             }
         }
     }
-    let token = s.call.tokens.issue(call_sid);
-    let mut params = vec![("from", from), ("to", to)];
+    let mut params = vec![(FROM_PARAM, from), (TO_PARAM, to)];
+    let token;
     if !call_sid.is_empty() {
+        token = s.call.pending.insert("twilio", call_sid, route);
         params.push((TOKEN_PARAM, token.as_str()));
-        s.call.pending.insert(call_sid, route);
     }
     params.retain(|(_, v)| !v.is_empty());
     twiml(connect_twiml(&s.config.server.public_url, &params))
@@ -155,7 +172,7 @@ pub async fn voice(
 
 /// `GET /twilio/stream`: the Media Streams WebSocket.
 pub async fn stream(State(s): State<Arc<AppState>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
-    if s.call.validate {
+    if validating(&s) {
         // Signed over the stream URL exactly as in <Stream url>, no parameters.
         let url = format!("{}/twilio/stream", s.config.server.public_url.trim_end_matches('/'));
         let sig = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -169,12 +186,15 @@ pub async fn stream(State(s): State<Arc<AppState>>, headers: HeaderMap, ws: WebS
     }
     let cfg = &s.config.server;
     let ctx = s.call.clone();
+    let codec = TwilioCodec::new(crate::carrier::twilio::TwilioLimits {
+        max_payload_bytes: (cfg.max_message_bytes / 4 * 3).min(64 * 1024),
+    });
     ws.read_buffer_size(cfg.read_buffer_bytes)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(cfg.max_message_bytes)
         .max_frame_size(cfg.max_message_bytes)
-        .on_upgrade(move |socket| run_twilio_call(socket, ctx))
+        .on_upgrade(move |socket| run_call(AxumSocket::new(socket), Box::new(codec), ctx))
 }
 
 #[cfg(test)]

@@ -9,8 +9,13 @@
 //! Parsing is into one flat struct with borrowed fields (an internally tagged enum
 //! costs 2× in serde, PERFORMANCE.md); audio is base64-decoded and µ-law-decoded
 //! into scratch buffers owned by the codec, so a `media` frame allocates nothing.
-//! Outbound messages are written by template into a caller-supplied `String`:
+//! Outbound messages are written by template into the [`WireOut`] arena:
 //! base64 and validated SIDs never need JSON escaping.
+//!
+//! Twilio's far end buffers what we send, supports `clear` and echoes marks;
+//! audio is µ-law 8 kHz both ways. Binary frames are not part of the protocol.
+
+pub mod signature;
 
 use std::borrow::Cow;
 
@@ -18,9 +23,20 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Deserializer};
 
-use super::{AudioEncoding, AudioIn, CarrierCommand, CarrierEvent, StreamInfo};
+use super::wire::put_base64;
+use super::{
+    AudioFormat, AudioIn, Capabilities, Carrier, CarrierCommand, CarrierError, CarrierEvent, Severity, StreamInfo,
+    WireIn, WireOut, close,
+};
 use crate::audio::g711;
 use crate::ids::MarkId;
+
+/// The `<Parameter>` carrying the per-call stream token.
+pub const TOKEN_PARAM: &str = "cb_token";
+/// The `<Parameter>` carrying the caller's number.
+pub const FROM_PARAM: &str = "from";
+/// The `<Parameter>` carrying the called number.
+pub const TO_PARAM: &str = "to";
 
 /// Errors decoding or encoding Twilio messages.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +87,9 @@ pub enum TwilioError {
     /// We were asked to send before the stream started.
     #[error("cannot send before start")]
     NotStarted,
+    /// A binary WebSocket message (Twilio only sends text).
+    #[error("binary message (Twilio sends JSON text only)")]
+    Binary,
 }
 
 impl TwilioError {
@@ -90,13 +109,23 @@ impl TwilioError {
             TwilioError::BadDigit(_) => "bad_dtmf",
             TwilioError::WrongStream => "wrong_stream",
             TwilioError::NotStarted => "not_started",
+            TwilioError::Binary => "binary_frame",
         }
     }
 
     /// Whether the call cannot go on after this error (the stream is unusable),
     /// as opposed to one bad message that is counted and skipped.
     pub fn is_fatal(&self) -> bool {
-        matches!(
+        self.severity() == Severity::Fatal
+    }
+
+    /// How much the error matters: an unknown event is Twilio adding one (never
+    /// held against the call), a bad message is skipped, a broken stream is fatal.
+    pub fn severity(&self) -> Severity {
+        if matches!(self, TwilioError::UnknownEvent(_)) {
+            return Severity::Ignorable;
+        }
+        let fatal = matches!(
             self,
             TwilioError::BeforeStart(_)
                 | TwilioError::DuplicateStart
@@ -104,7 +133,15 @@ impl TwilioError {
                 | TwilioError::InvalidSid(_)
                 | TwilioError::Missing("start")
                 | TwilioError::NotStarted
-        )
+        );
+        if fatal { Severity::Fatal } else { Severity::Skip }
+    }
+}
+
+impl From<TwilioError> for CarrierError {
+    fn from(e: TwilioError) -> Self {
+        let code = if matches!(e, TwilioError::UnsupportedFormat { .. }) { close::UNSUPPORTED } else { close::POLICY };
+        CarrierError::new(e.code(), e.severity(), e.to_string()).with_close_code(code)
     }
 }
 
@@ -264,7 +301,7 @@ impl TwilioCodec {
     }
 
     /// Decode one text message.
-    pub fn decode(&mut self, text: &str) -> Result<CarrierEvent<'_>, TwilioError> {
+    pub fn decode_text(&mut self, text: &str) -> Result<CarrierEvent<'_>, TwilioError> {
         let raw: Raw<'_> = serde_json::from_str(text)?;
         match raw.event.as_ref() {
             "media" => {
@@ -342,28 +379,34 @@ impl TwilioCodec {
                 if encoding != "audio/x-mulaw" || rate != 8000 || ch != 1 {
                     return Err(TwilioError::UnsupportedFormat { encoding, sample_rate: rate, channels: ch });
                 }
-                let custom_parameters = start
-                    .custom_parameters
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| {
-                        let v = match v {
-                            serde_json::Value::String(s) => s,
-                            other => other.to_string(),
-                        };
-                        (k, v)
-                    })
-                    .collect();
-                self.stream_sid = Some(sid.clone());
-                Ok(CarrierEvent::Start(StreamInfo {
+                let mut info = StreamInfo {
                     carrier: "twilio",
-                    call_sid,
-                    stream_sid: sid,
-                    account_sid: start.account_sid.unwrap_or_default(),
-                    custom_parameters,
-                    encoding: AudioEncoding::Pcmu,
-                    sample_rate: 8000,
-                }))
+                    call_id: call_sid,
+                    stream_id: sid.clone(),
+                    from: String::new(),
+                    to: String::new(),
+                    token: None,
+                    parameters: Vec::new(),
+                    carrier_ids: Vec::new(),
+                    format: AudioFormat::PCMU_8K,
+                };
+                for (k, v) in start.custom_parameters.unwrap_or_default() {
+                    let v = match v {
+                        serde_json::Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    match k.as_str() {
+                        TOKEN_PARAM => info.token = Some(v),
+                        FROM_PARAM => info.from = v,
+                        TO_PARAM => info.to = v,
+                        _ => info.parameters.push((k, v)),
+                    }
+                }
+                if let Some(account) = start.account_sid.filter(|a| valid_sid(a)) {
+                    info.carrier_ids.push(("account_sid", account));
+                }
+                self.stream_sid = Some(sid);
+                Ok(CarrierEvent::Start(info))
             }
             "connected" => Ok(CarrierEvent::Connected),
             "stop" => Ok(CarrierEvent::Stop),
@@ -372,31 +415,62 @@ impl TwilioCodec {
     }
 
     /// Append the wire message for `cmd` to `out` (one JSON text message).
-    pub fn encode(&mut self, cmd: &CarrierCommand<'_>, out: &mut String) -> Result<(), TwilioError> {
+    pub fn encode_into(&mut self, cmd: &CarrierCommand<'_>, out: &mut WireOut) -> Result<(), TwilioError> {
         let sid = self.stream_sid.as_deref().ok_or(TwilioError::NotStarted)?;
         match cmd {
             CarrierCommand::Audio(pcm) => {
                 self.ulaw_out.resize(pcm.len(), 0);
                 g711::ulaw_encode(pcm, &mut self.ulaw_out);
-                out.push_str(r#"{"event":"media","streamSid":""#);
-                out.push_str(sid);
-                out.push_str(r#"","media":{"payload":""#);
-                B64.encode_string(&self.ulaw_out, out);
-                out.push_str(r#""}}"#);
+                let ulaw = &self.ulaw_out;
+                out.text(|b| {
+                    b.extend_from_slice(br#"{"event":"media","streamSid":""#);
+                    b.extend_from_slice(sid.as_bytes());
+                    b.extend_from_slice(br#"","media":{"payload":""#);
+                    put_base64(b, ulaw);
+                    b.extend_from_slice(br#""}}"#);
+                });
             }
-            CarrierCommand::Mark(id) => {
+            CarrierCommand::Mark(id) => out.text(|b| {
                 use std::fmt::Write;
-                out.push_str(r#"{"event":"mark","streamSid":""#);
-                out.push_str(sid);
-                let _ = write!(out, r#"","mark":{{"name":"{}"}}}}"#, id.0);
-            }
-            CarrierCommand::Clear => {
-                out.push_str(r#"{"event":"clear","streamSid":""#);
-                out.push_str(sid);
-                out.push_str(r#""}"#);
-            }
+                b.extend_from_slice(br#"{"event":"mark","streamSid":""#);
+                b.extend_from_slice(sid.as_bytes());
+                let _ = write!(b, r#"","mark":{{"name":"{}"}}}}"#, id.0);
+            }),
+            CarrierCommand::Clear => out.text(|b| {
+                b.extend_from_slice(br#"{"event":"clear","streamSid":""#);
+                b.extend_from_slice(sid.as_bytes());
+                b.extend_from_slice(br#""}"#);
+            }),
         }
         Ok(())
+    }
+}
+
+impl Carrier for TwilioCodec {
+    fn name(&self) -> &'static str {
+        "twilio"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            format: AudioFormat::PCMU_8K,
+            far_end_buffer: true,
+            clear: true,
+            marks: true,
+            dtmf: true,
+            frames_per_message: None,
+        }
+    }
+
+    fn decode(&mut self, _now: std::time::Instant, msg: WireIn<'_>) -> Result<CarrierEvent<'_>, CarrierError> {
+        match msg {
+            WireIn::Text(t) => self.decode_text(t).map_err(CarrierError::from),
+            WireIn::Binary(_) => Err(TwilioError::Binary.into()),
+        }
+    }
+
+    fn encode(&mut self, cmd: &CarrierCommand<'_>, out: &mut WireOut) -> Result<(), CarrierError> {
+        self.encode_into(cmd, out).map_err(CarrierError::from)
     }
 }
 
@@ -407,7 +481,14 @@ mod tests {
     fn started() -> TwilioCodec {
         let mut c = TwilioCodec::new(TwilioLimits::default());
         let start = r#"{"event":"start","sequenceNumber":"1","streamSid":"MZ1","start":{"accountSid":"AC1","streamSid":"MZ1","callSid":"CA1","tracks":["inbound"],"customParameters":{"a":"b"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#;
-        assert!(matches!(c.decode(start).unwrap(), CarrierEvent::Start(_)));
+        match c.decode_text(start).unwrap() {
+            CarrierEvent::Start(info) => {
+                assert_eq!((info.call_id.as_str(), info.stream_id.as_str()), ("CA1", "MZ1"));
+                assert_eq!(info.parameters, vec![("a".to_string(), "b".to_string())]);
+                assert_eq!(info.carrier_id("account_sid"), Some("AC1"));
+            }
+            other => panic!("{other:?}"),
+        }
         c
     }
 
@@ -418,7 +499,7 @@ mod tests {
         let msg = format!(
             r#"{{"event":"media","sequenceNumber":"2","streamSid":"MZ1","media":{{"track":"inbound","chunk":"1","timestamp":"20","payload":"{payload}"}}}}"#
         );
-        match c.decode(&msg).unwrap() {
+        match c.decode_text(&msg).unwrap() {
             CarrierEvent::Audio(a) => {
                 assert_eq!(a.pcm, &[0, -32124, 32124, -8]);
                 assert_eq!(a.timestamp_ms, Some(20));
@@ -432,7 +513,7 @@ mod tests {
         let mut c = started();
         // "\/" is a legal JSON escape of "/" that a sender may use inside base64.
         let msg = r#"{"event":"media","streamSid":"M\u005a1","media":{"track":"inbound","payload":"\/w=="}}"#;
-        match c.decode(msg).unwrap() {
+        match c.decode_text(msg).unwrap() {
             CarrierEvent::Audio(a) => assert_eq!(a.pcm, &[0]),
             other => panic!("{other:?}"),
         }
@@ -442,57 +523,70 @@ mod tests {
     fn numbers_as_numbers_are_accepted_too() {
         let mut c = started();
         let msg = r#"{"event":"media","sequenceNumber":2,"streamSid":"MZ1","media":{"track":"inbound","chunk":1,"timestamp":40,"payload":"/w=="}}"#;
-        assert!(matches!(c.decode(msg).unwrap(), CarrierEvent::Audio(AudioIn { timestamp_ms: Some(40), .. })));
+        assert!(matches!(c.decode_text(msg).unwrap(), CarrierEvent::Audio(AudioIn { timestamp_ms: Some(40), .. })));
     }
 
     #[test]
     fn outbound_messages_are_exact() {
         let mut c = started();
-        let mut s = String::new();
-        c.encode(&CarrierCommand::Clear, &mut s).unwrap();
-        assert_eq!(s, r#"{"event":"clear","streamSid":"MZ1"}"#);
-        s.clear();
-        c.encode(&CarrierCommand::Mark(MarkId(42)), &mut s).unwrap();
-        assert_eq!(s, r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"42"}}"#);
-        s.clear();
-        c.encode(&CarrierCommand::Audio(&[0, 0]), &mut s).unwrap();
+        let mut out = WireOut::new(16, 1024);
+        let mut one = |c: &mut TwilioCodec, cmd: CarrierCommand<'_>| {
+            c.encode_into(&cmd, &mut out).unwrap();
+            String::from_utf8(out.pop().unwrap().data.to_vec()).unwrap()
+        };
+        assert_eq!(one(&mut c, CarrierCommand::Clear), r#"{"event":"clear","streamSid":"MZ1"}"#);
+        assert_eq!(
+            one(&mut c, CarrierCommand::Mark(MarkId(42))),
+            r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"42"}}"#
+        );
+        let s = one(&mut c, CarrierCommand::Audio(&[0, 0]));
         assert_eq!(s, r#"{"event":"media","streamSid":"MZ1","media":{"payload":"//8="}}"#);
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["media"]["payload"], "//8=");
+        // Custom parameters we set ourselves are lifted into the stream identity.
+        let mut c = TwilioCodec::new(TwilioLimits::default());
+        let start = r#"{"event":"start","streamSid":"MZ2","start":{"streamSid":"MZ2","callSid":"CA2","customParameters":{"cb_token":"t0k","from":"+15550001111","to":"+15550002222"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#;
+        let CarrierEvent::Start(info) = c.decode_text(start).unwrap() else { panic!() };
+        assert_eq!(info.token.as_deref(), Some("t0k"));
+        assert_eq!((info.from.as_str(), info.to.as_str()), ("+15550001111", "+15550002222"));
+        assert!(info.parameters.is_empty(), "the token is not kept among the parameters");
     }
 
     #[test]
     fn errors_are_classified() {
         let mut c = TwilioCodec::new(TwilioLimits::default());
-        assert_eq!(c.decode("{nope").unwrap_err().code(), "malformed_json");
-        let e = c.decode(r#"{"event":"media","media":{"payload":"/w=="}}"#).unwrap_err();
+        assert_eq!(c.decode_text("{nope").unwrap_err().code(), "malformed_json");
+        let e = c.decode_text(r#"{"event":"media","media":{"payload":"/w=="}}"#).unwrap_err();
         assert_eq!(e.code(), "before_start");
         assert!(e.is_fatal());
         let mut c = started();
-        let e = c.decode(r#"{"event":"bogus"}"#).unwrap_err();
+        let e = c.decode_text(r#"{"event":"bogus"}"#).unwrap_err();
         assert_eq!(e.code(), "unknown_event");
-        assert!(!e.is_fatal());
+        assert_eq!(e.severity(), Severity::Ignorable, "a new event type is not held against the call");
+        let e = c.decode(std::time::Instant::now(), WireIn::Binary(&[1, 2])).unwrap_err();
+        assert_eq!((e.code(), e.severity()), ("binary_frame", Severity::Skip));
         assert_eq!(
-            c.decode(r#"{"event":"media","streamSid":"MZ1","media":{"payload":"!!!"}}"#).unwrap_err().code(),
+            c.decode_text(r#"{"event":"media","streamSid":"MZ1","media":{"payload":"!!!"}}"#).unwrap_err().code(),
             "bad_base64"
         );
         assert_eq!(
-            c.decode(r#"{"event":"media","streamSid":"MZ2","media":{"payload":"/w=="}}"#).unwrap_err().code(),
+            c.decode_text(r#"{"event":"media","streamSid":"MZ2","media":{"payload":"/w=="}}"#).unwrap_err().code(),
             "wrong_stream"
         );
         let big = "A".repeat(20_000);
         let msg = format!(r#"{{"event":"media","streamSid":"MZ1","media":{{"payload":"{big}"}}}}"#);
-        assert_eq!(c.decode(&msg).unwrap_err().code(), "payload_too_large");
+        assert_eq!(c.decode_text(&msg).unwrap_err().code(), "payload_too_large");
     }
 
     #[test]
     fn start_with_wrong_format_is_fatal() {
         let mut c = TwilioCodec::new(TwilioLimits::default());
         let start = r#"{"event":"start","streamSid":"MZ1","start":{"streamSid":"MZ1","callSid":"CA1","mediaFormat":{"encoding":"audio/x-l16","sampleRate":16000,"channels":1}}}"#;
-        let e = c.decode(start).unwrap_err();
+        let e = c.decode_text(start).unwrap_err();
         assert_eq!(e.code(), "unsupported_format");
         assert!(e.is_fatal());
+        assert_eq!(CarrierError::from(e).close_code(), close::UNSUPPORTED);
         let injected = r#"{"event":"start","streamSid":"MZ\"1","start":{"streamSid":"MZ\"1","callSid":"CA1","mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#;
-        assert_eq!(c.decode(injected).unwrap_err().code(), "invalid_sid");
+        assert_eq!(c.decode_text(injected).unwrap_err().code(), "invalid_sid");
     }
 }

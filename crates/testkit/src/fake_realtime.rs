@@ -1,13 +1,13 @@
-//! FAKES for tests, benchmarks and the loadtest — not used by the server.
-//!
 //! [`FakeRealtime`] is a FAKE OpenAI Realtime server on loopback that speaks
-//! the real event protocol (GA or beta names, PROTOCOLS §5): it accepts
+//! the real GA event protocol (PROTOCOLS §5): it accepts
 //! `session.update`, `input_audio_buffer.append/commit`, `response.create`,
 //! `response.cancel`, `conversation.item.truncate` and
 //! `conversation.item.create`; it answers with a canned µ-law clip as audio
 //! deltas (all at once, faster than real time, as the real service does),
 //! a transcript, function calls, `error` events, or a dropped socket, and it
-//! records everything it received. It understands nothing it hears.
+//! records everything it received. A socket opened with the retired beta
+//! header is refused the way the service refuses it (`error`
+//! `beta_api_shape_disabled`, then close 4000). It understands nothing it hears.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -23,13 +23,9 @@ use axum::routing::get;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::engine::openai_realtime::ApiFlavor;
-
 /// How the fake behaves.
 #[derive(Debug, Clone)]
 pub struct FakeRealtimeConfig {
-    /// Event names to emit and the session shape to expect.
-    pub flavor: ApiFlavor,
     /// µ-law audio of every spoken response.
     pub reply_ulaw: Arc<[u8]>,
     /// Audio per delta, in ms.
@@ -45,7 +41,8 @@ pub struct FakeRealtimeConfig {
     pub refuse_reconnect: bool,
     /// Refuse every upgrade with this HTTP status (401: bad key, 429: quota).
     pub refuse_status: Option<u16>,
-    /// Emit `input_audio_buffer.speech_started` when loud caller audio arrives while a response streams.
+    /// Server VAD: emit `input_audio_buffer.speech_started` when loud caller
+    /// audio starts (once per run of loud appends).
     pub server_vad: bool,
 }
 
@@ -53,7 +50,6 @@ impl FakeRealtimeConfig {
     /// Answers every response with `reply_ulaw`, GA names.
     pub fn new(reply_ulaw: Arc<[u8]>) -> Self {
         Self {
-            flavor: ApiFlavor::Ga,
             reply_ulaw,
             delta_ms: 100,
             tool_call: None,
@@ -170,12 +166,23 @@ async fn upgrade(State((cfg, shared)): State<St>, headers: HeaderMap, ws: WebSoc
     }
     let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
     shared.headers.lock().expect("lock").push((h("authorization").unwrap_or_default(), h("openai-beta")));
-    ws.max_message_size(16 << 20).on_upgrade(move |socket| serve(socket, cfg, shared, n))
+    let beta = h("openai-beta").is_some();
+    ws.max_message_size(16 << 20).on_upgrade(move |socket| async move {
+        if beta { refuse_beta(socket).await } else { serve(socket, cfg, shared, n).await }
+    })
+}
+
+/// What the service does to a beta-interface socket since it retired it.
+async fn refuse_beta(mut ws: WebSocket) {
+    use axum::extract::ws::CloseFrame;
+    let err = json!({"type": "error", "error": {"type": "invalid_request_error", "code": "beta_api_shape_disabled",
+        "message": "The beta Realtime API interface is no longer supported."}});
+    let _ = ws.send(Message::text(err.to_string())).await;
+    let _ = ws.send(Message::Close(Some(CloseFrame { code: 4000, reason: "beta_api_shape_disabled".into() }))).await;
 }
 
 struct Conn {
     ws: WebSocket,
-    flavor: ApiFlavor,
     deltas_sent: u32,
     drop_after: Option<u32>,
 }
@@ -184,19 +191,15 @@ impl Conn {
     async fn send(&mut self, v: Value) -> bool {
         self.ws.send(Message::text(v.to_string())).await.is_ok()
     }
-
-    fn name(&self, ga: &'static str, beta: &'static str) -> &'static str {
-        if self.flavor == ApiFlavor::Ga { ga } else { beta }
-    }
 }
 
 async fn serve(ws: WebSocket, cfg: Arc<FakeRealtimeConfig>, shared: Arc<Shared>, n: u32) {
-    let mut c =
-        Conn { ws, flavor: cfg.flavor, deltas_sent: 0, drop_after: if n == 1 { cfg.drop_after_deltas } else { None } };
+    let mut c = Conn { ws, deltas_sent: 0, drop_after: if n == 1 { cfg.drop_after_deltas } else { None } };
     let b64 = base64::engine::general_purpose::STANDARD;
     let _ = c.send(json!({"type": "session.created", "session": {"id": format!("sess_{n}")}})).await;
     let mut active: Option<String> = None;
     let mut since_commit = false;
+    let mut in_speech = false;
     while let Some(Ok(msg)) = c.ws.recv().await {
         let Message::Text(t) = msg else { continue };
         let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else { continue };
@@ -207,13 +210,14 @@ async fn serve(ws: WebSocket, cfg: Arc<FakeRealtimeConfig>, shared: Arc<Shared>,
             let loud = bytes.iter().any(|&b| (b & 0x7F) < 0x50);
             shared.appended.lock().expect("lock").extend_from_slice(&bytes);
             since_commit = true;
-            if cfg.server_vad && loud && active.is_some() {
+            if cfg.server_vad && loud && !in_speech {
                 let _ = c
                     .send(
                         json!({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "item_in"}),
                     )
                     .await;
             }
+            in_speech = loud;
             continue;
         }
         shared.received.lock().expect("lock").push((Instant::now(), v.clone()));
@@ -302,7 +306,7 @@ async fn respond_audio(c: &mut Conn, id: &str, cfg: &FakeRealtimeConfig) -> bool
         return false;
     }
     let per = (cfg.delta_ms.max(10) * 8) as usize;
-    let audio_delta = c.name("response.output_audio.delta", "response.audio.delta");
+    let audio_delta = "response.output_audio.delta";
     for chunk in cfg.reply_ulaw.chunks(per) {
         if c.drop_after.is_some_and(|n| c.deltas_sent >= n) {
             return false; // drop the socket mid-response
@@ -314,7 +318,7 @@ async fn respond_audio(c: &mut Conn, id: &str, cfg: &FakeRealtimeConfig) -> bool
         }
         c.deltas_sent += 1;
     }
-    let transcript = c.name("response.output_audio_transcript.delta", "response.audio_transcript.delta");
+    let transcript = "response.output_audio_transcript.delta";
     c.send(json!({"type": transcript, "response_id": id, "item_id": item, "delta": "I can book a technician for tomorrow."}))
         .await
 }

@@ -1,0 +1,17 @@
+//! Test support for callbridge, kept out of the shipped server: the far side
+//! of the protocols callbridge speaks, for the tests, the benches and the
+//! loadtest.
+//!
+//! - [`twilio_peer`]: Twilio's side of Media Streams (the messages Twilio sends
+//!   and how it reads ours).
+//! - [`fake_realtime`]: a FAKE OpenAI Realtime server on loopback.
+//! - [`harness`]: the real call loop driven in virtual time over a FAKE carrier.
+//! - [`mem_call`]: a Twilio call through the real call loop over an in-memory WebSocket.
+//!
+//! Every fake here is named a fake: it speaks the real wire protocol and
+//! understands nothing it hears.
+
+pub mod fake_realtime;
+pub mod harness;
+pub mod mem_call;
+pub mod twilio_peer;

@@ -1,0 +1,356 @@
+//! The callback contract: what callbridge tells a backend about a call and what
+//! the backend answers, as plain types (no I/O: delivery lives in
+//! [`crate::callback`]). Documented in `docs/callbacks.md`; the JSON schema
+//! served at `/schema/callbacks.json` describes exactly these types.
+//!
+//! Every request is one [`Envelope`]: `type`, `call_id`, `seq` (per call,
+//! increasing from 1), `idempotency_key` (`<call_id>:<seq>`, stable across
+//! retries), `timestamp` (RFC 3339, when the event happened) and the event's
+//! fields, flattened. Two events block the call and expect a reply:
+//! `call.started` → [`CallPlan`], `tool.call` → [`ToolResult`]. The rest are
+//! delivered in order per call, off the audio path, with retries.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// One callback request body.
+#[derive(Debug, Clone, Serialize)]
+pub struct Envelope {
+    /// Our call id.
+    pub call_id: String,
+    /// Per-call sequence number, from 1.
+    pub seq: u64,
+    /// `<call_id>:<seq>`: the same on every retry of this event.
+    pub idempotency_key: String,
+    /// When the event happened (RFC 3339, UTC, milliseconds).
+    pub timestamp: String,
+    /// The event (`type` and its fields).
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+impl Envelope {
+    /// Wrap `event` as number `seq` of `call_id`, stamped `at`.
+    pub fn new(call_id: &str, seq: u64, at: SystemTime, event: Event) -> Self {
+        Self {
+            call_id: call_id.to_string(),
+            seq,
+            idempotency_key: format!("{call_id}:{seq}"),
+            timestamp: humantime::format_rfc3339_millis(at).to_string(),
+            event,
+        }
+    }
+}
+
+/// Events, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type")]
+pub enum Event {
+    /// The call arrived; the reply is the call plan.
+    #[serde(rename = "call.started")]
+    CallStarted {
+        /// Caller number.
+        from: String,
+        /// Called number (the tenant's).
+        to: String,
+        /// Carrier name.
+        carrier: String,
+        /// Carrier's call id (Twilio CallSid).
+        carrier_call_id: String,
+        /// Carrier account (Twilio AccountSid), if known.
+        #[serde(skip_serializing_if = "String::is_empty")]
+        account_id: String,
+    },
+    /// The caller finished a turn.
+    #[serde(rename = "turn.user")]
+    TurnUser(UserTurn),
+    /// The bot finished (or was cut off in) a turn.
+    #[serde(rename = "turn.agent")]
+    TurnAgent(AgentTurn),
+    /// The caller interrupted the bot.
+    #[serde(rename = "barge_in")]
+    BargeIn {
+        /// When the caller started speaking, ms since the call started.
+        at_ms: u64,
+        /// The interrupted response.
+        response_id: u32,
+        /// How much of it the caller heard.
+        heard_ms: u32,
+        /// Speech onset → carrier told to stop.
+        latency_ms: u32,
+    },
+    /// The caller pressed a key.
+    #[serde(rename = "dtmf")]
+    Dtmf {
+        /// `0-9`, `*`, `#`, `A-D`.
+        digit: String,
+        /// ms since the call started.
+        at_ms: u64,
+    },
+    /// The engine wants a tool run; the reply is a [`ToolResult`].
+    #[serde(rename = "tool.call")]
+    ToolCall {
+        /// The engine's id for this call of the tool.
+        tool_call_id: String,
+        /// Tool name (as declared in the plan).
+        name: String,
+        /// Arguments (JSON object, as the engine produced them).
+        arguments: serde_json::Value,
+    },
+    /// Something failed during the call: the engine, a tool, a transfer.
+    #[serde(rename = "error")]
+    Error {
+        /// `engine`, `tool` or `transfer`.
+        source: String,
+        /// Stable code (the engine's or ours).
+        code: String,
+        /// Detail.
+        message: String,
+    },
+    /// The call is over.
+    #[serde(rename = "call.ended")]
+    CallEnded(CallSummary),
+}
+
+impl Event {
+    /// The `type` string.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::CallStarted { .. } => "call.started",
+            Event::TurnUser(_) => "turn.user",
+            Event::TurnAgent(_) => "turn.agent",
+            Event::BargeIn { .. } => "barge_in",
+            Event::Dtmf { .. } => "dtmf",
+            Event::ToolCall { .. } => "tool.call",
+            Event::Error { .. } => "error",
+            Event::CallEnded(_) => "call.ended",
+        }
+    }
+}
+
+/// A caller turn.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UserTurn {
+    /// Turn number within the call (user and agent turns share the counter).
+    pub turn: u32,
+    /// Speech start, ms since the call started.
+    pub start_ms: u64,
+    /// Speech end, ms since the call started.
+    pub end_ms: u64,
+    /// What the caller said, when the engine transcribes.
+    pub transcript: Option<String>,
+}
+
+/// A bot turn.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentTurn {
+    /// Turn number within the call.
+    pub turn: u32,
+    /// Our response id.
+    pub response_id: u32,
+    /// First audio sent, ms since the call started.
+    pub start_ms: u64,
+    /// Last audio sent or the interruption, ms since the call started.
+    pub end_ms: u64,
+    /// What the bot meant to say, when the engine gives text.
+    pub text: Option<String>,
+    /// Audio sent to the carrier.
+    pub sent_ms: u32,
+    /// Audio the caller actually heard (less than `sent_ms` after a barge-in).
+    pub heard_ms: u32,
+    /// The prefix of `text` the caller heard (proportional to `heard_ms`), when there is text.
+    pub heard_text: Option<String>,
+    /// Whether the caller (or the control API) cut it off.
+    pub interrupted: bool,
+}
+
+/// Latencies of one exchange.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TurnLatency {
+    /// The user turn this answers.
+    pub turn: u32,
+    /// End of caller speech → first bot audio sent.
+    pub response_latency_ms: Option<u32>,
+    /// Engine asked → its first audio.
+    pub engine_first_audio_ms: Option<u32>,
+    /// Caller speech onset → bot stopped, when the caller interrupted the answer.
+    pub barge_in_latency_ms: Option<u32>,
+}
+
+/// The `call.ended` body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CallSummary {
+    /// Why it ended: `caller_hangup`, `hangup`, `transferred`, `shutdown`,
+    /// `engine_error`, `protocol_error`, `slow_consumer`, `idle_timeout`, `transport_error`, `unauthorized`.
+    pub reason: String,
+    /// Call length in ms.
+    pub duration_ms: u64,
+    /// Caller turns.
+    pub user_turns: u32,
+    /// Bot turns.
+    pub agent_turns: u32,
+    /// Times the caller interrupted.
+    pub barge_ins: u32,
+    /// Per-exchange latencies.
+    pub latencies: Vec<TurnLatency>,
+    /// Events of this call that were dropped before `call.ended` (queue full or retries exhausted).
+    pub events_dropped: u64,
+    /// Recording location, when the call was recorded.
+    pub recording_url: Option<String>,
+    /// What the recording lost (writer behind, disk error), if anything.
+    pub recording_loss: Option<String>,
+    /// The whole conversation: every event of the call in order (turns with
+    /// text and `heard_ms`, barge-ins, DTMF, tool calls and their results),
+    /// each as sent, without envelope fields.
+    pub conversation: Vec<serde_json::Value>,
+}
+
+/// The reply to `call.started`. Every field is optional; unknown fields are
+/// ignored (so backends can be newer than us), wrong types are an error (the
+/// call then runs on the defaults and hears the fallback line).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct CallPlan {
+    /// `local` or `openai_realtime`; default: `engine.kind` from config.
+    pub engine: Option<String>,
+    /// System instructions for engines that take them.
+    pub instructions: Option<String>,
+    /// First thing the bot says (engines that speak text).
+    pub greeting: Option<String>,
+    /// Voice name (engine-specific).
+    pub voice: Option<String>,
+    /// Tools the engine may call (`tool.call` events).
+    pub tools: Vec<ToolSpec>,
+    /// Record this call.
+    pub record: Option<bool>,
+    /// Turn-taking overrides.
+    pub turn: TurnOverrides,
+    /// Opaque data echoed in no event; for the backend's own bookkeeping in the plan log.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A tool the engine may call.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct ToolSpec {
+    /// Name.
+    pub name: String,
+    /// What it does (for the model).
+    #[serde(default)]
+    pub description: String,
+    /// JSON Schema of its arguments.
+    #[serde(default = "empty_object")]
+    pub parameters: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::json!({"type": "object", "properties": {}})
+}
+
+/// Optional turn settings from a plan (each overrides `[turn]`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct TurnOverrides {
+    /// Caller silence that ends a turn (100..=5000).
+    pub endpoint_silence_ms: Option<u32>,
+    /// Speech that starts a turn.
+    pub min_speech_ms: Option<u32>,
+    /// Speech that interrupts the bot.
+    pub barge_in_min_speech_ms: Option<u32>,
+    /// Start of each response that cannot be interrupted.
+    pub barge_in_protect_ms: Option<u32>,
+    /// Whether the caller may interrupt at all.
+    pub allow_barge_in: Option<bool>,
+}
+
+impl TurnOverrides {
+    /// `base` with these overrides applied (out-of-range values are clamped).
+    pub fn apply(&self, base: &crate::session::turn::TurnConfig) -> crate::session::turn::TurnConfig {
+        let mut t = base.clone();
+        if let Some(v) = self.endpoint_silence_ms {
+            t.endpoint_silence_ms = v.clamp(100, 5000);
+        }
+        if let Some(v) = self.min_speech_ms {
+            t.min_speech_ms = v.clamp(20, 2000);
+        }
+        if let Some(v) = self.barge_in_min_speech_ms {
+            t.barge_in_min_speech_ms = v.clamp(20, 2000);
+        }
+        if let Some(v) = self.barge_in_protect_ms {
+            t.barge_in_protect_ms = v.min(10_000);
+        }
+        if self.allow_barge_in == Some(false) {
+            t.barge_in_min_speech_ms = u32::MAX;
+        }
+        t
+    }
+}
+
+/// The reply to `tool.call`: `{"result": <any JSON>}`; a bare JSON value is taken as the result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolResult {
+    /// Handed to the engine as the function output.
+    pub result: serde_json::Value,
+}
+
+impl ToolResult {
+    /// Read a reply body.
+    pub fn from_reply(v: serde_json::Value) -> Self {
+        match v {
+            serde_json::Value::Object(mut m) if m.contains_key("result") => {
+                Self { result: m.remove("result").unwrap_or_default() }
+            }
+            other => Self { result: other },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_is_flat_with_type_and_stable_key() {
+        let e = Envelope::new(
+            "call_1",
+            3,
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
+            Event::Dtmf { digit: "5".into(), at_ms: 900 },
+        );
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"dtmf","call_id":"call_1","seq":3,"idempotency_key":"call_1:3",
+                "timestamp":"2023-11-14T22:13:20.123Z","digit":"5","at_ms":900})
+        );
+    }
+
+    #[test]
+    fn plan_parses_partial_ignores_unknown_and_rejects_wrong_types() {
+        let p: CallPlan =
+            serde_json::from_str(r#"{"greeting":"Hi","future_field":1,"turn":{"endpoint_silence_ms":800}}"#).unwrap();
+        assert_eq!(p.greeting.as_deref(), Some("Hi"));
+        assert_eq!(p.turn.endpoint_silence_ms, Some(800));
+        assert!(p.tools.is_empty());
+        assert!(serde_json::from_str::<CallPlan>(r#"{"record":"yes"}"#).is_err());
+        assert!(serde_json::from_str::<CallPlan>(r#"{"tools":[{"description":"no name"}]}"#).is_err());
+        let base = crate::session::turn::TurnConfig::default();
+        let t = TurnOverrides { endpoint_silence_ms: Some(10), allow_barge_in: Some(false), ..Default::default() }
+            .apply(&base);
+        assert_eq!(t.endpoint_silence_ms, 100);
+        assert_eq!(t.barge_in_min_speech_ms, u32::MAX);
+        assert_eq!(t.min_speech_ms, base.min_speech_ms);
+    }
+
+    #[test]
+    fn tool_result_takes_result_field_or_whole_reply() {
+        assert_eq!(
+            ToolResult::from_reply(serde_json::json!({"result": {"ok": true}})).result,
+            serde_json::json!({"ok": true})
+        );
+        assert_eq!(
+            ToolResult::from_reply(serde_json::json!({"slot": "9am"})).result,
+            serde_json::json!({"slot": "9am"})
+        );
+    }
+}

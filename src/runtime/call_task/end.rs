@@ -1,0 +1,117 @@
+//! The end of a call: why it ended (one stable reason), the close frame that
+//! says so (built here and nowhere else), the goodbye on the socket (bounded in
+//! time), and the report — `call.ended` with the whole conversation, the call
+//! store's row, the recording's status.
+
+use std::future::poll_fn;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::info;
+
+use super::CallContext;
+use super::io::ShellIo;
+use crate::call::{Call, Fault};
+use crate::carrier::close;
+use crate::contract::Event;
+use crate::runtime::transport::Transport;
+use crate::session::HangupReason;
+
+/// How a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEnd {
+    /// The session ended it (caller hung up, control API, shutdown, engine gone).
+    Hangup(HangupReason),
+    /// The peer closed the socket while the session was not live.
+    PeerClosed,
+    /// A protocol error made the stream unusable.
+    Fault(Fault),
+    /// A message over the size limit.
+    TooBig,
+    /// The peer stopped taking our writes.
+    SlowConsumer,
+    /// The peer went silent.
+    Idle,
+    /// The stream sent no `start` in time.
+    NoStart,
+    /// The socket failed.
+    Transport,
+    /// The stream could not prove it came from our webhook.
+    Unauthorized(&'static str),
+    /// The call could not be set up (format the session cannot serve).
+    Setup(String),
+}
+
+impl CallEnd {
+    /// Stable reason for `call.ended`, logs and the `reason` metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CallEnd::Hangup(r) => r.code(),
+            CallEnd::PeerClosed => "peer_closed",
+            CallEnd::Fault(_) | CallEnd::TooBig | CallEnd::Setup(_) => "protocol_error",
+            CallEnd::SlowConsumer => "slow_consumer",
+            CallEnd::Idle => "idle_timeout",
+            CallEnd::NoStart => "no_start",
+            CallEnd::Transport => "transport_error",
+            CallEnd::Unauthorized(_) => "unauthorized",
+        }
+    }
+
+    /// The close frame to send, if the socket can still take one.
+    pub fn close_frame(&self) -> Option<(u16, String)> {
+        match self {
+            CallEnd::Hangup(HangupReason::Shutdown) => Some((close::GOING_AWAY, "call ended: shutdown".into())),
+            CallEnd::Hangup(r) => Some((close::NORMAL, format!("call ended: {}", r.code()))),
+            CallEnd::Fault(f) => Some((f.close_code, f.message.clone())),
+            CallEnd::TooBig => Some((close::TOO_BIG, "message too big".into())),
+            CallEnd::Idle => Some((close::POLICY, "idle timeout".into())),
+            CallEnd::NoStart => Some((close::POLICY, "no start message in time".into())),
+            CallEnd::Unauthorized(_) => Some((close::POLICY, "unauthorized".into())),
+            CallEnd::Setup(why) => Some((close::INTERNAL, why.clone())),
+            CallEnd::PeerClosed => None,
+            CallEnd::SlowConsumer | CallEnd::Transport => None,
+        }
+    }
+
+    /// Whether the socket can still take a goodbye.
+    fn socket_usable(&self) -> bool {
+        !matches!(self, CallEnd::SlowConsumer | CallEnd::Transport)
+    }
+}
+
+/// Flush what is queued and close the socket, within a second.
+pub(super) async fn goodbye<T: Transport>(transport: &mut T, io: Option<&mut ShellIo>, end: &CallEnd) {
+    if !end.socket_usable() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        if let Some(io) = io {
+            let _ = poll_fn(|cx| transport.poll_write(cx, &mut io.wire)).await;
+        }
+        transport.close(end.close_frame()).await;
+    })
+    .await;
+}
+
+/// Count the end and log it (every call, admitted or not).
+pub(super) fn count(carrier: &'static str, id: impl std::fmt::Display, reason: &'static str) {
+    metrics::counter!(crate::metrics::CALLS_ENDED, "reason" => reason, "carrier" => carrier).increment(1);
+    info!(call = %id, carrier, reason, "call ended");
+}
+
+/// The report of an admitted call: `call.ended` (last of its events) and the store row.
+pub(super) fn report(ctx: &CallContext, call: &Call, io: &mut ShellIo, reason: &'static str) {
+    let now = Instant::now().into_std();
+    let mut summary = call.session().summary(reason, now);
+    summary.events_dropped = io.events.dropped();
+    let loss = io.recorder.take().and_then(|r| {
+        summary.recording_url = Some(crate::callstore::recording_url(&ctx.public_http, &io.id.to_string()));
+        r.status().loss()
+    });
+    summary.recording_loss = loss.clone();
+    summary.conversation = io.events.take_log();
+    io.events.send(Event::CallEnded(summary));
+    if let Some(st) = &ctx.store {
+        st.ended(&io.id.to_string(), reason, loss);
+    }
+}

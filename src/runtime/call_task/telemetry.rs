@@ -1,0 +1,39 @@
+//! The session's measurements and incidents as metrics and logs. Labels stay
+//! low-cardinality (carrier, engine, kind): never call ids or numbers.
+
+use tracing::{debug, warn};
+
+use crate::ids::CallId;
+use crate::metrics::{CallMetrics, observe};
+use crate::session::{Incident, Telemetry};
+
+/// Record one measurement.
+pub(super) fn record(metrics: &CallMetrics, id: CallId, engine_frame: usize, t: Telemetry) {
+    match t {
+        Telemetry::TurnStarted => metrics.turns.increment(1),
+        Telemetry::TurnEnded { .. } | Telemetry::ResponseFinished { .. } => {}
+        Telemetry::ResponseLatency(d) => observe(&metrics.response_latency, d),
+        Telemetry::EngineFirstAudio(d) => observe(&metrics.engine_first_audio, d),
+        Telemetry::BargeIn { latency, heard_ms, .. } => {
+            metrics.barge_ins.increment(1);
+            observe(&metrics.barge_in_latency, latency);
+            debug!(call = %id, latency_ms = latency.as_millis() as u64, heard_ms, "barge-in");
+        }
+        Telemetry::StaleAudioDropped(n) => metrics.dropped_stale.increment(n.div_ceil(engine_frame.max(1)) as u64),
+        Telemetry::QueueOverflow(n) => metrics.dropped_queue.increment(n.div_ceil(engine_frame.max(1)) as u64),
+        Telemetry::Dtmf(_) => metrics.dtmf.increment(1),
+    }
+}
+
+/// Count and log an incident.
+pub(super) fn incident(id: CallId, i: &Incident) {
+    match i.source {
+        "engine" => metrics::counter!(crate::metrics::ENGINE_ERRORS, "kind" => i.kind).increment(1),
+        _ => metrics::counter!(crate::metrics::CALL_ERRORS, "source" => i.source).increment(1),
+    }
+    if i.kind == "fatal_error" {
+        warn!(call = %id, source = i.source, code = %i.code, message = %i.message, "fatal error; ending the call");
+    } else {
+        warn!(call = %id, source = i.source, kind = i.kind, code = %i.code, message = %i.message, "call incident");
+    }
+}
