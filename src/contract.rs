@@ -56,9 +56,9 @@ pub enum Event {
         to: String,
         /// Carrier name.
         carrier: String,
-        /// Carrier's call id (Twilio CallSid).
+        /// The carrier's id of the call.
         carrier_call_id: String,
-        /// Carrier account (Twilio AccountSid), if known.
+        /// The carrier account, if known.
         #[serde(skip_serializing_if = "String::is_empty")]
         account_id: String,
     },

@@ -79,7 +79,8 @@ async fn run(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let state =
         callbridge::server::build_state(cfg, callbridge::config::Secrets::from_env()).context("starting callbridge")?;
-    info!(%addr, "callbridge listening (POST /twilio/voice, GET /twilio/stream, /healthz, /metrics)");
+    let carriers: Vec<&str> = state.carriers.iter().map(|c| c.carrier()).collect();
+    info!(%addr, ?carriers, "callbridge listening (carrier webhooks and streams, /v1, /healthz, /metrics)");
     callbridge::server::serve(state, listener, shutdown_signal()).await?;
     info!("callbridge stopped");
     Ok(())

@@ -44,24 +44,12 @@ pub enum ServerError {
 
 /// Build the shared state for `config` and `secrets`.
 pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, ServerError> {
-    let validate = config.server.validate_twilio_signatures;
-    if validate && secrets.twilio_auth_tokens.is_empty() {
-        return Err(ServerError::Setup(
-            "server.validate_twilio_signatures is on but TWILIO_AUTH_TOKEN is not set".into(),
-        ));
-    }
-    if !validate {
-        if !config.server.listen.ip().is_loopback() && !secrets.allow_unsigned {
-            return Err(ServerError::Setup(format!(
-                "server.validate_twilio_signatures = false is for local development, but the server listens on {}; \
-                 turn validation on (with TWILIO_AUTH_TOKEN) or set CALLBRIDGE_ALLOW_UNSIGNED=1",
-                config.server.listen
-            )));
-        }
-        warn!(
-            "Twilio signatures are NOT validated (server.validate_twilio_signatures = false): local development only"
-        );
-    }
+    let client = CallbackClient::new(config.callbacks.max_response_bytes);
+    // Carriers: one registration line each (checks their signature settings,
+    // gives their call-control API).
+    let twilio = crate::api::twilio::setup(&config, &secrets, client.http()).map_err(ServerError::Setup)?;
+    let validate = twilio.validating;
+    let carriers: Vec<Arc<dyn crate::api::carrier_control::CarrierControl>> = vec![twilio.control];
     let clips = LocalClips::load(&config.engine.local.greeting_wav, &config.engine.local.reply_wav)?;
     // Engines by name: one registration line each.
     let mut engines = EngineRegistry::new(&config.engine.kind, "local");
@@ -83,7 +71,6 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         max_queued_messages: s.max_queued_messages,
         max_protocol_errors: s.max_protocol_errors,
     };
-    let client = CallbackClient::new(config.callbacks.max_response_bytes);
     let call = Arc::new(CallContext {
         session: config.session(),
         limits,
@@ -104,10 +91,6 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         store: Some(store),
         public_http: config.public_http_url(),
     });
-    // Carriers' call-control REST APIs: one registration line each.
-    let carriers: Vec<Arc<dyn crate::api::carrier_control::CarrierControl>> = vec![Arc::new(
-        crate::api::twilio::rest::TwilioRest::new(client.http().clone(), &config.twilio.api_base_url, &secrets),
-    )];
     let metrics = crate::metrics::install();
     for c in &carriers {
         crate::metrics::announce_carrier(c.carrier(), "local");

@@ -103,8 +103,19 @@ async fn caller_is_answered_and_can_barge_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_and_twiml() {
     let srv = TestServer::start("[server]\npublic_url = \"wss://cb.example.com\"\n").await;
-    let client = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
-    drop(client);
+    // A stream that connects and vanishes before `start` takes its slot back and is counted.
+    let closed_before = srv.metric("callbridge_calls_ended_total", &[("reason", "peer_closed")]);
+    let tw = FakeTwilio::connect(&srv.url(), 9).await;
+    tokio::time::timeout(Duration::from_secs(2), async {
+        while srv.state.call.registry.is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the stream was registered");
+    tw.vanish().await;
+    srv.wait_no_calls().await;
+    assert_eq!(srv.metric("callbridge_calls_ended_total", &[("reason", "peer_closed")]), closed_before + 1.0);
     let resp = http(srv.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     let resp = http(srv.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;

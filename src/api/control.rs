@@ -316,7 +316,7 @@ pub async fn say(
         Ok(Ok(Ok(()))) => {
             (StatusCode::ACCEPTED, Json(json!({"status": "queued", "interrupt": req.interrupt}))).into_response()
         }
-        Ok(Ok(Err(m))) => error(StatusCode::UNPROCESSABLE_ENTITY, "cannot_say", m),
+        Ok(Ok(Err(m))) => error(StatusCode::UNPROCESSABLE_ENTITY, "cannot_say", m.to_string()),
         Ok(Err(_)) => error(StatusCode::GONE, "call_ended", "the call has ended"),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "busy", "the call did not answer"),
     }

@@ -86,7 +86,7 @@ impl CallbackClient {
         Self { http, max_body }
     }
 
-    /// The underlying HTTP client (for fetching audio URLs and Twilio REST).
+    /// The underlying HTTP client (for fetching audio URLs and carrier REST APIs).
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }

@@ -58,7 +58,7 @@ pub struct AudioFormat {
 }
 
 impl AudioFormat {
-    /// G.711 µ-law at 8 kHz (Twilio, Telnyx's default).
+    /// G.711 µ-law at 8 kHz, the phone network's own format.
     pub const PCMU_8K: AudioFormat = AudioFormat { encoding: AudioEncoding::Pcmu, rate: 8000 };
 }
 
@@ -87,9 +87,9 @@ pub struct Capabilities {
 /// carrier's own ids (account, leg, connection…) are in `carrier_ids`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamInfo {
-    /// Carrier label for metrics and logs (`twilio`, `telnyx`, …).
+    /// Carrier label for metrics and logs.
     pub carrier: &'static str,
-    /// The carrier's id of the call (Twilio CallSid, Telnyx call_control_id, …).
+    /// The carrier's id of the call.
     pub call_id: String,
     /// The carrier's id of this media stream.
     pub stream_id: String,
@@ -133,7 +133,7 @@ pub struct AudioIn<'a> {
 /// A decoded inbound carrier message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CarrierEvent<'a> {
-    /// Transport-level hello (Twilio `connected`).
+    /// Transport-level hello (before the stream starts).
     Connected,
     /// The stream started; audio follows.
     Start(StreamInfo),

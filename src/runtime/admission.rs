@@ -154,13 +154,13 @@ mod tests {
     #[test]
     fn a_route_is_claimed_once_with_its_token_and_a_wrong_token_leaves_it() {
         let p = PendingCalls::new();
-        let tok = p.insert("twilio", "CA1", Route::unannounced(CallId(1), "+1", "+2"));
+        let tok = p.insert("fake", "CA1", Route::unannounced(CallId(1), "+1", "+2"));
         assert_eq!(tok.len(), 64);
-        assert_eq!(p.claim("twilio", "CA1", "nope").unwrap_err(), ClaimError::BadToken);
+        assert_eq!(p.claim("fake", "CA1", "nope").unwrap_err(), ClaimError::BadToken);
         assert_eq!(p.claim("telnyx", "CA1", &tok).unwrap_err(), ClaimError::Unknown, "carriers are separate");
-        assert_eq!(p.claim("twilio", "CA1", &tok).unwrap().call_id, CallId(1));
-        assert_eq!(p.claim("twilio", "CA1", &tok).unwrap_err(), ClaimError::Unknown, "a replay finds nothing");
-        let tok2 = p.insert("twilio", "CA2", Route::unannounced(CallId(2), "+1", "+2"));
+        assert_eq!(p.claim("fake", "CA1", &tok).unwrap().call_id, CallId(1));
+        assert_eq!(p.claim("fake", "CA1", &tok).unwrap_err(), ClaimError::Unknown, "a replay finds nothing");
+        let tok2 = p.insert("fake", "CA2", Route::unannounced(CallId(2), "+1", "+2"));
         assert_ne!(tok, tok2, "tokens are random");
         assert!(p.sweep(Duration::ZERO).len() == 1 && p.is_empty());
     }

@@ -118,12 +118,38 @@ pub fn spawn(specs: Vec<LinkSpec>) -> (LinkLanes, LinkEvents) {
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(spec: &LinkSpec) -> Result<Ws, String> {
-    let mut req = spec.url.as_str().into_client_request().map_err(|e| format!("{} URL: {e}", spec.name))?;
+/// Why a link could not connect (never carries a header value: they hold keys).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL is not a WebSocket URL.
+    #[error("{0}: bad URL: {1}")]
+    Url(&'static str, String),
+    /// A header the engine supplied is not valid HTTP.
+    #[error("{0}: header {1} is not valid")]
+    Header(&'static str, String),
+    /// No connection within the deadline.
+    #[error("{0} connect timed out after {1:?}")]
+    Timeout(&'static str, Duration),
+    /// 401/403 on the upgrade.
+    #[error("{0} refused the API key (HTTP {1})")]
+    Refused(&'static str, u16),
+    /// 429 on the upgrade.
+    #[error("{0} rate limit or quota (HTTP {1})")]
+    Quota(&'static str, u16),
+    /// Another HTTP status.
+    #[error("{0} answered HTTP {1}: {2}")]
+    Status(&'static str, u16, String),
+    /// TCP, TLS or WebSocket failure.
+    #[error("{0} connect failed: {1}")]
+    Failed(&'static str, String),
+}
+
+async fn connect(spec: &LinkSpec) -> Result<Ws, ConnectError> {
+    let n = spec.name;
+    let mut req = spec.url.as_str().into_client_request().map_err(|e| ConnectError::Url(n, e.to_string()))?;
     for (k, v) in &spec.headers {
-        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("{}: bad header name", spec.name))?;
-        // The value may be a key: never echo it in the error.
-        let value = HeaderValue::from_str(v).map_err(|_| format!("{}: header {k} is not a valid value", spec.name))?;
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| ConnectError::Header(n, k.clone()))?;
+        let value = HeaderValue::from_str(v).map_err(|_| ConnectError::Header(n, k.clone()))?;
         req.headers_mut().insert(name, value);
     }
     // Small read/write buffers: tungstenite zero-fills its read buffer on every
@@ -135,17 +161,17 @@ async fn connect(spec: &LinkSpec) -> Result<Ws, String> {
         .max_frame_size(Some(16 << 20));
     let fut = tokio_tungstenite::connect_async_with_config(req, Some(ws_cfg), true);
     match tokio::time::timeout(spec.connect_timeout, fut).await {
-        Err(_) => Err(format!("{} connect timed out after {:?}", spec.name, spec.connect_timeout)),
+        Err(_) => Err(ConnectError::Timeout(n, spec.connect_timeout)),
         Ok(Err(tungstenite::Error::Http(resp))) => {
-            let status = resp.status();
+            let status = resp.status().as_u16();
             let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).chars().take(200).collect::<String>());
-            Err(match status.as_u16() {
-                401 | 403 => format!("{} refused the API key (HTTP {status})", spec.name),
-                429 => format!("{} rate limit or quota (HTTP {status})", spec.name),
-                _ => format!("{} answered HTTP {status}: {}", spec.name, body.unwrap_or_default()),
+            Err(match status {
+                401 | 403 => ConnectError::Refused(n, status),
+                429 => ConnectError::Quota(n, status),
+                _ => ConnectError::Status(n, status, body.unwrap_or_default()),
             })
         }
-        Ok(Err(e)) => Err(format!("{} connect failed: {e}", spec.name)),
+        Ok(Err(e)) => Err(ConnectError::Failed(n, e.to_string())),
         Ok(Ok((ws, _))) => Ok(ws),
     }
 }
@@ -212,7 +238,7 @@ async fn run(i: usize, spec: LinkSpec, mut out_rx: mpsc::Receiver<LinkMsg>, ev_t
         let mut ws = match connect(&spec).await {
             Ok(ws) => ws,
             Err(e) => {
-                let _ = ev_tx.send((i, LinkUpdate::Down(e))).await;
+                let _ = ev_tx.send((i, LinkUpdate::Down(e.to_string()))).await;
                 return;
             }
         };

@@ -28,7 +28,7 @@ pub enum CallControl {
         /// stop what the bot is saying first
         interrupt: bool,
         /// the outcome
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), crate::call::SayError>>,
     },
 }
 
@@ -191,7 +191,7 @@ mod tests {
             tenant: Some(tenant.into()),
             from: "+1".into(),
             to: tenant.into(),
-            carrier: "twilio",
+            carrier: "fake",
             carrier_call_id: "CA1".into(),
             carrier_ids: Vec::new(),
             engine: "local",
@@ -203,7 +203,7 @@ mod tests {
     async fn guard_removes_and_wait_empty_returns() {
         let r = Registry::new();
         let (tx, mut rx) = mpsc::channel(1);
-        let g = r.register(CallId(1), CallHandle { control: tx, carrier: "twilio", details: None });
+        let g = r.register(CallId(1), CallHandle { control: tx, carrier: "fake", details: None });
         assert_eq!(r.len(), 1);
         assert_eq!(r.broadcast(ControlCommand::Shutdown), 1);
         assert!(matches!(rx.recv().await, Some(CallControl::Session(ControlCommand::Shutdown))));
@@ -218,8 +218,8 @@ mod tests {
     async fn admitted_calls_are_listed_per_tenant_and_remembered_when_ended() {
         let r = Registry::new();
         let (tx, _rx) = mpsc::channel(1);
-        let mut g = r.register(CallId(1), CallHandle { control: tx.clone(), carrier: "twilio", details: None });
-        let _other = r.register(CallId(2), CallHandle { control: tx, carrier: "twilio", details: None });
+        let mut g = r.register(CallId(1), CallHandle { control: tx.clone(), carrier: "fake", details: None });
+        let _other = r.register(CallId(2), CallHandle { control: tx, carrier: "fake", details: None });
         assert!(r.of_tenant("+15550001111").is_empty());
         g.admit(CallId(9), details("+15550001111"));
         assert!(r.get(CallId(1)).is_none());

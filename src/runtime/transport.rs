@@ -78,8 +78,36 @@ pub trait Transport: Send + Unpin + 'static {
     /// is not taking writes (the queue keeps what is left).
     fn poll_write(&mut self, cx: &mut Context<'_>, out: &mut WireOut) -> Poll<Result<(), WriteError>>;
 
+    /// Whether written messages are still waiting to be flushed to the peer.
+    fn flush_pending(&self) -> bool;
+
     /// Send a close frame (if given) and close, within the caller's deadline.
     fn close(&mut self, frame: Option<(u16, String)>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// How a tungstenite read error ends the connection: a peer that vanished
+/// (reset without a closing handshake) is a close, not a failure.
+fn read_error(e: tungstenite::Error) -> Received {
+    use tungstenite::Error as E;
+    use tungstenite::error::ProtocolError;
+    match e {
+        E::Capacity(_) => Received::TooBig,
+        E::ConnectionClosed | E::AlreadyClosed | E::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            Received::Closed
+        }
+        E::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionAborted
+            ) =>
+        {
+            Received::Closed
+        }
+        other => Received::Failed(other.to_string()),
+    }
 }
 
 /// Pending writes and flushing shared by the WebSocket implementations.
@@ -130,8 +158,7 @@ impl Transport for AxumSocket {
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Received::Control,
             Some(Ok(Message::Close(_))) => Received::Closed,
             Some(Err(e)) => match e.into_inner().downcast::<tungstenite::Error>() {
-                Ok(te) if matches!(*te, tungstenite::Error::Capacity(_)) => Received::TooBig,
-                Ok(te) => Received::Failed(te.to_string()),
+                Ok(te) => read_error(*te),
                 Err(other) => Received::Failed(other.to_string()),
             },
         })
@@ -143,6 +170,10 @@ impl Transport for AxumSocket {
             MsgKind::Text => Utf8Bytes::try_from(m.data).ok().map(Message::Text),
             MsgKind::Binary => Some(Message::Binary(m.data)),
         })
+    }
+
+    fn flush_pending(&self) -> bool {
+        self.needs_flush
     }
 
     fn close(&mut self, frame: Option<(u16, String)>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
@@ -182,9 +213,7 @@ where
             Some(Ok(Message::Binary(b))) => Received::Binary(b),
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Received::Control,
             Some(Ok(Message::Close(_))) => Received::Closed,
-            Some(Err(tungstenite::Error::Capacity(_))) => Received::TooBig,
-            Some(Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)) => Received::Closed,
-            Some(Err(e)) => Received::Failed(e.to_string()),
+            Some(Err(e)) => read_error(e),
         })
     }
 
@@ -194,6 +223,10 @@ where
             MsgKind::Text => Utf8Bytes::try_from(m.data).ok().map(Message::Text),
             MsgKind::Binary => Some(Message::Binary(m.data)),
         })
+    }
+
+    fn flush_pending(&self) -> bool {
+        self.needs_flush
     }
 
     fn close(&mut self, frame: Option<(u16, String)>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {

@@ -585,7 +585,9 @@ impl Session {
                 if stale(chunk.response, self.cancelled_upto) {
                     self.pending.push_back(Pending::Telemetry(Telemetry::StaleAudioDropped(chunk.len())));
                 } else {
-                    if let Some(asked) = self.awaiting_engine.take() {
+                    if !chunk.is_empty()
+                        && let Some(asked) = self.awaiting_engine.take()
+                    {
                         self.telemetry(Telemetry::EngineFirstAudio(self.now.saturating_duration_since(asked)));
                     }
                     let dropped = self.playback.push(chunk);

@@ -72,6 +72,41 @@ fn refuse(reason: &'static str) -> Response {
     (StatusCode::FORBIDDEN, "invalid Twilio signature\n").into_response()
 }
 
+/// What the server needs from Twilio's module at start-up.
+pub struct Setup {
+    /// Twilio's call-control REST API.
+    pub control: Arc<dyn crate::api::carrier_control::CarrierControl>,
+    /// Webhooks and streams must be signed (and streams present their token).
+    pub validating: bool,
+}
+
+/// Check Twilio's settings (signature validation needs the auth token;
+/// unsigned is for loopback development only) and build its REST client.
+pub fn setup(
+    config: &crate::config::Config,
+    secrets: &crate::config::Secrets,
+    http: &reqwest::Client,
+) -> Result<Setup, String> {
+    let validating = config.server.validate_twilio_signatures;
+    if validating && secrets.twilio_auth_tokens.is_empty() {
+        return Err("server.validate_twilio_signatures is on but TWILIO_AUTH_TOKEN is not set".into());
+    }
+    if !validating {
+        if !config.server.listen.ip().is_loopback() && !secrets.allow_unsigned {
+            return Err(format!(
+                "server.validate_twilio_signatures = false is for local development, but the server listens on {}; \
+                 turn validation on (with TWILIO_AUTH_TOKEN) or set CALLBRIDGE_ALLOW_UNSIGNED=1",
+                config.server.listen
+            ));
+        }
+        warn!(
+            "Twilio signatures are NOT validated (server.validate_twilio_signatures = false): local development only"
+        );
+    }
+    let control = Arc::new(rest::TwilioRest::new(http.clone(), &config.twilio.api_base_url, secrets));
+    Ok(Setup { control, validating })
+}
+
 /// Twilio's routes.
 pub fn routes() -> axum::Router<Arc<AppState>> {
     axum::Router::new()

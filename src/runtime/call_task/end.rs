@@ -85,8 +85,14 @@ pub(super) async fn goodbye<T: Transport>(transport: &mut T, io: Option<&mut She
         return;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        if let Some(io) = io {
-            let _ = poll_fn(|cx| transport.poll_write(cx, &mut io.wire)).await;
+        match io {
+            Some(io) => {
+                let _ = poll_fn(|cx| transport.poll_write(cx, &mut io.wire)).await;
+            }
+            None => {
+                let mut empty = crate::carrier::WireOut::new(1, 0);
+                let _ = poll_fn(|cx| transport.poll_write(cx, &mut empty)).await;
+            }
         }
         transport.close(end.close_frame()).await;
     })

@@ -46,7 +46,7 @@ pub(super) async fn await_start<T: Transport>(
                 Some(CallControl::Session(ControlCommand::Shutdown)) => return Err(CallEnd::Hangup(HangupReason::Shutdown)),
                 Some(CallControl::Session(ControlCommand::Hangup)) => return Err(CallEnd::Hangup(HangupReason::Control)),
                 Some(CallControl::Say { reply, .. }) => {
-                    let _ = reply.send(Err("the call's stream is not active".into()));
+                    let _ = reply.send(Err(crate::call::SayError::NotActive));
                     continue;
                 }
                 Some(_) => continue,

@@ -1,0 +1,155 @@
+//! The session's backend-facing policies in virtual time, through the real
+//! call loop: engine speech-start barge-in, tool calls (request, filler,
+//! budget, fallback), engine trouble (reconnect, failed response, fatal
+//! error), and the engine's first-audio latency. No sockets, no sleeps.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use callbridge::contract::Event;
+use callbridge::engine::local::LocalClips;
+use callbridge::engine::{AudioChunk, EngineEvent};
+use callbridge::ids::ResponseId;
+use callbridge::session::{AgentConfig, HangupReason, Reply, ReplyFailure, SessionConfig, Telemetry};
+use common::*;
+use serde_json::json;
+
+fn with_backend() -> SessionConfig {
+    SessionConfig { agent: AgentConfig { backend: true, events: true, ..AgentConfig::default() }, ..energy_config() }
+}
+
+/// A reply playing for `ms`.
+fn playing(cfg: SessionConfig, ms: u64) -> Harness {
+    let mut h = Harness::with_reply_ms(cfg, 5000);
+    h.frames(&tone(-20.0), 10);
+    h.frames(&silence(), 25);
+    assert!(h.audio_frames() > 0, "reply started");
+    let t = h.now + Duration::from_millis(ms);
+    h.advance_to(t);
+    h
+}
+
+fn tool_call(id: &str) -> EngineEvent {
+    EngineEvent::ToolCall { call_id: id.into(), name: "book".into(), arguments: json!({"when": "9am"}) }
+}
+
+fn plays(h: &Harness) -> Vec<usize> {
+    h.cmds().into_iter().filter_map(|c| if let Cmd::Play(n) = c { Some(n) } else { None }).collect()
+}
+
+#[test]
+fn the_engines_speech_start_barges_in_even_when_our_vad_hears_nothing() {
+    let mut h = playing(energy_config(), 500);
+    h.engine_event(EngineEvent::SpeechStarted);
+    assert_eq!(h.clears().len(), 1, "cleared on the engine's word alone (the caller frames are silent)");
+    assert_eq!(h.cancels().len(), 1);
+    assert_eq!(h.barge_ins().len(), 1);
+    // Nothing playing: the engine's speech start interrupts nothing.
+    let t = h.now + Duration::from_secs(10);
+    h.advance_to(t);
+    h.engine_event(EngineEvent::SpeechStarted);
+    assert_eq!(h.clears().len(), 1);
+}
+
+#[test]
+fn a_tool_call_is_a_request_with_a_filler_and_its_result_goes_back_to_the_engine() {
+    let cfg = with_backend();
+    let filler_len = cfg.agent.prompts.filler.len();
+    let mut h = Harness::with_reply_ms(cfg, 200);
+    h.engine_event(tool_call("c1"));
+    assert_eq!(h.io.requests.len(), 1);
+    let req = h.io.requests[0].clone();
+    assert!(matches!(&req.event, Event::ToolCall { tool_call_id, name, .. } if tool_call_id == "c1" && name == "book"));
+    // 699 ms: no filler yet; 700 ms: the filler (the bot is silent).
+    let t = h.now + Duration::from_millis(699);
+    h.advance_to(t);
+    assert!(plays(&h).is_empty());
+    let t = h.now + Duration::from_millis(1);
+    h.advance_to(t);
+    assert_eq!(plays(&h), vec![filler_len], "the filler, once");
+    let t = h.now + Duration::from_millis(300);
+    h.advance_to(t);
+    h.reply(Reply { id: req.id, result: Ok(json!({"result": {"booked": true}})) });
+    let results: Vec<_> = h.cmds().into_iter().filter(|c| matches!(c, Cmd::ToolResult { .. })).collect();
+    assert_eq!(results, vec![Cmd::ToolResult { call_id: "c1".into(), output: json!({"booked": true}), respond: true }]);
+    assert_eq!(h.io.notes, vec![("tool.result", json!({"tool_call_id": "c1", "result": {"booked": true}}))]);
+    assert_eq!(plays(&h).len(), 1, "no fallback on success");
+}
+
+#[test]
+fn a_tool_call_past_its_budget_fails_once_with_the_fallback_and_a_late_answer_is_ignored() {
+    let cfg = with_backend();
+    let fallback_len = cfg.agent.prompts.fallback.len();
+    let mut h = Harness::with_reply_ms(cfg, 200);
+    h.engine_event(tool_call("c2"));
+    let id = h.io.requests[0].id;
+    // Budget 1500 ms + 250 ms grace.
+    let t = h.now + Duration::from_millis(1749);
+    h.advance_to(t);
+    assert!(!h.cmds().iter().any(|c| matches!(c, Cmd::ToolResult { .. })));
+    let t = h.now + Duration::from_millis(1);
+    h.advance_to(t);
+    let results: Vec<_> = h.cmds().into_iter().filter(|c| matches!(c, Cmd::ToolResult { .. })).collect();
+    assert!(matches!(&results[..], [Cmd::ToolResult { respond: false, .. }]), "{results:?}");
+    assert_eq!(plays(&h).last(), Some(&fallback_len), "the caller hears the fallback");
+    assert!(h.io.incidents.iter().any(|i| i.source == "tool" && i.kind == "timeout"));
+    assert!(h.io.events.iter().any(|e| matches!(e, Event::Error { source, .. } if source == "tool")));
+    h.reply(Reply { id, result: Ok(json!({"late": true})) });
+    assert_eq!(h.cmds().iter().filter(|c| matches!(c, Cmd::ToolResult { .. })).count(), 1, "late answer ignored");
+    // A failed answer before the budget: the same fallback at once.
+    h.engine_event(tool_call("c3"));
+    let id = h.io.requests[1].id;
+    h.reply(Reply { id, result: Err(ReplyFailure { kind: "http_5xx", message: "callback answered HTTP 500".into() }) });
+    assert_eq!(h.cmds().iter().filter(|c| matches!(c, Cmd::ToolResult { respond: false, .. })).count(), 2);
+}
+
+#[test]
+fn without_a_backend_the_engine_is_told_at_once() {
+    let mut h = Harness::with_reply_ms(energy_config(), 200);
+    h.engine_event(tool_call("c4"));
+    assert!(h.io.requests.is_empty());
+    let results: Vec<_> = h.cmds().into_iter().filter(|c| matches!(c, Cmd::ToolResult { .. })).collect();
+    assert!(matches!(&results[..], [Cmd::ToolResult { respond: true, output, .. }] if output["error"].is_string()));
+}
+
+#[test]
+fn engine_trouble_apology_fallback_and_a_fatal_end() {
+    let cfg = with_backend();
+    let (apology, fallback) = (cfg.agent.prompts.apology.len(), cfg.agent.prompts.fallback.len());
+    let mut h = playing(cfg, 500);
+    h.engine_event(EngineEvent::Reconnected);
+    assert_eq!(h.clears().len(), 1, "what was playing is cut");
+    assert_eq!(plays(&h), vec![apology]);
+    h.engine_event(EngineEvent::ResponseFailed {
+        response: ResponseId(9),
+        code: "response_failed".into(),
+        message: "server_error".into(),
+    });
+    assert_eq!(plays(&h), vec![apology, fallback]);
+    assert!(h.io.events.iter().any(|e| matches!(e, Event::Error { code, .. } if code == "response_failed")));
+    assert!(h.ended().is_none());
+    h.engine_event(EngineEvent::Error { fatal: true, code: "invalid_api_key".into(), message: "bad key".into() });
+    assert_eq!(h.ended(), Some(HangupReason::EngineError));
+    assert!(h.io.incidents.iter().any(|i| i.kind == "fatal_error"));
+}
+
+#[test]
+fn engine_first_audio_is_measured_from_the_end_of_the_turn() {
+    // An engine that answers with nothing by itself; its audio comes 300 ms later.
+    let mut h = Harness::new(energy_config(), LocalClips { greeting: None, reply: Arc::from(vec![0i16; 0]) });
+    h.frames(&tone(-20.0), 10);
+    h.frames(&silence(), 25);
+    assert_eq!(h.turns_answered(), 1);
+    let t = h.now + Duration::from_millis(300);
+    h.advance_to(t);
+    h.engine_event(EngineEvent::ResponseStarted(ResponseId(50)));
+    h.engine_event(EngineEvent::Audio(AudioChunk::whole(ResponseId(50), Arc::from(vec![900i16; 1600]))));
+    let first: Vec<_> =
+        h.io.telemetry
+            .iter()
+            .filter_map(|(_, t)| if let Telemetry::EngineFirstAudio(d) = t { Some(*d) } else { None })
+            .collect();
+    assert_eq!(first, vec![Duration::from_millis(300)]);
+}
