@@ -137,6 +137,10 @@ pub struct CallbacksConfig {
     pub max_queued_events: usize,
     /// Largest callback response body read.
     pub max_response_bytes: usize,
+    /// Networks tenant URLs (callbacks, `say` audio) may reach although they are
+    /// private or loopback (CIDRs, e.g. `["127.0.0.0/8"]` for development).
+    #[serde(default)]
+    pub allow_private_networks: Vec<String>,
     /// What happens to calls to numbers nobody registered: "auto" (answer with the
     /// configured engine while no number is registered at all, refuse once any
     /// is), "reject", or "answer".
@@ -328,6 +332,20 @@ impl Config {
         }
     }
 
+    /// This configuration with every secret replaced by `<redacted>` (for the
+    /// start-up log: numbers' signing secrets and API tokens).
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for n in &mut c.numbers {
+            for s in [&mut n.secret, &mut n.api_token] {
+                if !s.is_empty() {
+                    *s = "<redacted>".into();
+                }
+            }
+        }
+        c
+    }
+
     /// Session settings for one call (the plan may still change turns; the
     /// agent's part is filled in per call).
     pub fn session(&self) -> SessionConfig {
@@ -364,6 +382,8 @@ impl Config {
         if self.callbacks.max_attempts == 0 || self.callbacks.max_attempts > 20 {
             return bad("callbacks.max_attempts must be within 1..=20");
         }
+        crate::netguard::NetPolicy::new(&self.callbacks.allow_private_networks)
+            .map_err(|e| ConfigError::Invalid(format!("callbacks.allow_private_networks: {e}")))?;
         if self.callbacks.blocking_timeout_ms == 0 || self.callbacks.max_queued_events == 0 {
             return bad("callbacks.blocking_timeout_ms and callbacks.max_queued_events must be positive");
         }

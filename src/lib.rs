@@ -29,6 +29,7 @@ pub mod contract;
 pub mod engine;
 pub mod ids;
 pub mod metrics;
+pub mod netguard;
 pub mod recording;
 pub mod runtime;
 pub mod server;

@@ -72,8 +72,8 @@ fn main() -> anyhow::Result<()> {
 async fn run(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     info!(
         config = %path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<embedded default>".into()),
-        "effective configuration (secrets never live in it):\n{}",
-        toml::to_string(&cfg).unwrap_or_default()
+        "effective configuration (secrets redacted):\n{}",
+        toml::to_string(&cfg.redacted()).unwrap_or_default()
     );
     let listener = callbridge::server::bind(cfg.server.listen).await.context("binding listener")?;
     let addr = listener.local_addr()?;

@@ -44,10 +44,18 @@ pub enum ServerError {
 
 /// Build the shared state for `config` and `secrets`.
 pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, ServerError> {
-    let client = CallbackClient::new(config.callbacks.max_response_bytes);
+    let policy =
+        crate::netguard::NetPolicy::new(&config.callbacks.allow_private_networks).map_err(ServerError::Setup)?;
+    let client = CallbackClient::new(config.callbacks.max_response_bytes, policy);
+    // Carrier REST APIs are the operator's URLs, not a tenant's: a plain client.
+    let rest_http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| ServerError::Setup(format!("HTTP client: {e}")))?;
     // Carriers: one registration line each (checks their signature settings,
     // gives their call-control API).
-    let twilio = crate::api::twilio::setup(&config, &secrets, client.http()).map_err(ServerError::Setup)?;
+    let twilio = crate::api::twilio::setup(&config, &secrets, &rest_http).map_err(ServerError::Setup)?;
     let validate = twilio.validating;
     let carriers: Vec<Arc<dyn crate::api::carrier_control::CarrierControl>> = vec![twilio.control];
     let clips = LocalClips::load(&config.engine.local.greeting_wav, &config.engine.local.reply_wav)?;
@@ -95,7 +103,17 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
     for c in &carriers {
         crate::metrics::announce_carrier(c.carrier(), "local");
     }
-    Ok(Arc::new(AppState { config, secrets, tenants, call, metrics, carriers, accepting: AtomicBool::new(true) }))
+    let fetches = Arc::new(tokio::sync::Semaphore::new(8));
+    Ok(Arc::new(AppState {
+        config,
+        secrets,
+        tenants,
+        call,
+        metrics,
+        carriers,
+        fetches,
+        accepting: AtomicBool::new(true),
+    }))
 }
 
 /// A running server's address and a handle to stop it.

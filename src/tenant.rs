@@ -270,13 +270,30 @@ impl NumberStore {
     }
 }
 
-/// Create `dir` (and parents) readable by the owner only.
+/// Create `dir` (and missing parents) readable by the owner only. Folders
+/// that already exist keep their permissions (a shared `/tmp` keeps its
+/// sticky bit); only the ones created here are made private.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let mut missing = Vec::new();
+    let mut d = Some(dir);
+    while let Some(p) = d.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(p.to_path_buf());
+        d = p.parent();
+    }
+    for p in missing.iter().rev() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            match std::fs::DirBuilder::new().mode(0o700).create(p) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+        }
+        #[cfg(not(unix))]
+        match std::fs::create_dir(p) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -297,6 +314,23 @@ mod tests {
         let d = std::env::temp_dir().join(format!("cb-tenant-{}", random_hex()));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_folders_it_creates_are_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let shared = tmpdir();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let inner = shared.join("a/b");
+        create_private_dir(&inner).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&shared), 0o1777, "an existing shared folder keeps its mode and sticky bit");
+        assert_eq!(mode(&shared.join("a")), 0o700);
+        assert_eq!(mode(&inner), 0o700);
+        create_private_dir(&shared).unwrap();
+        assert_eq!(mode(&shared), 0o1777, "calling it on an existing folder changes nothing");
+        let _ = std::fs::remove_dir_all(shared);
     }
 
     #[test]

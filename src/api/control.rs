@@ -255,16 +255,25 @@ pub struct SayBody {
 async fn fetch_audio(s: &AppState, url: &str) -> Result<Arc<[i16]>, ApiError> {
     let bad = |m: String| api_error(StatusCode::UNPROCESSABLE_ENTITY, "bad_audio", m);
     let parsed = reqwest::Url::parse(url).map_err(|e| bad(format!("audio_url: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(bad("audio_url must be http(s)".into()));
+    if let Err(e) = s.call.client.check_url(&parsed) {
+        return Err(bad(format!("audio_url: {e}")));
     }
+    // Bounded: each fetch may hold up to 8 MiB.
+    let Ok(_permit) = tokio::time::timeout(Duration::from_secs(1), s.fetches.clone().acquire_owned()).await else {
+        return Err(api_error(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many audio fetches in progress; retry"));
+    };
     let fetch = async {
-        let mut resp = s.call.client.http().get(parsed).send().await.map_err(|e| e.without_url().to_string())?;
+        // Network errors get one uniform answer: the reason (refused, reset,
+        // timed out) would tell a tenant what listens where.
+        let mut resp = s.call.client.http().get(parsed).send().await.map_err(|e| {
+            tracing::debug!(error = %e.without_url(), "audio_url fetch failed");
+            "audio_url could not be fetched".to_string()
+        })?;
         if !resp.status().is_success() {
             return Err(format!("audio_url answered HTTP {}", resp.status().as_u16()));
         }
         let mut buf = Vec::new();
-        while let Some(c) = resp.chunk().await.map_err(|e| e.without_url().to_string())? {
+        while let Some(c) = resp.chunk().await.map_err(|_| "audio_url could not be fetched".to_string())? {
             if buf.len() + c.len() > MAX_AUDIO_BYTES {
                 return Err(format!("audio over {MAX_AUDIO_BYTES} bytes"));
             }

@@ -34,6 +34,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Each carrier's call-control REST API.
     pub carriers: Vec<Arc<dyn carrier_control::CarrierControl>>,
+    /// Concurrent `say` audio fetches.
+    pub fetches: Arc<tokio::sync::Semaphore>,
     /// False once shutdown began: new calls are refused.
     pub accepting: AtomicBool,
 }

@@ -4,9 +4,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use reqwest::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
 
 use crate::contract::Envelope;
+use crate::netguard::{GuardedResolver, NetError, NetPolicy};
 use crate::signature::callback as sig;
 
 /// Where one tenant's callbacks go.
@@ -39,6 +42,9 @@ pub enum CallbackError {
     /// The body was not the JSON we expect.
     #[error("callback response is not valid: {0}")]
     BadBody(String),
+    /// The URL points where tenants may not send us (private, loopback, …).
+    #[error("callback URL refused: {0}")]
+    Forbidden(String),
 }
 
 impl CallbackError {
@@ -62,33 +68,47 @@ impl CallbackError {
             CallbackError::Redirect(_) => "redirect",
             CallbackError::TooLarge(_) => "too_large",
             CallbackError::BadBody(_) => "bad_body",
+            CallbackError::Forbidden(_) => "forbidden_address",
         }
     }
 }
 
-/// Shared HTTP client for every tenant's callbacks.
+/// Shared HTTP client for URLs tenants give us (callbacks, `say` audio):
+/// no redirects, no proxies, and only public addresses
+/// ([`crate::netguard`]) unless the allow-list says otherwise.
 #[derive(Debug, Clone)]
 pub struct CallbackClient {
     http: reqwest::Client,
     max_body: usize,
+    policy: Arc<NetPolicy>,
 }
 
 impl CallbackClient {
-    /// A client that reads at most `max_body` bytes of any response.
-    pub fn new(max_body: usize) -> Self {
+    /// A client that reads at most `max_body` bytes of any response and
+    /// reaches only what `policy` allows.
+    pub fn new(max_body: usize, policy: NetPolicy) -> Self {
+        let policy = Arc::new(policy);
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(GuardedResolver::new(policy.clone()))
             .connect_timeout(Duration::from_secs(3))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             .build()
             .expect("HTTP client builds");
-        Self { http, max_body }
+        Self { http, max_body, policy }
     }
 
-    /// The underlying HTTP client (for fetching audio URLs and carrier REST APIs).
+    /// The underlying HTTP client (tenant URLs only: check them with [`Self::check_url`] first).
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// Whether a tenant URL may be fetched (IP literals are checked here;
+    /// names when they are resolved).
+    pub fn check_url(&self, url: &reqwest::Url) -> Result<(), NetError> {
+        self.policy.check_url(url)
     }
 
     /// POST `env` to `target`, signed, within `timeout`; the parsed JSON reply
@@ -110,19 +130,22 @@ impl CallbackClient {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<serde_json::Value, CallbackError> {
+        let url =
+            reqwest::Url::parse(&target.url).map_err(|_| CallbackError::Unreachable("bad callback URL".into()))?;
+        self.check_url(&url).map_err(|e| CallbackError::Forbidden(e.to_string()))?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let signature = sig::sign(&target.secret, now, &body);
         let attempt = async {
             let resp = self
                 .http
-                .post(&target.url)
+                .post(url)
                 .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
                 .header(USER_AGENT, HeaderValue::from_static(concat!("callbridge/", env!("CARGO_PKG_VERSION"))))
                 .header(sig::HEADER, signature)
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| CallbackError::Unreachable(without_url(&e)))?;
+                .map_err(|e| send_error(&e))?;
             let status = resp.status();
             if status.is_redirection() {
                 return Err(CallbackError::Redirect(status.as_u16()));
@@ -137,6 +160,19 @@ impl CallbackClient {
             Err(_) => Err(CallbackError::Timeout(timeout)),
         }
     }
+}
+
+/// A failed send: a refused address (the resolver found only forbidden ones)
+/// is final; anything else may be retried.
+fn send_error(e: &reqwest::Error) -> CallbackError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(n) = err.downcast_ref::<NetError>() {
+            return CallbackError::Forbidden(n.to_string());
+        }
+        source = err.source();
+    }
+    CallbackError::Unreachable(without_url(e))
 }
 
 fn without_url(e: &reqwest::Error) -> String {

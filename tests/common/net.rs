@@ -38,7 +38,16 @@ impl TestServer {
         Self::start_with(cfg, callbridge::config::Secrets::default()).await
     }
 
-    pub async fn start_with(cfg: Config, secrets: callbridge::config::Secrets) -> Self {
+    /// Tests' backends and fakes live on loopback: allow it (unless the test set the list).
+    pub async fn start_with(mut cfg: Config, secrets: callbridge::config::Secrets) -> Self {
+        if cfg.callbacks.allow_private_networks.is_empty() {
+            cfg.callbacks.allow_private_networks = vec!["127.0.0.0/8".into()];
+        }
+        Self::start_strict(cfg, secrets).await
+    }
+
+    /// Exactly `cfg` (tenant URLs on loopback refused unless it allows them).
+    pub async fn start_strict(cfg: Config, secrets: callbridge::config::Secrets) -> Self {
         let (running, stop, join) =
             callbridge::server::spawn_with(cfg, secrets, "127.0.0.1:0".parse().unwrap()).await.unwrap();
         Self { addr: running.addr, state: running.state, stop: Some(stop), join: Some(join) }
