@@ -1,20 +1,31 @@
 //! Call data at rest: one row per call (who, when, how it ended, where its
 //! recording is, what was lost) and its conversation (every event, in `seq`
-//! order), in the embedded SQLite database.
+//! order), in the embedded SQLite database, keyed by tenant id.
 //!
-//! Writes come from call tasks as messages to one store thread (a bounded
-//! channel; a full channel drops the record and counts it), so no call task
-//! ever waits on the disk. Reads and deletions run on blocking threads from
-//! the control API. Retention deletes calls (rows and recording files) that
-//! ended more than N days ago.
+//! Writes come from call tasks as messages to one store thread, so no call
+//! task ever waits on the disk. The writer batches whatever is queued into one
+//! transaction (WAL, `synchronous = NORMAL`) and retries a failed batch; what
+//! still fails is counted, never silently gone. A call's `Started` and `Ended`
+//! are never dropped; conversation events beyond `MAX_QUEUED_EVENTS` waiting
+//! are (and counted). Deletions go through the same writer, after everything
+//! queued before them, so a deletion right after a hang-up cannot be undone
+//! by the call's last events arriving late. Reads run on the read connection
+//! from blocking threads. With no database file (`storage.database = ""`) the
+//! data lives in memory and the oldest ended calls are evicted past
+//! `memory_max_calls`.
 
-use std::path::Path;
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
+
+/// Conversation events waiting for the writer beyond which new ones are dropped.
+const MAX_QUEUED_EVENTS: usize = 65_536;
+/// Messages written per transaction at most.
+const BATCH: usize = 512;
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms(t: SystemTime) -> i64 {
@@ -26,7 +37,7 @@ pub fn unix_ms(t: SystemTime) -> i64 {
 pub struct CallRow {
     /// Our id.
     pub call_id: String,
-    /// Owning tenant (number).
+    /// Owning tenant's id.
     pub tenant: Option<String>,
     /// Caller.
     pub from: String,
@@ -48,7 +59,9 @@ enum Msg {
     Started(CallRow),
     Event { call_id: String, seq: u64, kind: String, body: String },
     Ended { call_id: String, ended_at: i64, reason: String, recording_loss: Option<String> },
-    Sync(mpsc::Sender<()>),
+    Delete { call_id: String, ack: Sender<Result<bool, StoreError>> },
+    DeleteTenant { tenant: String, ack: Sender<Result<usize, StoreError>> },
+    Sync(Sender<()>),
 }
 
 /// Errors of the call store.
@@ -57,12 +70,16 @@ pub enum StoreError {
     /// Database failure.
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The writer thread is gone or did not answer in time.
+    #[error("the call store's writer is not answering")]
+    Writer,
 }
 
 /// The store: a writer thread plus a read connection.
 #[derive(Clone)]
 pub struct CallStore {
-    tx: SyncSender<Msg>,
+    tx: Sender<Msg>,
+    queued_events: Arc<AtomicUsize>,
     read: Arc<Mutex<Connection>>,
 }
 
@@ -74,18 +91,29 @@ impl std::fmt::Debug for CallStore {
 
 const SCHEMA: &str = "
     PRAGMA journal_mode = WAL;
+    PRAGMA synchronous = NORMAL;
     CREATE TABLE IF NOT EXISTS calls (
         call_id TEXT PRIMARY KEY, tenant TEXT, from_number TEXT NOT NULL, to_number TEXT NOT NULL,
         started_at INTEGER NOT NULL, ended_at INTEGER, reason TEXT, recording TEXT, recording_loss TEXT);
     CREATE INDEX IF NOT EXISTS calls_ended ON calls (ended_at);
+    CREATE INDEX IF NOT EXISTS calls_tenant ON calls (tenant);
     CREATE TABLE IF NOT EXISTS call_events (
         call_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, body TEXT NOT NULL,
         PRIMARY KEY (call_id, seq, type));
 ";
 
+struct Writer {
+    conn: Connection,
+    queued_events: Arc<AtomicUsize>,
+    /// In-memory store: evict the oldest ended calls past this many.
+    memory_max: Option<usize>,
+    started_since_evict: usize,
+}
+
 impl CallStore {
-    /// Open the store in `path` ("" = in memory, shared by both connections).
-    pub fn open(path: &str) -> Result<Self, StoreError> {
+    /// Open the store in `path` ("" = in memory, shared by both connections,
+    /// holding at most `memory_max_calls` calls).
+    pub fn open(path: &str, memory_max_calls: usize) -> Result<Self, StoreError> {
         let uri;
         let (w, r) = if path.is_empty() {
             // A named in-memory database both connections can see.
@@ -96,40 +124,46 @@ impl CallStore {
             (Connection::open(path)?, Connection::open(path)?)
         };
         w.execute_batch(SCHEMA)?;
-        w.busy_timeout(std::time::Duration::from_secs(5))?;
-        r.busy_timeout(std::time::Duration::from_secs(5))?;
-        let (tx, rx) = mpsc::sync_channel::<Msg>(4096);
+        w.busy_timeout(Duration::from_secs(5))?;
+        r.busy_timeout(Duration::from_secs(5))?;
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let queued_events = Arc::new(AtomicUsize::new(0));
+        let mut writer = Writer {
+            conn: w,
+            queued_events: queued_events.clone(),
+            memory_max: path.is_empty().then_some(memory_max_calls.max(1)),
+            started_since_evict: 0,
+        };
         std::thread::Builder::new()
             .name("call-store".into())
-            .spawn(move || {
-                while let Ok(m) = rx.recv() {
-                    if let Err(e) = apply(&w, m) {
-                        metrics::counter!(crate::metrics::STORE_FAILED).increment(1);
-                        tracing::warn!(error = %e, "call store write failed");
-                    }
-                }
-            })
+            .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Db(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        Ok(Self { tx, read: Arc::new(Mutex::new(r)) })
+        Ok(Self { tx, queued_events, read: Arc::new(Mutex::new(r)) })
     }
 
     fn send(&self, m: Msg) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(m) {
-            metrics::counter!(crate::metrics::STORE_FAILED).increment(1);
+        if self.tx.send(m).is_err() {
+            metrics::counter!(crate::metrics::STORE_FAILED, "kind" => "writer_gone").increment(1);
         }
     }
 
-    /// A call started.
+    /// A call started (never dropped).
     pub fn started(&self, row: CallRow) {
         self.send(Msg::Started(row));
     }
 
-    /// One conversation event (the callback envelope, as JSON).
+    /// One conversation event (the callback envelope, as JSON); dropped and
+    /// counted if the writer is far behind.
     pub fn event(&self, call_id: &str, seq: u64, kind: &str, body: String) {
+        if self.queued_events.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_EVENTS {
+            self.queued_events.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!(crate::metrics::STORE_FAILED, "kind" => "queue_full").increment(1);
+            return;
+        }
         self.send(Msg::Event { call_id: call_id.into(), seq, kind: kind.into(), body });
     }
 
-    /// The call ended.
+    /// The call ended (never dropped).
     pub fn ended(&self, call_id: &str, reason: &str, recording_loss: Option<String>) {
         self.send(Msg::Ended {
             call_id: call_id.into(),
@@ -175,75 +209,207 @@ impl CallStore {
         Ok(out)
     }
 
-    /// Delete a call's data: rows and recording file (blocking). Returns
-    /// whether the call existed.
-    pub fn delete(&self, call_id: &str) -> Result<bool, StoreError> {
-        let row = self.call(call_id)?;
-        let Some(row) = row else { return Ok(false) };
-        if let Some(p) = &row.recording {
-            let _ = std::fs::remove_file(p);
-        }
+    /// Calls stored (blocking; tests and diagnostics).
+    pub fn count(&self) -> Result<usize, StoreError> {
         let c = self.read.lock().expect("store lock");
-        c.execute("DELETE FROM call_events WHERE call_id = ?1", params![call_id])?;
-        c.execute("DELETE FROM calls WHERE call_id = ?1", params![call_id])?;
-        Ok(true)
+        Ok(c.query_row("SELECT COUNT(*) FROM calls", [], |r| r.get::<_, i64>(0))? as usize)
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(Sender<Result<T, StoreError>>) -> Msg) -> Result<T, StoreError> {
+        let (ack, rx) = mpsc::channel();
+        self.tx.send(make(ack)).map_err(|_| StoreError::Writer)?;
+        rx.recv_timeout(Duration::from_secs(30)).map_err(|_| StoreError::Writer)?
+    }
+
+    /// Delete a call's data: rows and recording file, after everything queued
+    /// before (blocking). Returns whether the call existed.
+    pub fn delete(&self, call_id: &str) -> Result<bool, StoreError> {
+        self.ask(|ack| Msg::Delete { call_id: call_id.into(), ack })
+    }
+
+    /// Delete every call of `tenant` (blocking); returns how many.
+    pub fn delete_tenant(&self, tenant: &str) -> Result<usize, StoreError> {
+        self.ask(|ack| Msg::DeleteTenant { tenant: tenant.into(), ack })
     }
 
     /// Delete every call that ended before `cutoff_ms` (blocking); returns how many.
     pub fn sweep(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
-        let ids: Vec<(String, Option<String>)> = {
+        let ids: Vec<String> = {
             let c = self.read.lock().expect("store lock");
-            let mut st =
-                c.prepare("SELECT call_id, recording FROM calls WHERE ended_at IS NOT NULL AND ended_at < ?1")?;
-            let rows = st.query_map(params![cutoff_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let mut st = c.prepare("SELECT call_id FROM calls WHERE ended_at IS NOT NULL AND ended_at < ?1")?;
+            let rows = st.query_map(params![cutoff_ms], |r| r.get(0))?;
             rows.collect::<Result<_, _>>()?
         };
-        for (id, rec) in &ids {
-            if let Some(p) = rec {
-                let _ = std::fs::remove_file(Path::new(p));
-            }
-            let c = self.read.lock().expect("store lock");
-            c.execute("DELETE FROM call_events WHERE call_id = ?1", params![id])?;
-            c.execute("DELETE FROM calls WHERE call_id = ?1", params![id])?;
+        for id in &ids {
+            self.delete(id)?;
         }
         Ok(ids.len())
     }
 
-    /// Wait (up to 5 s) until every message sent so far is written (blocking).
-    pub fn sync(&self) {
+    /// Wait (up to `within`) until every message sent so far is written
+    /// (blocking). Returns whether it was.
+    pub fn sync_within(&self, within: Duration) -> bool {
         let (tx, rx) = mpsc::channel();
-        if self.tx.send(Msg::Sync(tx)).is_ok() {
-            let _ = rx.recv_timeout(std::time::Duration::from_secs(5));
-        }
+        self.tx.send(Msg::Sync(tx)).is_ok() && rx.recv_timeout(within).is_ok()
+    }
+
+    /// [`Self::sync_within`] five seconds.
+    pub fn sync(&self) {
+        self.sync_within(Duration::from_secs(5));
     }
 }
 
-fn apply(c: &Connection, m: Msg) -> Result<(), rusqlite::Error> {
-    match m {
-        Msg::Started(r) => {
-            c.execute(
-                "INSERT OR REPLACE INTO calls (call_id, tenant, from_number, to_number, started_at, recording)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![r.call_id, r.tenant, r.from, r.to, r.started_at, r.recording],
-            )?;
-        }
-        Msg::Sync(ack) => {
-            let _ = ack.send(());
-        }
-        Msg::Event { call_id, seq, kind, body } => {
-            c.execute(
-                "INSERT OR REPLACE INTO call_events (call_id, seq, type, body) VALUES (?1, ?2, ?3, ?4)",
-                params![call_id, seq as i64, kind, body],
-            )?;
-        }
-        Msg::Ended { call_id, ended_at, reason, recording_loss } => {
-            c.execute(
-                "UPDATE calls SET ended_at = ?2, reason = ?3, recording_loss = ?4 WHERE call_id = ?1",
-                params![call_id, ended_at, reason, recording_loss],
-            )?;
+fn delete_call(c: &Connection, call_id: &str) -> Result<bool, rusqlite::Error> {
+    let rec: Option<Option<String>> =
+        c.query_row("SELECT recording FROM calls WHERE call_id = ?1", params![call_id], |r| r.get(0)).optional()?;
+    c.execute("DELETE FROM call_events WHERE call_id = ?1", params![call_id])?;
+    let n = c.execute("DELETE FROM calls WHERE call_id = ?1", params![call_id])?;
+    if let Some(Some(p)) = rec {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(n > 0)
+}
+
+impl Writer {
+    fn run(&mut self, rx: Receiver<Msg>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            self.write(batch);
         }
     }
-    Ok(())
+
+    /// Write a batch of plain rows in one transaction (retried), then answer
+    /// the requests in it in order.
+    fn write(&mut self, batch: Vec<Msg>) {
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut requests = Vec::new();
+        for m in batch {
+            match m {
+                Msg::Started(_) | Msg::Event { .. } | Msg::Ended { .. } => rows.push(m),
+                other => {
+                    // A request is answered after the rows queued before it.
+                    self.commit(std::mem::take(&mut rows));
+                    requests.push(other);
+                    for r in requests.drain(..) {
+                        self.answer(r);
+                    }
+                }
+            }
+        }
+        self.commit(rows);
+    }
+
+    fn commit(&mut self, rows: Vec<Msg>) {
+        if rows.is_empty() {
+            return;
+        }
+        let events = rows.iter().filter(|m| matches!(m, Msg::Event { .. })).count();
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            match self.transaction(&rows) {
+                Ok(()) => break Ok(()),
+                Err(e) if attempt < 3 => {
+                    tracing::debug!(error = %e, attempt, "call store write failed; retrying");
+                    std::thread::sleep(Duration::from_millis(50 * attempt));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.queued_events.fetch_sub(events, Ordering::AcqRel);
+        if let Err(e) = result {
+            metrics::counter!(crate::metrics::STORE_FAILED, "kind" => "write_failed").increment(rows.len() as u64);
+            tracing::warn!(error = %e, lost = rows.len(), "call store write failed; records lost");
+        }
+        let started = rows.iter().filter(|m| matches!(m, Msg::Started(_))).count();
+        self.started_since_evict += started;
+        if let Some(max) = self.memory_max
+            && self.started_since_evict >= 100.min(max)
+        {
+            self.started_since_evict = 0;
+            if let Err(e) = self.evict(max) {
+                tracing::warn!(error = %e, "in-memory call store eviction failed");
+            }
+        }
+    }
+
+    fn transaction(&mut self, rows: &[Msg]) -> Result<(), rusqlite::Error> {
+        let tx = self.conn.transaction()?;
+        for m in rows {
+            match m {
+                Msg::Started(r) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO calls (call_id, tenant, from_number, to_number, started_at, recording)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![r.call_id, r.tenant, r.from, r.to, r.started_at, r.recording],
+                    )?;
+                }
+                Msg::Event { call_id, seq, kind, body } => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO call_events (call_id, seq, type, body) VALUES (?1, ?2, ?3, ?4)",
+                        params![call_id, *seq as i64, kind, body],
+                    )?;
+                }
+                Msg::Ended { call_id, ended_at, reason, recording_loss } => {
+                    tx.execute(
+                        "UPDATE calls SET ended_at = ?2, reason = ?3, recording_loss = ?4 WHERE call_id = ?1",
+                        params![call_id, ended_at, reason, recording_loss],
+                    )?;
+                }
+                _ => {}
+            }
+        }
+        tx.commit()
+    }
+
+    fn answer(&mut self, m: Msg) {
+        match m {
+            Msg::Delete { call_id, ack } => {
+                let _ = ack.send(delete_call(&self.conn, &call_id).map_err(StoreError::from));
+            }
+            Msg::DeleteTenant { tenant, ack } => {
+                let r = (|| {
+                    let ids: Vec<String> = {
+                        let mut st = self.conn.prepare("SELECT call_id FROM calls WHERE tenant = ?1")?;
+                        st.query_map(params![tenant], |r| r.get(0))?.collect::<Result<_, _>>()?
+                    };
+                    for id in &ids {
+                        delete_call(&self.conn, id)?;
+                    }
+                    Ok(ids.len())
+                })();
+                let _ = ack.send(r);
+            }
+            Msg::Sync(ack) => {
+                let _ = ack.send(());
+            }
+            _ => {}
+        }
+    }
+
+    /// Keep at most `max` calls in memory: the oldest ended ones go first.
+    fn evict(&mut self, max: usize) -> Result<(), rusqlite::Error> {
+        let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM calls", [], |r| r.get(0))?;
+        let over = n as usize - (n as usize).min(max);
+        if over == 0 {
+            return Ok(());
+        }
+        let ids: Vec<String> = {
+            let mut st =
+                self.conn.prepare("SELECT call_id FROM calls WHERE ended_at IS NOT NULL ORDER BY ended_at LIMIT ?1")?;
+            st.query_map(params![over as i64], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        for id in &ids {
+            delete_call(&self.conn, id)?;
+        }
+        Ok(())
+    }
 }
 
 /// Where a recording of `call_id` is served.
@@ -254,17 +420,12 @@ pub fn recording_url(public_http: &str, call_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
-    #[test]
-    fn calls_events_deletion_and_retention() {
-        let s = CallStore::open("").unwrap();
-        let dir = std::env::temp_dir().join(format!("cb-store-{}", crate::signature::random_hex()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let old_rec = dir.join("old.wav");
-        std::fs::write(&old_rec, b"RIFF").unwrap();
-        let row = |id: &str, rec: Option<&Path>| CallRow {
+    fn row(id: &str, tenant: &str, rec: Option<&Path>) -> CallRow {
+        CallRow {
             call_id: id.into(),
-            tenant: Some("+15550001111".into()),
+            tenant: Some(tenant.into()),
             from: "+1".into(),
             to: "+15550001111".into(),
             started_at: 1,
@@ -272,12 +433,21 @@ mod tests {
             reason: None,
             recording: rec.map(|p| p.display().to_string()),
             recording_loss: None,
-        };
-        s.started(row("old", Some(&old_rec)));
+        }
+    }
+
+    #[test]
+    fn calls_events_deletion_and_retention() {
+        let s = CallStore::open("", 10_000).unwrap();
+        let dir = std::env::temp_dir().join(format!("cb-store-{}", crate::signature::random_hex()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let old_rec = dir.join("old.wav");
+        std::fs::write(&old_rec, b"RIFF").unwrap();
+        s.started(row("old", "tn_a", Some(&old_rec)));
         s.event("old", 2, "turn.user", r#"{"seq":2}"#.into());
         s.event("old", 1, "call.started", r#"{"seq":1}"#.into());
         s.ended("old", "caller_hangup", None);
-        s.started(row("new", None));
+        s.started(row("new", "tn_a", None));
         s.sync();
         assert_eq!(s.events("old").unwrap(), vec![serde_json::json!({"seq":1}), serde_json::json!({"seq":2})]);
         assert_eq!(s.call("old").unwrap().unwrap().reason.as_deref(), Some("caller_hangup"));
@@ -289,6 +459,66 @@ mod tests {
         assert!(s.call("new").unwrap().is_some(), "a live call is kept");
         assert!(s.delete("new").unwrap());
         assert!(!s.delete("new").unwrap());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_deletion_right_after_the_last_events_leaves_nothing_behind() {
+        let s = CallStore::open("", 10_000).unwrap();
+        s.started(row("c1", "tn_a", None));
+        for seq in 1..200 {
+            s.event("c1", seq, "turn.user", "{}".into());
+        }
+        s.ended("c1", "caller_hangup", None);
+        // Queued before the deletion: all of it is gone after it, none re-inserted.
+        assert!(s.delete("c1").unwrap());
+        s.sync();
+        assert!(s.call("c1").unwrap().is_none());
+        assert!(s.events("c1").unwrap().is_empty(), "no orphan events");
+    }
+
+    #[test]
+    fn deleting_a_tenant_erases_only_its_calls() {
+        let s = CallStore::open("", 10_000).unwrap();
+        s.started(row("a1", "tn_a", None));
+        s.started(row("a2", "tn_a", None));
+        s.started(row("b1", "tn_b", None));
+        assert_eq!(s.delete_tenant("tn_a").unwrap(), 2);
+        assert!(s.call("a1").unwrap().is_none() && s.call("b1").unwrap().is_some());
+    }
+
+    #[test]
+    fn the_in_memory_store_is_bounded_and_keeps_live_calls() {
+        let s = CallStore::open("", 50).unwrap();
+        s.started(row("live", "tn_a", None));
+        for i in 0..300 {
+            let id = format!("c{i}");
+            s.started(row(&id, "tn_a", None));
+            s.event(&id, 1, "call.ended", "{}".into());
+            s.ended(&id, "caller_hangup", None);
+        }
+        s.sync();
+        // Eviction runs every batch of starts: never far above the bound.
+        let n = s.count().unwrap();
+        assert!(n <= 50 + 100, "bounded ({n} calls)");
+        assert!(s.call("live").unwrap().is_some(), "a live call is never evicted");
+        assert!(s.call("c299").unwrap().is_some(), "the newest calls are kept");
+    }
+
+    #[test]
+    fn a_database_file_survives_a_reopen_with_every_row() {
+        let dir = std::env::temp_dir().join(format!("cb-store-{}", crate::signature::random_hex()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("calls.db");
+        let s = CallStore::open(path.to_str().unwrap(), 0).unwrap();
+        for i in 0..1000 {
+            s.started(row(&format!("c{i}"), "tn_a", None));
+            s.ended(&format!("c{i}"), "hangup", None);
+        }
+        assert!(s.sync_within(Duration::from_secs(20)));
+        drop(s);
+        let s = CallStore::open(path.to_str().unwrap(), 0).unwrap();
+        assert_eq!(s.count().unwrap(), 1000, "Started and Ended are never dropped");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -56,6 +56,8 @@ pub struct Secrets {
     pub allow_unsigned: bool,
     /// `OPENAI_REALTIME_URL`: overrides `engine.openai_realtime.url` (not a secret, but from the environment).
     pub openai_realtime_url: Option<String>,
+    /// `CALLBRIDGE_METRICS_TOKEN`: bearer token for `/metrics` on the public listener.
+    pub metrics_token: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -66,6 +68,7 @@ impl std::fmt::Debug for Secrets {
             .field("twilio_account_sid", &self.twilio_account_sid)
             .field("twilio_api_key", &self.twilio_api_key.as_ref().map(|(k, _)| k))
             .field("openai_api_key", &self.openai_api_key.as_ref().map(|_| "<set>"))
+            .field("metrics_token", &self.metrics_token.as_ref().map(|_| "<set>"))
             .finish()
     }
 }
@@ -85,6 +88,7 @@ impl Secrets {
             openai_api_key: var("OPENAI_API_KEY"),
             allow_unsigned: var("CALLBRIDGE_ALLOW_UNSIGNED").is_some_and(|v| v == "1"),
             openai_realtime_url: var("OPENAI_REALTIME_URL"),
+            metrics_token: var("CALLBRIDGE_METRICS_TOKEN"),
         }
     }
 }
@@ -114,9 +118,31 @@ pub struct Config {
     pub recording: RecordingConfig,
     /// Twilio account access (`[twilio]`).
     pub twilio: TwilioConfig,
+    /// Limits per tenant and on the HTTP server (`[limits]`).
+    pub limits: LimitsConfig,
     /// Numbers declared in the file (`[[numbers]]`); more are registered over the API.
     #[serde(default)]
     pub numbers: Vec<NumberConfig>,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Concurrent calls per tenant (0 = only `server.max_calls`).
+    pub max_calls_per_tenant: usize,
+    /// Control API requests per second per tenant (sustained; 0 = unlimited).
+    pub api_requests_per_second: u32,
+    /// Control API burst per tenant.
+    pub api_burst: u32,
+    /// `say` audio fetches at once, server-wide.
+    pub max_concurrent_fetches: usize,
+    /// Open HTTP connections at once; more are closed at accept.
+    pub max_connections: usize,
+    /// A connection must send its request headers within this long.
+    pub header_read_timeout_ms: u64,
+    /// A request (not a WebSocket once upgraded) must be answered within this long.
+    pub request_timeout_ms: u64,
 }
 
 /// `[callbacks]`
@@ -167,6 +193,8 @@ pub struct StorageConfig {
     pub database: String,
     /// Delete call data (transcripts, recordings) older than this many days; 0 = keep.
     pub retention_days: u32,
+    /// With no database file, keep at most this many calls in memory (oldest ended first out).
+    pub memory_max_calls: usize,
 }
 
 /// `[recording]`
@@ -204,6 +232,10 @@ pub struct NumberConfig {
     /// Bearer token for this tenant's control API ("" = none).
     #[serde(default)]
     pub api_token: String,
+    /// Transfer destinations allowed (number prefixes like "+1", SIP domains
+    /// like "pbx.example.com" or "*.example.com"); empty = the number's own country only.
+    #[serde(default)]
+    pub transfer_allow: Vec<String>,
 }
 
 /// `[server]`
@@ -241,6 +273,16 @@ pub struct ServerConfig {
     pub validate_twilio_signatures: bool,
     /// A stream that sends no `start` within this long is closed.
     pub start_timeout_ms: u64,
+    /// A call announced by a webhook whose stream has not connected after this
+    /// long is over (`call.ended` reason `no_stream`).
+    pub stream_wait_ms: u64,
+    /// Development only: answer registered (tenant) numbers whose webhook was
+    /// not signed. Off, an unsigned request for a tenant's number is refused.
+    pub allow_unsigned_tenant_calls: bool,
+    /// Serve `/metrics` and the admin API (`/v1/numbers`) on this address
+    /// instead of the public listener ("" = on the public listener; there
+    /// `/metrics` needs `CALLBRIDGE_METRICS_TOKEN` unless it listens on loopback).
+    pub admin_listen: String,
 }
 
 /// `[engine]`

@@ -75,13 +75,16 @@ async fn run(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         "effective configuration (secrets redacted):\n{}",
         toml::to_string(&cfg.redacted()).unwrap_or_default()
     );
-    let listener = callbridge::server::bind(cfg.server.listen).await.context("binding listener")?;
-    let addr = listener.local_addr()?;
+    let listeners = callbridge::server::Listeners::bind(&cfg, cfg.server.listen).await.context("binding listeners")?;
+    let addr = listeners.public.local_addr()?;
+    if let Some(admin) = &listeners.admin {
+        info!(addr = %admin.local_addr()?, "admin listener (/metrics, /v1/numbers)");
+    }
     let state =
         callbridge::server::build_state(cfg, callbridge::config::Secrets::from_env()).context("starting callbridge")?;
     let carriers: Vec<&str> = state.carriers.iter().map(|c| c.carrier()).collect();
     info!(%addr, ?carriers, "callbridge listening (carrier webhooks and streams, /v1, /healthz, /metrics)");
-    callbridge::server::serve(state, listener, shutdown_signal()).await?;
+    callbridge::server::serve(state, listeners, shutdown_signal()).await?;
     info!("callbridge stopped");
     Ok(())
 }

@@ -63,6 +63,8 @@ pub const STORE_FAILED: &str = "callbridge_store_failures_total";
 pub const ENGINE_FIRST_AUDIO: &str = "callbridge_engine_first_audio_seconds";
 /// Failures during calls other than the engine's (tools, transfers), by source.
 pub const CALL_ERRORS: &str = "callbridge_call_errors_total";
+/// HTTP connections closed at accept because the connection limit was reached.
+pub const CONNECTIONS_REFUSED: &str = "callbridge_connections_refused_total";
 /// Webhooks and streams refused for failed authentication, by reason.
 pub const AUTH_REJECTED: &str = "callbridge_auth_rejected_total";
 
@@ -128,6 +130,7 @@ fn describe() {
     describe_counter!(AUTH_REJECTED, "Webhooks and streams refused for failed authentication");
     describe_histogram!(ENGINE_FIRST_AUDIO, metrics::Unit::Seconds, "End of caller turn to the engine's first audio");
     describe_counter!(CALL_ERRORS, "Failures during calls (tools, transfers), by source");
+    describe_counter!(CONNECTIONS_REFUSED, "HTTP connections closed at accept (connection limit)");
 }
 
 /// Metric handles for one call, resolved once at call start.

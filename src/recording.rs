@@ -25,7 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -184,6 +184,8 @@ pub struct RecordingService {
     dir: PathBuf,
     ring_slots: usize,
     tx: mpsc::Sender<NewRecording>,
+    /// Recordings not yet finished by the writer.
+    live: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for RecordingService {
@@ -209,8 +211,30 @@ impl RecordingService {
         // The folder is made with the first file; a folder that cannot be made is
         // reported per call (the call still goes on).
         let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new().name("recording-writer".into()).spawn(move || writer(rx, header_update, sinks))?;
-        Ok(Self { dir: dir.to_path_buf(), ring_slots: ring_slots.max(8), tx })
+        let live = Arc::new(AtomicUsize::new(0));
+        let l = live.clone();
+        std::thread::Builder::new()
+            .name("recording-writer".into())
+            .spawn(move || writer(rx, header_update, sinks, l))?;
+        Ok(Self { dir: dir.to_path_buf(), ring_slots: ring_slots.max(8), tx, live })
+    }
+
+    /// Recordings the writer has not finished yet.
+    pub fn unfinished(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Wait (up to `within`) until every recording whose call ended is
+    /// finished: its last audio written and its header final. For shutdown.
+    pub async fn finish(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.unfinished() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// The file of `id`.
@@ -224,7 +248,10 @@ impl RecordingService {
         let (ptx, prx) = rtrb::RingBuffer::new(self.ring_slots);
         let status = Arc::new(RecordingStatus::default());
         let path = self.path_of(id);
-        let _ = self.tx.send(NewRecording { rx: prx, path: path.clone(), rate, status: status.clone() });
+        self.live.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(NewRecording { rx: prx, path: path.clone(), rate, status: status.clone() }).is_err() {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+        }
         Recorder { tx: ptx, caller_pos: 0, status, path }
     }
 }
@@ -303,8 +330,12 @@ impl Active {
                 self.caller.extend(samples.iter().skip(skip));
             }
             Kind::Bot => {
-                // Skip what was already committed (arrived too late to place).
-                let skip = self.written.saturating_sub(s.pos).min(samples.len() as u64) as usize;
+                // Skip what was already committed (arrived too late to place); a
+                // slot wholly in the committed past has nothing left to place.
+                if s.pos + samples.len() as u64 <= self.written {
+                    return;
+                }
+                let skip = self.written.saturating_sub(s.pos) as usize;
                 let samples = &samples[skip..];
                 let rel = (s.pos + skip as u64 - self.written) as usize;
                 if self.bot.len() < rel + samples.len() {
@@ -360,9 +391,33 @@ impl Active {
         }
         self.last_flush = Instant::now();
     }
+
+    /// Drain the ring and write what is due; returns whether the recording is finished.
+    fn step(&mut self, header_update: Duration) -> bool {
+        while let Ok(s) = self.rx.pop() {
+            self.apply(&s);
+        }
+        if self.ended || self.rx.is_abandoned() && self.rx.is_empty() {
+            let n = self.caller.len().max(self.bot.len());
+            self.commit(n);
+            if let Some(w) = self.wav.take()
+                && let Err(e) = w.finalize()
+            {
+                self.fail(e);
+            }
+            self.status.finished.store(true, Ordering::Release);
+            return true;
+        }
+        let n = self.caller.len().saturating_sub(self.holdback);
+        self.commit(n);
+        if self.last_flush.elapsed() >= header_update {
+            self.flush();
+        }
+        false
+    }
 }
 
-fn writer(rx: mpsc::Receiver<NewRecording>, header_update: Duration, sinks: SinkFactory) {
+fn writer(rx: mpsc::Receiver<NewRecording>, header_update: Duration, sinks: SinkFactory, live: Arc<AtomicUsize>) {
     let mut active: HashMap<u64, Active> = HashMap::new();
     let mut next = 0u64;
     let mut closed = false;
@@ -389,12 +444,18 @@ fn writer(rx: mpsc::Receiver<NewRecording>, header_update: Duration, sinks: Sink
                         holdback: (n.rate / 5) as usize,
                     };
                     let off = a.off.clone();
-                    let opened = sinks(&n.path).and_then(|inner| {
-                        hound::WavWriter::new(Guarded { inner, off }, spec).map_err(std::io::Error::other)
-                    });
+                    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        sinks(&n.path).and_then(|inner| {
+                            hound::WavWriter::new(Guarded { inner, off }, spec).map_err(std::io::Error::other)
+                        })
+                    }));
                     match opened {
-                        Ok(w) => a.wav = Some(w),
-                        Err(e) => a.fail(format!("cannot create {}: {e}", n.path.display())),
+                        Ok(Ok(w)) => a.wav = Some(w),
+                        Ok(Err(e)) => a.fail(format!("cannot create {}: {e}", n.path.display())),
+                        Err(_) => {
+                            metrics::counter!(crate::metrics::RECORDING_FAILED, "kind" => "writer_panic").increment(1);
+                            a.fail("internal error in the recording writer");
+                        }
                     }
                     a.flush();
                     active.insert(next, a);
@@ -409,29 +470,24 @@ fn writer(rx: mpsc::Receiver<NewRecording>, header_update: Duration, sinks: Sink
         }
         let mut done = Vec::new();
         for (k, a) in active.iter_mut() {
-            while let Ok(s) = a.rx.pop() {
-                a.apply(&s);
-            }
-            if a.ended || a.rx.is_abandoned() && a.rx.is_empty() {
-                let n = a.caller.len().max(a.bot.len());
-                a.commit(n);
-                if let Some(w) = a.wav.take()
-                    && let Err(e) = w.finalize()
-                {
-                    a.fail(e);
+            // One recording's bug must not stop every other call's recording:
+            // a panic ends that recording (reported) and the writer goes on.
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| a.step(header_update)));
+            match step {
+                Ok(true) => done.push(*k),
+                Ok(false) => {}
+                Err(_) => {
+                    metrics::counter!(crate::metrics::RECORDING_FAILED, "kind" => "writer_panic").increment(1);
+                    tracing::error!("recording writer panicked on one recording; it is stopped, others go on");
+                    a.fail("internal error in the recording writer");
+                    a.status.finished.store(true, Ordering::Release);
+                    done.push(*k);
                 }
-                a.status.finished.store(true, Ordering::Release);
-                done.push(*k);
-                continue;
-            }
-            let n = a.caller.len().saturating_sub(a.holdback);
-            a.commit(n);
-            if a.last_flush.elapsed() >= header_update {
-                a.flush();
             }
         }
         for k in done {
             active.remove(&k);
+            live.fetch_sub(1, Ordering::AcqRel);
         }
         if closed && active.is_empty() {
             return;
@@ -548,5 +604,84 @@ mod tests {
         let rd = hound::WavReader::new(std::io::Cursor::new(bytes)).expect("what exists is a valid WAV");
         let n = rd.len() / 2;
         assert!(n > 0 && n <= 4000, "holds audio up to the last header update ({n} frames)");
+    }
+
+    #[test]
+    fn a_bot_slot_wholly_in_the_committed_past_is_dropped_not_a_panic() {
+        let dir = std::env::temp_dir().join(format!("cb-rec-{}", crate::signature::random_hex()));
+        let svc = RecordingService::start(&dir, 256, Duration::from_millis(30)).unwrap();
+        let mut r = svc.begin(CallId(21), 8000);
+        for _ in 0..50 {
+            r.caller(&[1; 160]);
+        }
+        // Let the writer commit most of that second.
+        let t = Instant::now();
+        while r.status().written_samples.load(Ordering::Relaxed) < 4000 {
+            assert!(t.elapsed() < Duration::from_secs(5), "writer did not commit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        r.bot(&[2; 320], 0); // far behind what is on disk already
+        let st = r.status().clone();
+        drop(r);
+        wait_finished(&st);
+        assert!(st.loss().is_none(), "{:?}", st.loss());
+        // The writer is alive: another recording still completes.
+        let mut r2 = svc.begin(CallId(22), 8000);
+        r2.caller(&[3; 160]);
+        let st2 = r2.status().clone();
+        drop(r2);
+        wait_finished(&st2);
+        assert_eq!(svc.unfinished(), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A sink whose first write panics (a bug below the writer), and whose
+    /// later writes fail (so no destructor panics while unwinding).
+    struct Panics(bool);
+    impl Write for Panics {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            if !self.0 {
+                self.0 = true;
+                panic!("injected bug");
+            }
+            Err(std::io::Error::other("broken"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Seek for Panics {
+        fn seek(&mut self, _: std::io::SeekFrom) -> std::io::Result<u64> {
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn a_panic_in_one_recording_stops_it_alone_and_is_reported() {
+        let dir = std::env::temp_dir().join(format!("cb-rec-{}", crate::signature::random_hex()));
+        let good_dir = dir.clone();
+        let factory: SinkFactory = Arc::new(move |p: &Path| {
+            if p.file_name().is_some_and(|n| n.to_string_lossy().contains("00000000000000000000000000000031")) {
+                Ok(Box::new(Panics(false)) as Box<dyn Sink>)
+            } else {
+                file_sink(&good_dir.join(p.file_name().unwrap()))
+            }
+        });
+        let svc = RecordingService::start_with(&dir, 64, Duration::from_millis(30), factory).unwrap();
+        let mut bad = svc.begin(CallId(0x31), 8000);
+        let mut good = svc.begin(CallId(0x32), 8000);
+        for _ in 0..20 {
+            bad.caller(&[1; 160]);
+            good.caller(&[1; 160]);
+        }
+        let (sb, sg) = (bad.status().clone(), good.status().clone());
+        drop((bad, good));
+        wait_finished(&sb);
+        wait_finished(&sg);
+        assert!(sb.loss().is_some_and(|l| l.contains("internal error")), "{:?}", sb.loss());
+        assert!(sg.loss().is_none(), "the other recording is untouched");
+        let rd = hound::WavReader::open(svc.path_of(CallId(0x32))).unwrap();
+        assert_eq!(rd.len() / 2, 20 * 160);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::api::{AppState, router};
+use crate::api::{AppState, admin_router, router};
 use crate::callback::client::CallbackClient;
 use crate::callback::delivery::DeliveryConfig;
 use crate::config::{Config, Secrets};
@@ -69,7 +68,7 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
     ));
     engines.check_default().map_err(|e| ServerError::Setup(format!("engine.kind = {:?}: {e}", config.engine.kind)))?;
     let tenants = Arc::new(NumberStore::open(&config.storage.database, &config.numbers)?);
-    let store = crate::callstore::CallStore::open(&config.storage.database)
+    let store = crate::callstore::CallStore::open(&config.storage.database, config.storage.memory_max_calls)
         .map_err(|e| ServerError::Setup(format!("call store: {e}")))?;
     let s = &config.server;
     let limits = CallLimits {
@@ -85,9 +84,11 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         engines,
         registry: Registry::new(),
         pending: PendingCalls::new(),
+        capacity: crate::runtime::capacity::Capacity::new(config.server.max_calls, config.limits.max_calls_per_tenant),
         require_stream_token: validate,
         client: client.clone(),
         delivery: DeliveryConfig::from_config(&config.callbacks),
+        deliveries: crate::callback::delivery::Deliveries::new(),
         prompts: Prompts::builtin(),
         callbacks: config.callbacks.clone(),
         recordings: Some(crate::recording::RecordingService::start(
@@ -103,7 +104,8 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
     for c in &carriers {
         crate::metrics::announce_carrier(c.carrier(), "local");
     }
-    let fetches = Arc::new(tokio::sync::Semaphore::new(8));
+    let fetches = Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_fetches.max(1)));
+    let rate = crate::api::rate::RateLimiter::new(config.limits.api_requests_per_second, config.limits.api_burst);
     Ok(Arc::new(AppState {
         config,
         secrets,
@@ -112,47 +114,84 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         metrics,
         carriers,
         fetches,
+        rate,
         accepting: AtomicBool::new(true),
     }))
 }
 
-/// A running server's address and a handle to stop it.
+/// A running server's addresses.
 pub struct Running {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The admin listener (`server.admin_listen`), if configured.
+    pub admin_addr: Option<SocketAddr>,
     /// Shared state (for tests and embedding).
     pub state: Arc<AppState>,
 }
 
-/// Bind `config.server.listen` (or `listen` if given) and serve until `shutdown`
-/// resolves, then drain calls. `on_bound` learns the bound address.
+/// The listeners a server serves on.
+pub struct Listeners {
+    /// Carriers, the control API, health.
+    pub public: TcpListener,
+    /// Metrics and the admin API, when configured apart.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Bind `listen` and, if configured, `server.admin_listen`.
+    pub async fn bind(config: &Config, listen: SocketAddr) -> Result<Self, ServerError> {
+        let public = TcpListener::bind(listen).await?;
+        let admin = match config.server.admin_listen.trim() {
+            "" => None,
+            a => {
+                let addr: SocketAddr = a
+                    .parse()
+                    .map_err(|_| ServerError::Setup(format!("server.admin_listen = {a:?} is not an address")))?;
+                Some(TcpListener::bind(addr).await?)
+            }
+        };
+        Ok(Self { public, admin })
+    }
+}
+
+/// Serve until `shutdown` resolves, then drain: refuse new calls (webhooks
+/// answer busy, streams 503) while `/healthz` says 503 and the control API
+/// stays up; let live calls finish for `server.shutdown_grace_ms`, hang up the
+/// rest, and flush what they leave — `call.ended` deliveries, the call store,
+/// the recordings — before the listeners close.
 pub async fn serve(
     state: Arc<AppState>,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let grace = Duration::from_millis(state.config.server.shutdown_grace_ms);
-    let app = router(state.clone());
-    let sndbuf = state.config.server.socket_send_buffer_bytes;
-    let listener = listener.tap_io(move |tcp| {
-        // Latency: never let Nagle hold a 20 ms frame back.
-        let _ = tcp.set_nodelay(true);
-        if sndbuf > 0 {
-            let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(sndbuf);
-        }
-    });
+    let l = &state.config.limits;
+    let limits = crate::listener::ListenerLimits {
+        max_connections: l.max_connections,
+        header_read_timeout: Duration::from_millis(l.header_read_timeout_ms),
+        send_buffer: state.config.server.socket_send_buffer_bytes,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut served =
+        vec![tokio::spawn(crate::listener::run(listeners.public, router(state.clone()), limits, stop_rx.clone()))];
+    if let Some(admin) = listeners.admin {
+        served.push(tokio::spawn(crate::listener::run(admin, admin_router(state.clone()), limits, stop_rx)));
+    }
     // Histogram samples wait in the recorder until drained; drain them every few
     // seconds so an unscraped server does not grow.
-    let metrics = state.metrics.clone();
-    let call = state.call.clone();
+    let st = state.clone();
     let upkeep = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
-            metrics.run_upkeep();
-            // Routes whose stream never came, and the ended-calls memory.
-            call.pending.sweep(Duration::from_secs(300));
-            call.registry.sweep_ended();
+            st.metrics.run_upkeep();
+            // Routes whose stream never came: the backend hears the call ended.
+            let wait = Duration::from_millis(st.config.server.stream_wait_ms);
+            for route in st.call.pending.sweep(wait) {
+                crate::runtime::call_task::report_unconnected(&st.call, &route, "no_stream");
+            }
+            st.call.registry.sweep_ended();
+            st.rate.sweep(std::time::Instant::now());
         }
     });
     // Retention: delete call data older than `storage.retention_days`, hourly.
@@ -173,47 +212,62 @@ pub async fn serve(
             }
         })
     });
-    let st = state.clone();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        st.accepting.store(false, Ordering::Release);
-        let _ = stop_tx.send(true);
-    });
-    let served = server.await;
-    if *stop_rx.borrow() {
-        drain(&state, grace).await;
+    shutdown.await;
+    state.accepting.store(false, Ordering::Release);
+    drain(&state, grace).await;
+    let _ = stop_tx.send(true);
+    for s in served {
+        let _ = s.await;
     }
     upkeep.abort();
     if let Some(r) = retention {
         r.abort();
     }
-    served?;
     Ok(())
 }
 
-/// Let live calls finish for up to `grace`, then hang the rest up.
+/// Let live calls finish for most of `grace`, hang up the rest, then flush
+/// what they left behind within what remains (at least a few seconds).
 pub async fn drain(state: &AppState, grace: Duration) {
     let registry = &state.call.registry;
+    let started = tokio::time::Instant::now();
+    let flush_reserve = (grace / 4).min(Duration::from_secs(5));
     let live = registry.len();
-    if live == 0 {
-        return;
+    if live > 0 {
+        info!(live, grace_ms = grace.as_millis() as u64, "shutdown: waiting for live calls");
+        if tokio::time::timeout(grace - flush_reserve, registry.wait_empty()).await.is_err() {
+            let n = registry.broadcast(ControlCommand::Shutdown);
+            warn!(told = n, "shutdown grace over: hanging up remaining calls");
+            let _ = tokio::time::timeout(Duration::from_secs(3), registry.wait_empty()).await;
+        }
     }
-    info!(live, grace_ms = grace.as_millis() as u64, "shutdown: waiting for live calls");
-    if tokio::time::timeout(grace, registry.wait_empty()).await.is_err() {
-        let n = registry.broadcast(ControlCommand::Shutdown);
-        warn!(told = n, "shutdown grace over: hanging up remaining calls");
-        let _ = tokio::time::timeout(Duration::from_secs(3), registry.wait_empty()).await;
+    // Calls announced but never connected: their backends hear how they ended.
+    for route in state.call.pending.sweep(Duration::ZERO) {
+        crate::runtime::call_task::report_unconnected(&state.call, &route, "shutdown");
     }
-}
-
-/// Bind a listener for `addr`.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    Ok(TcpListener::bind(addr).await?)
+    let left = grace.saturating_sub(started.elapsed()).max(Duration::from_secs(2));
+    let delivered = state.call.deliveries.wait_idle(left).await;
+    if !delivered {
+        warn!(pending = state.call.deliveries.active(), "shutdown: some callback deliveries did not finish");
+    }
+    let left = grace.saturating_sub(started.elapsed()).max(Duration::from_secs(2));
+    if let Some(rec) = &state.call.recordings
+        && !rec.finish(left).await
+    {
+        warn!(unfinished = rec.unfinished(), "shutdown: some recordings were not finished");
+    }
+    if let Some(store) = state.call.store.clone() {
+        let left = grace.saturating_sub(started.elapsed()).max(Duration::from_secs(2));
+        let synced = tokio::task::spawn_blocking(move || store.sync_within(left)).await.unwrap_or(false);
+        if !synced {
+            warn!("shutdown: the call store did not confirm its last writes");
+        }
+    }
+    info!(took_ms = started.elapsed().as_millis() as u64, "shutdown: drained");
 }
 
 /// Start a server on `addr` in the background (tests, embedding). Returns its
-/// address, its state, and a sender that triggers graceful shutdown.
+/// addresses, its state, and a sender that triggers graceful shutdown.
 pub async fn spawn(
     config: Config,
     addr: SocketAddr,
@@ -229,16 +283,17 @@ pub async fn spawn_with(
     addr: SocketAddr,
 ) -> Result<(Running, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), ServerError>>), ServerError>
 {
+    let listeners = Listeners::bind(&config, addr).await?;
+    let addr = listeners.public.local_addr()?;
+    let admin_addr = listeners.admin.as_ref().map(|l| l.local_addr()).transpose()?;
     let state = build_state(config, secrets)?;
-    let listener = bind(addr).await?;
-    let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let st = state.clone();
     let join = tokio::spawn(async move {
-        serve(st, listener, async move {
+        serve(st, listeners, async move {
             let _ = rx.await;
         })
         .await
     });
-    Ok((Running { addr, state }, tx, join))
+    Ok((Running { addr, admin_addr, state }, tx, join))
 }

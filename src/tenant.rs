@@ -33,7 +33,10 @@ pub enum Source {
 /// One registered number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
-    /// E.164 number (also the tenant's identity).
+    /// The tenant's identity: random at registration, never reused. Call data
+    /// is keyed by it, so whoever registers the number next sees none of it.
+    pub id: String,
+    /// E.164 number.
     pub number: String,
     /// Callback URL.
     pub callback_url: String,
@@ -45,6 +48,24 @@ pub struct Tenant {
     pub created_at: u64,
     /// Origin.
     pub source: Source,
+    /// Transfer destinations the tenant may reach (prefixes, SIP domains);
+    /// empty: its own country's numbers only.
+    pub transfer_allow: Vec<String>,
+}
+
+impl Tenant {
+    /// Where this tenant may transfer calls.
+    pub fn destinations(&self) -> crate::destination::DestinationPolicy {
+        crate::destination::DestinationPolicy::new(&self.number, &self.transfer_allow)
+            .unwrap_or_else(|_| crate::destination::DestinationPolicy::new(&self.number, &[]).expect("empty list"))
+    }
+}
+
+/// The id of a tenant declared in the config file: stable across restarts,
+/// derived from the number and its secret (a different owner, with another
+/// secret, gets another id).
+fn config_tenant_id(n: &NumberConfig) -> String {
+    format!("cfg_{}", &sha256_hex(format!("{}\n{}", n.number, n.secret).as_bytes())[..32])
 }
 
 /// Errors of the number store.
@@ -142,19 +163,35 @@ impl NumberStore {
                      created_at INTEGER NOT NULL
                  );",
             )?;
+            // Added later: the tenant id and its transfer destinations.
+            for (col, decl) in [("tenant_id", "TEXT"), ("transfer_allow", "TEXT NOT NULL DEFAULT '[]'")] {
+                let has: bool =
+                    conn.prepare("SELECT 1 FROM pragma_table_info('numbers') WHERE name = ?1")?.exists(params![col])?;
+                if !has {
+                    conn.execute_batch(&format!("ALTER TABLE numbers ADD COLUMN {col} {decl}"))?;
+                }
+            }
+            conn.execute(
+                "UPDATE numbers SET tenant_id = 'tn_' || lower(hex(randomblob(16))) WHERE tenant_id IS NULL",
+                [],
+            )?;
             Some(conn)
         };
         let mut index = Index::default();
         if let Some(conn) = &db {
-            let mut st = conn.prepare("SELECT number, callback_url, secret, token_hash, created_at FROM numbers")?;
+            let mut st = conn.prepare(
+                "SELECT number, callback_url, secret, token_hash, created_at, tenant_id, transfer_allow FROM numbers",
+            )?;
             let rows = st.query_map([], |r| {
                 Ok(Tenant {
+                    id: r.get(5)?,
                     number: r.get(0)?,
                     callback_url: r.get(1)?,
                     secret: r.get(2)?,
                     token_hash: r.get(3)?,
                     created_at: r.get::<_, i64>(4)? as u64,
                     source: Source::Api,
+                    transfer_allow: serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or_default(),
                 })
             })?;
             for t in rows {
@@ -163,6 +200,8 @@ impl NumberStore {
         }
         for n in declared {
             index.insert(Tenant {
+                id: config_tenant_id(n),
+                transfer_allow: n.transfer_allow.clone(),
                 number: n.number.clone(),
                 callback_url: n.callback_url.clone(),
                 secret: n.secret.clone(),
@@ -206,6 +245,7 @@ impl NumberStore {
         number: &str,
         callback_url: &str,
         secret: &str,
+        transfer_allow: &[String],
     ) -> Result<(Arc<Tenant>, String), TenantError> {
         if !is_e164(number) {
             return Err(TenantError::Invalid(format!("number {number:?} is not E.164 (e.g. +15551230000)")));
@@ -214,6 +254,8 @@ impl NumberStore {
         if secret.len() < 16 {
             return Err(TenantError::Invalid("secret must be at least 16 characters".into()));
         }
+        crate::destination::DestinationPolicy::new(number, transfer_allow)
+            .map_err(|e| TenantError::Invalid(format!("transfer_allow: {e}")))?;
         if let Some(t) = self.get(number) {
             return Err(if t.source == Source::Config {
                 TenantError::FromConfig(number.into())
@@ -223,18 +265,22 @@ impl NumberStore {
         }
         let token = format!("cbt_{}", random_hex());
         let t = Tenant {
+            id: format!("tn_{}", &random_hex()[..32]),
             number: number.into(),
             callback_url: callback_url.into(),
             secret: secret.into(),
             token_hash: sha256_hex(token.as_bytes()),
             created_at: unix_now(),
             source: Source::Api,
+            transfer_allow: transfer_allow.to_vec(),
         };
         if let Some(db) = &self.db {
             let conn = db.lock().expect("db lock");
+            let allow = serde_json::to_string(&t.transfer_allow).expect("strings serialize");
             let n = conn.execute(
-                "INSERT OR IGNORE INTO numbers (number, callback_url, secret, token_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![t.number, t.callback_url, t.secret, t.token_hash, t.created_at as i64],
+                "INSERT OR IGNORE INTO numbers (number, callback_url, secret, token_hash, created_at, tenant_id, transfer_allow)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![t.number, t.callback_url, t.secret, t.token_hash, t.created_at as i64, t.id, allow],
             )?;
             if n == 0 {
                 return Err(TenantError::Exists(number.into()));
@@ -349,11 +395,11 @@ mod tests {
         let db = dir.join("sub/cb.db");
         let path = db.to_str().unwrap();
         let store = NumberStore::open(path, &[]).unwrap();
-        let (t, token) = store.register("+15551230000", "http://127.0.0.1:9/cb", "0123456789abcdef").unwrap();
+        let (t, token) = store.register("+15551230000", "http://127.0.0.1:9/cb", "0123456789abcdef", &[]).unwrap();
         assert_eq!(store.by_token(&token).unwrap().number, "+15551230000");
         assert_ne!(t.token_hash, token);
         assert!(matches!(
-            store.register("+15551230000", "http://127.0.0.1:9/cb", "0123456789abcdef"),
+            store.register("+15551230000", "http://127.0.0.1:9/cb", "0123456789abcdef", &[]),
             Err(TenantError::Exists(_))
         ));
         drop(store);
@@ -361,9 +407,13 @@ mod tests {
         assert!(!text.windows(token.len()).any(|w| w == token.as_bytes()), "token stored in clear");
         let store = NumberStore::open(path, &[]).unwrap();
         assert_eq!(store.get("+15551230000").unwrap().callback_url, "http://127.0.0.1:9/cb");
+        assert_eq!(store.get("+15551230000").unwrap().id, t.id, "the tenant id survives a restart");
         assert!(store.by_token(&token).is_some());
         assert!(store.remove("+15551230000").unwrap().is_some());
         assert!(store.by_token(&token).is_none());
+        let (again, _) = store.register("+15551230000", "http://127.0.0.1:9/cb", "0123456789abcdef", &[]).unwrap();
+        assert_ne!(again.id, t.id, "the next owner of a number is another tenant");
+        assert!(store.remove("+15551230000").unwrap().is_some());
         drop(store);
         assert!(NumberStore::open(path, &[]).unwrap().is_empty());
         #[cfg(unix)]
@@ -382,20 +432,21 @@ mod tests {
             callback_url: "http://127.0.0.1:9/cb".into(),
             secret: "s".into(),
             api_token: "tok".into(),
+            transfer_allow: vec![],
         }];
         let store = NumberStore::open("", &declared).unwrap();
         assert_eq!(store.by_token("tok").unwrap().number, "+15550001111");
         assert!(store.by_token("").is_none());
         assert!(matches!(
-            store.register("+15550001111", "http://a/b", "0123456789abcdef"),
+            store.register("+15550001111", "http://a/b", "0123456789abcdef", &[]),
             Err(TenantError::FromConfig(_))
         ));
         assert!(matches!(store.remove("+15550001111"), Err(TenantError::FromConfig(_))));
-        assert!(matches!(store.register("555", "http://a/b", "0123456789abcdef"), Err(TenantError::Invalid(_))));
+        assert!(matches!(store.register("555", "http://a/b", "0123456789abcdef", &[]), Err(TenantError::Invalid(_))));
         assert!(matches!(
-            store.register("+15551112222", "ftp://a/b", "0123456789abcdef"),
+            store.register("+15551112222", "ftp://a/b", "0123456789abcdef", &[]),
             Err(TenantError::Invalid(_))
         ));
-        assert!(matches!(store.register("+15551112222", "http://a/b", "short"), Err(TenantError::Invalid(_))));
+        assert!(matches!(store.register("+15551112222", "http://a/b", "short", &[]), Err(TenantError::Invalid(_))));
     }
 }

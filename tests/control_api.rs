@@ -192,6 +192,14 @@ async fn tenants_control_their_live_calls_and_only_theirs() {
         .as_str()
         .unwrap()
         .to_string();
+    // Toll fraud: destinations outside the tenant's list never reach the carrier.
+    let updates = backend.twilio_updates().len();
+    for to in ["+882345678901", "+442071234567", "sip:desk@pbx.evil.example"] {
+        let (st, body) =
+            api.req("POST", &format!("/v1/calls/{id}/transfer"), Some("tenant-a-token"), Some(json!({"to": to}))).await;
+        assert_eq!((st, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("destination_not_allowed")), "{to}");
+    }
+    assert_eq!(backend.twilio_updates().len(), updates, "nothing was dialled");
     backend.set_twilio_status(404);
     let (st, _) = api
         .req(

@@ -127,7 +127,10 @@ async fn health_metrics_and_twiml() {
     );
     let resp = http(srv.addr, &req).await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    assert!(resp.contains(r#"<Connect><Stream url="wss://cb.example.com/twilio/stream">"#), "{resp}");
+    assert!(
+        resp.contains(r#"<Connect><Stream url="wss://cb.example.com/twilio/stream" statusCallback="https://cb.example.com/twilio/stream-status" statusCallbackMethod="POST">"#),
+        "{resp}"
+    );
     assert!(resp.contains(r#"<Parameter name="from" value="+15551234567"/>"#), "{resp}");
     assert!(!resp.contains("stream?"), "no query string in the stream URL");
     srv.shutdown().await;

@@ -2,7 +2,7 @@
 //! token). Documented in `docs/openapi.json`, served at `/openapi.json`.
 //!
 //! Isolation: a tenant token resolves to exactly one number, and every call
-//! lookup is filtered by that number, so another tenant's call is
+//! lookup is filtered by that tenant's id, so another tenant's call is
 //! indistinguishable from one that does not exist (404). Handlers never touch
 //! a call's state directly; they send a [`CallControl`] down its bounded lane.
 
@@ -19,7 +19,8 @@ use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
 use super::AppState;
-use super::carrier_control::{ControlError, TransferTarget};
+use super::carrier_control::ControlError;
+use crate::destination::TransferTarget;
 use crate::ids::CallId;
 use crate::runtime::registry::{CallControl, CallDetails};
 use crate::session::{ControlCommand, Say};
@@ -73,13 +74,23 @@ fn is_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 fn tenant(s: &AppState, headers: &HeaderMap) -> Result<Arc<Tenant>, ApiError> {
-    bearer(headers)
+    let t = bearer(headers)
         .and_then(|t| s.tenants.by_token(t))
-        .ok_or_else(|| api_error(StatusCode::UNAUTHORIZED, "unauthorized", "tenant bearer token required"))
+        .ok_or_else(|| api_error(StatusCode::UNAUTHORIZED, "unauthorized", "tenant bearer token required"))?;
+    if let Err(wait) = s.rate.check(&t.id, std::time::Instant::now()) {
+        metrics::counter!(crate::metrics::CALLS_REJECTED, "reason" => "api_rate_limited").increment(1);
+        return Err(api_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests for this number; retry in {} ms", (wait * 1000.0).ceil() as u64),
+        ));
+    }
+    Ok(t)
 }
 
 fn number_json(t: &Tenant) -> serde_json::Value {
-    json!({"number": t.number, "callback_url": t.callback_url, "created_at": t.created_at, "source": t.source})
+    json!({"number": t.number, "callback_url": t.callback_url, "created_at": t.created_at, "source": t.source,
+        "transfer_allow": t.transfer_allow})
 }
 
 /// `POST /v1/numbers` body.
@@ -89,6 +100,8 @@ pub struct NewNumber {
     number: String,
     callback_url: String,
     secret: String,
+    #[serde(default)]
+    transfer_allow: Vec<String>,
 }
 
 fn tenant_error(e: TenantError) -> ApiError {
@@ -117,7 +130,14 @@ pub async fn create_number(
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid", e.body_text()),
     };
     let store = s.tenants.clone();
-    let res = tokio::task::spawn_blocking(move || store.register(&n.number, &n.callback_url, &n.secret)).await;
+    if let Ok(url) = reqwest::Url::parse(&n.callback_url)
+        && let Err(e) = s.call.client.check_url(&url)
+    {
+        return error(StatusCode::BAD_REQUEST, "invalid", format!("callback_url: {e}"));
+    }
+    let res =
+        tokio::task::spawn_blocking(move || store.register(&n.number, &n.callback_url, &n.secret, &n.transfer_allow))
+            .await;
     match res {
         Ok(Ok((t, token))) => {
             let mut v = number_json(&t);
@@ -142,14 +162,36 @@ pub async fn get_number(State(s): State<Arc<AppState>>, headers: HeaderMap, Path
     }
 }
 
-/// `DELETE /v1/numbers/{number}` (admin).
+/// `DELETE /v1/numbers/{number}` (admin): the number and everything of its
+/// tenant — transcripts, reports, recordings — are erased. Refused (409) while
+/// the tenant has live calls. Whoever registers the number next is a new
+/// tenant and sees nothing of the old one.
 pub async fn delete_number(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(number): Path<String>) -> Response {
     if let Err(r) = is_admin(&s, &headers) {
         return r.into_response();
     }
+    let Some(t) = s.tenants.get(&number) else {
+        return error(StatusCode::NOT_FOUND, "not_found", "number not registered");
+    };
+    if !s.call.registry.of_tenant(&t.id).is_empty() {
+        return error(StatusCode::CONFLICT, "calls_live", "the number has live calls; hang them up first");
+    }
     let store = s.tenants.clone();
-    match tokio::task::spawn_blocking(move || store.remove(&number)).await {
-        Ok(Ok(Some(_))) => StatusCode::NO_CONTENT.into_response(),
+    let calls = s.call.store.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        let removed = store.remove(&number)?;
+        let erased = match (&removed, calls) {
+            (Some(t), Some(c)) => c.delete_tenant(&t.id).map_err(|e| TenantError::Invalid(e.to_string()))?,
+            _ => 0,
+        };
+        Ok::<_, TenantError>(removed.map(|_| erased))
+    })
+    .await;
+    match res {
+        Ok(Ok(Some(erased))) => {
+            tracing::info!(calls_erased = erased, "number deleted with its call data");
+            StatusCode::NO_CONTENT.into_response()
+        }
         Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "not_found", "number not registered"),
         Ok(Err(e)) => tenant_error(e).into_response(),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "removal failed"),
@@ -176,7 +218,7 @@ pub async fn list_calls(State(s): State<Arc<AppState>>, headers: HeaderMap) -> R
         Ok(t) => t,
         Err(r) => return r.into_response(),
     };
-    let calls: Vec<_> = s.call.registry.of_tenant(&t.number).iter().map(|(id, d)| call_json(*id, d)).collect();
+    let calls: Vec<_> = s.call.registry.of_tenant(&t.id).iter().map(|(id, d)| call_json(*id, d)).collect();
     Json(json!({ "calls": calls })).into_response()
 }
 
@@ -192,10 +234,10 @@ fn own_call(
     let handle = s.call.registry.get(call_id);
     match handle {
         Some(h) => match h.details.clone() {
-            Some(d) if d.tenant.as_deref() == Some(t.number.as_str()) => Ok((t, call_id, h, d)),
+            Some(d) if d.tenant.as_deref() == Some(t.id.as_str()) => Ok((t, call_id, h, d)),
             _ => Err(not_found()),
         },
-        None if s.call.registry.ended_recently(call_id, &t.number) => {
+        None if s.call.registry.ended_recently(call_id, &t.id) => {
             Err(api_error(StatusCode::GONE, "call_ended", "the call has ended"))
         }
         None => Err(not_found()),
@@ -345,7 +387,7 @@ pub async fn transfer(
     Path(id): Path<String>,
     body: Result<Json<Transfer>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let (_, _, h, d) = match own_call(&s, &headers, &id) {
+    let (t, _, h, d) = match own_call(&s, &headers, &id) {
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
@@ -357,6 +399,14 @@ pub async fn transfer(
         Ok(t) => t,
         Err(m) => return error(StatusCode::BAD_REQUEST, "invalid", m),
     };
+    if !t.destinations().allows(&target) {
+        metrics::counter!(crate::metrics::CALL_ERRORS, "source" => "transfer_refused").increment(1);
+        return error(
+            StatusCode::FORBIDDEN,
+            "destination_not_allowed",
+            "this number may not transfer there (see the number's transfer_allow)",
+        );
+    }
     let Some(carrier) = s.carrier_control(d.carrier) else {
         return error(StatusCode::CONFLICT, "unsupported", "this carrier cannot transfer calls");
     };
@@ -405,7 +455,7 @@ async fn stored_call(s: &AppState, headers: &HeaderMap, id: &str) -> Result<crat
         .map_err(|_| api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "lookup failed"))?
         .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()))?;
     match row {
-        Some(r) if r.tenant.as_deref() == Some(t.number.as_str()) => Ok(r),
+        Some(r) if r.tenant.as_deref() == Some(t.id.as_str()) => Ok(r),
         _ => Err(not_found()),
     }
 }
@@ -465,9 +515,7 @@ pub async fn recording(
 pub async fn delete_call(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Ok(cid) = id.parse::<CallId>()
         && s.call.registry.get(cid).is_some_and(|h| {
-            h.details
-                .as_ref()
-                .is_some_and(|d| tenant(&s, &headers).is_ok_and(|t| d.tenant.as_deref() == Some(&t.number)))
+            h.details.as_ref().is_some_and(|d| tenant(&s, &headers).is_ok_and(|t| d.tenant.as_deref() == Some(&t.id)))
         })
     {
         return error(StatusCode::CONFLICT, "call_live", "the call is still in progress; hang up first");

@@ -2,8 +2,10 @@
 //!
 //! Handlers are thin: they check admission and hand the socket to a call task.
 
+pub mod arrival;
 pub mod carrier_control;
 pub mod control;
+pub mod rate;
 pub mod twilio;
 
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
+use std::time::Duration;
 
 use crate::config::{Config, Secrets};
 use crate::runtime::call_task::CallContext;
@@ -36,6 +39,8 @@ pub struct AppState {
     pub carriers: Vec<Arc<dyn carrier_control::CarrierControl>>,
     /// Concurrent `say` audio fetches.
     pub fetches: Arc<tokio::sync::Semaphore>,
+    /// Control API requests per tenant.
+    pub rate: rate::RateLimiter,
     /// False once shutdown began: new calls are refused.
     pub accepting: AtomicBool,
 }
@@ -46,25 +51,29 @@ impl AppState {
         self.carriers.iter().find(|c| c.carrier() == carrier)
     }
 
-    /// Whether a new call may be admitted now.
-    pub fn admit(&self) -> Result<(), (StatusCode, &'static str)> {
+    /// Whether a media stream may connect now. Its call slot is reserved by
+    /// its webhook (or at `start` for streams no webhook announced); this only
+    /// bounds the sockets waiting for their `start`.
+    pub fn admit_stream(&self) -> Result<(), (StatusCode, &'static str)> {
         if !self.accepting.load(Ordering::Acquire) {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
         }
-        if self.call.registry.len() >= self.config.server.max_calls {
+        if self.call.registry.len() >= self.config.server.max_calls.saturating_mul(2).max(16) {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "at capacity"));
         }
         Ok(())
     }
 }
 
-/// The full router.
+/// The public router: carriers' webhooks and streams, the tenants' control
+/// API, health; metrics and the admin API too unless `server.admin_listen`
+/// puts them on their own listener. Every request but an upgraded WebSocket
+/// must be answered within `limits.request_timeout_ms`.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let admin_apart = !state.config.server.admin_listen.trim().is_empty();
+    let timeout = Duration::from_millis(state.config.limits.request_timeout_ms);
+    let mut r = Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
-        .route("/v1/numbers", post(control::create_number))
-        .route("/v1/numbers/{number}", get(control::get_number).delete(control::delete_number))
         .route("/v1/calls", get(control::list_calls))
         .route("/v1/calls/{id}", get(control::get_call).delete(control::delete_call))
         .route("/v1/calls/{id}/transcript", get(control::transcript))
@@ -75,8 +84,27 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/calls/{id}/transfer", post(control::transfer))
         .route("/openapi.json", get(control::openapi))
         .route("/schema/callbacks.json", get(control::callbacks_schema))
-        .merge(twilio::routes())
+        .merge(twilio::routes());
+    if !admin_apart {
+        r = r.merge(admin_routes()).route("/metrics", get(public_metrics));
+    }
+    r.layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout)).with_state(state)
+}
+
+/// The admin router (`server.admin_listen`): metrics without a token, the
+/// admin API (still behind the admin token), health.
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .merge(admin_routes())
         .with_state(state)
+}
+
+fn admin_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/numbers", post(control::create_number))
+        .route("/v1/numbers/{number}", get(control::get_number).delete(control::delete_number))
 }
 
 async fn healthz(State(s): State<Arc<AppState>>) -> impl IntoResponse {
@@ -87,6 +115,28 @@ async fn healthz(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics_text(State(s): State<Arc<AppState>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
+async fn metrics_text(State(s): State<Arc<AppState>>) -> axum::response::Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}
+
+/// `/metrics` on the public listener: with `CALLBRIDGE_METRICS_TOKEN` set, only
+/// for that bearer token; without it, only when the listener is loopback
+/// (local development). Otherwise it is not there (404).
+async fn public_metrics(State(s): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> axum::response::Response {
+    match s.secrets.metrics_token.as_deref() {
+        Some(token) => {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .unwrap_or("");
+            if bool::from(subtle::ConstantTimeEq::ct_eq(given.trim().as_bytes(), token.as_bytes())) {
+                metrics_text(State(s)).await
+            } else {
+                (StatusCode::UNAUTHORIZED, "metrics bearer token required\n").into_response()
+            }
+        }
+        None if s.config.server.listen.ip().is_loopback() => metrics_text(State(s)).await,
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }

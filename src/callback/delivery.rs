@@ -4,8 +4,11 @@
 //! The call task only ever `try_send`s (never awaits), so a slow or dead
 //! backend cannot delay audio: when the queue is full the event is dropped,
 //! counted and logged. An event whose attempts run out is dropped the same
-//! way, and the next one goes on (order is kept, liveness too). The task ends
-//! when the call's sender is dropped and the queue is drained.
+//! way, and the next one goes on (order is kept, liveness too). One slot is
+//! always kept for `call.ended`, so it is never the event dropped. The task
+//! ends when the call's sender is dropped and the queue is drained; the
+//! server's [`Deliveries`] knows how many are still running (shutdown waits
+//! for them).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +45,49 @@ impl DeliveryConfig {
     }
 }
 
+/// The delivery tasks still running, for shutdown to wait on.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    active: AtomicU64,
+    idle: tokio::sync::Notify,
+}
+
+impl Deliveries {
+    /// A new, empty set.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Tasks still delivering.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Wait until every delivery task has finished (or `within` passed).
+    pub async fn wait_idle(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.idle.notified();
+            if self.active() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.active() == 0;
+            }
+        }
+    }
+}
+
+struct Running(Arc<Deliveries>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 /// The call task's end of a call's event stream.
 #[derive(Debug)]
 pub struct EventSender {
@@ -70,10 +116,24 @@ impl EventSender {
 
     /// Start delivering `call_id`'s events to `target`. `first_seq` is the
     /// sequence number already used (1 after a blocking `call.started`).
-    pub fn spawn(client: CallbackClient, target: Target, cfg: DeliveryConfig, call_id: &str, first_seq: u64) -> Self {
-        let (tx, rx) = mpsc::channel(cfg.max_queued.max(1));
+    pub fn spawn(
+        client: CallbackClient,
+        target: Target,
+        cfg: DeliveryConfig,
+        call_id: &str,
+        first_seq: u64,
+        deliveries: &Arc<Deliveries>,
+    ) -> Self {
+        // One more than the bound: the last slot is `call.ended`'s.
+        let (tx, rx) = mpsc::channel(cfg.max_queued.max(1) + 1);
         let dropped = Arc::new(AtomicU64::new(0));
-        tokio::spawn(deliver(client, target, cfg, rx, dropped.clone()));
+        deliveries.active.fetch_add(1, Ordering::AcqRel);
+        let running = Running(deliveries.clone());
+        let counted = dropped.clone();
+        tokio::spawn(async move {
+            let _running = running;
+            deliver(client, target, cfg, rx, counted).await
+        });
         Self { call_id: call_id.into(), seq: first_seq, tx: Some(tx), dropped, store: None, log: Vec::new() }
     }
 
@@ -161,7 +221,10 @@ impl EventSender {
             self.store_envelope(&env);
         }
         let Some(tx) = self.tx.as_ref() else { return true };
-        match tx.try_send(env) {
+        let last = matches!(env.event, Event::CallEnded(_));
+        // The reserved slot is `call.ended`'s alone.
+        let sent = if !last && tx.capacity() <= 1 { Err(()) } else { tx.try_send(env).map_err(|_| ()) };
+        match sent {
             Ok(()) => true,
             Err(_) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -192,6 +192,8 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// Internal error.
     pub const INTERNAL: u16 = 1011;
+    /// Try again later (at capacity).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// How much a decoding error matters to the call.

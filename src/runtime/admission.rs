@@ -33,6 +33,8 @@ pub struct Route {
     pub to: String,
     /// Callback sequence numbers already used.
     pub seq_used: u64,
+    /// The call's reserved slot (released when the last holder drops it).
+    pub slot: Option<Arc<crate::runtime::capacity::Slot>>,
 }
 
 impl Route {
@@ -46,6 +48,7 @@ impl Route {
             from: from.into(),
             to: to.into(),
             seq_used: 0,
+            slot: None,
         }
     }
 }
@@ -116,8 +119,13 @@ impl PendingCalls {
         }
     }
 
-    /// Take the route of `carrier_call_id` without a token (the carrier's own
-    /// signature already proved the stream, or validation is off).
+    /// Whether a route waits for `carrier_call_id`.
+    pub fn contains(&self, carrier: &'static str, carrier_call_id: &str) -> bool {
+        self.map.contains_key(&(carrier, carrier_call_id.to_string()))
+    }
+
+    /// Take the route of `carrier_call_id` whatever its token (the call will
+    /// not come: the carrier said so).
     pub fn take(&self, carrier: &'static str, carrier_call_id: &str) -> Option<Route> {
         self.map.remove(&(carrier, carrier_call_id.to_string())).map(|(_, w)| w.route)
     }

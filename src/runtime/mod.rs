@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod call_task;
+pub mod capacity;
 pub mod engine_link;
 pub mod registry;
 pub mod transport;

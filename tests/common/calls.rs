@@ -51,6 +51,7 @@ number = "{NUMBER_A}"
 callback_url = "{url}"
 secret = "{SECRET_A}"
 api_token = "tenant-a-token"
+transfer_allow = ["+1", "pbx.example.com"]
 [[numbers]]
 number = "{NUMBER_B}"
 callback_url = "http://127.0.0.1:9/never"

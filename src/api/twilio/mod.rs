@@ -5,7 +5,6 @@
 pub mod rest;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use axum::Form;
 use axum::extract::ws::WebSocketUpgrade;
@@ -15,13 +14,9 @@ use axum::response::{IntoResponse, Response};
 use tracing::{info, warn};
 
 use super::AppState;
-use crate::callback::client::Target;
+use super::arrival::{Arrival, Refusal, route_call};
 use crate::carrier::twilio::signature as twilio_sig;
 use crate::carrier::twilio::{FROM_PARAM, TO_PARAM, TOKEN_PARAM, TwilioCodec};
-use crate::config::UnknownNumbers;
-use crate::contract::{CallPlan, Envelope, Event};
-use crate::ids::CallId;
-use crate::runtime::admission::Route;
 use crate::runtime::call_task::run_call;
 use crate::runtime::transport::AxumSocket;
 
@@ -47,17 +42,27 @@ pub fn xml_escape(s: &str) -> String {
 
 /// TwiML connecting a call to our bidirectional media stream. Data goes in
 /// `<Parameter>`s, never in the URL's query string (Twilio drops it).
-pub fn connect_twiml(public_url: &str, params: &[(&str, &str)]) -> String {
+/// `status_callback` (if given) receives Twilio's stream lifecycle webhooks.
+pub fn connect_twiml(public_url: &str, status_callback: Option<&str>, params: &[(&str, &str)]) -> String {
     let url = format!("{}/twilio/stream", public_url.trim_end_matches('/'));
     let mut x = String::from(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url=""#);
     x.push_str(&xml_escape(&url));
-    x.push_str("\">");
+    x.push('"');
+    if let Some(cb) = status_callback {
+        x.push_str(r#" statusCallback=""#);
+        x.push_str(&xml_escape(cb));
+        x.push_str(r#"" statusCallbackMethod="POST""#);
+    }
+    x.push('>');
     for (k, v) in params {
         x.push_str(&format!(r#"<Parameter name="{}" value="{}"/>"#, xml_escape(k), xml_escape(v)));
     }
     x.push_str("</Stream></Connect></Response>");
     x
 }
+
+/// TwiML refusing a call we cannot take now (the caller hears busy).
+pub const BUSY_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>"#;
 
 /// TwiML for a number nobody registered.
 pub const NOT_IN_SERVICE_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response><Say>The number you have dialed is not in service.</Say><Hangup/></Response>"#;
@@ -112,6 +117,7 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
     axum::Router::new()
         .route("/twilio/voice", axum::routing::post(voice))
         .route("/twilio/stream", axum::routing::get(stream))
+        .route(STATUS_PATH, axum::routing::post(stream_status))
 }
 
 /// Whether Twilio requests must be signed.
@@ -138,63 +144,21 @@ pub async fn voice(
         }
     }
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or("");
-    let (call_sid, from, to, account) = (get("CallSid"), get("From"), get("To"), get("AccountSid"));
-    let tenant = s.tenants.get(to);
-    let answer_unknown = match s.config.callbacks.unknown_numbers {
-        UnknownNumbers::Answer => true,
-        UnknownNumbers::Reject => false,
-        UnknownNumbers::Auto => s.tenants.is_empty(),
+    let (call_sid, from, to) = (get("CallSid"), get("From"), get("To"));
+    let arrival = Arrival {
+        carrier: "twilio",
+        carrier_call_id: call_sid.into(),
+        from: from.into(),
+        to: to.into(),
+        account_id: get("AccountSid").into(),
+        signed: validating(&s),
     };
-    if tenant.is_none() && !answer_unknown {
-        metrics::counter!(crate::metrics::CALLS_REJECTED, "reason" => "unknown_number").increment(1);
-        info!("call to an unregistered number refused");
-        return twiml(NOT_IN_SERVICE_TWIML.to_string());
-    }
-    let call_id = CallId::random();
-    let mut route = Route {
-        call_id,
-        tenant: tenant.clone(),
-        plan: CallPlan::default(),
-        plan_failed: false,
-        from: from.to_string(),
-        to: to.to_string(),
-        seq_used: 0,
+    let route = match route_call(&s, &arrival).await {
+        Ok(r) => r,
+        Err(Refusal::NotInService) => return twiml(NOT_IN_SERVICE_TWIML.to_string()),
+        Err(Refusal::Unsigned) => return refuse("webhook_unsigned_tenant"),
+        Err(Refusal::Busy(_) | Refusal::ShuttingDown) => return twiml(BUSY_TWIML.to_string()),
     };
-    if let Some(t) = &tenant {
-        let target = Target { url: t.callback_url.clone(), secret: t.secret.clone() };
-        let event = Event::CallStarted {
-            from: from.into(),
-            to: to.into(),
-            carrier: "twilio".into(),
-            carrier_call_id: call_sid.into(),
-            account_id: account.into(),
-        };
-        route.seq_used = 1;
-        let env = Envelope::new(&call_id.to_string(), 1, SystemTime::now(), event);
-        let budget = Duration::from_millis(s.config.callbacks.blocking_timeout_ms);
-        let started = std::time::Instant::now();
-        let reply = s.call.client.post(&target, &env, budget).await;
-        crate::metrics::observe(
-            &metrics::histogram!(crate::metrics::CALLBACK_LATENCY, "type" => "call.started"),
-            started.elapsed(),
-        );
-        match reply.and_then(|v| {
-            if v.is_null() {
-                Ok(CallPlan::default())
-            } else {
-                serde_json::from_value::<CallPlan>(v)
-                    .map_err(|e| crate::callback::client::CallbackError::BadBody(e.to_string()))
-            }
-        }) {
-            Ok(plan) => route.plan = plan,
-            Err(e) => {
-                metrics::counter!(crate::metrics::CALLBACK_FALLBACKS, "type" => "call.started", "kind" => e.kind())
-                    .increment(1);
-                warn!(call = %call_id, error = %e, "call plan unavailable; answering on defaults with the fallback line");
-                route.plan_failed = true;
-            }
-        }
-    }
     let mut params = vec![(FROM_PARAM, from), (TO_PARAM, to)];
     let token;
     if !call_sid.is_empty() {
@@ -202,7 +166,45 @@ pub async fn voice(
         params.push((TOKEN_PARAM, token.as_str()));
     }
     params.retain(|(_, v)| !v.is_empty());
-    twiml(connect_twiml(&s.config.server.public_url, &params))
+    let status = format!("{}{STATUS_PATH}", s.config.public_http_url());
+    twiml(connect_twiml(&s.config.server.public_url, Some(&status), &params))
+}
+
+/// Where Twilio reports the stream's lifecycle (`<Stream statusCallback>`).
+const STATUS_PATH: &str = "/twilio/stream-status";
+
+/// `POST /twilio/stream-status`: Twilio's stream lifecycle webhook. A stream
+/// that stopped or failed before it ever started means the call will not
+/// come: its route is taken and the backend hears `call.ended` (`missed` if
+/// the caller hung up first, `stream_error` if the stream failed).
+pub async fn stream_status(
+    State(s): State<Arc<AppState>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    if validating(&s) {
+        let path = uri.path_and_query().map_or(STATUS_PATH, |p| p.as_str());
+        let url = format!("{}{path}", s.config.public_http_url());
+        let sig = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !twilio_sig::validate(&s.secrets.twilio_auth_tokens, &url, &form, sig) {
+            return refuse(if sig.is_empty() { "status_unsigned" } else { "status_bad_signature" });
+        }
+    }
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or("");
+    let reason = match get("StreamEvent") {
+        "stream-stopped" => "missed",
+        "stream-error" => {
+            warn!(error = get("StreamError").chars().take(200).collect::<String>(), "Twilio reports a stream error");
+            "stream_error"
+        }
+        _ => return StatusCode::NO_CONTENT.into_response(),
+    };
+    if let Some(route) = s.call.pending.take("twilio", get("CallSid")) {
+        info!(call = %route.call_id, reason, "the stream ended before it started");
+        crate::runtime::call_task::report_unconnected(&s.call, &route, reason);
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// `GET /twilio/stream`: the Media Streams WebSocket.
@@ -215,8 +217,8 @@ pub async fn stream(State(s): State<Arc<AppState>>, headers: HeaderMap, ws: WebS
             return refuse(if sig.is_empty() { "stream_unsigned" } else { "stream_bad_signature" });
         }
     }
-    if let Err(refusal) = s.admit() {
-        metrics::counter!(crate::metrics::CALLS_REJECTED, "reason" => refusal.1).increment(1);
+    if let Err(refusal) = s.admit_stream() {
+        metrics::counter!(crate::metrics::CALLS_REJECTED, "reason" => refusal.1, "carrier" => "twilio").increment(1);
         return refusal.into_response();
     }
     let cfg = &s.config.server;
@@ -238,7 +240,7 @@ mod tests {
 
     #[test]
     fn twiml_has_stream_url_without_query_and_escaped_parameters() {
-        let x = connect_twiml("wss://cb.example.com/", &[("from", "+1555<&>\"")]);
+        let x = connect_twiml("wss://cb.example.com/", None, &[("from", "+1555<&>\"")]);
         assert_eq!(
             x,
             r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="wss://cb.example.com/twilio/stream"><Parameter name="from" value="+1555&lt;&amp;&gt;&quot;"/></Stream></Connect></Response>"#

@@ -38,6 +38,8 @@ pub enum CallEnd {
     Transport,
     /// The stream could not prove it came from our webhook.
     Unauthorized(&'static str),
+    /// No call slot was free (a stream no webhook announced, at capacity).
+    Busy,
     /// The call could not be set up (format the session cannot serve).
     Setup(String),
 }
@@ -54,6 +56,7 @@ impl CallEnd {
             CallEnd::NoStart => "no_start",
             CallEnd::Transport => "transport_error",
             CallEnd::Unauthorized(_) => "unauthorized",
+            CallEnd::Busy => "rejected",
         }
     }
 
@@ -67,6 +70,7 @@ impl CallEnd {
             CallEnd::Idle => Some((close::POLICY, "idle timeout".into())),
             CallEnd::NoStart => Some((close::POLICY, "no start message in time".into())),
             CallEnd::Unauthorized(_) => Some((close::POLICY, "unauthorized".into())),
+            CallEnd::Busy => Some((close::TRY_AGAIN_LATER, "at capacity".into())),
             CallEnd::Setup(why) => Some((close::INTERNAL, why.clone())),
             CallEnd::PeerClosed => None,
             CallEnd::SlowConsumer | CallEnd::Transport => None,
@@ -103,6 +107,48 @@ pub(super) async fn goodbye<T: Transport>(transport: &mut T, io: Option<&mut She
 pub(super) fn count(carrier: &'static str, id: impl std::fmt::Display, reason: &'static str) {
     metrics::counter!(crate::metrics::CALLS_ENDED, "reason" => reason, "carrier" => carrier).increment(1);
     info!(call = %id, carrier, reason, "call ended");
+}
+
+/// The report of a call whose `call.started` went out but which never became a
+/// live call (its stream never came, or failed before it could start):
+/// `call.ended` with `reason`, and its row in the store.
+pub fn report_unconnected(ctx: &CallContext, route: &crate::runtime::admission::Route, reason: &'static str) {
+    let id = route.call_id.to_string();
+    metrics::counter!(crate::metrics::CALLS_ENDED, "reason" => reason, "carrier" => "none").increment(1);
+    if let Some(st) = &ctx.store {
+        st.started(crate::callstore::CallRow {
+            call_id: id.clone(),
+            tenant: route.tenant.as_ref().map(|t| t.id.clone()),
+            from: route.from.clone(),
+            to: route.to.clone(),
+            started_at: crate::callstore::unix_ms(std::time::SystemTime::now()),
+            ended_at: None,
+            reason: None,
+            recording: None,
+            recording_loss: None,
+        });
+    }
+    let Some(t) = &route.tenant else {
+        if let Some(st) = &ctx.store {
+            st.ended(&id, reason, None);
+        }
+        return;
+    };
+    let target = crate::callback::client::Target { url: t.callback_url.clone(), secret: t.secret.clone() };
+    let mut events = crate::callback::delivery::EventSender::spawn(
+        ctx.client.clone(),
+        target,
+        ctx.delivery,
+        &id,
+        route.seq_used,
+        &ctx.deliveries,
+    )
+    .with_store(ctx.store.clone());
+    let summary = crate::contract::CallSummary { reason: reason.into(), ..Default::default() };
+    events.send(Event::CallEnded(summary));
+    if let Some(st) = &ctx.store {
+        st.ended(&id, reason, None);
+    }
 }
 
 /// The report of an admitted call: `call.ended` (last of its events) and the store row.

@@ -45,6 +45,9 @@ pub(super) struct ShellIo {
     /// Samples per 20 ms of engine audio (drops are counted in frames).
     pub engine_frame: usize,
     logged_errors: u32,
+    /// Blocking requests in flight (aborted when the call ends, so nothing
+    /// of the call reaches the backend after its `call.ended`).
+    in_flight: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl ShellIo {
@@ -66,6 +69,14 @@ impl ShellIo {
             requests,
             engine_frame: 160,
             logged_errors: 0,
+            in_flight: Vec::new(),
+        }
+    }
+
+    /// Abort blocking requests still in flight (the call is over).
+    pub(super) fn abort_requests(&mut self) {
+        for h in self.in_flight.drain(..) {
+            h.abort();
         }
     }
 
@@ -83,7 +94,8 @@ impl ShellIo {
         };
         let (client, budget, tx, id) =
             (self.requests.client.clone(), self.requests.budget, self.requests.replies.clone(), r.id);
-        tokio::spawn(async move {
+        self.in_flight.retain(|h| !h.is_finished());
+        self.in_flight.push(tokio::spawn(async move {
             let started = std::time::Instant::now();
             let result = client.post(&target, &env, budget).await.map_err(|e| {
                 metrics::counter!(crate::metrics::CALLBACK_FALLBACKS, "type" => kind, "kind" => e.kind()).increment(1);
@@ -94,7 +106,7 @@ impl ShellIo {
                 started.elapsed(),
             );
             let _ = tx.send(Reply { id, result }).await;
-        });
+        }));
     }
 }
 

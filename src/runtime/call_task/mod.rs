@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::warn;
 
-pub use end::CallEnd;
+pub use end::{CallEnd, report_unconnected};
 
 use crate::call::Call;
 use crate::callback::client::CallbackClient;
@@ -70,12 +70,16 @@ pub struct CallContext {
     pub registry: Arc<Registry>,
     /// Routes decided by the webhooks, waiting for their streams.
     pub pending: Arc<PendingCalls>,
+    /// Concurrent-call limits (slots reserved at the webhooks).
+    pub capacity: Arc<crate::runtime::capacity::Capacity>,
     /// Streams must present the single-use token their webhook issued.
     pub require_stream_token: bool,
     /// Callback HTTP client.
     pub client: CallbackClient,
     /// Event delivery settings.
     pub delivery: DeliveryConfig,
+    /// Delivery tasks still running (shutdown waits for them).
+    pub deliveries: Arc<crate::callback::delivery::Deliveries>,
     /// Lines callbridge speaks itself.
     pub prompts: Prompts,
     /// Callback budgets.
@@ -117,7 +121,7 @@ pub async fn run_call<T: Transport>(mut transport: T, mut carrier: Box<dyn Carri
         Ok(info) => setup::admit(&ctx, info, carrier, &mut registration),
         Err(e) => Err(e),
     };
-    let setup::Admitted { mut call, mut io, mut links, mut replies, info } = match admitted {
+    let setup::Admitted { mut call, mut io, mut links, mut replies, info, slot } = match admitted {
         Ok(a) => a,
         Err(end) => {
             end::goodbye(&mut transport, None, &end).await;
@@ -130,8 +134,10 @@ pub async fn run_call<T: Transport>(mut transport: T, mut carrier: Box<dyn Carri
     end::goodbye(&mut transport, Some(&mut io), &end).await;
     let reason = end.reason();
     end::count(label, io.id, reason);
+    io.abort_requests();
     end::report(&ctx, &call, &mut io, reason);
     drop(registration);
+    drop(slot);
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -22,7 +22,7 @@ use crate::carrier::{Carrier, CarrierEvent, Severity, StreamInfo, WireOut};
 use crate::engine::registry::EngineRequest;
 use crate::ids::CallId;
 use crate::metrics::CallMetrics;
-use crate::runtime::admission::Route;
+use crate::runtime::admission::{ClaimError, Route};
 use crate::runtime::registry::{CallControl, CallDetails, Registration};
 use crate::runtime::transport::{Received, Transport};
 use crate::session::{AgentConfig, ControlCommand, HangupReason, Reply, Session, SessionConfig};
@@ -110,6 +110,8 @@ pub(super) struct Admitted {
     pub links: crate::runtime::engine_link::LinkEvents,
     pub replies: mpsc::Receiver<Reply>,
     pub info: StreamInfo,
+    /// The call's slot, held until it ends.
+    pub slot: Arc<crate::runtime::capacity::Slot>,
 }
 
 /// Check the stream came from our webhook, claim its route, and build the call.
@@ -120,18 +122,36 @@ pub(super) fn admit(
     registration: &mut Registration,
 ) -> Result<Admitted, CallEnd> {
     let label = carrier.name();
-    let route = if ctx.require_stream_token {
-        let token = info.token.as_deref().unwrap_or("");
-        ctx.pending.claim(label, &info.call_id, token).map_err(|e| {
-            // One reason for every stream that fails to prove itself; the log says which way.
-            metrics::counter!(crate::metrics::AUTH_REJECTED, "reason" => "bad_stream_token").increment(1);
-            warn!(carrier = label, detail = e.code(), "stream refused");
-            CallEnd::Unauthorized(e.code())
-        })?
-    } else {
-        ctx.pending
-            .take(label, &info.call_id)
-            .unwrap_or_else(|| Route::unannounced(CallId::random(), &info.from, &info.to))
+    let unauthorized = |why: &'static str| {
+        // One reason for every stream that fails to prove itself; the log says which way.
+        metrics::counter!(crate::metrics::AUTH_REJECTED, "reason" => "bad_stream_token").increment(1);
+        warn!(carrier = label, detail = why, "stream refused");
+        CallEnd::Unauthorized(why)
+    };
+    // A route the webhook decided is claimed with its single-use token, signed or
+    // not; only streams no webhook announced go without one (local development).
+    let route = match info.token.as_deref() {
+        Some(token) => match ctx.pending.claim(label, &info.call_id, token) {
+            Ok(r) => r,
+            Err(ClaimError::Unknown) if !ctx.require_stream_token => {
+                Route::unannounced(CallId::random(), &info.from, &info.to)
+            }
+            Err(e) => return Err(unauthorized(e.code())),
+        },
+        None if ctx.require_stream_token => return Err(unauthorized("no_stream_token")),
+        None if ctx.pending.contains(label, &info.call_id) => return Err(unauthorized("no_stream_token")),
+        None => Route::unannounced(CallId::random(), &info.from, &info.to),
+    };
+    let slot = match route.slot.clone() {
+        Some(s) => s,
+        None => match ctx.capacity.try_reserve(route.tenant.as_ref().map(|t| t.id.as_str())) {
+            Ok(s) => Arc::new(s),
+            Err(f) => {
+                metrics::counter!(crate::metrics::CALLS_REJECTED, "reason" => f.code(), "carrier" => label)
+                    .increment(1);
+                return Err(CallEnd::Busy);
+            }
+        },
     };
     let now = Instant::now().into_std();
     let id = route.call_id;
@@ -158,14 +178,19 @@ pub(super) fn admit(
         },
         record,
     };
-    let session = Session::new(cfg, carrier.capabilities(), engine.format(), now).map_err(|e| {
-        warn!(call = %id, error = %e, "cannot set up the call");
-        CallEnd::Setup(e.to_string())
-    })?;
+    let session = match Session::new(cfg, carrier.capabilities(), engine.format(), now) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(call = %id, error = %e, "cannot set up the call");
+            // The backend heard `call.started`: it hears how it ended.
+            super::end::report_unconnected(ctx, &route, "protocol_error");
+            return Err(CallEnd::Setup(e.to_string()));
+        }
+    };
     registration.admit(
         id,
         CallDetails {
-            tenant: route.tenant.as_ref().map(|t| t.number.clone()),
+            tenant: route.tenant.as_ref().map(|t| t.id.clone()),
             from: route.from.clone(),
             to: route.to.clone(),
             carrier: label,
@@ -194,7 +219,7 @@ pub(super) fn admit(
     if let Some(st) = &ctx.store {
         st.started(crate::callstore::CallRow {
             call_id: id_s.clone(),
-            tenant: route.tenant.as_ref().map(|t| t.number.clone()),
+            tenant: route.tenant.as_ref().map(|t| t.id.clone()),
             from: route.from.clone(),
             to: route.to.clone(),
             started_at: crate::callstore::unix_ms(SystemTime::now()),
@@ -205,12 +230,12 @@ pub(super) fn admit(
         });
     }
     io.events = match target {
-        Some(t) => EventSender::spawn(ctx.client.clone(), t, ctx.delivery, &id_s, route.seq_used),
+        Some(t) => EventSender::spawn(ctx.client.clone(), t, ctx.delivery, &id_s, route.seq_used, &ctx.deliveries),
         None => EventSender::disabled(&id_s),
     }
     .with_store(ctx.store.clone());
     let (lanes, links) = crate::runtime::engine_link::spawn(engine.links());
     io.lanes = lanes;
     let call = Call::new(session, carrier, engine, ctx.limits.max_protocol_errors);
-    Ok(Admitted { call, io, links, replies, info })
+    Ok(Admitted { call, io, links, replies, info, slot })
 }

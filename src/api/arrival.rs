@@ -1,0 +1,135 @@
+//! A call arriving at a carrier's webhook, whichever carrier: who it is for
+//! (the number's tenant, or the embedded default), whether it may be taken
+//! (unknown numbers, unsigned requests for a tenant, capacity — a slot is
+//! reserved here, atomically), and what the backend wants done with it (the
+//! `call.started` callback, within its budget; the defaults and the fallback
+//! line if that fails). Each carrier's webhook turns the outcome into its own
+//! answer (TwiML, a Call Control command, an NCCO).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tracing::{info, warn};
+
+use super::AppState;
+use crate::callback::client::Target;
+use crate::config::UnknownNumbers;
+use crate::contract::{CallPlan, Envelope, Event};
+use crate::ids::CallId;
+use crate::runtime::admission::Route;
+
+/// What the carrier's webhook told us.
+#[derive(Debug, Clone, Default)]
+pub struct Arrival {
+    /// Carrier label.
+    pub carrier: &'static str,
+    /// The carrier's id of the call.
+    pub carrier_call_id: String,
+    /// Caller.
+    pub from: String,
+    /// Called number.
+    pub to: String,
+    /// The carrier account, if given.
+    pub account_id: String,
+    /// Whether the carrier's signature on the request was checked.
+    pub signed: bool,
+}
+
+/// Why a call is not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Nobody registered the number (and unknown numbers are not answered).
+    NotInService,
+    /// A tenant's number reached unsigned, without the development flag.
+    Unsigned,
+    /// The server or the tenant is at its concurrent-call limit.
+    Busy(crate::runtime::capacity::Full),
+    /// The server is shutting down.
+    ShuttingDown,
+}
+
+impl Refusal {
+    /// Stable code for metrics.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::NotInService => "unknown_number",
+            Refusal::Unsigned => "unsigned_tenant_call",
+            Refusal::Busy(f) => f.code(),
+            Refusal::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Decide about an arriving call; on success the route holds its reserved
+/// slot and the backend's plan.
+pub async fn route_call(s: &Arc<AppState>, a: &Arrival) -> Result<Route, Refusal> {
+    let refused = |r: Refusal| {
+        metrics::counter!(crate::metrics::CALLS_REJECTED, "reason" => r.code(), "carrier" => a.carrier).increment(1);
+        r
+    };
+    if !s.accepting.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(refused(Refusal::ShuttingDown));
+    }
+    let tenant = s.tenants.get(&a.to);
+    let answer_unknown = match s.config.callbacks.unknown_numbers {
+        UnknownNumbers::Answer => true,
+        UnknownNumbers::Reject => false,
+        UnknownNumbers::Auto => s.tenants.is_empty(),
+    };
+    if tenant.is_none() && !answer_unknown {
+        info!(carrier = a.carrier, "call to an unregistered number refused");
+        return Err(refused(Refusal::NotInService));
+    }
+    if tenant.is_some() && !a.signed && !s.config.server.allow_unsigned_tenant_calls {
+        warn!(
+            carrier = a.carrier,
+            "unsigned webhook for a registered number refused (turn signature validation on; \
+             server.allow_unsigned_tenant_calls = true is for development only)"
+        );
+        return Err(refused(Refusal::Unsigned));
+    }
+    let slot = s.call.capacity.try_reserve(tenant.as_ref().map(|t| t.id.as_str())).map_err(|f| {
+        warn!(carrier = a.carrier, reason = f.code(), "call refused: busy");
+        refused(Refusal::Busy(f))
+    })?;
+    let call_id = CallId::random();
+    let mut route = Route::unannounced(call_id, &a.from, &a.to);
+    route.tenant = tenant.clone();
+    route.slot = Some(Arc::new(slot));
+    if let Some(t) = &tenant {
+        let target = Target { url: t.callback_url.clone(), secret: t.secret.clone() };
+        let event = Event::CallStarted {
+            from: a.from.clone(),
+            to: a.to.clone(),
+            carrier: a.carrier.into(),
+            carrier_call_id: a.carrier_call_id.clone(),
+            account_id: a.account_id.clone(),
+        };
+        route.seq_used = 1;
+        let env = Envelope::new(&call_id.to_string(), 1, SystemTime::now(), event);
+        let budget = Duration::from_millis(s.config.callbacks.blocking_timeout_ms);
+        let started = std::time::Instant::now();
+        let reply = s.call.client.post(&target, &env, budget).await;
+        crate::metrics::observe(
+            &metrics::histogram!(crate::metrics::CALLBACK_LATENCY, "type" => "call.started"),
+            started.elapsed(),
+        );
+        match reply.and_then(|v| {
+            if v.is_null() {
+                Ok(CallPlan::default())
+            } else {
+                serde_json::from_value::<CallPlan>(v)
+                    .map_err(|e| crate::callback::client::CallbackError::BadBody(e.to_string()))
+            }
+        }) {
+            Ok(plan) => route.plan = plan,
+            Err(e) => {
+                metrics::counter!(crate::metrics::CALLBACK_FALLBACKS, "type" => "call.started", "kind" => e.kind())
+                    .increment(1);
+                warn!(call = %call_id, error = %e, "call plan unavailable; answering on defaults with the fallback line");
+                route.plan_failed = true;
+            }
+        }
+    }
+    Ok(route)
+}
