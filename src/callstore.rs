@@ -511,14 +511,22 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("calls.db");
         let s = CallStore::open(path.to_str().unwrap(), 0).unwrap();
-        for i in 0..1000 {
+        // Far more at once than any bounded queue of the past held (4096).
+        for i in 0..10_000 {
             s.started(row(&format!("c{i}"), "tn_a", None));
             s.ended(&format!("c{i}"), "hangup", None);
         }
-        assert!(s.sync_within(Duration::from_secs(20)));
+        assert!(s.sync_within(Duration::from_secs(60)));
         drop(s);
         let s = CallStore::open(path.to_str().unwrap(), 0).unwrap();
-        assert_eq!(s.count().unwrap(), 1000, "Started and Ended are never dropped");
+        assert_eq!(s.count().unwrap(), 10_000, "Started and Ended are never dropped");
+        let ended: i64 = s
+            .read
+            .lock()
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM calls WHERE reason = 'hangup'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ended, 10_000);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -181,10 +181,12 @@ pub async fn serve(
     // seconds so an unscraped server does not grow.
     let st = state.clone();
     let upkeep = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        for n in 0u64.. {
             tick.tick().await;
-            st.metrics.run_upkeep();
+            if n % 5 == 0 {
+                st.metrics.run_upkeep();
+            }
             // Routes whose stream never came: the backend hears the call ended.
             let wait = Duration::from_millis(st.config.server.stream_wait_ms);
             for route in st.call.pending.sweep(wait) {

@@ -288,3 +288,28 @@ async fn deliver(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::CallSummary;
+
+    #[tokio::test]
+    async fn a_full_queue_drops_events_but_never_call_ended() {
+        let client = CallbackClient::new(1024, crate::netguard::NetPolicy::default());
+        // A target that is never reachable: nothing drains the queue.
+        let target = Target { url: "http://192.0.2.1:9/never".into(), secret: "s".into() };
+        let cfg = DeliveryConfig {
+            attempt_timeout: Duration::from_secs(60),
+            max_attempts: 1,
+            backoff: Duration::from_millis(1),
+            max_queued: 4,
+        };
+        let deliveries = Deliveries::new();
+        let mut ev = EventSender::spawn(client, target, cfg, "call_1", 1, &deliveries);
+        let sent: Vec<bool> = (0..10).map(|i| ev.send(Event::Dtmf { digit: "1".into(), at_ms: i })).collect();
+        assert!(sent.iter().filter(|&&s| !s).count() >= 5, "the bounded queue drops: {sent:?}");
+        assert!(ev.send(Event::CallEnded(CallSummary::default())), "call.ended always has its slot");
+        assert_eq!(deliveries.active(), 1);
+    }
+}

@@ -57,17 +57,36 @@ number = "{NUMBER_B}"
 callback_url = "http://127.0.0.1:9/never"
 secret = "whsec_tenant_b_0123456789"
 api_token = "tenant-b-token"
-{extra}
 "#,
         base = backend.base(),
         url = backend.url()
     );
+    let toml = merge_toml(&toml, extra);
     let mut cfg = Config::from_toml(&toml, "test").expect("config");
     cfg.server.shutdown_grace_ms = 300;
     if !extra.contains("database") {
         cfg.storage.database = String::new();
     }
     TestServer::start_with(cfg, secrets).await
+}
+
+/// `base` with the keys of `extra` laid over it (tables merged, so `extra`
+/// may add to `[server]` and the like).
+pub fn merge_toml(base: &str, extra: &str) -> String {
+    fn merge(a: &mut toml::Table, b: toml::Table) {
+        for (k, v) in b {
+            match (a.get_mut(&k), v) {
+                (Some(toml::Value::Table(x)), toml::Value::Table(y)) => merge(x, y),
+                (Some(toml::Value::Array(x)), toml::Value::Array(y)) if k == "numbers" => x.extend(y),
+                (_, v) => {
+                    a.insert(k, v);
+                }
+            }
+        }
+    }
+    let mut a: toml::Table = base.parse().expect("base TOML");
+    merge(&mut a, extra.parse().expect("extra TOML"));
+    toml::to_string(&a).expect("TOML serializes")
 }
 
 pub fn voice_params(tw: &FakeTwilio, to: &str) -> Vec<(String, String)> {
