@@ -98,6 +98,22 @@ pub enum Event {
         /// Arguments (JSON object, as the engine produced them).
         arguments: serde_json::Value,
     },
+    /// A transfer was answered and has ended (the bridged call is over).
+    #[serde(rename = "transfer.completed")]
+    TransferCompleted {
+        /// Where the call was transferred.
+        to: String,
+        /// The carrier's outcome (`completed`, `answered`).
+        status: String,
+    },
+    /// A transfer did not connect; the caller is back with the bot.
+    #[serde(rename = "transfer.failed")]
+    TransferFailed {
+        /// Where the call was to go.
+        to: String,
+        /// The carrier's outcome (`busy`, `no-answer`, `failed`, `canceled`).
+        status: String,
+    },
     /// Something failed during the call: the engine, a tool, a transfer.
     #[serde(rename = "error")]
     Error {
@@ -124,6 +140,8 @@ impl Event {
             Event::Dtmf { .. } => "dtmf",
             Event::ToolCall { .. } => "tool.call",
             Event::Error { .. } => "error",
+            Event::TransferCompleted { .. } => "transfer.completed",
+            Event::TransferFailed { .. } => "transfer.failed",
             Event::CallEnded(_) => "call.ended",
         }
     }

@@ -85,6 +85,7 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         registry: Registry::new(),
         pending: PendingCalls::new(),
         capacity: crate::runtime::capacity::Capacity::new(config.server.max_calls, config.limits.max_calls_per_tenant),
+        parked: crate::runtime::parked::ParkedCalls::new(),
         require_stream_token: validate,
         client: client.clone(),
         delivery: DeliveryConfig::from_config(&config.callbacks),
@@ -190,9 +191,13 @@ pub async fn serve(
             // Routes whose stream never came: the backend hears the call ended.
             let wait = Duration::from_millis(st.config.server.stream_wait_ms);
             for route in st.call.pending.sweep(wait) {
-                crate::runtime::call_task::report_unconnected(&st.call, &route, "no_stream");
+                crate::runtime::call_task::report_unconnected(&st.call, route, "no_stream");
             }
             st.call.registry.sweep_ended();
+            // Transfers whose outcome never came: the call is over after a day.
+            for p in st.call.parked.sweep(Duration::from_secs(86_400)) {
+                crate::runtime::call_task::end_parked(&st.call, p, None, "transferred");
+            }
             st.rate.sweep(std::time::Instant::now());
         }
     });
@@ -245,7 +250,11 @@ pub async fn drain(state: &AppState, grace: Duration) {
     }
     // Calls announced but never connected: their backends hear how they ended.
     for route in state.call.pending.sweep(Duration::ZERO) {
-        crate::runtime::call_task::report_unconnected(&state.call, &route, "shutdown");
+        crate::runtime::call_task::report_unconnected(&state.call, route, "shutdown");
+    }
+    // Calls out on a transfer: the bridge goes on at the carrier, our record ends.
+    for p in state.call.parked.sweep(Duration::ZERO) {
+        crate::runtime::call_task::end_parked(&state.call, p, None, "transferred");
     }
     let left = grace.saturating_sub(started.elapsed()).max(Duration::from_secs(2));
     let delivered = state.call.deliveries.wait_idle(left).await;

@@ -96,6 +96,97 @@ async fn numbers_are_admin_only_persist_across_restarts_and_tokens_see_only_thei
     srv.shutdown().await;
 }
 
+/// Twilio's `<Dial action>` request for a transfer's outcome, signed.
+async fn dial_action(srv: &TestServer, action: &str, tw: &FakeTwilio, status: &str) -> (u16, String) {
+    let form: Vec<(String, String)> = [
+        ("AccountSid", tw.peer.account_sid.as_str()),
+        ("CallSid", tw.peer.call_sid.as_str()),
+        ("DialCallStatus", status),
+        ("DialCallDuration", "42"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let sig = callbridge::carrier::twilio::signature::compute(AUTH_TOKEN, action, &form);
+    let path = action.trim_start_matches("https://cb.example.com");
+    let r = reqwest::Client::new()
+        .post(format!("http://{}{path}", srv.addr))
+        .header("X-Twilio-Signature", sig)
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_nobody_answers_brings_the_caller_back_on_the_same_call() {
+    let backend = FakeBackend::start().await;
+    let srv = server(&backend, "").await;
+    let mut tw = call(&srv, 1, NUMBER_A).await;
+    let _ = talk(&mut tw, &ulaw_fixture("caller_short_8k.wav"), 60).await;
+    let client = reqwest::Client::new();
+    let calls: serde_json::Value = client
+        .get(format!("http://{}/v1/calls", srv.addr))
+        .bearer_auth("tenant-a-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = calls["calls"][0]["call_id"].as_str().unwrap().to_string();
+    let r = client
+        .post(format!("http://{}/v1/calls/{id}/transfer", srv.addr))
+        .bearer_auth("tenant-a-token")
+        .json(&json!({"to": "+15557654321"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let stop = tw.peer.stop();
+    tw.send(stop).await;
+    srv.wait_no_calls().await;
+    // Busy: the answer connects a new stream for the same call.
+    let action = format!("https://cb.example.com/twilio/transfer-status?call={id}");
+    let (status, twiml) = dial_action(&srv, &action, &tw, "busy").await;
+    assert_eq!(status, 200);
+    assert!(twiml.contains("<Connect><Stream"), "{twiml}");
+    let token = token_of(&twiml);
+    let mut back = FakeTwilio::connect_signed(&srv.url(), 1, Some(&stream_signature())).await.unwrap();
+    back.start_with(&[("from", "+15557770000"), ("to", NUMBER_A), ("cb_token", &token)]).await;
+    let got = talk(&mut back, &ulaw_fixture("caller_short_8k.wav"), 60).await;
+    assert!(media_count(&got) > 20, "the caller hears the bot again (the transfer line, then a reply)");
+    let listed: serde_json::Value = client
+        .get(format!("http://{}/v1/calls", srv.addr))
+        .bearer_auth("tenant-a-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["calls"][0]["call_id"], id, "the same call, resumed");
+    let stop = back.peer.stop();
+    back.send(stop).await;
+    let events = backend.wait_for("call.ended", Duration::from_secs(5)).await;
+    verify_all(&events, SECRET_A);
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "call.ended").count(), 1, "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"call.ended"));
+    let failed = events.iter().find(|e| e.kind() == "transfer.failed").expect("transfer.failed");
+    assert_eq!(failed.body["status"], "busy");
+    let ended = events.last().unwrap();
+    assert_eq!(ended.body["reason"], "caller_hangup");
+    assert!(events.iter().all(|e| e.body["call_id"] == id.as_str()), "one call id throughout");
+    let mut seqs: Vec<u64> = events.iter().map(|e| e.body["seq"].as_u64().unwrap()).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "one sequence across both legs");
+    let turns = events.iter().filter(|e| e.kind() == "turn.user").count();
+    assert!(turns >= 2, "turns of both legs were delivered ({turns})");
+    srv.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_control_their_live_calls_and_only_theirs() {
     let backend = FakeBackend::start().await;
@@ -162,19 +253,34 @@ async fn tenants_control_their_live_calls_and_only_theirs() {
     assert_eq!(updates.len(), 1);
     let (account, sid, form) = &updates[0];
     assert_eq!((account.as_str(), sid.as_str()), (tw.peer.account_sid.as_str(), tw.peer.call_sid.as_str()));
+    let action = format!("https://cb.example.com/twilio/transfer-status?call={id}");
     assert_eq!(
         form["Twiml"],
-        r#"<?xml version="1.0" encoding="UTF-8"?><Response><Dial>+15557654321</Dial></Response>"#
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><Response><Dial action="{action}" method="POST">+15557654321</Dial></Response>"#
+        )
     );
     use base64::Engine as _;
     // Basic auth with the account the auth token belongs to (TWILIO_ACCOUNT_SID); the call's own account in the URL.
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("AC0000:{AUTH_TOKEN}"));
     assert_eq!(form["_authorization"], format!("Basic {basic}"));
-    // Twilio then stops the stream.
+    // Twilio then stops the stream; the call is not over until the transfer is.
     let stop = tw.peer.stop();
     tw.send(stop).await;
+    srv.wait_no_calls().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!backend.received().iter().any(|e| e.kind() == "call.ended"), "no call.ended while the transfer runs");
+    // The transferred leg ends: Twilio requests the <Dial action>.
+    let (status, twiml) = dial_action(&srv, &action, &tw, "completed").await;
+    assert_eq!(status, 200);
+    assert!(twiml.contains("<Hangup/>"), "{twiml}");
     let events = backend.wait_for("call.ended", Duration::from_secs(5)).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind()).collect();
+    let n = kinds.len();
+    assert_eq!(&kinds[n - 2..], ["transfer.completed", "call.ended"], "{kinds:?}");
+    assert_eq!(events[n - 2].body["to"], "+15557654321");
     assert_eq!(events.last().unwrap().body["reason"], "transferred");
+    verify_all(&events, SECRET_A);
 
     // The call is over: control answers 410, not 404.
     srv.wait_no_calls().await;
@@ -259,6 +365,8 @@ async fn documents_are_served_and_the_schema_matches_every_event() {
         Event::Dtmf { digit: "1".into(), at_ms: 1 },
         Event::ToolCall { tool_call_id: "t".into(), name: "n".into(), arguments: json!({}) },
         Event::Error { source: "engine".into(), code: "response_failed".into(), message: "m".into() },
+        Event::TransferCompleted { to: "+15557654321".into(), status: "completed".into() },
+        Event::TransferFailed { to: "+15557654321".into(), status: "busy".into() },
         Event::CallEnded(CallSummary {
             latencies: vec![TurnLatency { turn: 1, ..Default::default() }],
             reason: "hangup".into(),

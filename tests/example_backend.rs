@@ -96,10 +96,27 @@ api_token = "tenant-a-token"
     }
     let (_, sid, form) = &twilio.twilio_updates()[0];
     assert_eq!(sid, &tw.peer.call_sid);
-    assert!(form["Twiml"].contains("<Dial>+15550009999</Dial>"), "{}", form["Twiml"]);
+    assert!(form["Twiml"].contains(r#" method="POST">+15550009999</Dial>"#), "{}", form["Twiml"]);
     let stop = tw.peer.stop();
     tw.send(stop).await;
     srv.wait_no_calls().await;
+    // The transferred leg ends: Twilio reports it to the <Dial action>.
+    let twiml = &form["Twiml"];
+    let at = twiml.find("action=\"").unwrap() + 8;
+    let action = twiml[at..at + twiml[at..].find('"').unwrap()].replace("&amp;", "&");
+    let outcome: Vec<(String, String)> = [("CallSid", tw.peer.call_sid.as_str()), ("DialCallStatus", "completed")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let sig = callbridge::carrier::twilio::signature::compute(AUTH_TOKEN, &action, &outcome);
+    let r = reqwest::Client::new()
+        .post(format!("http://{}{}", srv.addr, action.trim_start_matches("https://cb.example.com")))
+        .header("X-Twilio-Signature", sig)
+        .form(&outcome)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
 
     // What it stored: the conversation, in order, ending as transferred.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -42,6 +42,12 @@ pub trait CarrierControl: Send + Sync {
     /// The carrier label (as in [`CallDetails::carrier`]).
     fn carrier(&self) -> &'static str;
 
-    /// Move the live call to `to`; the media stream then ends as a transfer.
-    fn transfer<'a>(&'a self, call: &'a CallDetails, to: &'a TransferTarget) -> ControlFuture<'a>;
+    /// Move live call `id` to `to`; the media stream then ends as a transfer,
+    /// and the carrier reports the transfer's outcome to its webhook module.
+    fn transfer<'a>(
+        &'a self,
+        id: crate::ids::CallId,
+        call: &'a CallDetails,
+        to: &'a TransferTarget,
+    ) -> ControlFuture<'a>;
 }

@@ -387,7 +387,7 @@ pub async fn transfer(
     Path(id): Path<String>,
     body: Result<Json<Transfer>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let (t, _, h, d) = match own_call(&s, &headers, &id) {
+    let (t, call_id, h, d) = match own_call(&s, &headers, &id) {
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
@@ -410,9 +410,9 @@ pub async fn transfer(
     let Some(carrier) = s.carrier_control(d.carrier) else {
         return error(StatusCode::CONFLICT, "unsupported", "this carrier cannot transfer calls");
     };
-    match carrier.transfer(&d, &target).await {
+    match carrier.transfer(call_id, &d, &target).await {
         Ok(()) => {
-            let _ = send(&h, CallControl::Session(ControlCommand::Transferred)).await;
+            let _ = send(&h, CallControl::Transferring { to: target.as_str().to_string() }).await;
             (StatusCode::ACCEPTED, Json(json!({"status": "transferring", "to": req.to}))).into_response()
         }
         Err(e @ ControlError::NoCredentials(_)) => {

@@ -28,6 +28,8 @@ pub const BUILTIN_FILLER: &[u8] = include_bytes!("../../fixtures/audio/bot_fille
 pub const BUILTIN_FALLBACK: &[u8] = include_bytes!("../../fixtures/audio/bot_fallback_8k.wav");
 /// Built-in apology (the engine dropped and came back).
 pub const BUILTIN_APOLOGY: &[u8] = include_bytes!("../../fixtures/audio/bot_apology_8k.wav");
+/// Built-in line for a caller back from a transfer that did not connect.
+pub const BUILTIN_TRANSFER_FAILED: &[u8] = include_bytes!("../../fixtures/audio/bot_transfer_failed_8k.wav");
 
 /// Decode a WAV (any rate our resampler takes) to trimmed 8 kHz PCM.
 pub fn clip_from_wav(bytes: &[u8], origin: &str) -> Result<Arc<[i16]>, LocalEngineError> {
@@ -98,6 +100,7 @@ pub fn load_clip(spec: &str) -> Result<Arc<[i16]>, LocalEngineError> {
         "builtin:filler" => BUILTIN_FILLER.into(),
         "builtin:fallback" => BUILTIN_FALLBACK.into(),
         "builtin:apology" => BUILTIN_APOLOGY.into(),
+        "builtin:transfer_failed" => BUILTIN_TRANSFER_FAILED.into(),
         path => std::fs::read(Path::new(path))
             .map_err(|source| LocalEngineError::Io { path: path.to_string(), source })?
             .into(),
@@ -212,8 +215,12 @@ impl super::registry::EngineFactory for LocalFactory {
         "local"
     }
 
-    fn build(&self, _req: &super::registry::EngineRequest<'_>) -> Result<Box<dyn Engine>, super::registry::BuildError> {
-        Ok(Box::new(LocalEngine::new(self.clips.clone())))
+    fn build(&self, req: &super::registry::EngineRequest<'_>) -> Result<Box<dyn Engine>, super::registry::BuildError> {
+        let mut clips = self.clips.clone();
+        if !req.greet {
+            clips.greeting = None;
+        }
+        Ok(Box::new(LocalEngine::new(clips)))
     }
 }
 

@@ -17,6 +17,9 @@ pub struct EngineRequest<'a> {
     pub plan: &'a CallPlan,
     /// The stream's native audio format (passthrough is chosen from it).
     pub stream: AudioFormat,
+    /// Whether the engine greets the caller (not when a call resumes after a
+    /// failed transfer).
+    pub greet: bool,
 }
 
 /// Why an engine could not be built.

@@ -17,7 +17,7 @@ use crate::ids::CallId;
 use crate::tenant::Tenant;
 
 /// How a call is handled, decided at the webhook.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Route {
     /// Our id (already used in `call.started`).
     pub call_id: CallId,
@@ -35,6 +35,8 @@ pub struct Route {
     pub seq_used: u64,
     /// The call's reserved slot (released when the last holder drops it).
     pub slot: Option<Arc<crate::runtime::capacity::Slot>>,
+    /// A call coming back from a failed transfer: its event stream goes on.
+    pub resume: Option<crate::callback::delivery::EventSender>,
 }
 
 impl Route {
@@ -49,6 +51,7 @@ impl Route {
             to: to.into(),
             seq_used: 0,
             slot: None,
+            resume: None,
         }
     }
 }
@@ -133,15 +136,8 @@ impl PendingCalls {
     /// Drop routes older than `max_age`; returns them (their calls never
     /// arrived: the caller hung up first, or the stream failed).
     pub fn sweep(&self, max_age: Duration) -> Vec<Route> {
-        let mut gone = Vec::new();
-        self.map.retain(|_, w| {
-            let keep = w.at.elapsed() < max_age;
-            if !keep {
-                gone.push(w.route.clone());
-            }
-            keep
-        });
-        gone
+        let old: Vec<_> = self.map.iter().filter(|e| e.at.elapsed() >= max_age).map(|e| e.key().clone()).collect();
+        old.into_iter().filter_map(|k| self.map.remove(&k)).map(|(_, w)| w.route).collect()
     }
 
     /// Routes waiting.

@@ -7,5 +7,6 @@ pub mod admission;
 pub mod call_task;
 pub mod capacity;
 pub mod engine_link;
+pub mod parked;
 pub mod registry;
 pub mod transport;

@@ -30,6 +30,12 @@ pub enum CallControl {
         /// the outcome
         reply: oneshot::Sender<Result<(), crate::call::SayError>>,
     },
+    /// The carrier is moving the call to `to`: its stream's end is a
+    /// transfer, whose outcome the carrier reports later.
+    Transferring {
+        /// destination
+        to: String,
+    },
 }
 
 /// What the control API may show about a call.

@@ -28,13 +28,20 @@ pub struct Prompts {
     pub fallback: Arc<[i16]>,
     /// After an engine reconnect.
     pub apology: Arc<[i16]>,
+    /// When a transfer did not connect and the caller is back.
+    pub transfer_failed: Arc<[i16]>,
 }
 
 impl Prompts {
     /// The built-in prompts.
     pub fn builtin() -> Self {
         let load = |s: &str| crate::engine::local::load_clip(s).expect("built-in prompts are valid");
-        Self { filler: load("builtin:filler"), fallback: load("builtin:fallback"), apology: load("builtin:apology") }
+        Self {
+            filler: load("builtin:filler"),
+            fallback: load("builtin:fallback"),
+            apology: load("builtin:apology"),
+            transfer_failed: load("builtin:transfer_failed"),
+        }
     }
 }
 
@@ -57,6 +64,8 @@ pub struct AgentConfig {
     pub expect_transcripts: bool,
     /// The call plan could not be fetched: say the fallback line first.
     pub plan_failed: bool,
+    /// The call comes back from a failed transfer: say so first.
+    pub resumed: bool,
 }
 
 impl Default for AgentConfig {
@@ -69,6 +78,7 @@ impl Default for AgentConfig {
             backend: false,
             expect_transcripts: false,
             plan_failed: false,
+            resumed: false,
         }
     }
 }
@@ -157,8 +167,11 @@ impl Agent {
         self.conversation = c;
     }
 
-    /// The line to say before anything else, if the plan failed.
+    /// The line to say before anything else: the plan failed, or a transfer did.
     pub(super) fn fallback_at_start(&self) -> Option<Arc<[i16]>> {
+        if self.cfg.resumed {
+            return Some(self.cfg.prompts.transfer_failed.clone());
+        }
         self.cfg.plan_failed.then(|| self.cfg.prompts.fallback.clone())
     }
 

@@ -17,6 +17,7 @@ use super::AppState;
 use super::arrival::{Arrival, Refusal, route_call};
 use crate::carrier::twilio::signature as twilio_sig;
 use crate::carrier::twilio::{FROM_PARAM, TO_PARAM, TOKEN_PARAM, TwilioCodec};
+use crate::runtime::admission::Route;
 use crate::runtime::call_task::run_call;
 use crate::runtime::transport::AxumSocket;
 
@@ -108,7 +109,8 @@ pub fn setup(
             "Twilio signatures are NOT validated (server.validate_twilio_signatures = false): local development only"
         );
     }
-    let control = Arc::new(rest::TwilioRest::new(http.clone(), &config.twilio.api_base_url, secrets));
+    let control =
+        Arc::new(rest::TwilioRest::new(http.clone(), &config.twilio.api_base_url, secrets, &config.public_http_url()));
     Ok(Setup { control, validating })
 }
 
@@ -118,6 +120,7 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
         .route("/twilio/voice", axum::routing::post(voice))
         .route("/twilio/stream", axum::routing::get(stream))
         .route(STATUS_PATH, axum::routing::post(stream_status))
+        .route(TRANSFER_STATUS_PATH, axum::routing::post(transfer_status))
 }
 
 /// Whether Twilio requests must be signed.
@@ -172,6 +175,65 @@ pub async fn voice(
 
 /// Where Twilio reports the stream's lifecycle (`<Stream statusCallback>`).
 const STATUS_PATH: &str = "/twilio/stream-status";
+/// Where Twilio reports a transfer's outcome (`<Dial action>`).
+pub const TRANSFER_STATUS_PATH: &str = "/twilio/transfer-status";
+
+/// `POST /twilio/transfer-status?call=<id>`: the `<Dial action>` of a
+/// transfer. Answered or completed: the call ends (`transfer.completed`, then
+/// `call.ended` reason `transferred`). Busy, no answer, failed: the caller
+/// comes back to the bot on the same call (`transfer.failed`; the answer is a
+/// new `<Connect><Stream>` that resumes it), or hears goodbye when no slot is
+/// free.
+pub async fn transfer_status(
+    State(s): State<Arc<AppState>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    if validating(&s) {
+        let path = uri.path_and_query().map_or(TRANSFER_STATUS_PATH, |p| p.as_str());
+        let url = format!("{}{path}", s.config.public_http_url());
+        let sig = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !twilio_sig::validate(&s.secrets.twilio_auth_tokens, &url, &form, sig) {
+            return refuse(if sig.is_empty() { "transfer_unsigned" } else { "transfer_bad_signature" });
+        }
+    }
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or("");
+    let hangup = || twiml(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>"#.to_string());
+    let Some(parked) = q.get("call").and_then(|c| c.parse().ok()).and_then(|id| s.call.parked.take(id)) else {
+        return hangup();
+    };
+    let status = get("DialCallStatus").to_string();
+    let destination = parked.destination.clone();
+    if matches!(status.as_str(), "completed" | "answered") {
+        let ev = crate::contract::Event::TransferCompleted { to: destination, status };
+        crate::runtime::call_task::end_parked(&s.call, parked, Some(ev), "transferred");
+        return hangup();
+    }
+    metrics::counter!(crate::metrics::CALL_ERRORS, "source" => "transfer").increment(1);
+    warn!(call = %parked.call_id, status = %status, "transfer did not connect; the caller comes back");
+    let failed = crate::contract::Event::TransferFailed { to: destination, status };
+    let slot = match s.call.capacity.try_reserve(parked.tenant.as_ref().map(|t| t.id.as_str())) {
+        Ok(slot) => slot,
+        Err(_) => {
+            crate::runtime::call_task::end_parked(&s.call, parked, Some(failed), "transfer_failed");
+            return hangup();
+        }
+    };
+    let mut parked = parked;
+    parked.events.send(failed);
+    let mut route = Route::unannounced(parked.call_id, &parked.from, &parked.to);
+    route.tenant = parked.tenant;
+    route.plan = parked.plan;
+    route.slot = Some(Arc::new(slot));
+    route.resume = Some(parked.events);
+    let (from, to) = (route.from.clone(), route.to.clone());
+    let token = s.call.pending.insert("twilio", get("CallSid"), route);
+    let status_cb = format!("{}{STATUS_PATH}", s.config.public_http_url());
+    let params = [(FROM_PARAM, from.as_str()), (TO_PARAM, to.as_str()), (TOKEN_PARAM, token.as_str())];
+    twiml(connect_twiml(&s.config.server.public_url, Some(&status_cb), &params))
+}
 
 /// `POST /twilio/stream-status`: Twilio's stream lifecycle webhook. A stream
 /// that stopped or failed before it ever started means the call will not
@@ -202,7 +264,7 @@ pub async fn stream_status(
     };
     if let Some(route) = s.call.pending.take("twilio", get("CallSid")) {
         info!(call = %route.call_id, reason, "the stream ended before it started");
-        crate::runtime::call_task::report_unconnected(&s.call, &route, reason);
+        crate::runtime::call_task::report_unconnected(&s.call, route, reason);
     }
     StatusCode::NO_CONTENT.into_response()
 }

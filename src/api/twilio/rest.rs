@@ -13,13 +13,15 @@ use super::xml_escape;
 use crate::api::carrier_control::{CarrierControl, ControlError, ControlFuture, TransferTarget};
 use crate::runtime::registry::CallDetails;
 
-/// The TwiML that dials `target`.
-pub fn dial_twiml(target: &TransferTarget) -> String {
+/// The TwiML that dials `target`; Twilio requests `action` (if given) with
+/// the outcome (`DialCallStatus`) when the dialled leg ends or fails.
+pub fn dial_twiml(target: &TransferTarget, action: Option<&str>) -> String {
     let inner = match target {
         TransferTarget::Number(n) => xml_escape(n),
         TransferTarget::Sip(u) => format!("<Sip>{}</Sip>", xml_escape(u)),
     };
-    format!(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Dial>{inner}</Dial></Response>"#)
+    let attrs = action.map(|a| format!(r#" action="{}" method="POST""#, xml_escape(a))).unwrap_or_default();
+    format!(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Dial{attrs}>{inner}</Dial></Response>"#)
 }
 
 /// Twilio REST client.
@@ -32,11 +34,14 @@ pub struct TwilioRest {
     auth: Option<(String, String)>,
     /// `TWILIO_ACCOUNT_SID`, for calls whose stream did not name an account.
     account_sid: Option<String>,
+    /// Our public HTTP base (the transfer outcome callback).
+    public_http: String,
 }
 
 impl TwilioRest {
-    /// A client for `base` with credentials from `secrets`.
-    pub fn new(http: reqwest::Client, base: &str, secrets: &crate::config::Secrets) -> Self {
+    /// A client for `base` with credentials from `secrets`; outcomes are
+    /// reported to `public_http`.
+    pub fn new(http: reqwest::Client, base: &str, secrets: &crate::config::Secrets, public_http: &str) -> Self {
         let auth = match (&secrets.twilio_api_key, secrets.twilio_auth_tokens.first()) {
             (Some((k, v)), _) => Some((k.clone(), v.clone())),
             (None, Some(token)) => Some((secrets.twilio_account_sid.clone().unwrap_or_default(), token.clone())),
@@ -47,6 +52,7 @@ impl TwilioRest {
             base: base.trim_end_matches('/').to_string(),
             auth,
             account_sid: secrets.twilio_account_sid.clone(),
+            public_http: public_http.trim_end_matches('/').to_string(),
         }
     }
 
@@ -87,7 +93,12 @@ impl CarrierControl for TwilioRest {
         "twilio"
     }
 
-    fn transfer<'a>(&'a self, call: &'a CallDetails, to: &'a TransferTarget) -> ControlFuture<'a> {
+    fn transfer<'a>(
+        &'a self,
+        id: crate::ids::CallId,
+        call: &'a CallDetails,
+        to: &'a TransferTarget,
+    ) -> ControlFuture<'a> {
         Box::pin(async move {
             let account = call
                 .carrier_ids
@@ -99,9 +110,19 @@ impl CarrierControl for TwilioRest {
             if account.is_empty() || call.carrier_call_id.is_empty() {
                 return Err(ControlError::NoCarrierCall);
             }
-            self.update_call(&account, &call.carrier_call_id, &dial_twiml(to)).await
+            if !valid_sid(&account, "AC") || !valid_sid(&call.carrier_call_id, "CA") {
+                return Err(ControlError::NoCarrierCall);
+            }
+            let action = format!("{}{}?call={id}", self.public_http, super::TRANSFER_STATUS_PATH);
+            self.update_call(&account, &call.carrier_call_id, &dial_twiml(to, Some(&action))).await
         })
     }
+}
+
+/// Whether `sid` is a Twilio SID of kind `prefix` (two letters + 32 hex digits):
+/// nothing else goes into a REST URL path.
+fn valid_sid(sid: &str, prefix: &str) -> bool {
+    sid.len() == 34 && sid.starts_with(prefix) && sid[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[cfg(test)]
@@ -111,11 +132,18 @@ mod tests {
     #[test]
     fn transfer_twiml() {
         assert_eq!(
-            dial_twiml(&TransferTarget::parse("+15557654321").unwrap()),
+            dial_twiml(&TransferTarget::parse("+15557654321").unwrap(), None),
             r#"<?xml version="1.0" encoding="UTF-8"?><Response><Dial>+15557654321</Dial></Response>"#
         );
         assert_eq!(
-            dial_twiml(&TransferTarget::parse("sip:oncall@pbx.example.com;transport=tls").unwrap()),
+            dial_twiml(&TransferTarget::parse("+15557654321").unwrap(), Some("https://cb.example.com/t?call=c&x=1")),
+            r#"<?xml version="1.0" encoding="UTF-8"?><Response><Dial action="https://cb.example.com/t?call=c&amp;x=1" method="POST">+15557654321</Dial></Response>"#
+        );
+        assert!(valid_sid("AC0123456789abcdef0123456789abcdef", "AC"));
+        assert!(!valid_sid("AC0123456789abcdef0123456789abcde/", "AC"), "no path characters");
+        assert!(!valid_sid("AC../../2010-04-01/Accounts/ACx/Calls", "AC"));
+        assert_eq!(
+            dial_twiml(&TransferTarget::parse("sip:oncall@pbx.example.com;transport=tls").unwrap(), None),
             r#"<?xml version="1.0" encoding="UTF-8"?><Response><Dial><Sip>sip:oncall@pbx.example.com;transport=tls</Sip></Dial></Response>"#
         );
     }

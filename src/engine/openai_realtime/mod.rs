@@ -604,7 +604,11 @@ impl super::registry::EngineFactory for RealtimeFactory {
             instructions: plan.instructions.clone().unwrap_or_else(|| rc.instructions.clone()),
             voice: plan.voice.clone().unwrap_or_else(|| rc.voice.clone()),
             tools: plan.tools.clone(),
-            greeting: plan.greeting.clone().or_else(|| Some(rc.greeting.clone()).filter(|g| !g.is_empty())),
+            greeting: if req.greet {
+                plan.greeting.clone().or_else(|| Some(rc.greeting.clone()).filter(|g| !g.is_empty()))
+            } else {
+                None
+            },
             turn: rc.turn_detection,
             audio: WireAudio::for_stream(req.stream),
             transcription_model: rc.transcription_model.clone(),

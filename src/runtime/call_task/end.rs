@@ -112,9 +112,22 @@ pub(super) fn count(carrier: &'static str, id: impl std::fmt::Display, reason: &
 /// The report of a call whose `call.started` went out but which never became a
 /// live call (its stream never came, or failed before it could start):
 /// `call.ended` with `reason`, and its row in the store.
-pub fn report_unconnected(ctx: &CallContext, route: &crate::runtime::admission::Route, reason: &'static str) {
+pub fn report_unconnected(ctx: &CallContext, mut route: crate::runtime::admission::Route, reason: &'static str) {
     let id = route.call_id.to_string();
     metrics::counter!(crate::metrics::CALLS_ENDED, "reason" => reason, "carrier" => "none").increment(1);
+    if let Some(mut events) = route.resume.take() {
+        // Back from a failed transfer and the new stream never came: its own stream ends it.
+        let summary = crate::contract::CallSummary {
+            reason: reason.into(),
+            conversation: events.take_log(),
+            ..Default::default()
+        };
+        events.send(Event::CallEnded(summary));
+        if let Some(st) = &ctx.store {
+            st.ended(&id, reason, None);
+        }
+        return;
+    }
     if let Some(st) = &ctx.store {
         st.started(crate::callstore::CallRow {
             call_id: id.clone(),
@@ -149,6 +162,48 @@ pub fn report_unconnected(ctx: &CallContext, route: &crate::runtime::admission::
     if let Some(st) = &ctx.store {
         st.ended(&id, reason, None);
     }
+}
+
+/// The call left us for a transfer: keep its event stream and report until
+/// the carrier says how the transfer went.
+pub(super) fn park(ctx: &CallContext, call: &Call, io: &mut ShellIo) {
+    let now = Instant::now().into_std();
+    let mut summary = call.session().summary("transferred", now);
+    summary.recording_url =
+        io.recorder.take().map(|_| crate::callstore::recording_url(&ctx.public_http, &io.id.to_string()));
+    let events = std::mem::replace(&mut io.events, crate::callback::delivery::EventSender::disabled(""));
+    let route = io.route.take().expect("an admitted call has its route");
+    ctx.parked.park(crate::runtime::parked::Parked::new(
+        io.id,
+        route.tenant,
+        route.plan,
+        route.from,
+        route.to,
+        io.transfer_to.take().unwrap_or_default(),
+        events,
+        summary,
+    ));
+}
+
+/// A parked call is over: `call.ended` with `reason` (after its transfer
+/// event, if any) and the store row.
+pub fn end_parked(
+    ctx: &CallContext,
+    mut p: crate::runtime::parked::Parked,
+    before: Option<Event>,
+    reason: &'static str,
+) {
+    if let Some(ev) = before {
+        p.events.send(ev);
+    }
+    p.summary.reason = reason.into();
+    p.summary.events_dropped = p.events.dropped();
+    p.summary.conversation = p.events.take_log();
+    p.events.send(Event::CallEnded(p.summary.clone()));
+    if let Some(st) = &ctx.store {
+        st.ended(&p.call_id.to_string(), reason, None);
+    }
+    metrics::counter!(crate::metrics::CALLS_ENDED, "reason" => reason, "carrier" => "none").increment(1);
 }
 
 /// The report of an admitted call: `call.ended` (last of its events) and the store row.

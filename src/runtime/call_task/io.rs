@@ -32,6 +32,15 @@ pub(super) struct Requests {
     pub replies: mpsc::Sender<Reply>,
 }
 
+/// What the call was routed with (kept for a transfer's outcome).
+#[derive(Debug, Clone)]
+pub(super) struct RouteInfo {
+    pub tenant: Option<std::sync::Arc<crate::tenant::Tenant>>,
+    pub plan: crate::contract::CallPlan,
+    pub from: String,
+    pub to: String,
+}
+
 /// Outputs of one live call in the server.
 pub(super) struct ShellIo {
     pub id: CallId,
@@ -48,6 +57,10 @@ pub(super) struct ShellIo {
     /// Blocking requests in flight (aborted when the call ends, so nothing
     /// of the call reaches the backend after its `call.ended`).
     in_flight: Vec<tokio::task::JoinHandle<()>>,
+    /// How the call was routed.
+    pub route: Option<RouteInfo>,
+    /// Where the control API transferred the call, if it did.
+    pub transfer_to: Option<String>,
 }
 
 impl ShellIo {
@@ -70,6 +83,8 @@ impl ShellIo {
             engine_frame: 160,
             logged_errors: 0,
             in_flight: Vec::new(),
+            route: None,
+            transfer_to: None,
         }
     }
 

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::warn;
 
-pub use end::{CallEnd, report_unconnected};
+pub use end::{CallEnd, end_parked, report_unconnected};
 
 use crate::call::Call;
 use crate::callback::client::CallbackClient;
@@ -72,6 +72,8 @@ pub struct CallContext {
     pub pending: Arc<PendingCalls>,
     /// Concurrent-call limits (slots reserved at the webhooks).
     pub capacity: Arc<crate::runtime::capacity::Capacity>,
+    /// Calls transferred away, waiting for the outcome.
+    pub parked: Arc<crate::runtime::parked::ParkedCalls>,
     /// Streams must present the single-use token their webhook issued.
     pub require_stream_token: bool,
     /// Callback HTTP client.
@@ -135,7 +137,11 @@ pub async fn run_call<T: Transport>(mut transport: T, mut carrier: Box<dyn Carri
     let reason = end.reason();
     end::count(label, io.id, reason);
     io.abort_requests();
-    end::report(&ctx, &call, &mut io, reason);
+    if reason == "transferred" && io.transfer_to.is_some() {
+        end::park(&ctx, &call, &mut io);
+    } else {
+        end::report(&ctx, &call, &mut io, reason);
+    }
     drop(registration);
     drop(slot);
 }
@@ -193,6 +199,10 @@ async fn run_loop<T: Transport>(
             Woke::Control(Some(CallControl::Session(cmd))) => call.on_control(now, cmd, io),
             Woke::Control(Some(CallControl::Say { what, interrupt, reply })) => {
                 let _ = reply.send(call.say(now, what, interrupt, io));
+            }
+            Woke::Control(Some(CallControl::Transferring { to })) => {
+                io.transfer_to = Some(to);
+                call.on_control(now, crate::session::ControlCommand::Transferred, io);
             }
             Woke::Control(None) => control_open = false,
             Woke::Link(Some((link, update))) => call.on_link(now, link, update.as_event(), io),

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::CallContext;
 use super::end::CallEnd;
-use super::io::{Requests, ShellIo};
+use super::io::{Requests, RouteInfo, ShellIo};
 use crate::call::{Call, Fault};
 use crate::callback::client::Target;
 use crate::callback::delivery::EventSender;
@@ -130,7 +130,7 @@ pub(super) fn admit(
     };
     // A route the webhook decided is claimed with its single-use token, signed or
     // not; only streams no webhook announced go without one (local development).
-    let route = match info.token.as_deref() {
+    let mut route = match info.token.as_deref() {
         Some(token) => match ctx.pending.claim(label, &info.call_id, token) {
             Ok(r) => r,
             Err(ClaimError::Unknown) if !ctx.require_stream_token => {
@@ -156,7 +156,9 @@ pub(super) fn admit(
     let now = Instant::now().into_std();
     let id = route.call_id;
     let plan = &route.plan;
-    let chosen = ctx.engines.build(plan.engine.as_deref(), &EngineRequest { plan, stream: info.format });
+    let resumed = route.resume.is_some();
+    let request = EngineRequest { plan, stream: info.format, greet: !resumed };
+    let chosen = ctx.engines.build(plan.engine.as_deref(), &request);
     if let Some(why) = &chosen.fallback_reason {
         warn!(call = %id, reason = %why, "the engine asked for cannot answer; using {}", chosen.engine.label());
     }
@@ -175,6 +177,7 @@ pub(super) fn admit(
             backend: route.tenant.is_some(),
             expect_transcripts: engine.transcribes_caller(),
             plan_failed: route.plan_failed,
+            resumed,
         },
         record,
     };
@@ -183,7 +186,7 @@ pub(super) fn admit(
         Err(e) => {
             warn!(call = %id, error = %e, "cannot set up the call");
             // The backend heard `call.started`: it hears how it ended.
-            super::end::report_unconnected(ctx, &route, "protocol_error");
+            super::end::report_unconnected(ctx, route, "protocol_error");
             return Err(CallEnd::Setup(e.to_string()));
         }
     };
@@ -216,7 +219,7 @@ pub(super) fn admit(
     if record && let Some(svc) = &ctx.recordings {
         io.recorder = Some(svc.begin(id, info.format.rate));
     }
-    if let Some(st) = &ctx.store {
+    if let (Some(st), false) = (&ctx.store, resumed) {
         st.started(crate::callstore::CallRow {
             call_id: id_s.clone(),
             tenant: route.tenant.as_ref().map(|t| t.id.clone()),
@@ -229,11 +232,21 @@ pub(super) fn admit(
             recording_loss: None,
         });
     }
-    io.events = match target {
-        Some(t) => EventSender::spawn(ctx.client.clone(), t, ctx.delivery, &id_s, route.seq_used, &ctx.deliveries),
-        None => EventSender::disabled(&id_s),
-    }
-    .with_store(ctx.store.clone());
+    io.events = match (route.resume.take(), target) {
+        // Back from a failed transfer: the same event stream goes on.
+        (Some(events), _) => events,
+        (None, Some(t)) => {
+            EventSender::spawn(ctx.client.clone(), t, ctx.delivery, &id_s, route.seq_used, &ctx.deliveries)
+                .with_store(ctx.store.clone())
+        }
+        (None, None) => EventSender::disabled(&id_s).with_store(ctx.store.clone()),
+    };
+    io.route = Some(RouteInfo {
+        tenant: route.tenant.clone(),
+        plan: route.plan.clone(),
+        from: route.from.clone(),
+        to: route.to.clone(),
+    });
     let (lanes, links) = crate::runtime::engine_link::spawn(engine.links());
     io.lanes = lanes;
     let call = Call::new(session, carrier, engine, ctx.limits.max_protocol_errors);
