@@ -187,6 +187,12 @@ impl Call {
         self.pump(now, io);
     }
 
+    /// The end-of-turn model answered question `id` (`None`: no answer in time).
+    pub fn on_turn_verdict(&mut self, now: Instant, id: u32, p: Option<f32>, io: &mut impl CallIo) {
+        self.session.handle_input(now, Input::TurnVerdict { id, p });
+        self.pump(now, io);
+    }
+
     /// Speak on the call's behalf (control API).
     pub fn say(&mut self, now: Instant, what: Say, interrupt: bool, io: &mut impl CallIo) -> Result<(), SayError> {
         if !self.session.is_active() {

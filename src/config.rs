@@ -102,6 +102,9 @@ pub struct Config {
     /// Turn-taking and barge-in (`[turn]`).
     #[serde(default)]
     pub turn: crate::session::turn::TurnConfig,
+    /// The end-of-turn model for the smart detector (`[turn_model]`).
+    #[serde(default)]
+    pub turn_model: TurnModelConfig,
     /// Voice activity detection (`[vad]`).
     #[serde(default)]
     pub vad: crate::audio::vad::VadConfig,
@@ -123,6 +126,26 @@ pub struct Config {
     /// Numbers declared in the file (`[[numbers]]`); more are registered over the API.
     #[serde(default)]
     pub numbers: Vec<NumberConfig>,
+}
+
+/// `[turn_model]`: the smart-turn model behind `turn.detector = "smart"`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnModelConfig {
+    /// The ONNX model file ("" = none).
+    pub model: String,
+    /// The ONNX Runtime shared library ("" = none).
+    pub runtime: String,
+    /// Inference threads.
+    pub workers: usize,
+    /// Questions waiting beyond this are answered "overloaded" at once.
+    pub queue: usize,
+}
+
+impl Default for TurnModelConfig {
+    fn default() -> Self {
+        Self { model: String::new(), runtime: String::new(), workers: 1, queue: 8 }
+    }
 }
 
 /// `[limits]`
@@ -401,8 +424,15 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
-        if self.turn.endpoint_silence_ms < 100 || self.turn.endpoint_silence_ms > 5000 {
-            return bad("turn.endpoint_silence_ms must be within 100..=5000");
+        self.turn.validate().map_err(ConfigError::Invalid)?;
+        if self.turn.detector == crate::session::turn::Detector::Smart
+            && (self.turn_model.model.is_empty() || self.turn_model.runtime.is_empty())
+        {
+            return bad("turn.detector = \"smart\" needs turn_model.model and turn_model.runtime \
+                 (run scripts/fetch-smart-turn.sh)");
+        }
+        if !(1..=64).contains(&self.turn_model.workers) || !(1..=4096).contains(&self.turn_model.queue) {
+            return bad("turn_model.workers must be within 1..=64 and turn_model.queue within 1..=4096");
         }
         if self.playback.lead_ms < 20 || self.playback.lead_ms > 2000 {
             return bad("playback.lead_ms must be within 20..=2000");

@@ -279,6 +279,13 @@ pub struct TurnOverrides {
     pub barge_in_protect_ms: Option<u32>,
     /// Whether the caller may interrupt at all.
     pub allow_barge_in: Option<bool>,
+    /// `silence` or `smart` (smart needs the server's `[turn_model]`; without
+    /// it the call keeps the silence rule).
+    pub detector: Option<crate::session::turn::Detector>,
+    /// Smart detector: the first pause candidate (60..=2000).
+    pub min_wait_ms: Option<u32>,
+    /// Smart detector: the longest wait when the model says "not done" (min_wait..=5000).
+    pub max_wait_ms: Option<u32>,
 }
 
 impl TurnOverrides {
@@ -300,6 +307,16 @@ impl TurnOverrides {
         if self.allow_barge_in == Some(false) {
             t.barge_in_min_speech_ms = u32::MAX;
         }
+        if let Some(d) = self.detector {
+            t.detector = d;
+        }
+        if let Some(v) = self.min_wait_ms {
+            t.smart.candidate_ms = v.clamp(60, 2000);
+        }
+        if let Some(v) = self.max_wait_ms {
+            t.smart.max_wait_ms = v.clamp(t.smart.candidate_ms, 5000);
+        }
+        t.smart.max_wait_ms = t.smart.max_wait_ms.max(t.smart.candidate_ms);
         t
     }
 }

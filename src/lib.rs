@@ -6,7 +6,8 @@
 //!   a socket: [`audio`] (G.711, resampling, VAD, pacing), [`carrier`] codecs
 //!   behind the [`carrier::Carrier`] trait, [`engine`]s behind the
 //!   [`engine::Engine`] trait, the per-call [`session::Session`], and
-//!   [`call::Call`], the one loop that drives the three;
+//!   [`call::Call`], the one loop that drives the three; [`smart_turn`]'s
+//!   front end (its model runs on worker threads, never on a call task);
 //! - an **I/O shell** of tokio tasks: [`api`] (axum routes, webhooks and
 //!   upgrades), [`runtime`] (one task per call, engine links, the registry),
 //!   [`callback`] delivery, [`recording`], [`callstore`], [`server`] (start and
@@ -37,4 +38,5 @@ pub mod runtime;
 pub mod server;
 pub mod session;
 pub mod signature;
+pub mod smart_turn;
 pub mod tenant;

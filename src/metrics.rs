@@ -67,6 +67,16 @@ pub const CALL_ERRORS: &str = "callbridge_call_errors_total";
 pub const CONNECTIONS_REFUSED: &str = "callbridge_connections_refused_total";
 /// Webhooks and streams refused for failed authentication, by reason.
 pub const AUTH_REJECTED: &str = "callbridge_auth_rejected_total";
+/// Caller turns ended, by what decided (`by`: silence, model, max_wait).
+pub const TURN_ENDS: &str = "callbridge_turn_ends_total";
+/// Turn ends that were premature: the caller spoke again within the grace window.
+pub const TURNS_RESUMED: &str = "callbridge_turns_resumed_total";
+/// Runs of caller "speech" ignored as the bot's own echo.
+pub const ECHO_IGNORED: &str = "callbridge_echo_ignored_total";
+/// End-of-turn model questions, by outcome (`complete`, `incomplete`, `overloaded`, `late`, `failed`).
+pub const TURN_MODEL_QUERIES: &str = "callbridge_turn_model_queries_total";
+/// End-of-turn model: question asked → verdict (queue wait plus inference).
+pub const TURN_MODEL_LATENCY: &str = "callbridge_turn_model_latency_seconds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -74,16 +84,18 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            // Fine around 0.5 s: response latency is the endpoint silence (500 ms) plus what we add.
+            // Fine around 0.3–0.5 s (smart detector) and 0.8 s (the default silence
+            // threshold): response latency is the decision point plus what we add.
             let latency = [
-                0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.505, 0.51, 0.52, 0.55, 0.6, 0.75,
-                1.0, 2.0, 5.0,
+                0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.505, 0.51,
+                0.52, 0.55, 0.6, 0.7, 0.8, 0.805, 0.81, 0.82, 0.85, 0.9, 1.0, 1.2, 1.5, 2.0, 5.0,
             ];
             let cpu = [1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 1e-2];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(RESPONSE_LATENCY.into()), &latency)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BARGE_IN_LATENCY.into()), &latency))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FRAME_PROCESSING.into()), &cpu))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TURN_MODEL_LATENCY.into()), &latency))
                 .expect("bucket lists are non-empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -118,6 +130,15 @@ fn describe() {
     );
     describe_counter!(TURNS, "Caller turns detected");
     describe_counter!(DTMF, "DTMF digits received");
+    describe_counter!(TURN_ENDS, "Caller turns ended, by what decided (silence, model, max_wait)");
+    describe_counter!(TURNS_RESUMED, "Premature turn ends: the caller spoke again within the grace window");
+    describe_counter!(ECHO_IGNORED, "Runs of caller speech ignored as the bot's own echo");
+    describe_counter!(TURN_MODEL_QUERIES, "End-of-turn model questions, by outcome");
+    describe_histogram!(
+        TURN_MODEL_LATENCY,
+        metrics::Unit::Seconds,
+        "End-of-turn question to verdict (queue + inference)"
+    );
     describe_counter!(CALLBACK_EVENTS, "Callback events by type and outcome");
     describe_counter!(CALLBACK_FAILURES, "Failed callback attempts by kind");
     describe_histogram!(CALLBACK_LATENCY, metrics::Unit::Seconds, "Callback request round trip");

@@ -70,6 +70,16 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
     let tenants = Arc::new(NumberStore::open(&config.storage.database, &config.numbers)?);
     let store = crate::callstore::CallStore::open(&config.storage.database, config.storage.memory_max_calls)
         .map_err(|e| ServerError::Setup(format!("call store: {e}")))?;
+    // The end-of-turn model: loaded when configured (the smart detector needs
+    // it; a plan may also ask for it per call).
+    let turn_pool = if config.turn_model.model.is_empty() {
+        None
+    } else {
+        Some(
+            crate::runtime::turn_pool::TurnPool::start(&config.turn_model)
+                .map_err(|e| ServerError::Setup(format!("turn_model: {e} (run scripts/fetch-smart-turn.sh)")))?,
+        )
+    };
     let s = &config.server;
     let limits = CallLimits {
         write_timeout: Duration::from_millis(s.write_timeout_ms),
@@ -100,6 +110,7 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         record_by_default: config.recording.enabled,
         store: Some(store),
         public_http: config.public_http_url(),
+        turn_pool,
     });
     let metrics = crate::metrics::install();
     for c in &carriers {

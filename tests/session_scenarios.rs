@@ -142,8 +142,11 @@ fn no_clear_when_nothing_is_playing() {
 
 #[test]
 fn protection_window_both_sides() {
-    // barge_in_protect_ms = 150: speech in the first 150 ms of a reply cannot interrupt it.
-    let cfg = energy_config();
+    // barge_in_protect_ms = 150: speech in the first 150 ms of a reply cannot
+    // interrupt it. (No resume grace here: speech right after the end of a turn
+    // would otherwise count as the caller going on, which the turn scenarios test.)
+    let mut cfg = energy_config();
+    cfg.turn.resume_grace_ms = 0;
     let mut h = reply_playing_for(cfg.clone(), 0);
     h.frames(&tone(LOUD), 6); // 120 ms into the reply, 120 ms of speech
     assert!(h.clears().is_empty(), "inside the protection window");
@@ -152,7 +155,7 @@ fn protection_window_both_sides() {
     let (latency, _) = h.barge_ins()[0];
     assert_eq!(latency, Duration::from_millis(140), "measured from the true onset");
 
-    let cfg = SessionConfig { turn: TurnConfig { barge_in_protect_ms: 0, ..TurnConfig::default() }, ..energy_config() };
+    let cfg = SessionConfig { turn: TurnConfig { barge_in_protect_ms: 0, ..energy_config().turn }, ..energy_config() };
     let mut h = reply_playing_for(cfg, 0);
     h.frames(&tone(LOUD), 3);
     assert_eq!(h.clears().len(), 1, "no window: 60 ms of speech suffices");
@@ -241,5 +244,6 @@ fn real_speech_fixture_drives_a_turn_with_the_webrtc_vad() {
     assert_eq!(h.io.telemetry.iter().filter(|(_, t)| *t == Telemetry::TurnStarted).count(), 1);
     let lat = h.response_latencies();
     assert_eq!(lat.len(), 1);
-    assert_eq!(lat[0], Duration::from_millis(500), "response latency = endpoint silence with the local engine");
+    let endpoint = Duration::from_millis(callbridge::session::turn::TurnConfig::default().endpoint_silence_ms as u64);
+    assert_eq!(lat[0], endpoint, "response latency = endpoint silence with the local engine");
 }

@@ -10,3 +10,4 @@ pub mod engine_link;
 pub mod parked;
 pub mod registry;
 pub mod transport;
+pub mod turn_pool;

@@ -108,7 +108,7 @@ impl Conversation {
 
     fn event_for(&mut self, t: &Telemetry, now: Instant) -> Option<Event> {
         match *t {
-            Telemetry::TurnEnded { start, end } => {
+            Telemetry::TurnEnded { start, end, .. } => {
                 self.turn += 1;
                 self.user_turns += 1;
                 self.latencies.push(TurnLatency { turn: self.turn, ..Default::default() });
@@ -161,7 +161,11 @@ impl Conversation {
                 }))
             }
             Telemetry::Dtmf(d) => Some(Event::Dtmf { digit: d.to_string(), at_ms: ms(self.origin, now) }),
-            Telemetry::TurnStarted | Telemetry::StaleAudioDropped(_) | Telemetry::QueueOverflow(_) => None,
+            Telemetry::TurnStarted
+            | Telemetry::TurnResumed { .. }
+            | Telemetry::EchoIgnored
+            | Telemetry::StaleAudioDropped(_)
+            | Telemetry::QueueOverflow(_) => None,
         }
     }
 
@@ -193,8 +197,12 @@ mod tests {
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut c = Conversation::new(t0);
         assert!(c.user_transcript("my sink leaks".into()).is_none());
-        let Some(Event::TurnUser(u)) =
-            c.on_telemetry(&Telemetry::TurnEnded { start: at(300), end: at(1800) }, at(1800)).pop()
+        let Some(Event::TurnUser(u)) = c
+            .on_telemetry(
+                &Telemetry::TurnEnded { start: at(300), end: at(1800), by: crate::session::turn::EndedBy::Silence },
+                at(1800),
+            )
+            .pop()
         else {
             panic!()
         };
@@ -252,11 +260,23 @@ mod tests {
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut c = Conversation::new(t0);
         c.expect_transcripts(true);
-        assert!(c.on_telemetry(&Telemetry::TurnEnded { start: at(0), end: at(900) }, at(900)).is_empty());
+        assert!(
+            c.on_telemetry(
+                &Telemetry::TurnEnded { start: at(0), end: at(900), by: crate::session::turn::EndedBy::Silence },
+                at(900)
+            )
+            .is_empty()
+        );
         let Some(Event::TurnUser(u)) = c.user_transcript("hello".into()) else { panic!() };
         assert_eq!(u.transcript.as_deref(), Some("hello"));
         // No transcript this time: the turn goes out (untranscribed) before the agent turn.
-        assert!(c.on_telemetry(&Telemetry::TurnEnded { start: at(2000), end: at(2500) }, at(2500)).is_empty());
+        assert!(
+            c.on_telemetry(
+                &Telemetry::TurnEnded { start: at(2000), end: at(2500), by: crate::session::turn::EndedBy::Silence },
+                at(2500)
+            )
+            .is_empty()
+        );
         let evs = c.on_telemetry(
             &Telemetry::ResponseFinished {
                 response: ResponseId(1),
@@ -268,7 +288,13 @@ mod tests {
             at(2700),
         );
         assert!(matches!(evs.as_slice(), [Event::TurnUser(UserTurn { transcript: None, .. }), Event::TurnAgent(_)]));
-        assert!(c.on_telemetry(&Telemetry::TurnEnded { start: at(3000), end: at(3500) }, at(3500)).is_empty());
+        assert!(
+            c.on_telemetry(
+                &Telemetry::TurnEnded { start: at(3000), end: at(3500), by: crate::session::turn::EndedBy::Silence },
+                at(3500)
+            )
+            .is_empty()
+        );
         assert!(matches!(c.flush(), Some(Event::TurnUser(UserTurn { turn: 4, .. }))));
     }
 

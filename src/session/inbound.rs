@@ -3,7 +3,10 @@
 //! engine and the recording.
 //!
 //! Per frame this allocates nothing: every buffer was sized when the session
-//! was built.
+//! was built. (A question for the end-of-turn model copies the turn's audio:
+//! once per pause candidate, not per frame.)
+
+use std::time::Duration;
 
 use super::{Cold, HangupReason, Pending, Phase, Session, Telemetry, turn};
 use crate::carrier::CarrierEvent;
@@ -68,6 +71,8 @@ impl Session {
     fn on_frame(&mut self) {
         let now = self.now;
         let d = self.vad.process(&self.in_acc);
+        self.echo.on_caller(&self.in_acc);
+        self.turn_audio.push(&self.in_acc);
         if let InputAudio::Pcm { .. } = self.engine.input {
             let start = self.engine_audio.len();
             match &mut self.to_engine {
@@ -83,27 +88,112 @@ impl Session {
                 self.pending.push_back(Pending::EngineAudio);
             }
         }
+        // The bot's own voice coming back is not the caller speaking.
+        let mut speech = d.speech;
+        if speech && !self.turn.in_turn() && self.echo.explains(self.in_acc.len()) {
+            speech = false;
+            if !self.in_echo {
+                self.in_echo = true;
+                self.telemetry(Telemetry::EchoIgnored);
+            }
+        } else if speech {
+            self.in_echo = false;
+        }
         let loud = d.level_dbfs >= self.cfg.turn.echo_guard_dbfs;
-        let ev = self.turn.on_frame(now, crate::audio::FRAME, d.speech, loud);
-        if let turn::TurnEvent::Ended { speech_end } = ev {
-            self.end_turn(speech_end);
+        let ev = self.turn.on_frame(now, crate::audio::FRAME, speech, loud);
+        if !matches!(ev, turn::TurnEvent::None) {
+            self.on_turn_event(ev);
             return;
         }
-        if !d.speech || self.turn.in_turn() {
+        if !speech || self.turn.in_turn() {
             return;
         }
+        // Speaking again right after the end of their turn: they were not done.
+        let resumed = self.turn_ended.filter(|(at, _)| {
+            now.saturating_duration_since(*at) <= Duration::from_millis(self.cfg.turn.resume_grace_ms as u64)
+        });
         if self.playback.is_playing(now) {
-            if turn::should_barge_in(&self.cfg.turn, self.turn.loud_run(), self.playback.playing_for(now)) {
+            let protect = if resumed.is_some() { Duration::MAX } else { self.playback.playing_for(now) };
+            if turn::should_barge_in(&self.cfg.turn, self.turn.loud_run(), protect) {
                 let onset = self.turn.run_start().unwrap_or(now);
+                self.resumed(resumed, onset);
                 self.interrupt(Some(onset));
                 self.start_turn(onset);
             }
         } else if turn::should_start_turn(&self.cfg.turn, self.turn.speech_run()) {
+            let onset = self.turn.run_start().unwrap_or(now);
+            self.resumed(resumed, onset);
             // A response still being generated (nothing audible yet) is moot now.
             if self.playback.has_live_response() {
                 self.interrupt(None);
             }
-            self.start_turn(self.turn.run_start().unwrap_or(now));
+            self.start_turn(onset);
         }
+    }
+
+    fn resumed(&mut self, resumed: Option<(std::time::Instant, turn::EndedBy)>, onset: std::time::Instant) {
+        if let Some((at, by)) = resumed {
+            self.turn_ended = None;
+            self.telemetry(Telemetry::TurnResumed { by, after: onset.saturating_duration_since(at) });
+        }
+    }
+}
+
+/// The caller's last 8 s (plus pre-roll) for end-of-turn questions: a ring
+/// written every frame, copied out once per pause candidate. Empty (and
+/// free) unless the smart detector is on.
+#[derive(Debug)]
+pub(super) struct TurnAudio {
+    ring: Box<[i16]>,
+    /// Samples written so far.
+    written: u64,
+    /// Where the current turn's audio starts.
+    turn_start: u64,
+    rate: u32,
+}
+
+/// Audio before the detected onset that belongs to the turn (VAD attack).
+const PRE_ROLL: Duration = Duration::from_millis(500);
+
+impl TurnAudio {
+    pub(super) fn new(on: bool, rate: u32) -> Self {
+        let len = if on { (rate as usize) * 8 + (rate as usize) / 2 } else { 0 };
+        Self { ring: vec![0; len].into_boxed_slice(), written: 0, turn_start: 0, rate }
+    }
+
+    pub(super) fn push(&mut self, pcm: &[i16]) {
+        if self.ring.is_empty() {
+            return;
+        }
+        let n = self.ring.len();
+        let mut at = (self.written % n as u64) as usize;
+        let mut rest = pcm;
+        while !rest.is_empty() {
+            let take = (n - at).min(rest.len());
+            self.ring[at..at + take].copy_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            at = (at + take) % n;
+        }
+        self.written += pcm.len() as u64;
+    }
+
+    /// The turn started `run` ago (its speech so far).
+    pub(super) fn start_turn(&mut self, run: Duration) {
+        let back = ((run + PRE_ROLL).as_micros() as u64) * self.rate as u64 / 1_000_000;
+        self.turn_start = self.written.saturating_sub(back);
+    }
+
+    /// The current turn's audio, oldest first (at most the ring).
+    pub(super) fn snapshot(&self) -> Vec<i16> {
+        let n = self.ring.len() as u64;
+        if n == 0 {
+            return Vec::new();
+        }
+        let from = self.turn_start.max(self.written.saturating_sub(n));
+        let mut out = Vec::with_capacity((self.written - from) as usize);
+        for i in from..self.written {
+            out.push(self.ring[(i % n) as usize]);
+        }
+        out
     }
 }

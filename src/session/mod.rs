@@ -38,7 +38,8 @@ pub use agent::{AgentConfig, Incident, Prompts, Reply, ReplyFailure, Request, Re
 use playback::{Interrupted, Playback, PlaybackConfig};
 use record::RecordClock;
 pub use record::RecordOp;
-use turn::{TurnConfig, TurnDetector};
+use turn::echo::EchoCheck;
+use turn::{EndedBy, TurnConfig, TurnDetector};
 
 /// Everything a session is tuned by, final when the session is built.
 #[derive(Debug, Clone, Default)]
@@ -126,7 +127,19 @@ pub enum Telemetry {
         start: Instant,
         /// last speech frame
         end: Instant,
+        /// what decided the end
+        by: EndedBy,
     },
+    /// The caller spoke again within `turn.resume_grace_ms` of the end of
+    /// their turn: that end was premature. The bot yields at once.
+    TurnResumed {
+        /// what had decided the premature end
+        by: EndedBy,
+        /// end of turn → speech again
+        after: Duration,
+    },
+    /// A run of caller "speech" was the bot's own echo and was ignored.
+    EchoIgnored,
     /// End of caller speech → first bot audio frame sent.
     ResponseLatency(Duration),
     /// Engine asked (end of turn) → its first audio.
@@ -176,6 +189,26 @@ pub enum Input<'a> {
     Control(ControlCommand),
     /// The backend answered (or failed to answer) a [`Request`].
     Reply(Reply),
+    /// The end-of-turn model's answer to [`Output::TurnQuery`] `id`:
+    /// P(turn complete), or `None` when it could not answer in time.
+    TurnVerdict {
+        /// the query answered
+        id: u32,
+        /// P(complete)
+        p: Option<f32>,
+    },
+}
+
+/// A question for the end-of-turn model: is the caller's turn so far complete?
+/// (One per pause candidate, never per frame; owns its audio.)
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnQuery {
+    /// Quote it in [`Input::TurnVerdict`].
+    pub id: u32,
+    /// The caller's turn so far, ending now (at most the last 8 s).
+    pub audio: Vec<i16>,
+    /// Its sample rate.
+    pub rate: u32,
 }
 
 /// One output of the session.
@@ -191,6 +224,8 @@ pub enum Output<'a> {
     Event(Event),
     /// A blocking callback request; answer with [`Input::Reply`].
     Request(Request),
+    /// Ask the end-of-turn model; answer with [`Input::TurnVerdict`].
+    TurnQuery(TurnQuery),
     /// A transcript-only record (no callback of its own), e.g. a tool result.
     Note(&'static str, serde_json::Value),
     /// Something went wrong that the operator should see (metric + log).
@@ -207,6 +242,7 @@ enum Cold {
     Engine(EngineCommand<'static>),
     Event(Event),
     Request(Request),
+    TurnQuery(TurnQuery),
     Note(&'static str, serde_json::Value),
     Incident(Incident),
 }
@@ -248,6 +284,13 @@ pub struct Session {
     in_acc: Vec<i16>,
     vad: VoiceDetector,
     turn: TurnDetector,
+    /// The caller's recent audio for end-of-turn questions (smart detector only).
+    turn_audio: inbound::TurnAudio,
+    echo: EchoCheck,
+    /// A run of frames is being ignored as echo.
+    in_echo: bool,
+    /// When the last caller turn ended, and what decided it.
+    turn_ended: Option<(Instant, EndedBy)>,
     playback: Playback,
     to_engine: Option<Resampler>,
     /// Caller audio for the engine, sent at the next poll (PCM or encoded).
@@ -305,8 +348,10 @@ impl Session {
                 (None, Vec::new(), Vec::with_capacity(frame * 4))
             }
         };
-        let endpoint = Duration::from_millis(cfg.turn.endpoint_silence_ms as u64);
         let rec_caller = if cfg.record { Vec::with_capacity(frame * 4) } else { Vec::new() };
+        let turn = TurnDetector::new(&cfg.turn);
+        let turn_audio = inbound::TurnAudio::new(cfg.turn.detector == turn::Detector::Smart, rate);
+        let echo = EchoCheck::new(&cfg.turn.echo, rate);
         Ok(Self {
             vad: VoiceDetector::new(&cfg.vad, rate)?,
             agent: Agent::new(cfg.agent.clone(), now),
@@ -318,7 +363,11 @@ impl Session {
             stream: None,
             frame,
             in_acc: Vec::with_capacity(frame),
-            turn: TurnDetector::new(endpoint),
+            turn,
+            turn_audio,
+            echo,
+            in_echo: false,
+            turn_ended: None,
             playback,
             to_engine,
             engine_audio,
@@ -378,6 +427,12 @@ impl Session {
                     self.agent_reply(r);
                 }
             }
+            Input::TurnVerdict { id, p } => {
+                if self.phase == Phase::Active {
+                    let ev = self.turn.on_verdict(now, id, p);
+                    self.on_turn_event(ev);
+                }
+            }
         }
     }
 
@@ -404,9 +459,8 @@ impl Session {
         if self.phase != Phase::Active {
             return;
         }
-        if let turn::TurnEvent::Ended { speech_end } = self.turn.expire(now) {
-            self.end_turn(speech_end);
-        }
+        let ev = self.turn.expire(now);
+        self.on_turn_event(ev);
         self.agent_timeout();
     }
 
@@ -453,6 +507,9 @@ impl Session {
             let pos = self.rec.bot(self.playback.frame().len() as u64, play_at > now);
             self.pending.push_back(Pending::RecordBot { pos });
         }
+        let ahead =
+            play_at.saturating_duration_since(now).as_micros() as u64 * self.caps.format.rate as u64 / 1_000_000;
+        self.echo.on_played(ahead, self.playback.frame());
         if let (true, Some(speech_end)) = (released.first, self.awaiting_response) {
             self.awaiting_response = None;
             self.telemetry(Telemetry::ResponseLatency(now.saturating_duration_since(speech_end)));
@@ -483,6 +540,7 @@ impl Session {
                 Cold::Engine(cmd) => Output::ToEngine(cmd),
                 Cold::Event(e) => Output::Event(e),
                 Cold::Request(r) => Output::Request(r),
+                Cold::TurnQuery(q) => Output::TurnQuery(q),
                 Cold::Note(k, v) => Output::Note(k, v),
                 Cold::Incident(i) => Output::Incident(i),
             },
@@ -526,16 +584,30 @@ impl Session {
 
     fn start_turn(&mut self, onset: Instant) {
         self.turn_onset = Some(onset);
+        let run = self.now.saturating_duration_since(onset) + crate::audio::FRAME;
+        self.turn_audio.start_turn(run);
         self.turn.start_turn();
         self.awaiting_response = None;
         self.telemetry(Telemetry::TurnStarted);
     }
 
-    fn end_turn(&mut self, speech_end: Instant) {
+    fn on_turn_event(&mut self, ev: turn::TurnEvent) {
+        match ev {
+            turn::TurnEvent::None => {}
+            turn::TurnEvent::Ended { speech_end, by } => self.end_turn(speech_end, by),
+            turn::TurnEvent::Ask { id } => {
+                let q = TurnQuery { id, audio: self.turn_audio.snapshot(), rate: self.caps.format.rate };
+                self.cold(Cold::TurnQuery(q));
+            }
+        }
+    }
+
+    fn end_turn(&mut self, speech_end: Instant, by: EndedBy) {
         self.awaiting_response = Some(speech_end);
         self.awaiting_engine = Some(self.now);
+        self.turn_ended = Some((self.now, by));
         let start = self.turn_onset.take().unwrap_or(speech_end).min(speech_end);
-        self.telemetry(Telemetry::TurnEnded { start, end: speech_end });
+        self.telemetry(Telemetry::TurnEnded { start, end: speech_end, by });
         self.pending.push_back(Pending::EngineEndOfTurn);
     }
 

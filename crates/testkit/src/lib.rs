@@ -7,6 +7,7 @@
 //! - [`fake_realtime`]: a FAKE OpenAI Realtime server on loopback.
 //! - [`harness`]: the real call loop driven in virtual time over a FAKE carrier.
 //! - [`mem_call`]: a Twilio call through the real call loop over an in-memory WebSocket.
+//! - [`turn_eval`]: recorded caller turns through the real call loop: premature answers and response times.
 //!
 //! Every fake here is named a fake: it speaks the real wire protocol and
 //! understands nothing it hears.
@@ -14,4 +15,5 @@
 pub mod fake_realtime;
 pub mod harness;
 pub mod mem_call;
+pub mod turn_eval;
 pub mod twilio_peer;

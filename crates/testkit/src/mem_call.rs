@@ -110,7 +110,7 @@ impl MemCall {
         let now = Instant::now();
         let session = Session::new(cfg, codec.capabilities(), engine.format(), now).expect("session builds");
         let mut call = Call::new(session, Box::new(codec), Box::new(engine), 20);
-        let mut io = CountingIo { wire: WireOut::new(512, 4096), sent: 0, barge_ins: 0 };
+        let mut io = CountingIo { wire: WireOut::new(512, 8192), sent: 0, barge_ins: 0 };
         call.start(now, info, &mut io);
         let mut s = Self { ws, call, io, now };
         s.flush();

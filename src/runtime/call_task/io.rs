@@ -29,7 +29,7 @@ pub(super) struct Requests {
     pub client: CallbackClient,
     pub target: Option<Target>,
     pub budget: Duration,
-    pub replies: mpsc::Sender<Reply>,
+    pub replies: mpsc::Sender<super::Answer>,
 }
 
 /// What the call was routed with (kept for a transfer's outcome).
@@ -61,6 +61,8 @@ pub(super) struct ShellIo {
     pub route: Option<RouteInfo>,
     /// Where the control API transferred the call, if it did.
     pub transfer_to: Option<String>,
+    /// The end-of-turn model's workers and this call's smart settings.
+    pub turn_pool: Option<(std::sync::Arc<crate::runtime::turn_pool::TurnPool>, crate::session::turn::SmartConfig)>,
 }
 
 impl ShellIo {
@@ -85,6 +87,7 @@ impl ShellIo {
             in_flight: Vec::new(),
             route: None,
             transfer_to: None,
+            turn_pool: None,
         }
     }
 
@@ -101,10 +104,10 @@ impl ShellIo {
         self.events.store_envelope(&env);
         let kind = env.event.kind();
         let Some(target) = self.requests.target.clone() else {
-            let _ = self.requests.replies.try_send(Reply {
+            let _ = self.requests.replies.try_send(super::Answer::Backend(Reply {
                 id: r.id,
                 result: Err(ReplyFailure { kind: "no_backend", message: "no backend for this call".into() }),
-            });
+            }));
             return;
         };
         let (client, budget, tx, id) =
@@ -120,8 +123,31 @@ impl ShellIo {
                 &metrics::histogram!(crate::metrics::CALLBACK_LATENCY, "type" => kind),
                 started.elapsed(),
             );
-            let _ = tx.send(Reply { id, result }).await;
+            let _ = tx.send(super::Answer::Backend(Reply { id, result })).await;
         }));
+    }
+}
+
+impl ShellIo {
+    /// Hand a pause candidate to the model's workers; the verdict comes back
+    /// through the answers channel (or `None` at once if there is no pool).
+    fn ask_turn(&mut self, q: crate::session::TurnQuery) {
+        let id = q.id;
+        let tx = self.requests.replies.clone();
+        let Some((pool, smart)) = &self.turn_pool else {
+            let _ = tx.try_send(super::Answer::Turn { id, p: None });
+            return;
+        };
+        let deadline = Duration::from_millis(smart.deadline_ms as u64);
+        pool.ask(
+            q,
+            deadline,
+            smart.threshold,
+            Box::new(move |p| {
+                // The call may be gone; a full channel means the verdict is moot.
+                let _ = tx.try_send(super::Answer::Turn { id, p });
+            }),
+        );
     }
 }
 
@@ -143,6 +169,7 @@ impl CallIo for ShellIo {
                 self.events.send(e);
             }
             Output::Request(r) => self.request(r),
+            Output::TurnQuery(q) => self.ask_turn(q),
             Output::Note(kind, body) => self.events.record(kind, body),
             Output::Incident(i) => telemetry::incident(self.id, &i),
             Output::Record(op) => {

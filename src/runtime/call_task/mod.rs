@@ -94,6 +94,16 @@ pub struct CallContext {
     pub store: Option<crate::callstore::CallStore>,
     /// Public HTTP base (recording URLs).
     pub public_http: String,
+    /// The end-of-turn model's workers (the smart detector), if loaded.
+    pub turn_pool: Option<Arc<crate::runtime::turn_pool::TurnPool>>,
+}
+
+/// Answers that come back to a call task: the backend's replies and the
+/// end-of-turn model's verdicts.
+#[derive(Debug)]
+pub(super) enum Answer {
+    Backend(Reply),
+    Turn { id: u32, p: Option<f32> },
 }
 
 enum Io {
@@ -153,7 +163,7 @@ async fn run_loop<T: Transport>(
     io: &mut ShellIo,
     control: &mut mpsc::Receiver<CallControl>,
     links: &mut LinkEvents,
-    replies: &mut mpsc::Receiver<Reply>,
+    replies: &mut mpsc::Receiver<Answer>,
     ctx: &CallContext,
 ) -> CallEnd {
     let limits = &ctx.limits;
@@ -180,7 +190,7 @@ async fn run_loop<T: Transport>(
         enum Woke {
             Control(Option<CallControl>),
             Link(Option<(usize, crate::runtime::engine_link::LinkUpdate)>),
-            Reply(Reply),
+            Answer(Answer),
             Io(Io),
             Timer,
         }
@@ -188,7 +198,7 @@ async fn run_loop<T: Transport>(
             biased;
             cmd = control.recv(), if control_open => Woke::Control(cmd),
             upd = links.next() => Woke::Link(upd),
-            Some(r) = replies.recv() => Woke::Reply(r),
+            Some(r) = replies.recv() => Woke::Answer(r),
             x = poll_fn(|cx| poll_io(transport, &mut io.wire, cx)) => Woke::Io(x),
             () = &mut sleep => Woke::Timer,
         };
@@ -207,7 +217,8 @@ async fn run_loop<T: Transport>(
             Woke::Control(None) => control_open = false,
             Woke::Link(Some((link, update))) => call.on_link(now, link, update.as_event(), io),
             Woke::Link(None) => call.on_link(now, 0, crate::engine::LinkEvent::Down("engine links ended"), io),
-            Woke::Reply(r) => call.on_reply(now, r, io),
+            Woke::Answer(Answer::Backend(r)) => call.on_reply(now, r, io),
+            Woke::Answer(Answer::Turn { id, p }) => call.on_turn_verdict(now, id, p, io),
             Woke::Io(Io::WriteFailed(e)) => {
                 tracing::debug!(call = %io.id, error = %e, "write failed");
                 return CallEnd::Transport;

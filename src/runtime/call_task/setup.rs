@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::CallContext;
 use super::end::CallEnd;
@@ -25,7 +25,7 @@ use crate::metrics::CallMetrics;
 use crate::runtime::admission::{ClaimError, Route};
 use crate::runtime::registry::{CallControl, CallDetails, Registration};
 use crate::runtime::transport::{Received, Transport};
-use crate::session::{AgentConfig, ControlCommand, HangupReason, Reply, Session, SessionConfig};
+use crate::session::{AgentConfig, ControlCommand, HangupReason, Session, SessionConfig};
 
 /// Read until the stream's `start` (within `limits.start_timeout`). Pings are
 /// not activity; anything else before `start` is the codec's to judge.
@@ -108,7 +108,7 @@ pub(super) struct Admitted {
     pub call: Call,
     pub io: ShellIo,
     pub links: crate::runtime::engine_link::LinkEvents,
-    pub replies: mpsc::Receiver<Reply>,
+    pub replies: mpsc::Receiver<super::Answer>,
     pub info: StreamInfo,
     /// The call's slot, held until it ends.
     pub slot: Arc<crate::runtime::capacity::Slot>,
@@ -166,7 +166,14 @@ pub(super) fn admit(
     let record = route.plan.record.unwrap_or(ctx.record_by_default) && ctx.recordings.is_some();
     let events_on = route.tenant.is_some() || ctx.store.is_some();
     let cfg = SessionConfig {
-        turn: route.plan.turn.apply(&ctx.session.turn),
+        turn: {
+            let mut t = route.plan.turn.apply(&ctx.session.turn);
+            if t.detector == crate::session::turn::Detector::Smart && ctx.turn_pool.is_none() {
+                debug!(call = %id, "the plan asks for the smart detector but no turn model is loaded; silence rule");
+                t.detector = crate::session::turn::Detector::Silence;
+            }
+            t
+        },
         vad: ctx.session.vad.clone(),
         playback: ctx.session.playback.clone(),
         agent: AgentConfig {
@@ -181,6 +188,7 @@ pub(super) fn admit(
         },
         record,
     };
+    let session_turn = cfg.turn.smart.clone();
     let session = match Session::new(cfg, carrier.capabilities(), engine.format(), now) {
         Ok(s) => s,
         Err(e) => {
@@ -212,8 +220,9 @@ pub(super) fn admit(
         budget: std::time::Duration::from_millis(ctx.callbacks.blocking_timeout_ms),
         replies: reply_tx,
     };
-    let wire = WireOut::new(ctx.limits.max_queued_messages, 4096);
+    let wire = WireOut::new(ctx.limits.max_queued_messages, 8192);
     let mut io = ShellIo::new(id, label, wire, CallMetrics::new(label, engine.label()), requests);
+    io.turn_pool = ctx.turn_pool.clone().map(|p| (p, session_turn.clone()));
     io.engine_frame = crate::audio::frame_samples(engine.format().output_rate).max(1);
     let id_s = id.to_string();
     if record && let Some(svc) = &ctx.recordings {

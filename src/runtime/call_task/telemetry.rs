@@ -11,7 +11,15 @@ use crate::session::{Incident, Telemetry};
 pub(super) fn record(metrics: &CallMetrics, id: CallId, engine_frame: usize, t: Telemetry) {
     match t {
         Telemetry::TurnStarted => metrics.turns.increment(1),
-        Telemetry::TurnEnded { .. } | Telemetry::ResponseFinished { .. } => {}
+        Telemetry::TurnEnded { by, .. } => {
+            metrics::counter!(crate::metrics::TURN_ENDS, "by" => by.label()).increment(1)
+        }
+        Telemetry::TurnResumed { by, after } => {
+            metrics::counter!(crate::metrics::TURNS_RESUMED, "by" => by.label()).increment(1);
+            debug!(call = %id, by = by.label(), after_ms = after.as_millis() as u64, "caller resumed after end of turn");
+        }
+        Telemetry::EchoIgnored => metrics::counter!(crate::metrics::ECHO_IGNORED).increment(1),
+        Telemetry::ResponseFinished { .. } => {}
         Telemetry::ResponseLatency(d) => observe(&metrics.response_latency, d),
         Telemetry::EngineFirstAudio(d) => observe(&metrics.engine_first_audio, d),
         Telemetry::BargeIn { latency, heard_ms, .. } => {
