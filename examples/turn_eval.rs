@@ -42,12 +42,18 @@ fn main() {
     )
     .expect("run scripts/fetch-smart-turn.sh first");
     let model = Rc::new(RefCell::new(model));
-    let detectors: Vec<(String, TurnConfig)> = vec![
+    let timings: Rc<RefCell<Vec<Duration>>> = Rc::default();
+    let only_smart = std::env::var("ONLY_SMART").is_ok();
+    let mut detectors: Vec<(String, TurnConfig)> = vec![
         ("silence 500".into(), TurnConfig { endpoint_silence_ms: 500, ..TurnConfig::default() }),
         ("silence 800 (default)".into(), TurnConfig::default()),
         ("smart".into(), TurnConfig { detector: Detector::Smart, smart: smart.clone(), ..TurnConfig::default() }),
     ];
+    if only_smart {
+        detectors.drain(..2);
+    }
     for set in ["human", "paused"] {
+        timings.borrow_mut().clear();
         let manifest: serde_json::Value = serde_json::from_slice(
             &std::fs::read(format!("fixtures/turns/{set}/turns.json")).expect("run from the repository root"),
         )
@@ -62,7 +68,9 @@ fn main() {
         }
         for (label, turn) in &detectors {
             println!("\n## {set}: {label}");
-            println!("| turn | complete | premature | response ms | questions |\n|---|---|---|---|---|");
+            println!(
+                "| turn | complete | premature (in pauses of, ms) | response ms | questions |\n|---|---|---|---|---|"
+            );
             let (mut premature, mut n) = (0, 0);
             let (mut complete_rt, mut all_rt) = (vec![], vec![]);
             for (name, complete) in &turns {
@@ -70,13 +78,20 @@ fn main() {
                 let pcm = read_8k(Path::new(&format!("fixtures/turns/{set}/{file}")));
                 let cfg = SessionConfig { turn: turn.clone(), vad: Default::default(), ..energy_config() };
                 let m = model.clone();
-                let classifier: callbridge_testkit::harness::Classifier =
-                    Box::new(move |q| m.borrow_mut().predict(&q.audio, q.rate).ok());
+                let t = timings.clone();
+                let classifier: callbridge_testkit::harness::Classifier = Box::new(move |q| {
+                    let started = std::time::Instant::now();
+                    let p = m.borrow_mut().predict(&q.audio, q.rate).ok();
+                    t.borrow_mut().push(started.elapsed());
+                    p
+                });
                 let smart_on = turn.detector == Detector::Smart;
                 let out = play_turn(cfg, &pcm, smart_on.then_some((classifier, latency)), Duration::from_secs(3));
+                let pauses: Vec<String> = out.premature_pauses.iter().map(|d| d.as_millis().to_string()).collect();
                 println!(
-                    "| {name} | {complete} | {} | {} | {} |",
+                    "| {name} | {complete} | {} ({}) | {} | {} |",
                     out.premature,
+                    pauses.join(", "),
                     out.response.map_or("-".into(), |d| d.as_millis().to_string()),
                     out.questions
                 );
@@ -97,5 +112,13 @@ fn main() {
                 ms(percentile(&all_rt, 95.0)),
             );
         }
+        let t = timings.borrow();
+        let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.1}", d.as_secs_f64() * 1000.0));
+        println!(
+            "\nmodel inference (front end + ONNX Runtime, one thread), {set}: n {} p50 {} ms p95 {} ms",
+            t.len(),
+            ms(percentile(&t, 50.0)),
+            ms(percentile(&t, 95.0))
+        );
     }
 }

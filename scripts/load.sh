@@ -24,6 +24,7 @@ if [ "${ENGINE:-local}" = openai_realtime ]; then
   printf '[engine]\nkind = "openai_realtime"\n' >> "$cfg"
   export OPENAI_API_KEY=fake-key OPENAI_REALTIME_URL="ws://127.0.0.1:$fport/v1/realtime"
 fi
+mkdir -p "$(dirname "$out")"
 RUST_LOG=warn taskset -c 0 target/release/callbridge serve --config "$cfg" > "$out.server.log" 2>&1 &
 pid=$!
 trap 'kill $pid $fake_pid 2>/dev/null; wait $pid $fake_pid 2>/dev/null; rm -f "$cfg"' EXIT

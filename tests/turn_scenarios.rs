@@ -96,13 +96,18 @@ fn scripted(ps: &[f32]) -> (Classifier, Asked) {
     (f, asked)
 }
 
+/// The smart detector deciding on a single verdict (the default needs two).
+fn one() -> SmartConfig {
+    SmartConfig { confirmations: 1, ..SmartConfig::default() }
+}
+
 fn smart(cfg: SmartConfig) -> TurnConfig {
     TurnConfig { detector: Detector::Smart, smart: cfg, ..TurnConfig::default() }
 }
 
 #[test]
 fn smart_answers_early_when_the_model_says_complete() {
-    let mut h = Harness::with_reply_ms(cfg_with(smart(SmartConfig::default())), 400);
+    let mut h = Harness::with_reply_ms(cfg_with(smart(one())), 400);
     let (f, asked) = scripted(&[0.9]);
     h.set_classifier(f, MS(100));
     h.frames(&silence(), 50);
@@ -122,7 +127,7 @@ fn smart_answers_early_when_the_model_says_complete() {
 fn smart_keeps_listening_through_a_pause_the_model_calls_unfinished() {
     // Mid-sentence pause of 900 ms: the model says "not done" at 200 and 500
     // and 800 ms; at the real end it says "done".
-    let mut h = Harness::with_reply_ms(cfg_with(smart(SmartConfig::default())), 400);
+    let mut h = Harness::with_reply_ms(cfg_with(smart(one())), 400);
     let (f, asked) = scripted(&[0.1, 0.2, 0.1, 0.95]);
     h.set_classifier(f, MS(100));
     let ends = speak(&mut h, 600, &[900], 1000);
@@ -135,7 +140,7 @@ fn smart_keeps_listening_through_a_pause_the_model_calls_unfinished() {
 fn smart_candidate_both_sides() {
     // A 180 ms pause is no candidate (one question, at the end); a 200 ms pause is.
     for (pause, script, questions) in [(180u32, vec![0.9], 1usize), (200, vec![0.1, 0.9], 2)] {
-        let mut h = Harness::with_reply_ms(cfg_with(smart(SmartConfig::default())), 400);
+        let mut h = Harness::with_reply_ms(cfg_with(smart(one())), 400);
         let (f, asked) = scripted(&script);
         h.set_classifier(f, MS(100));
         let ends = speak(&mut h, 600, &[pause], 1000);
@@ -148,8 +153,7 @@ fn smart_candidate_both_sides() {
 #[test]
 fn smart_max_wait_ends_an_unfinished_turn() {
     for max_wait in [1200u32, 1400] {
-        let mut h =
-            Harness::with_reply_ms(cfg_with(smart(SmartConfig { max_wait_ms: max_wait, ..Default::default() })), 400);
+        let mut h = Harness::with_reply_ms(cfg_with(smart(SmartConfig { max_wait_ms: max_wait, ..one() })), 400);
         let (f, _) = scripted(&[0.1; 8]);
         h.set_classifier(f, MS(100));
         let ends = speak(&mut h, 600, &[], 2000);
@@ -162,7 +166,7 @@ fn smart_max_wait_ends_an_unfinished_turn() {
 fn smart_without_a_verdict_in_time_falls_back_to_the_silence_rule() {
     // Deadline 400 ms: an answer after 380 ms counts, one after 420 ms does not.
     for (latency, expect, by) in [(380u64, 200 + 380, EndedBy::Model), (420, 800, EndedBy::Silence)] {
-        let mut h = Harness::with_reply_ms(cfg_with(smart(SmartConfig::default())), 400);
+        let mut h = Harness::with_reply_ms(cfg_with(smart(one())), 400);
         let (f, _) = scripted(&[0.9; 4]);
         h.set_classifier(f, MS(latency));
         let ends = speak(&mut h, 600, &[], 1500);
@@ -170,7 +174,7 @@ fn smart_without_a_verdict_in_time_falls_back_to_the_silence_rule() {
         assert_eq!(ended_by(&h), vec![by]);
     }
     // No model at all (every question unanswerable): the silence rule.
-    let mut h = Harness::with_reply_ms(cfg_with(smart(SmartConfig::default())), 400);
+    let mut h = Harness::with_reply_ms(cfg_with(smart(one())), 400);
     h.set_classifier(Box::new(|_| None), MS(1));
     let ends = speak(&mut h, 600, &[], 1500);
     assert_eq!(first_audio_after(&h, ends[0]), Some(MS(800)));
@@ -182,7 +186,7 @@ fn a_premature_answer_yields_at_once_when_the_caller_goes_on() {
     // goes on at 500 ms. Protection is 1 s here, so only the resume grace lets
     // the bot yield within the barge-in time.
     for (grace, yields_within) in [(1500u32, Some(MS(60))), (0, None)] {
-        let turn = TurnConfig { barge_in_protect_ms: 1000, resume_grace_ms: grace, ..smart(SmartConfig::default()) };
+        let turn = TurnConfig { barge_in_protect_ms: 1000, resume_grace_ms: grace, ..smart(one()) };
         let mut h = Harness::with_reply_ms(cfg_with(turn), 3000);
         let (f, _) = scripted(&[0.9, 0.9, 0.9]);
         h.set_classifier(f, MS(100));
@@ -307,4 +311,59 @@ fn a_caller_talking_over_the_bot_is_heard_at_once_with_and_without_echo() {
         let p95 = l[(l.len() * 95).div_ceil(100) - 1];
         assert!(p95 <= MS(60), "echo {db} dB: barge-in p95 {p95:?}: {l:?}");
     }
+}
+
+#[test]
+fn the_default_smart_detector_wants_two_verdicts_in_a_row() {
+    let mut h = Harness::with_reply_ms(cfg_with(smart(SmartConfig::default())), 400);
+    let (f, asked) = scripted(&[0.9, 0.9]);
+    h.set_classifier(f, MS(100));
+    let ends = speak(&mut h, 600, &[], 1500);
+    // Asked at 200 ms (answered at 300), again at 500 ms (answered at 600).
+    assert_eq!(asked.borrow().len(), 2);
+    assert_eq!(first_audio_after(&h, ends[0]), Some(MS(600)));
+}
+
+/// Every fixture turn of a set (8 kHz WAVs listed in its turns.json).
+fn fixture_turns(set: &str) -> Vec<(String, Vec<i16>)> {
+    let dir = std::path::Path::new("fixtures/turns").join(set);
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("turns.json")).unwrap()).unwrap();
+    ["turns", "held_out"]
+        .iter()
+        .flat_map(|k| m[*k].as_array().cloned().unwrap_or_default())
+        .map(|t| {
+            let f = t["file"].as_str().unwrap().to_string();
+            let pcm = callbridge_testkit::turn_eval::read_8k(&dir.join(&f));
+            (f, pcm)
+        })
+        .collect()
+}
+
+#[test]
+fn the_default_never_cuts_off_recorded_callers_in_pauses_up_to_700_ms() {
+    // Human read speech and synthetic callers with inserted pauses, through the
+    // production VAD: any premature answer of the default falls in a pause
+    // longer than 700 ms (measured from the last to the next sound).
+    for set in ["human", "paused"] {
+        for (name, pcm) in fixture_turns(set) {
+            let cfg = SessionConfig { turn: TurnConfig::default(), vad: VadConfig::default(), ..energy_config() };
+            let out = callbridge_testkit::turn_eval::play_turn(cfg, &pcm, None, Duration::from_secs(2));
+            assert!(out.response.is_some(), "{set}/{name}: never answered");
+            for p in &out.premature_pauses {
+                assert!(*p > MS(700), "{set}/{name}: answered inside a {p:?} pause");
+            }
+        }
+    }
+    // The old 500 ms threshold fails the same check: the test can tell.
+    let mut cut = 0;
+    for (_, pcm) in fixture_turns("paused") {
+        let cfg = SessionConfig {
+            turn: TurnConfig { endpoint_silence_ms: 500, ..TurnConfig::default() },
+            vad: VadConfig::default(),
+            ..energy_config()
+        };
+        let out = callbridge_testkit::turn_eval::play_turn(cfg, &pcm, None, Duration::from_secs(2));
+        cut += out.premature_pauses.iter().filter(|p| **p <= MS(700)).count();
+    }
+    assert!(cut >= 3, "500 ms cut off only {cut} pauses of ≤ 700 ms");
 }

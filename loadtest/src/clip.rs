@@ -25,6 +25,8 @@ pub struct Clip {
     pub speech_start: usize,
     /// Index of the last speech frame.
     pub speech_end: usize,
+    /// The turn ends at the end of a sentence (fixture sets say; plain clips are).
+    pub complete: bool,
 }
 
 impl Clip {
@@ -44,7 +46,7 @@ impl Clip {
             bail!("{name}: no speech found");
         };
         let speech_end = levels.iter().rposition(|&l| l > SPEECH_DBFS).unwrap_or(speech_start);
-        Ok(Self { name: name.to_string(), frames, speech_start, speech_end })
+        Ok(Self { name: name.to_string(), frames, speech_start, speech_end, complete: true })
     }
 
     /// Load an 8 kHz mono 16-bit WAV.
@@ -70,6 +72,36 @@ pub const CALLER_CLIPS: &[&str] =
 /// Load the caller clips from a fixtures folder.
 pub fn load_caller_clips(dir: &Path) -> anyhow::Result<Vec<Clip>> {
     CALLER_CLIPS.iter().map(|n| Clip::load(&dir.join(n))).collect()
+}
+
+/// A fixture set of caller turns (`fixtures/turns/<set>/turns.json`): one WAV
+/// per turn, each with a `complete` flag. The turns are padded with 300 ms of
+/// silence before them so every caller starts from a quiet line.
+pub fn load_fixture_set(dir: &Path) -> anyhow::Result<Vec<Clip>> {
+    let manifest = dir.join("turns.json");
+    let text = std::fs::read(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&text).with_context(|| format!("parsing {}", manifest.display()))?;
+    let Some(turns) = v["turns"].as_array() else { bail!("{}: no \"turns\" list", manifest.display()) };
+    let mut out = Vec::new();
+    for t in turns {
+        let Some(file) = t["file"].as_str() else { bail!("{}: a turn without \"file\"", manifest.display()) };
+        let path = dir.join(file);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let (rate, pcm) = read_wav_mono_i16(&bytes).with_context(|| format!("decoding {}", path.display()))?;
+        if rate != 8000 {
+            bail!("{}: turns must be 8 kHz (got {rate} Hz)", path.display());
+        }
+        let mut padded = vec![0i16; 8 * 300];
+        padded.extend_from_slice(&pcm);
+        let mut c = Clip::from_pcm(file, &padded)?;
+        c.complete = t["complete"].as_bool().unwrap_or(true);
+        out.push(c);
+    }
+    if out.is_empty() {
+        bail!("{}: no turns", manifest.display());
+    }
+    Ok(out)
 }
 
 /// Whether a µ-law frame from the bot carries sound.

@@ -38,6 +38,16 @@ struct Cli {
     /// Caller clips to use (comma-separated file names in --fixtures); default: all four caller clips.
     #[arg(long, value_delimiter = ',')]
     clips: Vec<String>,
+    /// Play a fixture set of caller turns instead: `human` or `paused` (from
+    /// `fixtures/turns/<set>/turns.json`), or a folder holding a turns.json.
+    #[arg(long, conflicts_with = "clips")]
+    fixture_set: Option<String>,
+    /// Speakerphone: the bot's played audio leaks back into the caller's stream this many dB down (e.g. -20).
+    #[arg(long, allow_hyphen_values = true)]
+    echo_db: Option<f32>,
+    /// … this long after it played (ms).
+    #[arg(long, default_value_t = 120)]
+    echo_delay_ms: u64,
     /// Where report.json and report.html go.
     #[arg(long, default_value = "reports/latest")]
     report_dir: PathBuf,
@@ -70,7 +80,14 @@ fn parse_dur(s: &str) -> Result<Duration, String> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let clips = if cli.clips.is_empty() {
+    let clips = if let Some(set) = &cli.fixture_set {
+        let dir = if std::path::Path::new(set).join("turns.json").is_file() {
+            PathBuf::from(set)
+        } else {
+            PathBuf::from("fixtures/turns").join(set)
+        };
+        loadtest::clip::load_fixture_set(&dir).with_context(|| format!("loading fixture set {set}"))?
+    } else if cli.clips.is_empty() {
         loadtest::clip::load_caller_clips(&cli.fixtures).context("loading caller clips")?
     } else {
         cli.clips
@@ -86,7 +103,12 @@ fn main() -> anyhow::Result<()> {
         mix: cli.scenario,
         server_pid: cli.server_pid,
         clips: Arc::new(clips),
-        timing: ScriptTiming { barge_after_ms: cli.barge_after_ms as f64, ..ScriptTiming::default() },
+        timing: ScriptTiming {
+            barge_after_ms: cli.barge_after_ms as f64,
+            echo_db: cli.echo_db,
+            echo_delay_ms: cli.echo_delay_ms as f64,
+            ..ScriptTiming::default()
+        },
         progress: !cli.quiet,
     };
     let rt = if cli.threads <= 1 {

@@ -32,6 +32,12 @@ pub struct Report {
     pub response_latency_ms: Summary,
     /// Onset of caller speech during bot audio → clear, ms.
     pub barge_in_latency_ms: Summary,
+    /// Response latency of turns that end at a complete sentence, ms.
+    pub complete_response_latency_ms: Summary,
+    /// Turns in which the bot started talking before the caller's last speech frame.
+    pub premature_turns: u64,
+    /// `clear`s nobody talked over the bot for (false barge-ins, e.g. on its own echo).
+    pub false_clears: u64,
     /// TCP + WebSocket handshake, ms.
     pub connect_ms: Summary,
     /// Bot audio that arrived later than real time inside a response.
@@ -96,6 +102,7 @@ impl Report {
         let mut barge = Vec::new();
         let mut by: BTreeMap<String, (usize, Vec<f64>, Vec<f64>)> = BTreeMap::new();
         let (mut underruns, mut under_ms, mut bot_frames, mut marks, mut turns) = (0u64, 0.0, 0u64, 0u64, 0u64);
+        let (mut premature, mut false_clears, mut complete) = (0u64, 0u64, Vec::new());
         for o in outcomes {
             let e = by.entry(o.scenario.name().to_string()).or_default();
             e.0 += 1;
@@ -112,6 +119,9 @@ impl Report {
             bot_frames += o.book.bot_frames;
             marks += o.book.marks_echoed;
             turns += o.book.turns as u64;
+            premature += o.book.premature as u64;
+            false_clears += o.book.false_clears as u64;
+            complete.extend(o.book.complete_response_ms.iter().map(|x| x.1));
         }
         resp.sort_by(|a, b| a.0.total_cmp(&b.0));
         barge.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -141,6 +151,9 @@ impl Report {
             turns,
             response_latency_ms: Summary::of(&resp.iter().map(|x| x.1).collect::<Vec<_>>()),
             barge_in_latency_ms: Summary::of(&barge.iter().map(|x| x.1).collect::<Vec<_>>()),
+            complete_response_latency_ms: Summary::of(&complete),
+            premature_turns: premature,
+            false_clears,
             connect_ms: Summary::of(&connect),
             underruns,
             underrun_total_ms: under_ms,
@@ -194,6 +207,9 @@ impl Report {
         let _ = writeln!(t, "{:<26} {:>7} {:>9} {:>9} {:>9} {:>9}", "metric (ms)", "n", "p50", "p95", "p99", "max");
         t.push_str(&row("response latency", &self.response_latency_ms));
         t.push_str(&row("barge-in latency", &self.barge_in_latency_ms));
+        if self.complete_response_latency_ms.n > 0 && self.complete_response_latency_ms.n < self.response_latency_ms.n {
+            t.push_str(&row("  complete-sentence turns", &self.complete_response_latency_ms));
+        }
         t.push_str(&row("connect", &self.connect_ms));
         for (k, v) in &self.by_scenario {
             if v.response_latency_ms.n > 0 {
@@ -207,6 +223,11 @@ impl Report {
             t,
             "underruns: {} ({:.0} ms total)   bot frames: {}   marks echoed: {}",
             self.underruns, self.underrun_total_ms, self.bot_frames, self.marks_echoed
+        );
+        let _ = writeln!(
+            t,
+            "turns answered prematurely: {} of {}   false barge-ins (clears nobody asked for): {}",
+            self.premature_turns, self.turns, self.false_clears
         );
         if self.failures.is_empty() {
             t.push_str("failures: none\n");

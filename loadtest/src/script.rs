@@ -6,7 +6,13 @@
 //! playing at real time, all pending marks echoed at once on `clear`. And it
 //! keeps the books: end of speech → first bot sound (response latency), onset
 //! of speech during bot audio → `clear` (barge-in latency), bot audio that
-//! arrives later than real time within a response (underrun).
+//! arrives later than real time within a response (underrun), bot sound that
+//! starts while the caller is still inside their turn (a premature answer),
+//! and `clear`s nobody asked for (the bot cut off by its own echo).
+//!
+//! With an echo set, it plays a caller on a speakerphone: the bot audio the
+//! far end played comes back into the caller's frames, delayed and
+//! attenuated.
 
 use std::sync::Arc;
 
@@ -33,6 +39,11 @@ pub struct ScriptTiming {
     pub clear_timeout_ms: f64,
     /// Gaps in bot audio shorter than this are underruns (longer = between responses).
     pub underrun_window_ms: f64,
+    /// Speakerphone echo: the played bot audio leaks back this many dB down
+    /// (None: no echo).
+    pub echo_db: Option<f32>,
+    /// … this long after it played.
+    pub echo_delay_ms: f64,
 }
 
 impl Default for ScriptTiming {
@@ -44,6 +55,8 @@ impl Default for ScriptTiming {
             reply_timeout_ms: 5000.0,
             clear_timeout_ms: 2000.0,
             underrun_window_ms: 200.0,
+            echo_db: None,
+            echo_delay_ms: 120.0,
         }
     }
 }
@@ -80,6 +93,12 @@ pub struct CallBook {
     pub bot_frames: u64,
     /// Marks echoed.
     pub marks_echoed: u64,
+    /// Turns during which bot sound started before the caller's last speech frame.
+    pub premature: u32,
+    /// Responses to turns that end at a complete sentence (same shape as `response_ms`).
+    pub complete_response_ms: Vec<(f64, f64)>,
+    /// `clear`s while the caller was not talking over the bot (false barge-ins).
+    pub false_clears: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -105,6 +124,15 @@ pub struct Script {
     barge_onset: Option<f64>,
     cleared_at: Option<f64>,
     ticks: u64,
+    /// The current turn already had a premature answer.
+    premature_now: bool,
+    /// The turn awaiting a reply ends at a complete sentence.
+    awaiting_complete: bool,
+    /// Speakerphone: bot audio not yet played, what played (newest last), and
+    /// this tick's frame with the echo mixed in.
+    far: std::collections::VecDeque<i16>,
+    played: std::collections::VecDeque<i16>,
+    mixed: [u8; 160],
     /// Results.
     pub book: CallBook,
 }
@@ -126,6 +154,11 @@ impl Script {
             barge_onset: None,
             cleared_at: None,
             ticks: 0,
+            premature_now: false,
+            awaiting_complete: false,
+            far: std::collections::VecDeque::new(),
+            played: std::collections::VecDeque::new(),
+            mixed: SILENCE,
             book: CallBook::default(),
         }
     }
@@ -138,6 +171,7 @@ impl Script {
         let clip = self.next_clip;
         self.next_clip = (self.next_clip + 1) % self.clips.len();
         self.phase = Phase::Speaking { clip, pos: 0, barge };
+        self.premature_now = false;
         self.book.turns += 1;
     }
 
@@ -207,17 +241,45 @@ impl Script {
                 if pos == c.speech_end {
                     // The caller's last speech frame goes out now: a reply is due.
                     self.awaiting_reply = Some(now);
+                    self.awaiting_complete = c.complete;
                 }
                 self.phase = if pos + 1 >= c.frames.len() {
                     Phase::Listening { since: now }
                 } else {
                     Phase::Speaking { clip, pos: pos + 1, barge }
                 };
-                Tick { frame: &self.clips[clip].frames[pos], dtmf, marks, hangup: false }
+                let frame = self.clips[clip].frames[pos];
+                Tick { frame: self.with_echo(&frame), dtmf, marks, hangup: false }
             }
-            Phase::Listening { .. } => Tick { frame: &SILENCE, dtmf, marks, hangup: false },
+            Phase::Listening { .. } => Tick { frame: self.with_echo(&SILENCE), dtmf, marks, hangup: false },
             Phase::Done => Tick { frame: &SILENCE, dtmf: None, marks, hangup: true },
         }
+    }
+
+    /// The far end plays 20 ms of bot audio; the caller's frame goes out with
+    /// its echo when the script has one.
+    fn with_echo(&mut self, frame: &[u8; 160]) -> &[u8; 160] {
+        self.mixed = *frame;
+        let Some(db) = self.timing.echo_db else { return &self.mixed };
+        for _ in 0..160 {
+            let s = self.far.pop_front().unwrap_or(0);
+            self.played.push_back(s);
+        }
+        let delay = (self.timing.echo_delay_ms * 8.0) as usize;
+        while self.played.len() > delay + 160 {
+            self.played.pop_front();
+        }
+        if self.played.len() < delay + 160 {
+            return &self.mixed;
+        }
+        let g = 10f32.powf(db / 20.0);
+        let mut pcm = [0i16; 160];
+        callbridge::audio::g711::ulaw_decode(frame, &mut pcm);
+        for (i, p) in pcm.iter_mut().enumerate() {
+            *p = (*p as f32 + g * self.played[i] as f32).clamp(-32768.0, 32767.0) as i16;
+        }
+        callbridge::audio::g711::ulaw_encode(&pcm, &mut self.mixed);
+        &self.mixed
     }
 
     /// A message from the server arrived at `now` ms; returns marks to echo now.
@@ -237,11 +299,29 @@ impl Script {
                 }
                 self.heard_any_bot = true;
                 self.last_bot_audio = Some(now);
+                let sound = is_sound(&payload);
                 if let Some(t) = self.awaiting_reply
-                    && is_sound(&payload)
+                    && sound
                 {
                     self.book.response_ms.push((now, now - t));
+                    if self.awaiting_complete {
+                        self.book.complete_response_ms.push((now, now - t));
+                    }
                     self.awaiting_reply = None;
+                }
+                if sound
+                    && !self.premature_now
+                    && let Phase::Speaking { clip, pos, barge: false } = self.phase
+                    && pos <= self.clips[clip].speech_end
+                {
+                    // The bot answered while the caller is still in their turn.
+                    self.premature_now = true;
+                    self.book.premature += 1;
+                }
+                if self.timing.echo_db.is_some() {
+                    let mut pcm = vec![0i16; payload.len()];
+                    callbridge::audio::g711::ulaw_decode(&payload, &mut pcm);
+                    self.far.extend(pcm);
                 }
                 Vec::new()
             }
@@ -254,8 +334,13 @@ impl Script {
             ServerMessage::Clear => {
                 self.cleared_at = Some(now);
                 self.bot_since = None;
+                self.far.clear();
+                let talking = matches!(self.phase, Phase::Speaking { .. });
                 if let Some(onset) = self.barge_onset.take() {
                     self.book.barge_in_ms.push((now, now - onset));
+                } else if !talking {
+                    // Nobody talked over the bot: it cut itself off.
+                    self.book.false_clears += 1;
                 }
                 let all = self.playout.clear(now);
                 self.book.marks_echoed += all.len() as u64;

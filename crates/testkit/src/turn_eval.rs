@@ -27,6 +27,9 @@ pub struct TurnOutcome {
     pub response: Option<Duration>,
     /// Questions asked of the model.
     pub questions: usize,
+    /// For each premature decision, the caller's pause it fell in (last
+    /// sound before → first sound after).
+    pub premature_pauses: Vec<Duration>,
 }
 
 /// Frames louder than this are the caller's sound.
@@ -46,10 +49,12 @@ pub fn play_turn(
         h.set_classifier(f, latency);
     }
     let mut last_sound: Option<Instant> = None;
+    let mut sounds = Vec::new();
     for f in pcm.chunks_exact(160) {
         h.frame(f);
         if EnergyGate::level_dbfs(f) > SOUND_DBFS {
             last_sound = Some(h.now);
+            sounds.push(h.now);
         }
     }
     for _ in 0..tail.as_millis() / 20 {
@@ -58,7 +63,17 @@ pub fn play_turn(
     let end = last_sound.unwrap_or(h.t0);
     let decisions: Vec<Instant> =
         h.io.telemetry.iter().filter(|(_, t)| matches!(t, Telemetry::TurnEnded { .. })).map(|(at, _)| *at).collect();
+    let premature_pauses = decisions
+        .iter()
+        .filter(|&&at| at < end)
+        .filter_map(|&at| {
+            let before = sounds.iter().rev().find(|&&s| s <= at)?;
+            let after = sounds.iter().find(|&&s| s > at)?;
+            Some(*after - *before - Duration::from_millis(20))
+        })
+        .collect();
     TurnOutcome {
+        premature_pauses,
         premature: decisions.iter().filter(|&&at| at < end).count() as u32,
         response: decisions.iter().find(|&&at| at >= end).map(|&at| at - end),
         questions: h.io.turn_queries.len(),

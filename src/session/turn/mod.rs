@@ -57,7 +57,7 @@ impl Default for SmartConfig {
             candidate_ms: 200,
             recheck_ms: 300,
             threshold: 0.5,
-            confirmations: 1,
+            confirmations: 2,
             max_wait_ms: 1400,
             deadline_ms: 400,
         }
@@ -497,7 +497,7 @@ mod tests {
 
     #[test]
     fn smart_asks_at_the_candidate_and_ends_on_a_complete_verdict() {
-        let mut d = smart(SmartConfig { candidate_ms: 200, ..SmartConfig::default() });
+        let mut d = smart(SmartConfig { candidate_ms: 200, confirmations: 1, ..SmartConfig::default() });
         let mut t = Instant::now();
         let evs = pause(&mut d, &mut t, 10);
         assert_eq!(evs, vec![(10, TurnEvent::Ask { id: 0 })], "asked at exactly 200 ms, not before");
@@ -547,7 +547,7 @@ mod tests {
 
     #[test]
     fn smart_max_wait_ends_the_turn_whatever_the_model_says() {
-        let mut d = smart(SmartConfig { max_wait_ms: 1000, ..SmartConfig::default() });
+        let mut d = smart(SmartConfig { max_wait_ms: 1000, confirmations: 1, ..SmartConfig::default() });
         let mut t = Instant::now();
         let mut ended = None;
         t += F;
@@ -572,7 +572,8 @@ mod tests {
     #[test]
     fn smart_falls_back_to_silence_without_a_verdict() {
         // No answer within the deadline: the silence rule (800 ms) decides.
-        let mut d = smart(SmartConfig { deadline_ms: 300, max_wait_ms: 1400, ..SmartConfig::default() });
+        let mut d =
+            smart(SmartConfig { deadline_ms: 300, max_wait_ms: 1400, confirmations: 1, ..SmartConfig::default() });
         let mut t = Instant::now();
         let evs = pause(&mut d, &mut t, 40);
         assert_eq!(evs[0], (10, TurnEvent::Ask { id: 0 }));
@@ -580,7 +581,7 @@ mod tests {
         // A late verdict is ignored.
         assert_eq!(d.on_verdict(t, 0, Some(0.99)), TurnEvent::None);
         // The pool said "cannot answer": same fallback, no wait for the deadline.
-        let mut d = smart(SmartConfig::default());
+        let mut d = smart(SmartConfig { confirmations: 1, ..SmartConfig::default() });
         let mut t = Instant::now();
         pause(&mut d, &mut t, 10);
         assert_eq!(d.on_verdict(t, 0, None), TurnEvent::None);
@@ -602,7 +603,7 @@ mod tests {
 
     #[test]
     fn smart_speech_makes_the_question_stale() {
-        let mut d = smart(SmartConfig::default());
+        let mut d = smart(SmartConfig { confirmations: 1, ..SmartConfig::default() });
         let mut t = Instant::now();
         pause(&mut d, &mut t, 10);
         t += F;
@@ -616,7 +617,7 @@ mod tests {
 
     #[test]
     fn smart_timer_path_without_frames() {
-        let mut d = smart(SmartConfig { deadline_ms: 300, ..SmartConfig::default() });
+        let mut d = smart(SmartConfig { deadline_ms: 300, confirmations: 1, ..SmartConfig::default() });
         let t0 = Instant::now();
         d.on_frame(t0, F, true, true);
         d.start_turn();
