@@ -58,6 +58,10 @@ pub struct Secrets {
     pub openai_realtime_url: Option<String>,
     /// `CALLBRIDGE_METRICS_TOKEN`: bearer token for `/metrics` on the public listener.
     pub metrics_token: Option<String>,
+    /// `TELNYX_API_KEY`: bearer key for Telnyx Call Control.
+    pub telnyx_api_key: Option<String>,
+    /// `TELNYX_PUBLIC_KEY`: the account's Ed25519 webhook key (base64; not secret, but from the environment).
+    pub telnyx_public_key: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -69,6 +73,8 @@ impl std::fmt::Debug for Secrets {
             .field("twilio_api_key", &self.twilio_api_key.as_ref().map(|(k, _)| k))
             .field("openai_api_key", &self.openai_api_key.as_ref().map(|_| "<set>"))
             .field("metrics_token", &self.metrics_token.as_ref().map(|_| "<set>"))
+            .field("telnyx_api_key", &self.telnyx_api_key.as_ref().map(|_| "<set>"))
+            .field("telnyx_public_key", &self.telnyx_public_key.is_some())
             .finish()
     }
 }
@@ -89,6 +95,8 @@ impl Secrets {
             allow_unsigned: var("CALLBRIDGE_ALLOW_UNSIGNED").is_some_and(|v| v == "1"),
             openai_realtime_url: var("OPENAI_REALTIME_URL"),
             metrics_token: var("CALLBRIDGE_METRICS_TOKEN"),
+            telnyx_api_key: var("TELNYX_API_KEY"),
+            telnyx_public_key: var("TELNYX_PUBLIC_KEY"),
         }
     }
 }
@@ -121,6 +129,9 @@ pub struct Config {
     pub recording: RecordingConfig,
     /// Twilio account access (`[twilio]`).
     pub twilio: TwilioConfig,
+    /// Telnyx Call Control (`[telnyx]`).
+    #[serde(default)]
+    pub telnyx: TelnyxConfig,
     /// Limits per tenant and on the HTTP server (`[limits]`).
     pub limits: LimitsConfig,
     /// Numbers declared in the file (`[[numbers]]`); more are registered over the API.
@@ -240,6 +251,22 @@ pub struct RecordingConfig {
 pub struct TwilioConfig {
     /// Twilio REST base URL (tests point it at a fake on loopback).
     pub api_base_url: String,
+}
+
+/// `[telnyx]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelnyxConfig {
+    /// Call Control REST base URL (tests point it at a fake on loopback).
+    pub api_url: String,
+    /// G.711 law for the bidirectional stream: "PCMU" or "PCMA".
+    pub codec: String,
+}
+
+impl Default for TelnyxConfig {
+    fn default() -> Self {
+        Self { api_url: "https://api.telnyx.com".into(), codec: "PCMU".into() }
+    }
 }
 
 /// `[[numbers]]`: a number declared in the config file.
@@ -433,6 +460,9 @@ impl Config {
         }
         if !(1..=64).contains(&self.turn_model.workers) || !(1..=4096).contains(&self.turn_model.queue) {
             return bad("turn_model.workers must be within 1..=64 and turn_model.queue within 1..=4096");
+        }
+        if !matches!(self.telnyx.codec.as_str(), "PCMU" | "PCMA") {
+            return bad("telnyx.codec must be \"PCMU\" or \"PCMA\"");
         }
         if self.playback.lead_ms < 20 || self.playback.lead_ms > 2000 {
             return bad("playback.lead_ms must be within 20..=2000");

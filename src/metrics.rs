@@ -67,6 +67,8 @@ pub const CALL_ERRORS: &str = "callbridge_call_errors_total";
 pub const CONNECTIONS_REFUSED: &str = "callbridge_connections_refused_total";
 /// Webhooks and streams refused for failed authentication, by reason.
 pub const AUTH_REJECTED: &str = "callbridge_auth_rejected_total";
+/// Carrier webhooks by outcome (`accepted`, `duplicate`).
+pub const CARRIER_WEBHOOKS: &str = "callbridge_carrier_webhooks_total";
 /// Caller turns ended, by what decided (`by`: silence, model, max_wait).
 pub const TURN_ENDS: &str = "callbridge_turn_ends_total";
 /// Turn ends that were premature: the caller spoke again within the grace window.
@@ -148,6 +150,7 @@ fn describe() {
     describe_counter!(RECORDING_DROPPED, "Recording slots (20 ms) dropped because the writer fell behind");
     describe_counter!(RECORDING_FAILED, "Recordings stopped by a disk error");
     describe_counter!(STORE_FAILED, "Call-store records dropped or failed");
+    describe_counter!(CARRIER_WEBHOOKS, "Carrier webhooks received, by carrier and outcome (accepted, duplicate)");
     describe_counter!(AUTH_REJECTED, "Webhooks and streams refused for failed authentication");
     describe_histogram!(ENGINE_FIRST_AUDIO, metrics::Unit::Seconds, "End of caller turn to the engine's first audio");
     describe_counter!(CALL_ERRORS, "Failures during calls (tools, transfers), by source");

@@ -55,8 +55,11 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
     // Carriers: one registration line each (checks their signature settings,
     // gives their call-control API).
     let twilio = crate::api::twilio::setup(&config, &secrets, &rest_http).map_err(ServerError::Setup)?;
-    let validate = twilio.validating;
-    let carriers: Vec<Arc<dyn crate::api::carrier_control::CarrierControl>> = vec![twilio.control];
+    let telnyx = crate::api::telnyx::setup(&config, &secrets, &rest_http).map_err(ServerError::Setup)?;
+    // Streams present their webhook's token whenever any carrier's webhooks are signed.
+    let validate = twilio.validating || secrets.telnyx_public_key.is_some();
+    let carriers: Vec<Arc<dyn crate::api::carrier_control::CarrierControl>> = vec![twilio.control, telnyx.control];
+    let carrier_routes = crate::api::twilio::routes().merge(crate::api::telnyx::routes(telnyx.telnyx));
     let clips = LocalClips::load(&config.engine.local.greeting_wav, &config.engine.local.reply_wav)?;
     // Engines by name: one registration line each.
     let mut engines = EngineRegistry::new(&config.engine.kind, "local");
@@ -125,6 +128,7 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         call,
         metrics,
         carriers,
+        carrier_routes,
         fetches,
         rate,
         accepting: AtomicBool::new(true),

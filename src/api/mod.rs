@@ -6,6 +6,7 @@ pub mod arrival;
 pub mod carrier_control;
 pub mod control;
 pub mod rate;
+pub mod telnyx;
 pub mod twilio;
 
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Each carrier's call-control REST API.
     pub carriers: Vec<Arc<dyn carrier_control::CarrierControl>>,
+    /// Each carrier's webhooks and stream upgrades.
+    pub carrier_routes: Router<Arc<AppState>>,
     /// Concurrent `say` audio fetches.
     pub fetches: Arc<tokio::sync::Semaphore>,
     /// Control API requests per tenant.
@@ -84,7 +87,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/calls/{id}/transfer", post(control::transfer))
         .route("/openapi.json", get(control::openapi))
         .route("/schema/callbacks.json", get(control::callbacks_schema))
-        .merge(twilio::routes());
+        .merge(state.carrier_routes.clone());
     if !admin_apart {
         r = r.merge(admin_routes()).route("/metrics", get(public_metrics));
     }

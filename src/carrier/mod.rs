@@ -14,6 +14,8 @@
 //! Decoded audio borrows the codec's scratch buffers, so a frame allocates
 //! nothing; drain an event before the next call.
 
+mod json;
+pub mod telnyx;
 pub mod twilio;
 mod wire;
 
@@ -81,6 +83,10 @@ pub struct Capabilities {
     /// Outbound audio must go in messages of exactly this many 20 ms frames
     /// (`None`: any whole number of frames).
     pub frames_per_message: Option<u32>,
+    /// A transfer ends the media stream at the carrier (Twilio replaces the
+    /// call's TwiML). Otherwise the stream may go on carrying the bridged call,
+    /// so the session ends it itself once the transfer is under way.
+    pub stream_ends_on_transfer: bool,
 }
 
 /// What a carrier tells us when a stream starts. Carrier-neutral names; the

@@ -684,7 +684,12 @@ impl Session {
         match c {
             ControlCommand::Hangup => self.end(HangupReason::Control),
             ControlCommand::Shutdown => self.end(HangupReason::Shutdown),
-            ControlCommand::Transferred => self.transferred = true,
+            ControlCommand::Transferred => {
+                self.transferred = true;
+                if !self.caps.stream_ends_on_transfer {
+                    self.end(HangupReason::Transferred);
+                }
+            }
             ControlCommand::Interrupt => {
                 if self.phase == Phase::Active {
                     self.interrupt(None);

@@ -1,4 +1,5 @@
-//! A fake tenant backend and a fake Twilio REST API on loopback (FAKES: they
+//! A fake tenant backend, a fake Twilio REST API and a fake Telnyx Call
+//! Control API on loopback (FAKES: they
 //! speak the real wire formats but decide nothing). The backend records every
 //! callback with its signature header and answers per event type as told.
 
@@ -59,6 +60,16 @@ struct Inner {
     received: Vec<Received>,
     twilio_updates: Vec<(String, String, HashMap<String, String>)>,
     twilio_status: u16,
+    telnyx_actions: Vec<TelnyxAction>,
+}
+
+/// One Call Control command the fake Telnyx received.
+#[derive(Debug, Clone)]
+pub struct TelnyxAction {
+    pub call_control_id: String,
+    pub action: String,
+    pub authorization: String,
+    pub body: Value,
 }
 
 /// The fake backend (and fake Twilio REST on the same listener).
@@ -84,6 +95,7 @@ impl FakeBackend {
             .route("/cb", post(callback))
             .route("/audio.wav", get(audio))
             .route("/2010-04-01/Accounts/{account}/Calls/{call}", post(twilio_update))
+            .route("/v2/calls/{id}/actions/{action}", post(telnyx_action))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -111,6 +123,22 @@ impl FakeBackend {
 
     pub fn received(&self) -> Vec<Received> {
         self.inner.lock().unwrap().received.clone()
+    }
+
+    pub fn telnyx_actions(&self) -> Vec<TelnyxAction> {
+        self.inner.lock().unwrap().telnyx_actions.clone()
+    }
+
+    /// Wait (bounded) until the fake Telnyx received `action`; returns it.
+    pub async fn wait_telnyx(&self, action: &str, within: Duration) -> TelnyxAction {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(a) = self.telnyx_actions().into_iter().find(|a| a.action == action) {
+                return a;
+            }
+            assert!(Instant::now() < deadline, "no Telnyx {action} within {within:?}: {:?}", self.telnyx_actions());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub fn twilio_updates(&self) -> Vec<(String, String, HashMap<String, String>)> {
@@ -178,6 +206,24 @@ async fn callback(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, ra
 async fn audio() -> Response {
     let bytes = std::fs::read("fixtures/audio/bot_filler_8k.wav").unwrap();
     ([(header::CONTENT_TYPE, "audio/wav")], bytes).into_response()
+}
+
+async fn telnyx_action(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut g = inner.lock().unwrap();
+    let gone = g.telnyx_actions.iter().any(|a| a.call_control_id == id && a.action == "hangup");
+    g.telnyx_actions.push(TelnyxAction { call_control_id: id, action, authorization, body });
+    if gone {
+        let err = serde_json::json!({"errors": [{"code": "90018", "title": "Call has already ended"}]});
+        return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(err)).into_response();
+    }
+    axum::Json(serde_json::json!({"data": {"result": "ok"}})).into_response()
 }
 
 async fn twilio_update(

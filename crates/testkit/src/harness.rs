@@ -82,6 +82,7 @@ pub fn phone_caps() -> Capabilities {
         marks: true,
         dtmf: true,
         frames_per_message: None,
+        stream_ends_on_transfer: true,
     }
 }
 

@@ -4,6 +4,7 @@
 //!
 //! - [`twilio_peer`]: Twilio's side of Media Streams (the messages Twilio sends
 //!   and how it reads ours).
+//! - [`telnyx_peer`]: Telnyx's side of media streaming.
 //! - [`fake_realtime`]: a FAKE OpenAI Realtime server on loopback.
 //! - [`harness`]: the real call loop driven in virtual time over a FAKE carrier.
 //! - [`mem_call`]: a Twilio call through the real call loop over an in-memory WebSocket.
@@ -15,5 +16,6 @@
 pub mod fake_realtime;
 pub mod harness;
 pub mod mem_call;
+pub mod telnyx_peer;
 pub mod turn_eval;
 pub mod twilio_peer;

@@ -293,7 +293,10 @@ pub async fn stream(State(s): State<Arc<AppState>>, headers: HeaderMap, ws: WebS
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(cfg.max_message_bytes)
         .max_frame_size(cfg.max_message_bytes)
-        .on_upgrade(move |socket| run_call(AxumSocket::new(socket), Box::new(codec), ctx))
+        .on_upgrade(move |socket| async move {
+            // Closing a <Connect><Stream> ends the call at Twilio: nothing to hang up.
+            run_call(AxumSocket::new(socket), Box::new(codec), ctx).await;
+        })
 }
 
 #[cfg(test)]

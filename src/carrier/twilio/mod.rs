@@ -21,8 +21,9 @@ use std::borrow::Cow;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
+use super::json::{Num, opt_cow};
 use super::wire::put_base64;
 use super::{
     AudioFormat, AudioIn, Capabilities, Carrier, CarrierCommand, CarrierError, CarrierEvent, Severity, StreamInfo,
@@ -143,49 +144,6 @@ impl From<TwilioError> for CarrierError {
         let code = if matches!(e, TwilioError::UnsupportedFormat { .. }) { close::UNSUPPORTED } else { close::POLICY };
         CarrierError::new(e.code(), e.severity(), e.to_string()).with_close_code(code)
     }
-}
-
-/// A string or a number, read as u64 (Twilio sends numbers as strings).
-#[derive(Debug, Clone, Copy, Default)]
-struct Num(Option<u64>);
-
-impl<'de> Deserialize<'de> for Num {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // A visitor, not an untagged enum: untagged enums buffer the value
-        // (an allocation per field per frame).
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Num;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a number or a string holding one")
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Num, E> {
-                Ok(Num(Some(v)))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Num, E> {
-                Ok(Num(u64::try_from(v).ok()))
-            }
-            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Num, E> {
-                Ok(Num((v >= 0.0 && v.fract() == 0.0).then_some(v as u64)))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Num, E> {
-                Ok(Num(v.trim().parse().ok()))
-            }
-            fn visit_unit<E: serde::de::Error>(self) -> Result<Num, E> {
-                Ok(Num(None))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// `Option<Cow<str>>` that borrows from the input when it can. (serde's
-/// `borrow` does not reach through `Option`, so a plain field would allocate a
-/// `String` per field per frame.)
-fn opt_cow<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
-    #[derive(Deserialize)]
-    struct W<'a>(#[serde(borrow)] Cow<'a, str>);
-    Ok(Option::<W<'de>>::deserialize(d)?.map(|w| w.0))
 }
 
 #[derive(Deserialize)]
@@ -459,6 +417,7 @@ impl Carrier for TwilioCodec {
             marks: true,
             dtmf: true,
             frames_per_message: None,
+            stream_ends_on_transfer: true,
         }
     }
 

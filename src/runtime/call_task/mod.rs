@@ -122,7 +122,11 @@ fn poll_io<T: Transport>(transport: &mut T, wire: &mut WireOut, cx: &mut Context
 }
 
 /// Run one call over `transport`, speaking `carrier`'s protocol, to its end.
-pub async fn run_call<T: Transport>(mut transport: T, mut carrier: Box<dyn Carrier>, ctx: Arc<CallContext>) {
+pub async fn run_call<T: Transport>(
+    mut transport: T,
+    mut carrier: Box<dyn Carrier>,
+    ctx: Arc<CallContext>,
+) -> CallOutcome {
     let provisional = CallId::random();
     let label = carrier.name();
     let (control_tx, mut control) = mpsc::channel(16);
@@ -138,9 +142,10 @@ pub async fn run_call<T: Transport>(mut transport: T, mut carrier: Box<dyn Carri
         Err(end) => {
             end::goodbye(&mut transport, None, &end).await;
             end::count(label, provisional, end.reason());
-            return;
+            return CallOutcome { reason: end.reason(), carrier_call_id: None };
         }
     };
+    let carrier_call_id = info.call_id.clone();
     call.start(Instant::now().into_std(), info, &mut io);
     let end = run_loop(&mut transport, &mut call, &mut io, &mut control, &mut links, &mut replies, &ctx).await;
     end::goodbye(&mut transport, Some(&mut io), &end).await;
@@ -154,6 +159,28 @@ pub async fn run_call<T: Transport>(mut transport: T, mut carrier: Box<dyn Carri
     }
     drop(registration);
     drop(slot);
+    CallOutcome { reason, carrier_call_id: Some(carrier_call_id) }
+}
+
+/// How a call task ended, for the carrier's module (a carrier whose call
+/// outlives its media stream hangs it up through its REST API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallOutcome {
+    /// The `call.ended` reason.
+    pub reason: &'static str,
+    /// The carrier's id of the call, if the stream started and was admitted.
+    pub carrier_call_id: Option<String>,
+}
+
+impl CallOutcome {
+    /// The carrier's call, if it may still be up: the call ended on our side
+    /// (not by the caller hanging up, and not moved elsewhere).
+    pub fn call_to_hang_up(&self) -> Option<&str> {
+        match self.reason {
+            "caller_hangup" | "transferred" => None,
+            _ => self.carrier_call_id.as_deref(),
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

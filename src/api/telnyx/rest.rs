@@ -1,0 +1,139 @@
+//! Telnyx Call Control v2 (PROTOCOLS §4.1): the commands we issue on a call —
+//! `answer` (with the media stream), `reject`, `hangup`, `transfer` — as
+//! `POST {api_url}/v2/calls/{call_control_id}/actions/{action}` with
+//! `Authorization: Bearer {TELNYX_API_KEY}` and a JSON body; and Telnyx's
+//! [`CarrierControl`].
+//!
+//! Every command carries a `command_id` (Telnyx ignores a repeat of the same
+//! one on the same call), so retrying a command that may have landed is safe.
+//! A call that already ended answers 422 with error code `90018`
+//! ([`ControlError::CallGone`]). The base URL is configurable so tests use a
+//! fake Call Control server on loopback.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::api::carrier_control::{CarrierControl, ControlError, ControlFuture, TransferTarget};
+use crate::carrier::telnyx::valid_id;
+use crate::runtime::registry::CallDetails;
+
+/// The `client_state` marking a transfer of our call `id` (Telnyx returns it
+/// on that call's later webhooks).
+pub fn transfer_state(id: crate::ids::CallId) -> String {
+    crate::carrier::telnyx::client_state(&format!("xfer:{id}"))
+}
+
+/// Telnyx Call Control client.
+#[derive(Debug, Clone)]
+pub struct TelnyxRest {
+    http: reqwest::Client,
+    base: String,
+    key: Option<String>,
+}
+
+impl TelnyxRest {
+    /// A client for `base` with the API key (if any).
+    pub fn new(http: reqwest::Client, base: &str, key: Option<String>) -> Self {
+        Self { http, base: base.trim_end_matches('/').to_string(), key }
+    }
+
+    /// Issue `action` on call `call_control_id` with `body`.
+    pub async fn action(&self, call_control_id: &str, action: &str, mut body: Value) -> Result<(), ControlError> {
+        let key = self
+            .key
+            .as_deref()
+            .ok_or_else(|| ControlError::NoCredentials("Telnyx Call Control needs TELNYX_API_KEY".into()))?;
+        if !valid_id(call_control_id) {
+            return Err(ControlError::NoCarrierCall);
+        }
+        if body.get("command_id").is_none() {
+            body["command_id"] = Value::String(format!("cb-{action}-{}", crate::ids::CallId::random()));
+        }
+        let url = format!("{}/v2/calls/{call_control_id}/actions/{action}", self.base);
+        let resp = self
+            .http
+            .post(&url)
+            .bearer_auth(key)
+            .json(&body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| ControlError::Unreachable(e.without_url().to_string()))?;
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let body: Value = resp.json().await.unwrap_or_default();
+        let first = &body["errors"][0];
+        if status == 404 || first["code"] == "90018" || first["code"] == 90018 {
+            return Err(ControlError::CallGone);
+        }
+        let message = [first["title"].as_str(), first["detail"].as_str()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(": ")
+            .chars()
+            .take(300)
+            .collect();
+        Err(ControlError::Refused { status, message })
+    }
+
+    /// Answer the call and stream it to `stream_url` both ways in `codec`, the
+    /// stream presenting `client_state` back to us.
+    pub async fn answer(
+        &self,
+        call_control_id: &str,
+        stream_url: &str,
+        codec: &str,
+        client_state: &str,
+    ) -> Result<(), ControlError> {
+        let body = json!({
+            "stream_url": stream_url,
+            "stream_track": "inbound_track",
+            "stream_bidirectional_mode": "rtp",
+            "stream_bidirectional_codec": codec,
+            "client_state": client_state,
+            "command_id": format!("cb-answer-{call_control_id}"),
+        });
+        self.action(call_control_id, "answer", body).await
+    }
+
+    /// Refuse the call (`USER_BUSY` or `CALL_REJECTED`).
+    pub async fn reject(&self, call_control_id: &str, busy: bool) -> Result<(), ControlError> {
+        let cause = if busy { "USER_BUSY" } else { "CALL_REJECTED" };
+        self.action(
+            call_control_id,
+            "reject",
+            json!({"cause": cause, "command_id": format!("cb-reject-{call_control_id}")}),
+        )
+        .await
+    }
+
+    /// Hang the call up.
+    pub async fn hangup(&self, call_control_id: &str) -> Result<(), ControlError> {
+        self.action(call_control_id, "hangup", json!({"command_id": format!("cb-hangup-{call_control_id}")})).await
+    }
+}
+
+impl CarrierControl for TelnyxRest {
+    fn carrier(&self) -> &'static str {
+        "telnyx"
+    }
+
+    fn transfer<'a>(
+        &'a self,
+        id: crate::ids::CallId,
+        call: &'a CallDetails,
+        to: &'a TransferTarget,
+    ) -> ControlFuture<'a> {
+        Box::pin(async move {
+            if call.carrier_call_id.is_empty() {
+                return Err(ControlError::NoCarrierCall);
+            }
+            let body = json!({"to": to.as_str(), "client_state": transfer_state(id)});
+            self.action(&call.carrier_call_id, "transfer", body).await
+        })
+    }
+}

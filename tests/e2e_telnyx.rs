@@ -1,0 +1,356 @@
+//! Telnyx end to end on 127.0.0.1: signed Call Control webhooks to a FAKE
+//! Call Control API (answer with the stream, reject, hangup), then a fake
+//! Telnyx media stream with the local engine: the greeting, a turn answered
+//! (frames sent out of order), barge-in clearing the far end, a hang-up from
+//! the control API reaching Call Control, and `call.ended` at the backend.
+//! Bad input: unsigned, stale and tampered webhooks, a repeated delivery, a
+//! stream without its token. Every wait is bounded.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use callbridge::carrier::telnyx::signature::sign;
+use callbridge::config::{Config, Secrets};
+use callbridge_testkit::telnyx_peer::{ServerMessage, TelnyxPeer};
+use common::backend::FakeBackend;
+use common::net::{TestServer, is_loud, ulaw_fixture};
+use futures_util::{SinkExt, StreamExt};
+use ring::signature::KeyPair;
+use serde_json::{Value, json};
+use tokio::time::{Instant, interval};
+use tokio_tungstenite::tungstenite::Message;
+
+const NUMBER: &str = "+15550001111";
+const SECRET: &str = "whsec_tenant_a_0123456789";
+const API_KEY: &str = "KEYfake_telnyx_0123456789";
+
+struct Rig {
+    srv: TestServer,
+    backend: FakeBackend,
+    pkcs8: Vec<u8>,
+}
+
+async fn rig() -> Rig {
+    let backend = FakeBackend::start().await;
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref().to_vec();
+    let public = ring::signature::Ed25519KeyPair::from_pkcs8(&pkcs8).unwrap().public_key().as_ref().to_vec();
+    let toml = format!(
+        r#"
+[server]
+public_url = "wss://cb.example.com"
+[telnyx]
+api_url = "{base}"
+[[numbers]]
+number = "{NUMBER}"
+callback_url = "{url}"
+secret = "{SECRET}"
+api_token = "tenant-a-token"
+transfer_allow = ["+1"]
+"#,
+        base = backend.base(),
+        url = backend.url()
+    );
+    let mut cfg = Config::from_toml(&toml, "test").unwrap();
+    cfg.server.shutdown_grace_ms = 300;
+    cfg.storage.database = String::new();
+    let secrets = Secrets {
+        telnyx_api_key: Some(API_KEY.into()),
+        telnyx_public_key: Some(base64::engine::general_purpose::STANDARD.encode(public)),
+        ..Default::default()
+    };
+    Rig { srv: TestServer::start_with(cfg, secrets).await, backend, pkcs8 }
+}
+
+fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn event(id: &str, kind: &str, payload: Value) -> String {
+    json!({"data": {"record_type": "event", "event_type": kind, "id": id, "occurred_at": "2026-12-02T06:00:00Z",
+        "payload": payload}, "meta": {"attempt": 1, "delivered_to": "https://cb.example.com/telnyx/webhook"}})
+    .to_string()
+}
+
+fn initiated(peer: &TelnyxPeer, to: &str) -> Value {
+    json!({"call_control_id": peer.call_control_id, "call_leg_id": "leg-1", "call_session_id": "session-1",
+        "connection_id": "conn-1", "from": "+15557770000", "to": to, "direction": "incoming", "state": "parked",
+        "client_state": ""})
+}
+
+/// POST a webhook signed at `ts` (or with `sig` as given).
+async fn post(rig: &Rig, body: &str, ts: u64, sig: Option<&str>) -> u16 {
+    let ts = ts.to_string();
+    let sig = sig.map(str::to_string).unwrap_or_else(|| sign(&rig.pkcs8, &ts, body.as_bytes()).unwrap());
+    reqwest::Client::new()
+        .post(format!("http://{}/telnyx/webhook", rig.srv.addr))
+        .header("telnyx-timestamp", ts)
+        .header("telnyx-signature-ed25519", sig)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open(rig: &Rig) -> Ws {
+    let url = format!("ws://{}/telnyx/stream", rig.srv.addr);
+    tokio_tungstenite::connect_async(url).await.expect("upgrade").0
+}
+
+async fn send(ws: &mut Ws, text: String) {
+    ws.send(Message::text(text)).await.unwrap();
+}
+
+/// Everything the server sent within `within`, parsed as Telnyx reads it; a close ends it.
+async fn drain(ws: &mut Ws, peer: &TelnyxPeer, within: Duration) -> (Vec<ServerMessage>, Option<u16>) {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => got.push(peer.parse(t.as_str()).expect("Telnyx reads it")),
+            Ok(Some(Ok(Message::Close(c)))) => return (got, Some(c.map_or(1005, |c| u16::from(c.code)))),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_))) | Ok(None) => return (got, Some(1006)),
+            Err(_) => return (got, None),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telnyx_call_is_answered_talks_barges_in_and_hangs_up() {
+    let rig = rig().await;
+    let mut peer = TelnyxPeer::new(1);
+
+    // call.initiated → call.started to the backend → answer with the stream.
+    let body = event("ev-1", "call.initiated", initiated(&peer, NUMBER));
+    assert_eq!(post(&rig, &body, now_s(), None).await, 200);
+    assert_eq!(post(&rig, &body, now_s(), None).await, 200, "a repeated delivery is acknowledged");
+    let answer = rig.backend.wait_telnyx("answer", Duration::from_secs(5)).await;
+    assert_eq!(answer.call_control_id, peer.call_control_id);
+    assert_eq!(answer.authorization, format!("Bearer {API_KEY}"));
+    assert_eq!(answer.body["stream_url"], "wss://cb.example.com/telnyx/stream");
+    assert_eq!(answer.body["stream_track"], "inbound_track");
+    assert_eq!(answer.body["stream_bidirectional_mode"], "rtp");
+    assert_eq!(answer.body["stream_bidirectional_codec"], "PCMU");
+    let client_state = answer.body["client_state"].as_str().unwrap().to_string();
+    let started = rig.backend.wait_for("call.started", Duration::from_secs(2)).await;
+    let started = started.iter().find(|e| e.kind() == "call.started").unwrap();
+    assert_eq!(started.body["carrier"], "telnyx");
+    assert_eq!(started.body["carrier_call_id"], peer.call_control_id.as_str());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answers = rig.backend.telnyx_actions().iter().filter(|a| a.action == "answer").count();
+    assert_eq!(answers, 1, "the repeated call.initiated was not answered twice");
+
+    // The stream presents the client_state; the greeting plays.
+    let mut ws = open(&rig).await;
+    send(&mut ws, peer.connected()).await;
+    send(&mut ws, peer.start("+15557770000", NUMBER, &client_state)).await;
+    let silence = vec![0xFFu8; 160];
+    let mut tick = interval(Duration::from_millis(20));
+    let mut ts = 0;
+    let mut greeting = 0;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while greeting < 10 && Instant::now() < deadline {
+        tick.tick().await;
+        let (_, m) = peer.media(&silence, ts);
+        ts += 20;
+        send(&mut ws, m).await;
+        let (got, closed) = drain(&mut ws, &peer, Duration::from_millis(1)).await;
+        assert!(closed.is_none(), "closed during greeting");
+        greeting += got.iter().filter(|m| matches!(m, ServerMessage::Media(p) if is_loud(p))).count();
+    }
+    assert!(greeting >= 10, "the greeting plays ({greeting} loud messages)");
+    // Let the greeting end (it is short), keeping the stream alive.
+    for _ in 0..150 {
+        tick.tick().await;
+        let (_, m) = peer.media(&silence, ts);
+        ts += 20;
+        send(&mut ws, m).await;
+        let _ = drain(&mut ws, &peer, Duration::from_millis(1)).await;
+    }
+
+    // The caller speaks, frames swapped in pairs (Telnyx does not promise order): a reply comes.
+    let speech = ulaw_fixture("caller_short_8k.wav");
+    let frames: Vec<String> = speech
+        .chunks_exact(160)
+        .chain(std::iter::repeat_n(&silence[..], 60))
+        .map(|f| {
+            let (_, m) = peer.media(f, ts);
+            ts += 20;
+            m
+        })
+        .collect();
+    let mut reply = 0;
+    for pair in frames.chunks(2) {
+        tick.tick().await;
+        for m in pair.iter().rev() {
+            send(&mut ws, m.clone()).await;
+        }
+        tick.tick().await;
+        let (got, _) = drain(&mut ws, &peer, Duration::from_millis(1)).await;
+        reply += got.iter().filter(|m| matches!(m, ServerMessage::Media(p) if is_loud(p))).count();
+    }
+    assert!(reply >= 5, "the turn was answered ({reply} loud reply messages)");
+    let user = rig.backend.wait_for("turn.user", Duration::from_secs(2)).await;
+    assert!(user.iter().any(|e| e.kind() == "turn.user"));
+
+    // Barge-in: the caller talks over the reply; clear reaches Telnyx.
+    let interrupt = ulaw_fixture("caller_leak_8k.wav");
+    let mut cleared = false;
+    for f in interrupt.chunks_exact(160).skip(15).take(60) {
+        tick.tick().await;
+        let (_, m) = peer.media(f, ts);
+        ts += 20;
+        send(&mut ws, m).await;
+        let (got, _) = drain(&mut ws, &peer, Duration::from_millis(1)).await;
+        cleared |= got.contains(&ServerMessage::Clear);
+    }
+    assert!(cleared, "barge-in sent {{\"event\":\"clear\"}}");
+
+    // Hang-up from the control API: the stream closes and Call Control hangs the call up.
+    let calls: Value = reqwest::Client::new()
+        .get(format!("http://{}/v1/calls", rig.srv.addr))
+        .bearer_auth("tenant-a-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = calls["calls"][0]["call_id"].as_str().expect("the live call is listed").to_string();
+    assert_eq!(calls["calls"][0]["carrier"], "telnyx");
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/calls/{id}/hangup", rig.srv.addr))
+        .bearer_auth("tenant-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let (_, closed) = drain(&mut ws, &peer, Duration::from_secs(3)).await;
+    assert_eq!(closed, Some(1000));
+    let hangup = rig.backend.wait_telnyx("hangup", Duration::from_secs(3)).await;
+    assert_eq!(hangup.call_control_id, peer.call_control_id);
+    let events = rig.backend.wait_for("call.ended", Duration::from_secs(3)).await;
+    let ended = events.iter().find(|e| e.kind() == "call.ended").unwrap();
+    assert_eq!(ended.body["reason"], "hangup");
+    assert_eq!(events.last().unwrap().kind(), "call.ended", "call.ended comes last");
+    rig.srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_must_be_signed_fresh_and_streams_must_bring_their_token() {
+    let rig = rig().await;
+    let peer = TelnyxPeer::new(2);
+    let body = event("ev-2", "call.initiated", initiated(&peer, NUMBER));
+    // Unsigned, stale, tampered, another key: all 403, and nothing is answered.
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/telnyx/webhook", rig.srv.addr))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403, "unsigned");
+    assert_eq!(post(&rig, &body, now_s() - 301, None).await, 403, "stale");
+    let good = sign(&rig.pkcs8, &now_s().to_string(), body.as_bytes()).unwrap();
+    let tampered = body.replace(NUMBER, "+15550002222");
+    assert_eq!(post(&rig, &tampered, now_s(), Some(&good)).await, 403, "tampered");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(rig.backend.telnyx_actions().is_empty(), "nothing answered: {:?}", rig.backend.telnyx_actions());
+    assert!(rig.srv.metric("callbridge_auth_rejected_total", &[("reason", "webhook_stale")]) >= 1.0);
+
+    // A call to a number nobody registered is rejected through Call Control.
+    let mut stranger = TelnyxPeer::new(3);
+    let body = event("ev-3", "call.initiated", initiated(&stranger, "+15559990000"));
+    assert_eq!(post(&rig, &body, now_s(), None).await, 200);
+    let reject = rig.backend.wait_telnyx("reject", Duration::from_secs(3)).await;
+    assert_eq!(reject.call_control_id, stranger.call_control_id);
+    assert_eq!(reject.body["cause"], "CALL_REJECTED");
+
+    // A stream without our client_state is refused (1008) and hangs nothing up.
+    let mut ws = open(&rig).await;
+    send(&mut ws, stranger.connected()).await;
+    send(&mut ws, stranger.start("+15557770000", NUMBER, "")).await;
+    let (_, closed) = drain(&mut ws, &stranger, Duration::from_secs(3)).await;
+    assert_eq!(closed, Some(1008));
+    // Binary frames and a wrong codec are clear errors too.
+    let mut ws = open(&rig).await;
+    send(&mut ws, stranger.connected()).await;
+    let bad = stranger.start("+1", NUMBER, "").replace("PCMU", "OPUS");
+    send(&mut ws, bad).await;
+    let (_, closed) = drain(&mut ws, &stranger, Duration::from_secs(3)).await;
+    assert_eq!(closed, Some(1003), "unsupported format");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!rig.backend.telnyx_actions().iter().any(|a| a.action == "hangup"));
+
+    // Hung up while the plan was being decided or before the stream came: call.ended "missed".
+    let late = TelnyxPeer::new(4);
+    let body = event("ev-4", "call.initiated", initiated(&late, NUMBER));
+    assert_eq!(post(&rig, &body, now_s(), None).await, 200);
+    rig.backend.wait_telnyx("answer", Duration::from_secs(3)).await;
+    let hangup = json!({"call_control_id": late.call_control_id, "hangup_cause": "originator_cancel",
+        "hangup_source": "caller", "from": "+15557770000", "to": NUMBER, "state": "hangup"});
+    assert_eq!(post(&rig, &event("ev-5", "call.hangup", hangup), now_s(), None).await, 200);
+    let events = rig.backend.wait_for("call.ended", Duration::from_secs(3)).await;
+    let ended = events.iter().find(|e| e.kind() == "call.ended").unwrap();
+    assert_eq!(ended.body["reason"], "missed");
+    rig.srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_goes_through_call_control_and_its_bridge_settles_the_call() {
+    let rig = rig().await;
+    let mut peer = TelnyxPeer::new(5);
+    let body = event("ev-10", "call.initiated", initiated(&peer, NUMBER));
+    assert_eq!(post(&rig, &body, now_s(), None).await, 200);
+    let answer = rig.backend.wait_telnyx("answer", Duration::from_secs(5)).await;
+    let mut ws = open(&rig).await;
+    send(&mut ws, peer.connected()).await;
+    send(&mut ws, peer.start("+15557770000", NUMBER, answer.body["client_state"].as_str().unwrap())).await;
+    let http = reqwest::Client::new();
+    let id = loop {
+        let calls: Value = http
+            .get(format!("http://{}/v1/calls", rig.srv.addr))
+            .bearer_auth("tenant-a-token")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(id) = calls["calls"][0]["call_id"].as_str() {
+            break id.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let r = http
+        .post(format!("http://{}/v1/calls/{id}/transfer", rig.srv.addr))
+        .bearer_auth("tenant-a-token")
+        .json(&json!({"to": "+15557654321"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let transfer = rig.backend.wait_telnyx("transfer", Duration::from_secs(3)).await;
+    assert_eq!(transfer.call_control_id, peer.call_control_id);
+    assert_eq!(transfer.body["to"], "+15557654321");
+    let (_, closed) = drain(&mut ws, &peer, Duration::from_secs(3)).await;
+    assert!(closed.is_some(), "the stream ends with the transfer");
+    // Telnyx bridges the caller to the destination, returning our client_state.
+    let bridged = json!({"call_control_id": peer.call_control_id, "client_state": transfer.body["client_state"],
+        "from": "+15557770000", "to": "+15557654321", "state": "bridged"});
+    assert_eq!(post(&rig, &event("ev-11", "call.bridged", bridged), now_s(), None).await, 200);
+    let events = rig.backend.wait_for("call.ended", Duration::from_secs(3)).await;
+    let kinds: Vec<_> = events.iter().map(|e| e.kind().to_string()).collect();
+    assert!(kinds.contains(&"transfer.completed".to_string()), "{kinds:?}");
+    assert_eq!(events.last().unwrap().body["reason"], "transferred", "{kinds:?}");
+    assert!(!rig.backend.telnyx_actions().iter().any(|a| a.action == "hangup"), "a transferred call is not hung up");
+    let _ = peer.stop();
+    rig.srv.shutdown().await;
+}
