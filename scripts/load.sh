@@ -3,6 +3,7 @@
 # the load generator to CPU 1, both on loopback. Stops the server when done.
 #   scripts/load.sh CALLS [SCENARIO] [DURATION] [REPORT_DIR] [EXTRA_SERVER_TOML]
 # Extra loadtest flags can be passed in LOADTEST_ARGS (e.g. --clips caller_leak_8k.wav).
+# CARRIER=telnyx plays Telnyx callers on /telnyx/stream (default twilio).
 # ENGINE=openai_realtime runs the FAKE Realtime server (loadtest's fake_realtime, on CPU 1
 # with the generator) and points callbridge's OpenAI Realtime engine at it.
 set -euo pipefail
@@ -30,6 +31,7 @@ pid=$!
 trap 'kill $pid $fake_pid 2>/dev/null; wait $pid $fake_pid 2>/dev/null; rm -f "$cfg"' EXIT
 for _ in $(seq 50); do curl -sf "127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 mkdir -p "$out"
-taskset -c 1 target/release/loadtest --url "ws://127.0.0.1:$port/twilio/stream" --calls "$calls" \
+carrier=${CARRIER:-twilio}
+taskset -c 1 target/release/loadtest --url "ws://127.0.0.1:$port/$carrier/stream" --carrier "$carrier" --calls "$calls" \
   --ramp 10s --duration "$duration" --scenario "$scenario" --server-pid "$pid" --report-dir "$out" --quiet ${LOADTEST_ARGS:-}
 curl -s "127.0.0.1:$port/metrics" > "$out/server-metrics.txt" || true

@@ -12,7 +12,10 @@ use loadtest::scenario::Mix;
 use loadtest::script::ScriptTiming;
 
 #[derive(Parser)]
-#[command(name = "loadtest", about = "Twilio Media Streams load generator for callbridge (loopback targets only)")]
+#[command(
+    name = "loadtest",
+    about = "Carrier media-stream load generator for callbridge: Twilio or Telnyx (loopback targets only)"
+)]
 struct Cli {
     /// Stream URL (loopback only).
     #[arg(long, default_value = "ws://127.0.0.1:8080/twilio/stream")]
@@ -57,6 +60,9 @@ struct Cli {
     /// Tokio worker threads for the generator.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// The callers' carrier protocol: twilio or telnyx (point --url at its stream path).
+    #[arg(long, default_value = "twilio")]
+    carrier: loadtest::run::CarrierKind,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -110,6 +116,7 @@ fn main() -> anyhow::Result<()> {
             ..ScriptTiming::default()
         },
         progress: !cli.quiet,
+        carrier: cli.carrier,
     };
     let rt = if cli.threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?

@@ -16,6 +16,8 @@ use crate::stats::Summary;
 pub struct Report {
     /// Target.
     pub url: String,
+    /// The callers' carrier protocol.
+    pub carrier: &'static str,
     /// Concurrent calls requested.
     pub calls: u64,
     /// Ramp seconds.
@@ -144,6 +146,10 @@ impl Report {
         Self {
             url: opts.url.clone(),
             calls: opts.calls,
+            carrier: match opts.carrier {
+                crate::run::CarrierKind::Twilio => "twilio",
+                crate::run::CarrierKind::Telnyx => "telnyx",
+            },
             ramp_s,
             duration_s: opts.duration.as_secs_f64(),
             mix: opts.mix.0.iter().map(|(s, w)| format!("{s}={w}")).collect::<Vec<_>>().join(","),
@@ -201,8 +207,8 @@ impl Report {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "callbridge loadtest: {} calls ({}), ramp {:.0}s, steady {:.0}s, {} connections, {} turns",
-            self.calls, self.mix, self.ramp_s, self.duration_s, self.connections, self.turns
+            "callbridge loadtest: {} {} calls ({}), ramp {:.0}s, steady {:.0}s, {} connections, {} turns",
+            self.calls, self.carrier, self.mix, self.ramp_s, self.duration_s, self.connections, self.turns
         );
         let _ = writeln!(t, "{:<26} {:>7} {:>9} {:>9} {:>9} {:>9}", "metric (ms)", "n", "p50", "p95", "p99", "max");
         t.push_str(&row("response latency", &self.response_latency_ms));

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use callbridge_testkit::twilio_peer::TwilioPeer;
+use callbridge_testkit::telnyx_peer::TelnyxPeer;
+use callbridge_testkit::twilio_peer::{PeerError, ServerMessage, TwilioPeer};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
 use tokio_tungstenite::tungstenite::Message;
@@ -37,6 +38,80 @@ pub struct Options {
     pub timing: ScriptTiming,
     /// Show a progress bar.
     pub progress: bool,
+    /// Which carrier's stream protocol the callers speak.
+    pub carrier: CarrierKind,
+}
+
+/// The carrier the simulated callers come through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CarrierKind {
+    /// Twilio Media Streams (`/twilio/stream`).
+    #[default]
+    Twilio,
+    /// Telnyx media streaming (`/telnyx/stream`; frames carry `chunk` numbers).
+    Telnyx,
+}
+
+impl std::str::FromStr for CarrierKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "twilio" => Ok(CarrierKind::Twilio),
+            "telnyx" => Ok(CarrierKind::Telnyx),
+            other => Err(format!("unknown carrier {other:?} (twilio or telnyx)")),
+        }
+    }
+}
+
+/// One simulated caller's side of its carrier's protocol.
+enum Peer {
+    Twilio(TwilioPeer),
+    Telnyx(TelnyxPeer),
+}
+
+impl Peer {
+    fn new(kind: CarrierKind, id: u64) -> Self {
+        match kind {
+            CarrierKind::Twilio => Peer::Twilio(TwilioPeer::new(id)),
+            CarrierKind::Telnyx => Peer::Telnyx(TelnyxPeer::new(id)),
+        }
+    }
+    fn hello(&mut self) -> [String; 2] {
+        match self {
+            Peer::Twilio(p) => [p.connected(), p.start(&[("loadtest", "1")])],
+            Peer::Telnyx(p) => [p.connected(), p.start("+15550100000", "+15550100001", "")],
+        }
+    }
+    fn media(&mut self, ulaw: &[u8], ts: u64) -> String {
+        match self {
+            Peer::Twilio(p) => p.media(ulaw, ts),
+            Peer::Telnyx(p) => p.media(ulaw, ts).1,
+        }
+    }
+    fn dtmf(&mut self, d: char) -> String {
+        match self {
+            Peer::Twilio(p) => p.dtmf(d),
+            Peer::Telnyx(p) => p.dtmf(d),
+        }
+    }
+    fn mark(&mut self, name: &str) -> String {
+        match self {
+            Peer::Twilio(p) => p.mark(name),
+            Peer::Telnyx(p) => p.mark(name),
+        }
+    }
+    fn stop(&mut self) -> String {
+        match self {
+            Peer::Twilio(p) => p.stop(),
+            Peer::Telnyx(p) => p.stop(),
+        }
+    }
+    fn parse(&self, text: &str) -> Result<ServerMessage, PeerError> {
+        match self {
+            Peer::Twilio(p) => p.parse(text),
+            Peer::Telnyx(p) => p.parse(text),
+        }
+    }
 }
 
 /// Live counters for the progress bar.
@@ -213,7 +288,7 @@ async fn one_call(id: u64, scenario: Scenario, o: &Options, t0: Instant, t_end: 
     outcome.connect_ms = Some((Instant::now() - started).as_secs_f64() * 1000.0);
     live.active.fetch_add(1, Ordering::Relaxed);
     let (mut tx, mut rx) = ws.split();
-    let mut peer = TwilioPeer::new(id);
+    let mut peer = Peer::new(o.carrier, id);
     let mut script = Script::new(scenario, o.clips.clone(), id as usize, o.timing);
     let mut ts = 0u64;
     let mut turns_seen = 0;
@@ -221,7 +296,7 @@ async fn one_call(id: u64, scenario: Scenario, o: &Options, t0: Instant, t_end: 
         book.failures.push(kind);
         live.failures.fetch_add(1, Ordering::Relaxed);
     };
-    let hello = [peer.connected(), peer.start(&[("loadtest", "1")])];
+    let hello = peer.hello();
     for m in hello {
         if tx.send(Message::text(m)).await.is_err() {
             failed("send", &mut script.book);
@@ -291,7 +366,7 @@ async fn one_call(id: u64, scenario: Scenario, o: &Options, t0: Instant, t_end: 
             }
         }
     }
-    // Hang up like Twilio: stop, then close.
+    // Hang up like the carrier: stop, then close.
     let stop = peer.stop();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = tx.send(Message::text(stop)).await;

@@ -27,6 +27,7 @@ async fn a_few_calls_talk_and_barge_in_against_a_real_server() {
         clips: Arc::new(clips),
         timing: ScriptTiming { barge_after_ms: 600.0, ..ScriptTiming::default() },
         progress: false,
+        carrier: Default::default(),
     };
     let data = run(opts.clone()).await.unwrap();
     let report = Report::build(&opts, data);
