@@ -62,6 +62,12 @@ pub struct Secrets {
     pub telnyx_api_key: Option<String>,
     /// `TELNYX_PUBLIC_KEY`: the account's Ed25519 webhook key (base64; not secret, but from the environment).
     pub telnyx_public_key: Option<String>,
+    /// `VONAGE_SIGNATURE_SECRET`: the account's webhook signature secret (HS256).
+    pub vonage_signature_secret: Option<String>,
+    /// `VONAGE_APPLICATION_ID`: the Voice application (Voice API tokens).
+    pub vonage_application_id: Option<String>,
+    /// `VONAGE_PRIVATE_KEY_PATH`: the application's private key file (PKCS#8 PEM).
+    pub vonage_private_key_path: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -75,6 +81,9 @@ impl std::fmt::Debug for Secrets {
             .field("metrics_token", &self.metrics_token.as_ref().map(|_| "<set>"))
             .field("telnyx_api_key", &self.telnyx_api_key.as_ref().map(|_| "<set>"))
             .field("telnyx_public_key", &self.telnyx_public_key.is_some())
+            .field("vonage_signature_secret", &self.vonage_signature_secret.as_ref().map(|_| "<set>"))
+            .field("vonage_application_id", &self.vonage_application_id)
+            .field("vonage_private_key_path", &self.vonage_private_key_path)
             .finish()
     }
 }
@@ -97,6 +106,9 @@ impl Secrets {
             metrics_token: var("CALLBRIDGE_METRICS_TOKEN"),
             telnyx_api_key: var("TELNYX_API_KEY"),
             telnyx_public_key: var("TELNYX_PUBLIC_KEY"),
+            vonage_signature_secret: var("VONAGE_SIGNATURE_SECRET"),
+            vonage_application_id: var("VONAGE_APPLICATION_ID"),
+            vonage_private_key_path: var("VONAGE_PRIVATE_KEY_PATH"),
         }
     }
 }
@@ -132,6 +144,9 @@ pub struct Config {
     /// Telnyx Call Control (`[telnyx]`).
     #[serde(default)]
     pub telnyx: TelnyxConfig,
+    /// Vonage Voice API (`[vonage]`).
+    #[serde(default)]
+    pub vonage: VonageConfig,
     /// Limits per tenant and on the HTTP server (`[limits]`).
     pub limits: LimitsConfig,
     /// Numbers declared in the file (`[[numbers]]`); more are registered over the API.
@@ -266,6 +281,22 @@ pub struct TelnyxConfig {
 impl Default for TelnyxConfig {
     fn default() -> Self {
         Self { api_url: "https://api.telnyx.com".into(), codec: "PCMU".into() }
+    }
+}
+
+/// `[vonage]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VonageConfig {
+    /// Voice API base URL (tests point it at a fake on loopback).
+    pub api_url: String,
+    /// Sample rate of the WebSocket's 16-bit PCM: 8000 or 16000.
+    pub rate: u32,
+}
+
+impl Default for VonageConfig {
+    fn default() -> Self {
+        Self { api_url: "https://api.nexmo.com".into(), rate: 16000 }
     }
 }
 
@@ -460,6 +491,9 @@ impl Config {
         }
         if !(1..=64).contains(&self.turn_model.workers) || !(1..=4096).contains(&self.turn_model.queue) {
             return bad("turn_model.workers must be within 1..=64 and turn_model.queue within 1..=4096");
+        }
+        if !matches!(self.vonage.rate, 8000 | 16000) {
+            return bad("vonage.rate must be 8000 or 16000");
         }
         if !matches!(self.telnyx.codec.as_str(), "PCMU" | "PCMA") {
             return bad("telnyx.codec must be \"PCMU\" or \"PCMA\"");

@@ -56,10 +56,15 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
     // gives their call-control API).
     let twilio = crate::api::twilio::setup(&config, &secrets, &rest_http).map_err(ServerError::Setup)?;
     let telnyx = crate::api::telnyx::setup(&config, &secrets, &rest_http).map_err(ServerError::Setup)?;
+    let vonage = crate::api::vonage::setup(&config, &secrets, &rest_http).map_err(ServerError::Setup)?;
     // Streams present their webhook's token whenever any carrier's webhooks are signed.
-    let validate = twilio.validating || secrets.telnyx_public_key.is_some();
-    let carriers: Vec<Arc<dyn crate::api::carrier_control::CarrierControl>> = vec![twilio.control, telnyx.control];
-    let carrier_routes = crate::api::twilio::routes().merge(crate::api::telnyx::routes(telnyx.telnyx));
+    let validate =
+        twilio.validating || secrets.telnyx_public_key.is_some() || secrets.vonage_signature_secret.is_some();
+    let carriers: Vec<Arc<dyn crate::api::carrier_control::CarrierControl>> =
+        vec![twilio.control, telnyx.control, vonage.control];
+    let carrier_routes = crate::api::twilio::routes()
+        .merge(crate::api::telnyx::routes(telnyx.telnyx))
+        .merge(crate::api::vonage::routes(vonage.vonage));
     let clips = LocalClips::load(&config.engine.local.greeting_wav, &config.engine.local.reply_wav)?;
     // Engines by name: one registration line each.
     let mut engines = EngineRegistry::new(&config.engine.kind, "local");

@@ -128,3 +128,40 @@ fn telnyx_golden_frames_decode_and_reorder_as_recorded() {
     }
     assert_eq!(n, 12);
 }
+
+/// The Vonage golden messages (`fixtures/vonage/inbound.jsonl`), text and binary.
+#[test]
+fn vonage_golden_messages_decode_as_recorded() {
+    use callbridge::carrier::vonage::VonageCodec;
+    use callbridge::carrier::{Carrier, WireIn};
+    let text = std::fs::read_to_string("fixtures/vonage/inbound.jsonl").unwrap();
+    let mut codec = VonageCodec::new();
+    let now = std::time::Instant::now();
+    let mut n = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let case: Value = serde_json::from_str(line).unwrap();
+        let name = case["name"].as_str().unwrap();
+        let raw = case["raw"].as_str().unwrap();
+        let binary = case["kind"] == "binary";
+        let bytes: Vec<u8> = if binary {
+            (0..raw.len()).step_by(2).map(|i| u8::from_str_radix(&raw[i..i + 2], 16).unwrap()).collect()
+        } else {
+            Vec::new()
+        };
+        let msg = if binary { WireIn::Binary(&bytes) } else { WireIn::Text(raw) };
+        let got = match codec.decode(now, msg) {
+            Ok(CarrierEvent::Start(i)) => {
+                let params: serde_json::Map<String, Value> =
+                    i.parameters.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+                json!([{"event": "start", "call_id": i.call_id, "token": i.token, "from": i.from, "to": i.to,
+                    "rate": i.format.rate, "params": params}])
+            }
+            Ok(CarrierEvent::Audio(a)) => json!([{"event": "audio", "samples": a.pcm.len(), "first": a.pcm[0]}]),
+            Ok(other) => json!([summarize(&other)]),
+            Err(e) => Value::String(e.code().to_string()),
+        };
+        assert_eq!(got, case["expect"], "{name}");
+        n += 1;
+    }
+    assert_eq!(n, 10);
+}

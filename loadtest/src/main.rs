@@ -14,7 +14,7 @@ use loadtest::script::ScriptTiming;
 #[derive(Parser)]
 #[command(
     name = "loadtest",
-    about = "Carrier media-stream load generator for callbridge: Twilio or Telnyx (loopback targets only)"
+    about = "Carrier media-stream load generator for callbridge: Twilio, Telnyx or Vonage (loopback targets only)"
 )]
 struct Cli {
     /// Stream URL (loopback only).
@@ -60,7 +60,7 @@ struct Cli {
     /// Tokio worker threads for the generator.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// The callers' carrier protocol: twilio or telnyx (point --url at its stream path).
+    /// The callers' carrier protocol: twilio, telnyx or vonage (point --url at its stream path).
     #[arg(long, default_value = "twilio")]
     carrier: loadtest::run::CarrierKind,
     /// No progress bar.

@@ -149,6 +149,7 @@ impl Report {
             carrier: match opts.carrier {
                 crate::run::CarrierKind::Twilio => "twilio",
                 crate::run::CarrierKind::Telnyx => "telnyx",
+                crate::run::CarrierKind::Vonage => "vonage",
             },
             ramp_s,
             duration_s: opts.duration.as_secs_f64(),

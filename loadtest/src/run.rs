@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use callbridge_testkit::telnyx_peer::TelnyxPeer;
 use callbridge_testkit::twilio_peer::{PeerError, ServerMessage, TwilioPeer};
+use callbridge_testkit::vonage_peer::VonagePeer;
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
 use tokio_tungstenite::tungstenite::Message;
@@ -50,6 +51,8 @@ pub enum CarrierKind {
     Twilio,
     /// Telnyx media streaming (`/telnyx/stream`; frames carry `chunk` numbers).
     Telnyx,
+    /// Vonage WebSockets (`/vonage/stream`; binary 16 kHz PCM frames).
+    Vonage,
 }
 
 impl std::str::FromStr for CarrierKind {
@@ -58,7 +61,8 @@ impl std::str::FromStr for CarrierKind {
         match s {
             "twilio" => Ok(CarrierKind::Twilio),
             "telnyx" => Ok(CarrierKind::Telnyx),
-            other => Err(format!("unknown carrier {other:?} (twilio or telnyx)")),
+            "vonage" => Ok(CarrierKind::Vonage),
+            other => Err(format!("unknown carrier {other:?} (twilio, telnyx or vonage)")),
         }
     }
 }
@@ -67,6 +71,7 @@ impl std::str::FromStr for CarrierKind {
 enum Peer {
     Twilio(TwilioPeer),
     Telnyx(TelnyxPeer),
+    Vonage(VonagePeer),
 }
 
 impl Peer {
@@ -74,42 +79,61 @@ impl Peer {
         match kind {
             CarrierKind::Twilio => Peer::Twilio(TwilioPeer::new(id)),
             CarrierKind::Telnyx => Peer::Telnyx(TelnyxPeer::new(id)),
+            CarrierKind::Vonage => Peer::Vonage(VonagePeer::new(id, 16000)),
         }
     }
-    fn hello(&mut self) -> [String; 2] {
+    fn hello(&mut self) -> Vec<Message> {
         match self {
-            Peer::Twilio(p) => [p.connected(), p.start(&[("loadtest", "1")])],
-            Peer::Telnyx(p) => [p.connected(), p.start("+15550100000", "+15550100001", "")],
+            Peer::Twilio(p) => vec![Message::text(p.connected()), Message::text(p.start(&[("loadtest", "1")]))],
+            Peer::Telnyx(p) => {
+                vec![Message::text(p.connected()), Message::text(p.start("+15550100000", "+15550100001", ""))]
+            }
+            Peer::Vonage(p) => {
+                let uuid = p.uuid.clone();
+                vec![Message::text(p.connected(&[("call_uuid", uuid.as_str()), ("loadtest", "1")]))]
+            }
         }
     }
-    fn media(&mut self, ulaw: &[u8], ts: u64) -> String {
+    fn media(&mut self, ulaw: &[u8], ts: u64) -> Message {
         match self {
-            Peer::Twilio(p) => p.media(ulaw, ts),
-            Peer::Telnyx(p) => p.media(ulaw, ts).1,
+            Peer::Twilio(p) => Message::text(p.media(ulaw, ts)),
+            Peer::Telnyx(p) => Message::text(p.media(ulaw, ts).1),
+            Peer::Vonage(p) => Message::binary(p.media(ulaw)),
         }
     }
-    fn dtmf(&mut self, d: char) -> String {
-        match self {
+    fn dtmf(&mut self, d: char) -> Message {
+        Message::text(match self {
             Peer::Twilio(p) => p.dtmf(d),
             Peer::Telnyx(p) => p.dtmf(d),
-        }
+            Peer::Vonage(p) => p.dtmf(d),
+        })
     }
-    fn mark(&mut self, name: &str) -> String {
-        match self {
+    fn mark(&mut self, name: &str) -> Message {
+        Message::text(match self {
             Peer::Twilio(p) => p.mark(name),
             Peer::Telnyx(p) => p.mark(name),
-        }
+            Peer::Vonage(p) => p.mark(name),
+        })
     }
-    fn stop(&mut self) -> String {
+    /// The carrier's goodbye before closing (Vonage just closes).
+    fn stop(&mut self) -> Option<Message> {
         match self {
-            Peer::Twilio(p) => p.stop(),
-            Peer::Telnyx(p) => p.stop(),
+            Peer::Twilio(p) => Some(Message::text(p.stop())),
+            Peer::Telnyx(p) => Some(Message::text(p.stop())),
+            Peer::Vonage(_) => None,
         }
     }
     fn parse(&self, text: &str) -> Result<ServerMessage, PeerError> {
         match self {
             Peer::Twilio(p) => p.parse(text),
             Peer::Telnyx(p) => p.parse(text),
+            Peer::Vonage(p) => p.parse(text),
+        }
+    }
+    fn parse_binary(&self, data: &[u8]) -> Result<ServerMessage, PeerError> {
+        match self {
+            Peer::Vonage(p) => p.parse_binary(data),
+            _ => Err(PeerError::Invalid("binary message".into())),
         }
     }
 }
@@ -298,7 +322,7 @@ async fn one_call(id: u64, scenario: Scenario, o: &Options, t0: Instant, t_end: 
     };
     let hello = peer.hello();
     for m in hello {
-        if tx.send(Message::text(m)).await.is_err() {
+        if tx.send(m).await.is_err() {
             failed("send", &mut script.book);
         }
     }
@@ -327,7 +351,7 @@ async fn one_call(id: u64, scenario: Scenario, o: &Options, t0: Instant, t_end: 
                 let hangup = tk.hangup;
                 let mut ok = true;
                 for m in msgs {
-                    if tx.feed(Message::text(m)).await.is_err() {
+                    if tx.feed(m).await.is_err() {
                         ok = false;
                         break;
                     }
@@ -344,32 +368,38 @@ async fn one_call(id: u64, scenario: Scenario, o: &Options, t0: Instant, t_end: 
                     break;
                 }
             }
-            msg = rx.next() => match msg {
-                Some(Ok(Message::Text(text))) => match peer.parse(text.as_str()) {
+            msg = rx.next() => {
+                let parsed = match msg {
+                    Some(Ok(Message::Text(text))) => peer.parse(text.as_str()),
+                    Some(Ok(Message::Binary(b))) => peer.parse_binary(&b),
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                        failed("closed_by_server", &mut script.book);
+                        break;
+                    }
+                    Some(Ok(_)) => continue,
+                };
+                match parsed {
                     Ok(m) => {
                         let t = ms(Instant::now());
                         let echoes = script.on_server(t, m);
                         for e in echoes {
                             let m = peer.mark(&e);
-                            if tx.send(Message::text(m)).await.is_err() {
+                            if tx.send(m).await.is_err() {
                                 break;
                             }
                         }
                     }
                     Err(_) => outcome.protocol_errors += 1,
-                },
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                    failed("closed_by_server", &mut script.book);
-                    break;
                 }
-                Some(Ok(_)) => {}
             }
         }
     }
     // Hang up like the carrier: stop, then close.
     let stop = peer.stop();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = tx.send(Message::text(stop)).await;
+        if let Some(stop) = stop {
+            let _ = tx.send(stop).await;
+        }
         let _ = tx.close().await;
     })
     .await;

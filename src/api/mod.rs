@@ -8,6 +8,7 @@ pub mod control;
 pub mod rate;
 pub mod telnyx;
 pub mod twilio;
+pub mod vonage;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

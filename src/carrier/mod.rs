@@ -17,6 +17,7 @@
 mod json;
 pub mod telnyx;
 pub mod twilio;
+pub mod vonage;
 mod wire;
 
 use std::time::Instant;

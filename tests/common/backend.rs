@@ -60,12 +60,13 @@ struct Inner {
     received: Vec<Received>,
     twilio_updates: Vec<(String, String, HashMap<String, String>)>,
     twilio_status: u16,
-    telnyx_actions: Vec<TelnyxAction>,
+    telnyx_actions: Vec<CarrierAction>,
+    vonage_updates: Vec<CarrierAction>,
 }
 
-/// One Call Control command the fake Telnyx received.
+/// One REST command a fake carrier API received (Telnyx Call Control, Vonage Voice API).
 #[derive(Debug, Clone)]
-pub struct TelnyxAction {
+pub struct CarrierAction {
     pub call_control_id: String,
     pub action: String,
     pub authorization: String,
@@ -96,6 +97,7 @@ impl FakeBackend {
             .route("/audio.wav", get(audio))
             .route("/2010-04-01/Accounts/{account}/Calls/{call}", post(twilio_update))
             .route("/v2/calls/{id}/actions/{action}", post(telnyx_action))
+            .route("/v1/calls/{uuid}", axum::routing::put(vonage_update))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -125,12 +127,29 @@ impl FakeBackend {
         self.inner.lock().unwrap().received.clone()
     }
 
-    pub fn telnyx_actions(&self) -> Vec<TelnyxAction> {
+    pub fn telnyx_actions(&self) -> Vec<CarrierAction> {
         self.inner.lock().unwrap().telnyx_actions.clone()
     }
 
+    /// `PUT /v1/calls/{uuid}` requests the fake Vonage received (`action` from the body).
+    pub fn vonage_updates(&self) -> Vec<CarrierAction> {
+        self.inner.lock().unwrap().vonage_updates.clone()
+    }
+
+    /// Wait (bounded) until the fake Vonage received `action`; returns it.
+    pub async fn wait_vonage(&self, action: &str, within: Duration) -> CarrierAction {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(a) = self.vonage_updates().into_iter().find(|a| a.action == action) {
+                return a;
+            }
+            assert!(Instant::now() < deadline, "no Vonage {action} within {within:?}: {:?}", self.vonage_updates());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Wait (bounded) until the fake Telnyx received `action`; returns it.
-    pub async fn wait_telnyx(&self, action: &str, within: Duration) -> TelnyxAction {
+    pub async fn wait_telnyx(&self, action: &str, within: Duration) -> CarrierAction {
         let deadline = Instant::now() + within;
         loop {
             if let Some(a) = self.telnyx_actions().into_iter().find(|a| a.action == action) {
@@ -218,12 +237,25 @@ async fn telnyx_action(
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mut g = inner.lock().unwrap();
     let gone = g.telnyx_actions.iter().any(|a| a.call_control_id == id && a.action == "hangup");
-    g.telnyx_actions.push(TelnyxAction { call_control_id: id, action, authorization, body });
+    g.telnyx_actions.push(CarrierAction { call_control_id: id, action, authorization, body });
     if gone {
         let err = serde_json::json!({"errors": [{"code": "90018", "title": "Call has already ended"}]});
         return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(err)).into_response();
     }
     axum::Json(serde_json::json!({"data": {"result": "ok"}})).into_response()
+}
+
+async fn vonage_update(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path(uuid): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let action = body["action"].as_str().unwrap_or("").to_string();
+    inner.lock().unwrap().vonage_updates.push(CarrierAction { call_control_id: uuid, action, authorization, body });
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn twilio_update(

@@ -5,6 +5,7 @@
 //! - [`twilio_peer`]: Twilio's side of Media Streams (the messages Twilio sends
 //!   and how it reads ours).
 //! - [`telnyx_peer`]: Telnyx's side of media streaming.
+//! - [`vonage_peer`]: Vonage's side of the Voice API WebSocket.
 //! - [`fake_realtime`]: a FAKE OpenAI Realtime server on loopback.
 //! - [`harness`]: the real call loop driven in virtual time over a FAKE carrier.
 //! - [`mem_call`]: a Twilio call through the real call loop over an in-memory WebSocket.
@@ -19,3 +20,4 @@ pub mod mem_call;
 pub mod telnyx_peer;
 pub mod turn_eval;
 pub mod twilio_peer;
+pub mod vonage_peer;

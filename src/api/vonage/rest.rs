@@ -1,0 +1,113 @@
+//! The Vonage Voice API calls we make (PROTOCOLS §4.2): `PUT
+//! {api_url}/v1/calls/{uuid}` with a JSON action — `hangup`, or `transfer` to
+//! a new NCCO — authenticated with an RS256 JWT from the application's private
+//! key; and Vonage's [`CarrierControl`]. The base URL is configurable so tests
+//! use a fake on loopback.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+
+use crate::api::carrier_control::{CarrierControl, ControlError, ControlFuture, TransferTarget};
+use crate::carrier::vonage::jwt::AppKey;
+use crate::carrier::vonage::valid_uuid;
+use crate::runtime::registry::CallDetails;
+
+/// Vonage Voice API client.
+#[derive(Debug)]
+pub struct VonageRest {
+    http: reqwest::Client,
+    base: String,
+    key: Option<AppKey>,
+    /// Our public HTTP base (transfer outcomes come to its `/vonage/event`).
+    public_http: String,
+}
+
+impl VonageRest {
+    /// A client for `base`, signing with `key` (if configured).
+    pub fn new(http: reqwest::Client, base: &str, key: Option<AppKey>, public_http: &str) -> Self {
+        Self {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            key,
+            public_http: public_http.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// `PUT /v1/calls/{uuid}` with `body`.
+    pub async fn modify(&self, uuid: &str, body: Value) -> Result<(), ControlError> {
+        let key = self.key.as_ref().ok_or_else(|| {
+            ControlError::NoCredentials(
+                "the Vonage Voice API needs VONAGE_APPLICATION_ID and VONAGE_PRIVATE_KEY_PATH".into(),
+            )
+        })?;
+        if !valid_uuid(uuid) {
+            return Err(ControlError::NoCarrierCall);
+        }
+        let resp = self
+            .http
+            .put(format!("{}/v1/calls/{uuid}", self.base))
+            .bearer_auth(key.token(SystemTime::now()))
+            .json(&body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| ControlError::Unreachable(e.without_url().to_string()))?;
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let body: Value = resp.json().await.unwrap_or_default();
+        if status == 404 {
+            return Err(ControlError::CallGone);
+        }
+        let message = [body["title"].as_str(), body["detail"].as_str()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(": ")
+            .chars()
+            .take(300)
+            .collect();
+        Err(ControlError::Refused { status, message })
+    }
+
+    /// Hang call `uuid` up.
+    pub async fn hangup(&self, uuid: &str) -> Result<(), ControlError> {
+        self.modify(uuid, json!({"action": "hangup"})).await
+    }
+}
+
+/// The NCCO endpoint for a transfer target.
+fn endpoint(to: &TransferTarget) -> Value {
+    match to {
+        // Vonage numbers are E.164 without the plus.
+        TransferTarget::Number(n) => json!({"type": "phone", "number": n.trim_start_matches('+')}),
+        TransferTarget::Sip(uri) => json!({"type": "sip", "uri": uri}),
+    }
+}
+
+impl CarrierControl for VonageRest {
+    fn carrier(&self) -> &'static str {
+        "vonage"
+    }
+
+    fn transfer<'a>(
+        &'a self,
+        id: crate::ids::CallId,
+        call: &'a CallDetails,
+        to: &'a TransferTarget,
+    ) -> ControlFuture<'a> {
+        Box::pin(async move {
+            if call.carrier_call_id.is_empty() {
+                return Err(ControlError::NoCarrierCall);
+            }
+            // The caller's leg runs a new NCCO that dials `to`; its events (answered,
+            // busy, …) come back to us marked with our call id.
+            let event_url = format!("{}/vonage/event?transfer={id}", self.public_http);
+            let ncco = json!([{"action": "connect", "eventUrl": [event_url], "endpoint": [endpoint(to)]}]);
+            let body = json!({"action": "transfer", "destination": {"type": "ncco", "ncco": ncco}});
+            self.modify(&call.carrier_call_id, body).await
+        })
+    }
+}
