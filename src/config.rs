@@ -317,6 +317,9 @@ pub struct NumberConfig {
     /// like "pbx.example.com" or "*.example.com"); empty = the number's own country only.
     #[serde(default)]
     pub transfer_allow: Vec<String>,
+    /// The carrier the number is with (`twilio`, `telnyx`, `vonage`); "" = any.
+    #[serde(default)]
+    pub carrier: String,
 }
 
 /// `[server]`
@@ -529,6 +532,13 @@ impl Config {
             }
             crate::tenant::check_callback_url(&n.callback_url)
                 .map_err(|e| ConfigError::Invalid(format!("numbers {}: {e}", n.number)))?;
+            if !crate::tenant::valid_carrier(&n.carrier) {
+                return Err(ConfigError::Invalid(format!(
+                    "numbers {}: carrier must be one of {:?} (or absent: any)",
+                    n.number,
+                    crate::tenant::CARRIERS
+                )));
+            }
         }
         match self.engine.openai_realtime.api.as_str() {
             "ga" => {}

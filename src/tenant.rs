@@ -51,6 +51,17 @@ pub struct Tenant {
     /// Transfer destinations the tenant may reach (prefixes, SIP domains);
     /// empty: its own country's numbers only.
     pub transfer_allow: Vec<String>,
+    /// The carrier the number is with (`twilio`, `telnyx`, `vonage`); calls
+    /// to it from another carrier are refused. "" = any carrier.
+    pub carrier: String,
+}
+
+/// Carriers a number may be registered with.
+pub const CARRIERS: [&str; 3] = ["twilio", "telnyx", "vonage"];
+
+/// Whether `carrier` is one a number may name ("" = any).
+pub fn valid_carrier(carrier: &str) -> bool {
+    carrier.is_empty() || CARRIERS.contains(&carrier)
 }
 
 impl Tenant {
@@ -164,7 +175,11 @@ impl NumberStore {
                  );",
             )?;
             // Added later: the tenant id and its transfer destinations.
-            for (col, decl) in [("tenant_id", "TEXT"), ("transfer_allow", "TEXT NOT NULL DEFAULT '[]'")] {
+            for (col, decl) in [
+                ("tenant_id", "TEXT"),
+                ("transfer_allow", "TEXT NOT NULL DEFAULT '[]'"),
+                ("carrier", "TEXT NOT NULL DEFAULT ''"),
+            ] {
                 let has: bool =
                     conn.prepare("SELECT 1 FROM pragma_table_info('numbers') WHERE name = ?1")?.exists(params![col])?;
                 if !has {
@@ -180,7 +195,7 @@ impl NumberStore {
         let mut index = Index::default();
         if let Some(conn) = &db {
             let mut st = conn.prepare(
-                "SELECT number, callback_url, secret, token_hash, created_at, tenant_id, transfer_allow FROM numbers",
+                "SELECT number, callback_url, secret, token_hash, created_at, tenant_id, transfer_allow, carrier FROM numbers",
             )?;
             let rows = st.query_map([], |r| {
                 Ok(Tenant {
@@ -192,6 +207,7 @@ impl NumberStore {
                     created_at: r.get::<_, i64>(4)? as u64,
                     source: Source::Api,
                     transfer_allow: serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or_default(),
+                    carrier: r.get(7)?,
                 })
             })?;
             for t in rows {
@@ -208,6 +224,7 @@ impl NumberStore {
                 token_hash: if n.api_token.is_empty() { String::new() } else { sha256_hex(n.api_token.as_bytes()) },
                 created_at: 0,
                 source: Source::Config,
+                carrier: n.carrier.clone(),
             });
         }
         Ok(Self { db: db.map(Mutex::new), index: RwLock::new(index) })
@@ -246,7 +263,11 @@ impl NumberStore {
         callback_url: &str,
         secret: &str,
         transfer_allow: &[String],
+        carrier: &str,
     ) -> Result<(Arc<Tenant>, String), TenantError> {
+        if !valid_carrier(carrier) {
+            return Err(TenantError::Invalid(format!("carrier must be one of {CARRIERS:?} (or absent: any)")));
+        }
         if !is_e164(number) {
             return Err(TenantError::Invalid(format!("number {number:?} is not E.164 (e.g. +15551230000)")));
         }
@@ -273,14 +294,15 @@ impl NumberStore {
             created_at: unix_now(),
             source: Source::Api,
             transfer_allow: transfer_allow.to_vec(),
+            carrier: carrier.into(),
         };
         if let Some(db) = &self.db {
             let conn = db.lock().expect("db lock");
             let allow = serde_json::to_string(&t.transfer_allow).expect("strings serialize");
             let n = conn.execute(
-                "INSERT OR IGNORE INTO numbers (number, callback_url, secret, token_hash, created_at, tenant_id, transfer_allow)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![t.number, t.callback_url, t.secret, t.token_hash, t.created_at as i64, t.id, allow],
+                "INSERT OR IGNORE INTO numbers (number, callback_url, secret, token_hash, created_at, tenant_id, transfer_allow, carrier)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![t.number, t.callback_url, t.secret, t.token_hash, t.created_at as i64, t.id, allow, t.carrier],
             )?;
             if n == 0 {
                 return Err(TenantError::Exists(number.into()));
@@ -395,11 +417,11 @@ mod tests {
         let db = dir.join("sub/cb.db");
         let path = db.to_str().unwrap();
         let store = NumberStore::open(path, &[]).unwrap();
-        let (t, token) = store.register("+15551230000", "http://127.0.0.1:9/cb", "0123456789abcdef", &[]).unwrap();
+        let (t, token) = store.register("+15551230000", "http://127.0.0.1:9/cb", "0123456789abcdef", &[], "").unwrap();
         assert_eq!(store.by_token(&token).unwrap().number, "+15551230000");
         assert_ne!(t.token_hash, token);
         assert!(matches!(
-            store.register("+15551230000", "http://127.0.0.1:9/cb", "0123456789abcdef", &[]),
+            store.register("+15551230000", "http://127.0.0.1:9/cb", "0123456789abcdef", &[], ""),
             Err(TenantError::Exists(_))
         ));
         drop(store);
@@ -411,9 +433,19 @@ mod tests {
         assert!(store.by_token(&token).is_some());
         assert!(store.remove("+15551230000").unwrap().is_some());
         assert!(store.by_token(&token).is_none());
-        let (again, _) = store.register("+15551230000", "http://127.0.0.1:9/cb", "0123456789abcdef", &[]).unwrap();
+        let (again, _) = store.register("+15551230000", "http://127.0.0.1:9/cb", "0123456789abcdef", &[], "").unwrap();
         assert_ne!(again.id, t.id, "the next owner of a number is another tenant");
         assert!(store.remove("+15551230000").unwrap().is_some());
+        // A number's carrier survives a restart; an unknown carrier is refused.
+        store.register("+15551239999", "http://127.0.0.1:9/cb", "0123456789abcdef", &[], "vonage").unwrap();
+        assert!(matches!(
+            store.register("+15551238888", "http://127.0.0.1:9/cb", "0123456789abcdef", &[], "skype"),
+            Err(TenantError::Invalid(_))
+        ));
+        drop(store);
+        let store = NumberStore::open(path, &[]).unwrap();
+        assert_eq!(store.get("+15551239999").unwrap().carrier, "vonage");
+        assert!(store.remove("+15551239999").unwrap().is_some());
         drop(store);
         assert!(NumberStore::open(path, &[]).unwrap().is_empty());
         #[cfg(unix)]
@@ -433,20 +465,24 @@ mod tests {
             secret: "s".into(),
             api_token: "tok".into(),
             transfer_allow: vec![],
+            carrier: String::new(),
         }];
         let store = NumberStore::open("", &declared).unwrap();
         assert_eq!(store.by_token("tok").unwrap().number, "+15550001111");
         assert!(store.by_token("").is_none());
         assert!(matches!(
-            store.register("+15550001111", "http://a/b", "0123456789abcdef", &[]),
+            store.register("+15550001111", "http://a/b", "0123456789abcdef", &[], ""),
             Err(TenantError::FromConfig(_))
         ));
         assert!(matches!(store.remove("+15550001111"), Err(TenantError::FromConfig(_))));
-        assert!(matches!(store.register("555", "http://a/b", "0123456789abcdef", &[]), Err(TenantError::Invalid(_))));
         assert!(matches!(
-            store.register("+15551112222", "ftp://a/b", "0123456789abcdef", &[]),
+            store.register("555", "http://a/b", "0123456789abcdef", &[], ""),
             Err(TenantError::Invalid(_))
         ));
-        assert!(matches!(store.register("+15551112222", "http://a/b", "short", &[]), Err(TenantError::Invalid(_))));
+        assert!(matches!(
+            store.register("+15551112222", "ftp://a/b", "0123456789abcdef", &[], ""),
+            Err(TenantError::Invalid(_))
+        ));
+        assert!(matches!(store.register("+15551112222", "http://a/b", "short", &[], ""), Err(TenantError::Invalid(_))));
     }
 }

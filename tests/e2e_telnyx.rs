@@ -49,6 +49,11 @@ callback_url = "{url}"
 secret = "{SECRET}"
 api_token = "tenant-a-token"
 transfer_allow = ["+1"]
+[[numbers]]
+number = "+15550003333"
+callback_url = "{url}"
+secret = "whsec_tenant_c_0123456789"
+carrier = "twilio"
 "#,
         base = backend.base(),
         url = backend.url()
@@ -272,6 +277,20 @@ async fn webhooks_must_be_signed_fresh_and_streams_must_bring_their_token() {
     let reject = rig.backend.wait_telnyx("reject", Duration::from_secs(3)).await;
     assert_eq!(reject.call_control_id, stranger.call_control_id);
     assert_eq!(reject.body["cause"], "CALL_REJECTED");
+
+    // A number registered with Twilio does not take calls through Telnyx.
+    let twilio_number = TelnyxPeer::new(6);
+    let body = event("ev-6", "call.initiated", initiated(&twilio_number, "+15550003333"));
+    assert_eq!(post(&rig, &body, now_s(), None).await, 200);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !rig.backend.telnyx_actions().iter().any(|a| a.call_control_id == twilio_number.call_control_id) {
+        assert!(Instant::now() < deadline, "no Call Control command for the Twilio number");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cmds = rig.backend.telnyx_actions();
+    let cmd = cmds.iter().find(|a| a.call_control_id == twilio_number.call_control_id).unwrap();
+    assert_eq!((cmd.action.as_str(), cmd.body["cause"].as_str()), ("reject", Some("CALL_REJECTED")));
+    assert_eq!(rig.srv.metric("callbridge_calls_rejected_total", &[("reason", "wrong_carrier")]), 1.0);
 
     // A stream without our client_state is refused (1008) and hangs nothing up.
     let mut ws = open(&rig).await;

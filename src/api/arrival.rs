@@ -40,6 +40,8 @@ pub struct Arrival {
 pub enum Refusal {
     /// Nobody registered the number (and unknown numbers are not answered).
     NotInService,
+    /// The number is registered with another carrier.
+    WrongCarrier,
     /// A tenant's number reached unsigned, without the development flag.
     Unsigned,
     /// The server or the tenant is at its concurrent-call limit.
@@ -53,6 +55,7 @@ impl Refusal {
     pub fn code(self) -> &'static str {
         match self {
             Refusal::NotInService => "unknown_number",
+            Refusal::WrongCarrier => "wrong_carrier",
             Refusal::Unsigned => "unsigned_tenant_call",
             Refusal::Busy(f) => f.code(),
             Refusal::ShuttingDown => "shutting_down",
@@ -79,6 +82,13 @@ pub async fn route_call(s: &Arc<AppState>, a: &Arrival) -> Result<Route, Refusal
     if tenant.is_none() && !answer_unknown {
         info!(carrier = a.carrier, "call to an unregistered number refused");
         return Err(refused(Refusal::NotInService));
+    }
+    if let Some(t) = &tenant
+        && !t.carrier.is_empty()
+        && t.carrier != a.carrier
+    {
+        warn!(carrier = a.carrier, registered = %t.carrier, "call refused: the number is registered with another carrier");
+        return Err(refused(Refusal::WrongCarrier));
     }
     if tenant.is_some() && !a.signed && !s.config.server.allow_unsigned_tenant_calls {
         warn!(

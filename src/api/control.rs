@@ -90,7 +90,7 @@ fn tenant(s: &AppState, headers: &HeaderMap) -> Result<Arc<Tenant>, ApiError> {
 
 fn number_json(t: &Tenant) -> serde_json::Value {
     json!({"number": t.number, "callback_url": t.callback_url, "created_at": t.created_at, "source": t.source,
-        "transfer_allow": t.transfer_allow})
+        "transfer_allow": t.transfer_allow, "carrier": if t.carrier.is_empty() { None } else { Some(&t.carrier) }})
 }
 
 /// `POST /v1/numbers` body.
@@ -102,6 +102,8 @@ pub struct NewNumber {
     secret: String,
     #[serde(default)]
     transfer_allow: Vec<String>,
+    #[serde(default)]
+    carrier: String,
 }
 
 fn tenant_error(e: TenantError) -> ApiError {
@@ -135,9 +137,10 @@ pub async fn create_number(
     {
         return error(StatusCode::BAD_REQUEST, "invalid", format!("callback_url: {e}"));
     }
-    let res =
-        tokio::task::spawn_blocking(move || store.register(&n.number, &n.callback_url, &n.secret, &n.transfer_allow))
-            .await;
+    let res = tokio::task::spawn_blocking(move || {
+        store.register(&n.number, &n.callback_url, &n.secret, &n.transfer_allow, &n.carrier)
+    })
+    .await;
     match res {
         Ok(Ok((t, token))) => {
             let mut v = number_json(&t);

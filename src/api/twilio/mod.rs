@@ -158,7 +158,7 @@ pub async fn voice(
     };
     let route = match route_call(&s, &arrival).await {
         Ok(r) => r,
-        Err(Refusal::NotInService) => return twiml(NOT_IN_SERVICE_TWIML.to_string()),
+        Err(Refusal::NotInService | Refusal::WrongCarrier) => return twiml(NOT_IN_SERVICE_TWIML.to_string()),
         Err(Refusal::Unsigned) => return refuse("webhook_unsigned_tenant"),
         Err(Refusal::Busy(_) | Refusal::ShuttingDown) => return twiml(BUSY_TWIML.to_string()),
     };

@@ -167,7 +167,7 @@ pub async fn answer(
     };
     let route = match route_call(&s, &arrival).await {
         Ok(r) => r,
-        Err(Refusal::NotInService) => {
+        Err(Refusal::NotInService | Refusal::WrongCarrier) => {
             return ncco(json!([{"action": "talk", "text": "The number you have dialed is not in service."}]));
         }
         Err(Refusal::Unsigned) => return refuse("webhook_unsigned_tenant"),
