@@ -1,7 +1,8 @@
 //! Secrets never reach the logs: the real binary, at `RUST_LOG=trace`, with
 //! secrets in its config file (numbers' signing secrets and API tokens) and in
-//! its environment (admin token, Twilio auth token, OpenAI key), serving a
-//! number registration and a call, then SIGTERM. Every log line is read; none
+//! its environment (admin token, Twilio auth token, OpenAI key, Telnyx API
+//! key, Vonage signature secret and private key), serving a number
+//! registration and carriers' webhooks, then SIGTERM. Every log line is read; none
 //! may contain any secret.
 
 use std::io::Read;
@@ -14,6 +15,8 @@ const ADMIN: &str = "admin_ENV_0a1b2c3d4e5f60718293";
 const TWILIO: &str = "twauth_ENV_a9b8c7d6e5f4a3b2c1d0";
 const OPENAI: &str = "sk-ENV_f0e1d2c3b4a5968778695a4b";
 const API_SECRET: &str = "whsec_API_1122334455667788aabb";
+const TELNYX: &str = "KEY_TELNYX_ENV_0f1e2d3c4b5a6978";
+const VONAGE: &str = "vonsig_ENV_8a7b6c5d4e3f2a1b0c9d";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -62,6 +65,10 @@ api_token = "{CFG_TOKEN}"
         .env("CALLBRIDGE_ADMIN_TOKEN", ADMIN)
         .env("TWILIO_AUTH_TOKEN", TWILIO)
         .env("OPENAI_API_KEY", OPENAI)
+        .env("TELNYX_API_KEY", TELNYX)
+        .env("VONAGE_SIGNATURE_SECRET", VONAGE)
+        .env("VONAGE_APPLICATION_ID", "app-0000")
+        .env("VONAGE_PRIVATE_KEY_PATH", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/vonage/test_private_key.pem"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -102,6 +109,18 @@ api_token = "{CFG_TOKEN}"
             form.len()
         ),
     );
+    let telnyx = r#"{"data":{"id":"e1","event_type":"call.initiated","payload":{"call_control_id":"v3:x","to":"+15550001111","from":"+15557770000","direction":"incoming"}}}"#;
+    http(
+        port,
+        &format!(
+            "POST /telnyx/webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{telnyx}",
+            telnyx.len()
+        ),
+    );
+    http(
+        port,
+        "GET /vonage/answer?to=15550001111&from=1555&uuid=u-1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a.b.c\r\nConnection: close\r\n\r\n",
+    );
     http(port, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     let deadline = Instant::now() + Duration::from_secs(40);
@@ -118,7 +137,12 @@ api_token = "{CFG_TOKEN}"
     assert!(logs.contains("effective configuration"), "the config dump was logged:\n{logs}");
     assert!(logs.contains("<redacted>"), "secrets are shown as redacted");
     assert!(logs.lines().count() > 20, "trace logging is on ({} lines)", logs.lines().count());
-    for secret in [CFG_SECRET, CFG_TOKEN, ADMIN, TWILIO, OPENAI, API_SECRET, api_token.as_str()] {
+    let pem = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/vonage/test_private_key.pem"))
+        .unwrap();
+    let key_line = pem.lines().nth(3).unwrap();
+    for secret in
+        [CFG_SECRET, CFG_TOKEN, ADMIN, TWILIO, OPENAI, API_SECRET, TELNYX, VONAGE, key_line, api_token.as_str()]
+    {
         assert!(!logs.contains(secret), "{secret} leaked into the logs");
     }
     let _ = std::fs::remove_dir_all(dir);
