@@ -202,6 +202,12 @@ pub struct CallSummary {
     /// Why it ended: `caller_hangup`, `hangup`, `transferred`, `shutdown`,
     /// `engine_error`, `protocol_error`, `slow_consumer`, `idle_timeout`, `transport_error`, `unauthorized`.
     pub reason: String,
+    /// The carrier the call came through (`twilio`, `telnyx`, `vonage`), if known.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub carrier: String,
+    /// The carrier's id of the call, if known.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub carrier_call_id: String,
     /// Call length in ms.
     pub duration_ms: u64,
     /// Caller turns.

@@ -245,6 +245,10 @@ async fn a_telnyx_call_is_answered_talks_barges_in_and_hangs_up() {
     let events = rig.backend.wait_for("call.ended", Duration::from_secs(3)).await;
     let ended = events.iter().find(|e| e.kind() == "call.ended").unwrap();
     assert_eq!(ended.body["reason"], "hangup");
+    assert_eq!(
+        (ended.body["carrier"].as_str(), ended.body["carrier_call_id"].as_str()),
+        (Some("telnyx"), Some(peer.call_control_id.as_str()))
+    );
     assert_eq!(events.last().unwrap().kind(), "call.ended", "call.ended comes last");
     rig.srv.shutdown().await;
 }

@@ -223,6 +223,11 @@ async fn a_vonage_call_is_connected_talks_barges_in_and_hangs_up() {
     let events = rig.backend.wait_for("call.ended", Duration::from_secs(3)).await;
     assert_eq!(events.last().unwrap().kind(), "call.ended");
     assert_eq!(events.last().unwrap().body["reason"], "hangup");
+    let ended = &events.last().unwrap().body;
+    assert_eq!(
+        (ended["carrier"].as_str(), ended["carrier_call_id"].as_str()),
+        (Some("vonage"), Some(peer.uuid.as_str()))
+    );
     rig.srv.shutdown().await;
 }
 

@@ -106,6 +106,8 @@ pub async fn route_call(s: &Arc<AppState>, a: &Arrival) -> Result<Route, Refusal
     let mut route = Route::unannounced(call_id, &a.from, &a.to);
     route.tenant = tenant.clone();
     route.slot = Some(Arc::new(slot));
+    route.carrier = a.carrier;
+    route.carrier_call_id = a.carrier_call_id.clone();
     if let Some(t) = &tenant {
         let target = Target { url: t.callback_url.clone(), secret: t.secret.clone() };
         let event = Event::CallStarted {

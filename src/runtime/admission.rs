@@ -37,6 +37,10 @@ pub struct Route {
     pub slot: Option<Arc<crate::runtime::capacity::Slot>>,
     /// A call coming back from a failed transfer: its event stream goes on.
     pub resume: Option<crate::callback::delivery::EventSender>,
+    /// The carrier the call came through ("" until known).
+    pub carrier: &'static str,
+    /// The carrier's id of the call.
+    pub carrier_call_id: String,
 }
 
 impl Route {
@@ -52,6 +56,8 @@ impl Route {
             seq_used: 0,
             slot: None,
             resume: None,
+            carrier: "",
+            carrier_call_id: String::new(),
         }
     }
 }

@@ -173,6 +173,8 @@ impl Conversation {
     pub fn summary(&self, reason: &str, now: Instant, events_dropped: u64) -> CallSummary {
         CallSummary {
             reason: reason.to_string(),
+            carrier: String::new(),
+            carrier_call_id: String::new(),
             duration_ms: ms(self.origin, now),
             user_turns: self.user_turns,
             agent_turns: self.agent_turns,

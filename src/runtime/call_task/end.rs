@@ -119,6 +119,8 @@ pub fn report_unconnected(ctx: &CallContext, mut route: crate::runtime::admissio
         // Back from a failed transfer and the new stream never came: its own stream ends it.
         let summary = crate::contract::CallSummary {
             reason: reason.into(),
+            carrier: route.carrier.into(),
+            carrier_call_id: route.carrier_call_id.clone(),
             conversation: events.take_log(),
             ..Default::default()
         };
@@ -157,7 +159,12 @@ pub fn report_unconnected(ctx: &CallContext, mut route: crate::runtime::admissio
         &ctx.deliveries,
     )
     .with_store(ctx.store.clone());
-    let summary = crate::contract::CallSummary { reason: reason.into(), ..Default::default() };
+    let summary = crate::contract::CallSummary {
+        reason: reason.into(),
+        carrier: route.carrier.into(),
+        carrier_call_id: route.carrier_call_id.clone(),
+        ..Default::default()
+    };
     events.send(Event::CallEnded(summary));
     if let Some(st) = &ctx.store {
         st.ended(&id, reason, None);
@@ -169,6 +176,8 @@ pub fn report_unconnected(ctx: &CallContext, mut route: crate::runtime::admissio
 pub(super) fn park(ctx: &CallContext, call: &Call, io: &mut ShellIo) {
     let now = Instant::now().into_std();
     let mut summary = call.session().summary("transferred", now);
+    summary.carrier = io.carrier.into();
+    summary.carrier_call_id = io.route.as_ref().map(|r| r.carrier_call_id.clone()).unwrap_or_default();
     summary.recording_url =
         io.recorder.take().map(|_| crate::callstore::recording_url(&ctx.public_http, &io.id.to_string()));
     let events = std::mem::replace(&mut io.events, crate::callback::delivery::EventSender::disabled(""));
@@ -210,6 +219,8 @@ pub fn end_parked(
 pub(super) fn report(ctx: &CallContext, call: &Call, io: &mut ShellIo, reason: &'static str) {
     let now = Instant::now().into_std();
     let mut summary = call.session().summary(reason, now);
+    summary.carrier = io.carrier.into();
+    summary.carrier_call_id = io.route.as_ref().map(|r| r.carrier_call_id.clone()).unwrap_or_default();
     summary.events_dropped = io.events.dropped();
     let loss = io.recorder.take().and_then(|r| {
         summary.recording_url = Some(crate::callstore::recording_url(&ctx.public_http, &io.id.to_string()));

@@ -39,6 +39,7 @@ pub(super) struct RouteInfo {
     pub plan: crate::contract::CallPlan,
     pub from: String,
     pub to: String,
+    pub carrier_call_id: String,
 }
 
 /// Outputs of one live call in the server.

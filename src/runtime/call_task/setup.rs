@@ -255,6 +255,7 @@ pub(super) fn admit(
         plan: route.plan.clone(),
         from: route.from.clone(),
         to: route.to.clone(),
+        carrier_call_id: info.call_id.clone(),
     });
     let (lanes, links) = crate::runtime::engine_link::spawn(engine.links());
     io.lanes = lanes;
