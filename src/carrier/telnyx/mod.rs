@@ -13,8 +13,10 @@
 //! [`REORDER_SLOTS`] frames that arrived early, for at most [`MAX_HOLD`]; a gap
 //! that is not filled by then is skipped. A frame older than what was already
 //! played is late: counted (`late_frame`, ignorable) and dropped, never played
-//! twice. Held frames live in slots allocated once, so a frame allocates
-//! nothing in steady state.
+//! twice. A number more than [`RESYNC`] away from the expected one is a jump,
+//! not a reordering: the stream follows it (held frames are dropped), so one
+//! corrupt number cannot make every later frame "late". Held frames live in
+//! slots allocated once, so a frame allocates nothing in steady state.
 //!
 //! The stream proves it came from our webhook with the single-use token we
 //! put (base64) in the answer's `client_state`, which Telnyx returns in
@@ -45,6 +47,10 @@ use crate::ids::MarkId;
 pub const REORDER_SLOTS: usize = 4;
 /// Longest a frame is held for a missing one before it.
 pub const MAX_HOLD: Duration = Duration::from_millis(60);
+/// A chunk number this far (1 s) from the expected one is not a reordering
+/// but a jump (a restarted or corrupt numbering): the stream follows it, so one
+/// bad number never mutes the caller.
+pub const RESYNC: u64 = 50;
 
 /// Errors decoding or encoding Telnyx messages.
 #[derive(Debug, thiserror::Error)]
@@ -307,6 +313,7 @@ pub struct TelnyxCodec {
     g711_out: Vec<u8>,
     late: u64,
     skipped: u64,
+    resyncs: u64,
 }
 
 impl TelnyxCodec {
@@ -329,6 +336,7 @@ impl TelnyxCodec {
             g711_out: Vec::with_capacity(1600),
             late: 0,
             skipped: 0,
+            resyncs: 0,
         }
     }
 
@@ -345,6 +353,11 @@ impl TelnyxCodec {
     /// Gaps skipped (a frame that never came) so far.
     pub fn skipped_frames(&self) -> u64 {
         self.skipped
+    }
+
+    /// Jumps in the numbering followed so far.
+    pub fn resyncs(&self) -> u64 {
+        self.resyncs
     }
 
     fn decode_g711(&mut self, n: usize) {
@@ -460,12 +473,21 @@ impl TelnyxCodec {
         timestamp_ms: Option<u64>,
     ) -> Result<CarrierEvent<'_>, TelnyxError> {
         let next = *self.next.get_or_insert(chunk);
+        if chunk.saturating_add(RESYNC) < next || chunk > next.saturating_add(RESYNC) {
+            self.resyncs += 1;
+            self.skipped += self.held.len() as u64;
+            self.ready = 0;
+            self.spare.append(&mut self.held);
+            self.next = Some(chunk.saturating_add(1));
+            self.decode_g711(n);
+            return Ok(self.audio(n, timestamp_ms));
+        }
         if chunk < next || self.held.iter().any(|h| h.chunk == chunk) {
             self.late += 1;
             return Err(TelnyxError::LateFrame(chunk));
         }
         if chunk == next {
-            self.next = Some(chunk + 1);
+            self.next = Some(chunk.saturating_add(1));
             self.queue_ready();
             self.decode_g711(n);
             return Ok(self.audio(n, timestamp_ms));

@@ -183,3 +183,24 @@ fn bad_input_gets_a_clear_error() {
     assert_eq!(token_from_client_state("!!"), None);
     assert_eq!(token_from_client_state(&client_state("abc")).as_deref(), Some("abc"));
 }
+
+#[test]
+fn a_jump_in_the_numbering_is_followed_and_never_mutes_the_caller() {
+    let mut c = started();
+    let now = Instant::now();
+    assert_eq!(play(&mut c, now, &[media(1, 1), media(2, 2)]), [1, 2].map(pcm_of));
+    // A corrupt chunk number far ahead, then the real numbering goes on.
+    let bogus = media(3, 9).replace(r#""chunk":"3""#, r#""chunk":"999999""#);
+    let got = play(&mut c, now, &[bogus, media(3, 3), media(4, 4), media(5, 5)]);
+    assert_eq!(got, [9, 3, 4, 5].map(pcm_of), "one stray frame, then the caller goes on");
+    assert_eq!(c.resyncs(), 2);
+    // After a while (over a second of audio) the numbering restarts from 1.
+    let more: Vec<_> = (6..=70).map(|n| media(n, 1)).collect();
+    assert_eq!(play(&mut c, now, &more).len(), 65);
+    assert_eq!(play(&mut c, now, &[media(1, 7), media(2, 8)]), [7, 8].map(pcm_of));
+    // Within a second behind, a frame is late, not a restart.
+    assert!(play(&mut c, now, &[media(1, 7)]).is_empty());
+    // u64::MAX does not overflow.
+    let max = media(3, 6).replace(r#""chunk":"3""#, r#""chunk":"18446744073709551615""#);
+    assert_eq!(play(&mut c, now, &[max]), [pcm_of(6)]);
+}
