@@ -127,6 +127,30 @@ pub enum Event {
     /// The call is over.
     #[serde(rename = "call.ended")]
     CallEnded(CallSummary),
+    /// The carrier saved its own recording of the call (Telnyx
+    /// `call.recording.saved`). It comes after `call.ended`, so it is sent on
+    /// its own, outside the call's sequence: `seq` 0.
+    #[serde(rename = "carrier.recording")]
+    CarrierRecording {
+        /// The carrier (`telnyx`).
+        carrier: String,
+        /// The carrier's id of the call.
+        carrier_call_id: String,
+        /// Download URLs by format (`wav`, `mp3`); the carrier's, often short-lived.
+        urls: std::collections::BTreeMap<String, String>,
+        /// Public URLs by format, if the carrier account publishes them.
+        #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        public_urls: std::collections::BTreeMap<String, String>,
+        /// `single` or `dual` channel.
+        #[serde(skip_serializing_if = "String::is_empty")]
+        channels: String,
+        /// When the recording started and ended (the carrier's timestamps).
+        #[serde(skip_serializing_if = "String::is_empty")]
+        started_at: String,
+        /// See `started_at`.
+        #[serde(skip_serializing_if = "String::is_empty")]
+        ended_at: String,
+    },
 }
 
 impl Event {
@@ -143,6 +167,7 @@ impl Event {
             Event::TransferCompleted { .. } => "transfer.completed",
             Event::TransferFailed { .. } => "transfer.failed",
             Event::CallEnded(_) => "call.ended",
+            Event::CarrierRecording { .. } => "carrier.recording",
         }
     }
 }

@@ -367,6 +367,15 @@ async fn documents_are_served_and_the_schema_matches_every_event() {
         Event::Error { source: "engine".into(), code: "response_failed".into(), message: "m".into() },
         Event::TransferCompleted { to: "+15557654321".into(), status: "completed".into() },
         Event::TransferFailed { to: "+15557654321".into(), status: "busy".into() },
+        Event::CarrierRecording {
+            carrier: "telnyx".into(),
+            carrier_call_id: "v3:x".into(),
+            urls: [("wav".to_string(), "https://example.com/r.wav".to_string())].into(),
+            public_urls: Default::default(),
+            channels: "single".into(),
+            started_at: "2026-12-02T06:00:00Z".into(),
+            ended_at: "2026-12-02T06:01:00Z".into(),
+        },
         Event::CallEnded(CallSummary {
             latencies: vec![TurnLatency { turn: 1, ..Default::default() }],
             reason: "hangup".into(),

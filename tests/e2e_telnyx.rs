@@ -250,6 +250,17 @@ async fn a_telnyx_call_is_answered_talks_barges_in_and_hangs_up() {
         (Some("telnyx"), Some(peer.call_control_id.as_str()))
     );
     assert_eq!(events.last().unwrap().kind(), "call.ended", "call.ended comes last");
+    // Telnyx's own recording, saved after the hang-up, reaches the backend on its own (seq 0).
+    let saved = json!({"call_control_id": peer.call_control_id, "call_leg_id": "leg-1", "channels": "single",
+        "recording_urls": {"wav": "https://telnyx.example/r.wav", "mp3": null},
+        "recording_started_at": "2026-12-02T06:00:00Z", "recording_ended_at": "2026-12-02T06:01:00Z"});
+    assert_eq!(post(&rig, &event("ev-9", "call.recording.saved", saved), now_s(), None).await, 200);
+    let events = rig.backend.wait_for("carrier.recording", Duration::from_secs(3)).await;
+    let rec = events.iter().find(|e| e.kind() == "carrier.recording").unwrap();
+    assert_eq!(rec.body["seq"], 0);
+    assert_eq!(rec.body["call_id"], ended.body["call_id"]);
+    assert_eq!(rec.body["urls"], json!({"wav": "https://telnyx.example/r.wav"}));
+    common::calls::verify_all(std::slice::from_ref(rec), SECRET);
     rig.srv.shutdown().await;
 }
 

@@ -80,6 +80,18 @@ impl Deliveries {
 
 struct Running(Arc<Deliveries>);
 
+/// A delivery running outside a call's event stream (shutdown waits for it
+/// while this guard lives).
+pub struct DeliveryGuard(#[allow(dead_code)] Running);
+
+impl Deliveries {
+    /// Count one more delivery until the guard is dropped.
+    pub fn start(self: &Arc<Self>) -> DeliveryGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        DeliveryGuard(Running(self.clone()))
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {

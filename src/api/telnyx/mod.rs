@@ -38,6 +38,11 @@ use crate::runtime::transport::AxumSocket;
 
 /// Webhook ids remembered for de-duplication.
 const SEEN_CAP: usize = 20_000;
+/// Calls remembered after their answer (for the carrier's recording, which
+/// comes after the call ended).
+const ANSWERED_CAP: usize = 50_000;
+/// How long an answered call is remembered.
+const ANSWERED_FOR: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
 /// Telnyx's state in the server.
 pub struct Telnyx {
@@ -46,7 +51,30 @@ pub struct Telnyx {
     key: Option<PublicKey>,
     unsigned_ok: bool,
     seen: Mutex<Seen>,
+    answered: Mutex<Answered>,
     codec: String,
+}
+
+/// Our call and its tenant by Telnyx call_control_id, oldest first.
+#[derive(Default)]
+struct Answered {
+    map: std::collections::HashMap<String, (crate::ids::CallId, Arc<crate::tenant::Tenant>)>,
+    order: VecDeque<(std::time::Instant, String)>,
+}
+
+impl Answered {
+    fn insert(&mut self, ccid: String, call: crate::ids::CallId, tenant: Arc<crate::tenant::Tenant>) {
+        let now = std::time::Instant::now();
+        while let Some((at, old)) = self.order.front() {
+            if self.order.len() < ANSWERED_CAP && now.duration_since(*at) < ANSWERED_FOR {
+                break;
+            }
+            self.map.remove(old);
+            self.order.pop_front();
+        }
+        self.order.push_back((now, ccid.clone()));
+        self.map.insert(ccid, (call, tenant));
+    }
 }
 
 #[derive(Default)]
@@ -94,6 +122,7 @@ pub fn setup(
         key,
         unsigned_ok,
         seen: Mutex::new(Seen::default()),
+        answered: Mutex::new(Answered::default()),
         codec: config.telnyx.codec.clone(),
     });
     Ok(Setup { telnyx, control: rest })
@@ -140,6 +169,16 @@ struct Payload {
     hangup_cause: Option<String>,
     #[serde(default)]
     hangup_source: Option<String>,
+    #[serde(default)]
+    recording_urls: std::collections::BTreeMap<String, Option<String>>,
+    #[serde(default)]
+    public_recording_urls: std::collections::BTreeMap<String, Option<String>>,
+    #[serde(default)]
+    channels: Option<String>,
+    #[serde(default)]
+    recording_started_at: Option<String>,
+    #[serde(default)]
+    recording_ended_at: Option<String>,
 }
 
 fn refuse(reason: &'static str) -> Response {
@@ -185,6 +224,7 @@ pub async fn webhook(
             tokio::spawn(answer_call(s, t, p, signed));
         }
         "call.hangup" => call_gone(&s, &p),
+        "call.recording.saved" => recording_saved(&s, &t, p),
         "call.bridged" => {
             // A transfer we made connected: the call is no longer ours.
             if let Some(id) = transferred_call(&p)
@@ -222,7 +262,52 @@ fn call_gone(s: &Arc<AppState>, p: &Payload) {
     {
         let ev = crate::contract::Event::TransferFailed { to: parked.destination.clone(), status: cause.into() };
         crate::runtime::call_task::end_parked(&s.call, parked, Some(ev), "transfer_failed");
+        return;
     }
+    // A live call: its stream's stop ends it; the cause is worth a log line.
+    info!(cause, source = p.hangup_source.as_deref().unwrap_or(""), "Telnyx call hung up");
+}
+
+/// `call.recording.saved`: Telnyx's own recording of a call we answered goes
+/// to the number's backend as `carrier.recording` (after `call.ended`, so on
+/// its own: `seq` 0), with up to three attempts; shutdown waits for it.
+fn recording_saved(s: &Arc<AppState>, t: &Telnyx, p: Payload) {
+    let Some((call_id, tenant)) =
+        t.answered.lock().unwrap_or_else(|e| e.into_inner()).map.get(&p.call_control_id).cloned()
+    else {
+        debug!("a Telnyx recording of a call that is not ours (or long gone)");
+        return;
+    };
+    let flat = |m: std::collections::BTreeMap<String, Option<String>>| {
+        m.into_iter().filter_map(|(k, v)| v.filter(|v| !v.is_empty()).map(|v| (k, v))).collect()
+    };
+    let event = crate::contract::Event::CarrierRecording {
+        carrier: "telnyx".into(),
+        carrier_call_id: p.call_control_id.clone(),
+        urls: flat(p.recording_urls),
+        public_urls: flat(p.public_recording_urls),
+        channels: p.channels.unwrap_or_default(),
+        started_at: p.recording_started_at.unwrap_or_default(),
+        ended_at: p.recording_ended_at.unwrap_or_default(),
+    };
+    let env = crate::contract::Envelope::new(&call_id.to_string(), 0, SystemTime::now(), event);
+    let target = crate::callback::client::Target { url: tenant.callback_url.clone(), secret: tenant.secret.clone() };
+    let client = s.call.client.clone();
+    let guard = s.call.deliveries.start();
+    tokio::spawn(async move {
+        let _guard = guard;
+        for attempt in 0..3u32 {
+            match client.post(&target, &env, std::time::Duration::from_secs(10)).await {
+                Ok(_) => return,
+                Err(e) => {
+                    debug!(call = %call_id, attempt, error = %e, "carrier.recording not delivered yet");
+                    tokio::time::sleep(std::time::Duration::from_secs(1 << (2 * attempt))).await;
+                }
+            }
+        }
+        metrics::counter!(crate::metrics::CALLBACK_FAILURES, "type" => "carrier.recording").increment(1);
+        warn!(call = %call_id, "carrier.recording could not be delivered");
+    });
 }
 
 /// `call.initiated`: decide, then answer with the stream or reject.
@@ -251,6 +336,9 @@ async fn answer_call(s: Arc<AppState>, t: Arc<Telnyx>, p: Payload, signed: bool)
         }
     };
     let call_id = route.call_id;
+    if let Some(tenant) = route.tenant.clone() {
+        t.answered.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), call_id, tenant);
+    }
     let token = s.call.pending.insert("telnyx", &id, route);
     let stream_url = format!("{}/telnyx/stream", s.config.server.public_url.trim_end_matches('/'));
     if let Err(e) = t.rest.answer(&id, &stream_url, &t.codec, &client_state(&token)).await {
