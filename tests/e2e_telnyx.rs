@@ -206,6 +206,19 @@ async fn a_telnyx_call_is_answered_talks_barges_in_and_hangs_up() {
     let user = rig.backend.wait_for("turn.user", Duration::from_secs(2)).await;
     assert!(user.iter().any(|e| e.kind() == "turn.user"));
 
+    // Meanwhile another stream misbehaves — binary frames, then a codec nobody asked for — and
+    // is closed; this call goes on.
+    let mut bad = open(&rig).await;
+    let mut stranger = TelnyxPeer::new(99);
+    send(&mut bad, stranger.connected()).await;
+    bad.send(Message::binary(vec![0u8; 160])).await.unwrap();
+    send(&mut bad, stranger.start("+1", NUMBER, "").replace("PCMU", "G722")).await;
+    assert_eq!(drain(&mut bad, &stranger, Duration::from_secs(3)).await.1, Some(1003));
+    assert!(
+        rig.srv.metric("callbridge_protocol_errors_total", &[("carrier", "telnyx"), ("kind", "binary_frame")]) >= 1.0
+    );
+    let _ = stranger.stop();
+
     // Barge-in: the caller talks over the reply; clear reaches Telnyx.
     let interrupt = ulaw_fixture("caller_leak_8k.wav");
     let mut cleared = false;
@@ -313,7 +326,7 @@ async fn webhooks_must_be_signed_fresh_and_streams_must_bring_their_token() {
     send(&mut ws, stranger.start("+15557770000", NUMBER, "")).await;
     let (_, closed) = drain(&mut ws, &stranger, Duration::from_secs(3)).await;
     assert_eq!(closed, Some(1008));
-    // Binary frames and a wrong codec are clear errors too.
+    // A wrong codec is a clear error too.
     let mut ws = open(&rig).await;
     send(&mut ws, stranger.connected()).await;
     let bad = stranger.start("+1", NUMBER, "").replace("PCMU", "OPUS");

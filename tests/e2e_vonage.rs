@@ -183,6 +183,11 @@ async fn a_vonage_call_is_connected_talks_barges_in_and_hangs_up() {
         rig.srv.metric("callbridge_protocol_errors_total", &[("carrier", "vonage"), ("kind", "bad_frame_size")]) >= 1.0
     );
 
+    // Meanwhile another socket sends audio before websocket:connected and is closed; this call goes on.
+    let (mut bad, _) = tokio_tungstenite::connect_async(format!("ws://{}/vonage/stream", rig.srv.addr)).await.unwrap();
+    bad.send(Message::binary(vec![0u8; 640])).await.unwrap();
+    assert_eq!(drain(&mut bad, &peer, Duration::from_secs(3)).await.1, Some(1008));
+
     let interrupt = ulaw_fixture("caller_leak_8k.wav");
     let mut cleared = false;
     for f in interrupt.chunks_exact(160).skip(15).take(60) {
