@@ -30,6 +30,33 @@ pub struct Envelope {
     pub event: Event,
 }
 
+/// RFC 3339 (UTC, milliseconds) for a report field.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The conversation as plain text: one line per turn with words in it.
+pub fn plain_transcript(conversation: &[serde_json::Value]) -> String {
+    let mut out = String::new();
+    for ev in conversation {
+        let (who, text) = match ev["type"].as_str() {
+            Some("turn.user") => ("caller", ev["transcript"].as_str()),
+            // What the caller heard of it, or all of it if it was not cut short.
+            Some("turn.agent") => ("agent", ev["heard_text"].as_str().or(ev["text"].as_str())),
+            _ => continue,
+        };
+        if let Some(t) = text.map(str::trim).filter(|t| !t.is_empty()) {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(who);
+            out.push_str(": ");
+            out.push_str(t);
+        }
+    }
+    out
+}
+
 impl Envelope {
     /// Wrap `event` as number `seq` of `call_id`, stamped `at`.
     pub fn new(call_id: &str, seq: u64, at: SystemTime, event: Event) -> Self {
@@ -233,6 +260,28 @@ pub struct CallSummary {
     /// The carrier's id of the call, if known.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub carrier_call_id: String,
+    /// Caller number.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub from: String,
+    /// Called number.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub to: String,
+    /// When the call reached us (the carrier's webhook; RFC 3339, UTC).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub started_at: String,
+    /// When its media stream started (absent if it never did).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub answered_at: String,
+    /// When it ended.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub ended_at: String,
+    /// The engine that answered (`local`, `openai_realtime`, …).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub engine: String,
+    /// The conversation as plain text, one line per turn (`caller: …`,
+    /// `agent: …` — what the caller heard of it), for CRMs and notes.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub transcript: String,
     /// Call length in ms.
     pub duration_ms: u64,
     /// Caller turns.
@@ -368,6 +417,27 @@ impl ToolResult {
             }
             other => Self { result: other },
         }
+    }
+}
+
+#[cfg(test)]
+mod plain_transcript_tests {
+    use super::*;
+
+    #[test]
+    fn the_plain_transcript_has_a_line_per_turn_with_what_the_caller_heard() {
+        let conv = vec![
+            serde_json::json!({"type": "turn.user", "transcript": "My sink is leaking."}),
+            serde_json::json!({"type": "turn.agent", "text": "I can book a plumber tomorrow morning.", "heard_text": "I can book"}),
+            serde_json::json!({"type": "barge_in", "at_ms": 10}),
+            serde_json::json!({"type": "turn.user", "transcript": "  "}),
+            serde_json::json!({"type": "turn.agent", "text": "What is the address?"}),
+        ];
+        assert_eq!(
+            plain_transcript(&conv),
+            "caller: My sink is leaking.\nagent: I can book\nagent: What is the address?"
+        );
+        assert_eq!(plain_transcript(&[]), "");
     }
 }
 

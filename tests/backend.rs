@@ -57,6 +57,10 @@ async fn a_signed_call_gets_its_plan_and_the_backend_hears_the_conversation() {
 
     let ended = &events[3].body;
     assert_eq!(ended["reason"], "caller_hangup");
+    assert_eq!((ended["carrier"].as_str(), ended["engine"].as_str()), (Some("twilio"), Some("local")));
+    assert_eq!(ended["from"], "+15557770000");
+    assert!(ended.get("transcript").is_none(), "the local engine has no words to report");
+    assert!(ended["answered_at"].is_string() && ended["started_at"].is_string() && ended["ended_at"].is_string());
     assert_eq!(ended["user_turns"], 1);
     assert_eq!(ended["agent_turns"], 1);
     assert_eq!(ended["events_dropped"], 0);

@@ -188,6 +188,14 @@ async fn a_tool_call_goes_to_the_backend_and_its_result_back_to_the_engine() {
     let at = |k: &str| convo.iter().position(|c| *c == k).unwrap_or_else(|| panic!("{k} in {convo:?}"));
     assert!(at("tool.call") < at("tool.result"), "{convo:?}");
     assert_eq!(ended["conversation"][at("tool.result")]["result"]["slot"], "tomorrow 8-10am");
+    // The report: who, when, which engine, and the words as plain text.
+    assert_eq!(ended["engine"], "openai_realtime");
+    assert_eq!(ended["to"], NUMBER_A);
+    let text = ended["transcript"].as_str().unwrap();
+    assert!(text.starts_with("caller: my kitchen sink is leaking\n"), "{text}");
+    assert!(text.contains("agent: I can book a technician for tomorrow."), "{text}");
+    let t = |k: &str| humantime::parse_rfc3339(ended[k].as_str().unwrap_or_else(|| panic!("{k}"))).unwrap();
+    assert!(t("started_at") <= t("answered_at") && t("answered_at") <= t("ended_at"), "{ended}");
     srv.shutdown().await;
 }
 

@@ -41,6 +41,8 @@ pub struct Route {
     pub carrier: &'static str,
     /// The carrier's id of the call.
     pub carrier_call_id: String,
+    /// When the call reached us.
+    pub received_at: std::time::SystemTime,
 }
 
 impl Route {
@@ -58,6 +60,7 @@ impl Route {
             resume: None,
             carrier: "",
             carrier_call_id: String::new(),
+            received_at: std::time::SystemTime::now(),
         }
     }
 }

@@ -117,11 +117,17 @@ pub fn report_unconnected(ctx: &CallContext, mut route: crate::runtime::admissio
     metrics::counter!(crate::metrics::CALLS_ENDED, "reason" => reason, "carrier" => "none").increment(1);
     if let Some(mut events) = route.resume.take() {
         // Back from a failed transfer and the new stream never came: its own stream ends it.
+        let conversation = events.take_log();
         let summary = crate::contract::CallSummary {
             reason: reason.into(),
             carrier: route.carrier.into(),
             carrier_call_id: route.carrier_call_id.clone(),
-            conversation: events.take_log(),
+            from: route.from.clone(),
+            to: route.to.clone(),
+            started_at: crate::contract::rfc3339(route.received_at),
+            ended_at: crate::contract::rfc3339(std::time::SystemTime::now()),
+            transcript: crate::contract::plain_transcript(&conversation),
+            conversation,
             ..Default::default()
         };
         events.send(Event::CallEnded(summary));
@@ -163,6 +169,10 @@ pub fn report_unconnected(ctx: &CallContext, mut route: crate::runtime::admissio
         reason: reason.into(),
         carrier: route.carrier.into(),
         carrier_call_id: route.carrier_call_id.clone(),
+        from: route.from.clone(),
+        to: route.to.clone(),
+        started_at: crate::contract::rfc3339(route.received_at),
+        ended_at: crate::contract::rfc3339(std::time::SystemTime::now()),
         ..Default::default()
     };
     events.send(Event::CallEnded(summary));
@@ -176,8 +186,9 @@ pub fn report_unconnected(ctx: &CallContext, mut route: crate::runtime::admissio
 pub(super) fn park(ctx: &CallContext, call: &Call, io: &mut ShellIo) {
     let now = Instant::now().into_std();
     let mut summary = call.session().summary("transferred", now);
-    summary.carrier = io.carrier.into();
-    summary.carrier_call_id = io.route.as_ref().map(|r| r.carrier_call_id.clone()).unwrap_or_default();
+    if let Some(r) = &io.route {
+        r.fill(&mut summary, io.carrier);
+    }
     summary.recording_url =
         io.recorder.take().map(|_| crate::callstore::recording_url(&ctx.public_http, &io.id.to_string()));
     let events = std::mem::replace(&mut io.events, crate::callback::delivery::EventSender::disabled(""));
@@ -208,6 +219,8 @@ pub fn end_parked(
     p.summary.reason = reason.into();
     p.summary.events_dropped = p.events.dropped();
     p.summary.conversation = p.events.take_log();
+    p.summary.transcript = crate::contract::plain_transcript(&p.summary.conversation);
+    p.summary.ended_at = crate::contract::rfc3339(std::time::SystemTime::now());
     p.events.send(Event::CallEnded(p.summary.clone()));
     if let Some(st) = &ctx.store {
         st.ended(&p.call_id.to_string(), reason, None);
@@ -219,8 +232,9 @@ pub fn end_parked(
 pub(super) fn report(ctx: &CallContext, call: &Call, io: &mut ShellIo, reason: &'static str) {
     let now = Instant::now().into_std();
     let mut summary = call.session().summary(reason, now);
-    summary.carrier = io.carrier.into();
-    summary.carrier_call_id = io.route.as_ref().map(|r| r.carrier_call_id.clone()).unwrap_or_default();
+    if let Some(r) = &io.route {
+        r.fill(&mut summary, io.carrier);
+    }
     summary.events_dropped = io.events.dropped();
     let loss = io.recorder.take().and_then(|r| {
         summary.recording_url = Some(crate::callstore::recording_url(&ctx.public_http, &io.id.to_string()));
@@ -228,6 +242,7 @@ pub(super) fn report(ctx: &CallContext, call: &Call, io: &mut ShellIo, reason: &
     });
     summary.recording_loss = loss.clone();
     summary.conversation = io.events.take_log();
+    summary.transcript = crate::contract::plain_transcript(&summary.conversation);
     io.events.send(Event::CallEnded(summary));
     if let Some(st) = &ctx.store {
         st.ended(&io.id.to_string(), reason, loss);

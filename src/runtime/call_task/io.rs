@@ -40,6 +40,24 @@ pub(super) struct RouteInfo {
     pub from: String,
     pub to: String,
     pub carrier_call_id: String,
+    pub engine: &'static str,
+    pub received_at: std::time::SystemTime,
+    pub answered_at: std::time::SystemTime,
+}
+
+impl RouteInfo {
+    /// Fill the report's who/when/what fields.
+    pub fn fill(&self, summary: &mut crate::contract::CallSummary, carrier: &'static str) {
+        use crate::contract::rfc3339;
+        summary.carrier = carrier.into();
+        summary.carrier_call_id = self.carrier_call_id.clone();
+        summary.from = self.from.clone();
+        summary.to = self.to.clone();
+        summary.started_at = rfc3339(self.received_at);
+        summary.answered_at = rfc3339(self.answered_at);
+        summary.ended_at = rfc3339(std::time::SystemTime::now());
+        summary.engine = self.engine.into();
+    }
 }
 
 /// Outputs of one live call in the server.

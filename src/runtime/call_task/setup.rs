@@ -256,6 +256,9 @@ pub(super) fn admit(
         from: route.from.clone(),
         to: route.to.clone(),
         carrier_call_id: info.call_id.clone(),
+        engine: engine.label(),
+        received_at: route.received_at,
+        answered_at: SystemTime::now(),
     });
     let (lanes, links) = crate::runtime::engine_link::spawn(engine.links());
     io.lanes = lanes;
