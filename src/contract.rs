@@ -326,6 +326,33 @@ pub struct CallPlan {
     pub turn: TurnOverrides,
     /// Opaque data echoed in no event; for the backend's own bookkeeping in the plan log.
     pub metadata: Option<serde_json::Value>,
+    /// Refuse the call instead of answering it (`call.ended` reason `rejected`).
+    pub reject: Option<RejectPlan>,
+    /// Connect the caller straight to this number or SIP URI, with no engine
+    /// (`call.ended` reason `forwarded`); it must be within the number's
+    /// `transfer_allow`, or the call is answered as usual.
+    pub forward: Option<String>,
+}
+
+/// How a plan refuses a call.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RejectPlan {
+    /// `busy` (the caller hears busy) or `rejected` (default).
+    pub reason: RejectReason,
+    /// Say this first, where the carrier can before answering (Twilio, Vonage); then hang up.
+    pub say: Option<String>,
+}
+
+/// Why a plan refuses a call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// The line is busy.
+    Busy,
+    /// Refused.
+    #[default]
+    Rejected,
 }
 
 /// A tool the engine may call.

@@ -401,3 +401,30 @@ async fn a_transfer_goes_through_call_control_and_its_bridge_settles_the_call() 
     let _ = peer.stop();
     rig.srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_can_reject_or_forward_a_telnyx_call() {
+    let rig = rig().await;
+    rig.backend.set("call.started", common::backend::Mode::Json(json!({"reject": {"reason": "busy"}})));
+    let busy = TelnyxPeer::new(20);
+    assert_eq!(post(&rig, &event("ev-20", "call.initiated", initiated(&busy, NUMBER)), now_s(), None).await, 200);
+    let reject = rig.backend.wait_telnyx("reject", Duration::from_secs(3)).await;
+    assert_eq!(
+        (reject.call_control_id.as_str(), reject.body["cause"].as_str()),
+        (busy.call_control_id.as_str(), Some("USER_BUSY"))
+    );
+    rig.backend.set("call.started", common::backend::Mode::Json(json!({"forward": "+15557654321"})));
+    let fwd = TelnyxPeer::new(21);
+    assert_eq!(post(&rig, &event("ev-21", "call.initiated", initiated(&fwd, NUMBER)), now_s(), None).await, 200);
+    let t = rig.backend.wait_telnyx("transfer", Duration::from_secs(3)).await;
+    assert_eq!(
+        (t.call_control_id.as_str(), t.body["to"].as_str()),
+        (fwd.call_control_id.as_str(), Some("+15557654321"))
+    );
+    assert!(!rig.backend.telnyx_actions().iter().any(|a| a.action == "answer"), "no engine answered");
+    let events = rig.backend.wait_for("call.ended", Duration::from_secs(3)).await;
+    let reasons: Vec<_> =
+        events.iter().filter(|e| e.kind() == "call.ended").map(|e| e.body["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["rejected", "forwarded"]);
+    rig.srv.shutdown().await;
+}

@@ -331,3 +331,39 @@ async fn a_transfer_runs_a_new_ncco_and_its_answer_settles_the_call() {
     assert!(!rig.backend.vonage_updates().iter().any(|a| a.action == "hangup"));
     rig.srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_can_reject_or_forward_a_vonage_call() {
+    let rig = rig().await;
+    rig.backend.set("call.started", common::backend::Mode::Json(json!({"reject": {"say": "We are closed today."}})));
+    let (status, ncco) = answer(&rig, &VonagePeer::new(20, 16000), NUMBER, now_s()).await;
+    assert_eq!(status, 200);
+    assert_eq!(ncco, json!([{"action": "talk", "text": "We are closed today."}]));
+    rig.backend.set("call.started", common::backend::Mode::Json(json!({"forward": "sip:oncall@pbx.example.com"})));
+    let (_, ncco) = answer(&rig, &VonagePeer::new(21, 16000), NUMBER, now_s()).await;
+    // Outside transfer_allow (only "+1" here): answered with the engine as usual.
+    assert_eq!(ncco[0]["endpoint"][0]["type"], "websocket");
+    rig.backend.set("call.started", common::backend::Mode::Json(json!({"forward": "+15557654321"})));
+    let (_, ncco) = answer(&rig, &VonagePeer::new(22, 16000), NUMBER, now_s()).await;
+    assert_eq!(
+        ncco,
+        json!([{"action": "connect", "from": "15550001111", "endpoint": [{"type": "phone", "number": "15557654321"}]}])
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let reasons: Vec<String> = rig
+            .backend
+            .received()
+            .iter()
+            .filter(|e| e.kind() == "call.ended")
+            .map(|e| e.body["reason"].as_str().unwrap().to_string())
+            .collect();
+        if reasons.len() >= 2 {
+            assert_eq!(reasons, ["rejected", "forwarded"]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{reasons:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rig.srv.shutdown().await;
+}

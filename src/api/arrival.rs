@@ -145,3 +145,52 @@ pub async fn route_call(s: &Arc<AppState>, a: &Arrival) -> Result<Route, Refusal
     }
     Ok(route)
 }
+
+/// What the plan wants done with a call it was asked about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    /// Answer with an engine (the usual case).
+    Answer,
+    /// Refuse it; `busy` says how, `say` what to say first (where the carrier can).
+    Reject {
+        /// the line is busy, rather than refused
+        busy: bool,
+        /// said before hanging up
+        say: Option<String>,
+    },
+    /// Connect the caller straight to this destination.
+    Forward(crate::destination::TransferTarget),
+}
+
+/// The plan's disposition of `route`. A `forward` outside the number's
+/// `transfer_allow` (or unparsable) is refused and the call answered as usual.
+pub fn disposition(route: &Route) -> Disposition {
+    use crate::contract::RejectReason;
+    if let Some(r) = &route.plan.reject {
+        let say = r.say.clone().filter(|s| !s.trim().is_empty());
+        return Disposition::Reject { busy: r.reason == RejectReason::Busy, say };
+    }
+    let Some(to) = route.plan.forward.as_deref() else { return Disposition::Answer };
+    let target = match crate::destination::TransferTarget::parse(to) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(call = %route.call_id, error = %e, "the plan's forward is not a destination; answering");
+            return Disposition::Answer;
+        }
+    };
+    match &route.tenant {
+        Some(t) if t.destinations().allows(&target) => Disposition::Forward(target),
+        _ => {
+            metrics::counter!(crate::metrics::CALL_ERRORS, "source" => "forward_refused").increment(1);
+            warn!(call = %route.call_id, "the plan's forward is outside the number's transfer_allow; answering");
+            Disposition::Answer
+        }
+    }
+}
+
+/// End the backend's view of a call the plan rejected or forwarded:
+/// `call.ended` with `reason` (`rejected`, `forwarded`), slot released.
+pub fn settle(s: &AppState, route: Route, reason: &'static str) {
+    info!(call = %route.call_id, reason, "the plan disposed of the call without an engine");
+    crate::runtime::call_task::report_unconnected(&s.call, route, reason);
+}

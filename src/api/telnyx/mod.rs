@@ -30,7 +30,7 @@ use serde::Deserialize;
 use tracing::{debug, info, warn};
 
 use super::AppState;
-use super::arrival::{Arrival, Refusal, route_call};
+use super::arrival::{Arrival, Disposition, Refusal, disposition, route_call, settle};
 use crate::carrier::telnyx::signature::{PublicKey, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::carrier::telnyx::{TelnyxCodec, TelnyxLimits, client_state, token_from_client_state};
 use crate::runtime::call_task::run_call;
@@ -335,6 +335,24 @@ async fn answer_call(s: Arc<AppState>, t: Arc<Telnyx>, p: Payload, signed: bool)
             return;
         }
     };
+    match disposition(&route) {
+        Disposition::Answer => {}
+        Disposition::Reject { busy, .. } => {
+            settle(&s, route, "rejected");
+            if let Err(e) = t.rest.reject(&id, busy).await {
+                warn!(error = %e, "Telnyx reject failed");
+            }
+            return;
+        }
+        Disposition::Forward(target) => {
+            settle(&s, route, "forwarded");
+            // A transfer on call.initiated: Telnyx dials and bridges the caller when it answers.
+            if let Err(e) = t.rest.action(&id, "transfer", serde_json::json!({"to": target.as_str()})).await {
+                warn!(error = %e, "Telnyx forward failed");
+            }
+            return;
+        }
+    }
     let call_id = route.call_id;
     if let Some(tenant) = route.tenant.clone() {
         t.answered.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), call_id, tenant);

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use tracing::{info, warn};
 
 use super::AppState;
-use super::arrival::{Arrival, Refusal, route_call};
+use super::arrival::{Arrival, Disposition, Refusal, disposition, route_call, settle};
 use crate::carrier::twilio::signature as twilio_sig;
 use crate::carrier::twilio::{FROM_PARAM, TO_PARAM, TOKEN_PARAM, TwilioCodec};
 use crate::runtime::admission::Route;
@@ -162,6 +162,26 @@ pub async fn voice(
         Err(Refusal::Unsigned) => return refuse("webhook_unsigned_tenant"),
         Err(Refusal::Busy(_) | Refusal::ShuttingDown) => return twiml(BUSY_TWIML.to_string()),
     };
+    match disposition(&route) {
+        Disposition::Answer => {}
+        Disposition::Reject { busy, say } => {
+            settle(&s, route, "rejected");
+            return twiml(match say {
+                Some(text) => format!(
+                    r#"<?xml version="1.0" encoding="UTF-8"?><Response><Say>{}</Say><Hangup/></Response>"#,
+                    xml_escape(&text)
+                ),
+                None => format!(
+                    r#"<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="{}"/></Response>"#,
+                    if busy { "busy" } else { "rejected" }
+                ),
+            });
+        }
+        Disposition::Forward(target) => {
+            settle(&s, route, "forwarded");
+            return twiml(rest::dial_twiml(&target, None));
+        }
+    }
     let mut params = vec![(FROM_PARAM, from), (TO_PARAM, to)];
     let token;
     if !call_sid.is_empty() {

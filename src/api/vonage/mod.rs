@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
 use super::AppState;
-use super::arrival::{Arrival, Refusal, route_call};
+use super::arrival::{Arrival, Disposition, Refusal, disposition, route_call, settle};
 use crate::carrier::vonage::jwt::{AppKey, query_payload, verify_webhook};
 use crate::carrier::vonage::{CALL_HEADER, FROM_HEADER, TO_HEADER, TOKEN_HEADER, VonageCodec, content_type};
 use crate::runtime::call_task::run_call;
@@ -175,6 +175,27 @@ pub async fn answer(
             return ncco(json!([{"action": "talk", "text": "All our lines are busy. Please call again later."}]));
         }
     };
+    match disposition(&route) {
+        Disposition::Answer => {}
+        Disposition::Reject { busy, say } => {
+            settle(&s, route, "rejected");
+            let text = say.unwrap_or_else(|| {
+                if busy {
+                    "All our lines are busy. Please call again later."
+                } else {
+                    "Sorry, we cannot take your call."
+                }
+                .to_string()
+            });
+            return ncco(json!([{"action": "talk", "text": text}]));
+        }
+        Disposition::Forward(target) => {
+            settle(&s, route, "forwarded");
+            // Vonage calls out from one of the account's numbers: the one that was called.
+            let from = to.trim_start_matches('+');
+            return ncco(json!([{"action": "connect", "from": from, "endpoint": [rest::endpoint(&target)]}]));
+        }
+    }
     let token = s.call.pending.insert("vonage", &uuid, route);
     let uri = format!("{}/vonage/stream", s.config.server.public_url.trim_end_matches('/'));
     let event_url = format!("{}/vonage/event", s.config.public_http_url());

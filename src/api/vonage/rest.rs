@@ -79,7 +79,7 @@ impl VonageRest {
 }
 
 /// The NCCO endpoint for a transfer target.
-fn endpoint(to: &TransferTarget) -> Value {
+pub(super) fn endpoint(to: &TransferTarget) -> Value {
     match to {
         // Vonage numbers are E.164 without the plus.
         TransferTarget::Number(n) => json!({"type": "phone", "number": n.trim_start_matches('+')}),
