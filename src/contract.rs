@@ -88,6 +88,9 @@ pub enum Event {
         /// The carrier account, if known.
         #[serde(skip_serializing_if = "String::is_empty")]
         account_id: String,
+        /// What else the carrier said about the caller.
+        #[serde(flatten)]
+        caller: CallerInfo,
     },
     /// The caller finished a turn.
     #[serde(rename = "turn.user")]
@@ -197,6 +200,23 @@ impl Event {
             Event::CarrierRecording { .. } => "carrier.recording",
         }
     }
+}
+
+/// What the carrier's webhook said about the caller and the call, when it did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CallerInfo {
+    /// Caller ID name (CNAM), e.g. Twilio `CallerName`, Telnyx `caller_id_name`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub caller_name: String,
+    /// The number the call was forwarded from (Twilio `ForwardedFrom`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub forwarded_from: String,
+    /// `inbound` (or the carrier's word for it).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub direction: String,
+    /// The carrier's id of the parent call, for a call that is a leg of another (Twilio `ParentCallSid`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub parent_call_id: String,
 }
 
 /// A caller turn.

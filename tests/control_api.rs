@@ -348,6 +348,12 @@ async fn documents_are_served_and_the_schema_matches_every_event() {
             carrier: "twilio".into(),
             carrier_call_id: "CA".into(),
             account_id: "AC".into(),
+            caller: CallerInfo {
+                caller_name: "DANA LOPEZ".into(),
+                forwarded_from: "+15550009999".into(),
+                direction: "inbound".into(),
+                parent_call_id: "CA1".into(),
+            },
         },
         Event::TurnUser(UserTurn { turn: 1, start_ms: 1, end_ms: 2, transcript: Some("hi".into()) }),
         Event::TurnAgent(AgentTurn {

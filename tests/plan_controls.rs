@@ -39,10 +39,21 @@ async fn the_plan_can_reject_or_forward_a_twilio_call_without_an_engine() {
     let active = || srv.state.call.capacity.live();
 
     backend.set("call.started", Mode::Json(json!({"reject": {"reason": "busy"}})));
-    let (st, twiml) = webhook(&srv, &params("CA00000000000000000000000000000001", NUMBER_A), None).await;
+    let mut p = params("CA00000000000000000000000000000001", NUMBER_A);
+    p.extend(
+        [("CallerName", "DANA LOPEZ"), ("ForwardedFrom", "+15550009999"), ("Direction", "inbound")]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let (st, twiml) = webhook(&srv, &p, None).await;
     assert_eq!(st, 200);
     assert!(twiml.contains(r#"<Reject reason="busy"/>"#), "{twiml}");
     assert_eq!(ended_reason(&backend, 1).await, "rejected");
+    // The carrier's caller metadata rides in call.started.
+    let started = backend.received().into_iter().find(|e| e.kind() == "call.started").unwrap();
+    assert_eq!(started.body["caller_name"], "DANA LOPEZ");
+    assert_eq!(started.body["forwarded_from"], "+15550009999");
+    assert_eq!(started.body["direction"], "inbound");
+    assert!(started.body.get("parent_call_id").is_none(), "absent when the carrier does not say");
 
     backend.set("call.started", Mode::Json(json!({"reject": {"say": "We are closed <today> & tomorrow."}})));
     let (_, twiml) = webhook(&srv, &params("CA00000000000000000000000000000002", NUMBER_A), None).await;

@@ -33,6 +33,8 @@ pub struct Arrival {
     pub account_id: String,
     /// Whether the carrier's signature on the request was checked.
     pub signed: bool,
+    /// What else the carrier said about the caller.
+    pub caller: crate::contract::CallerInfo,
 }
 
 /// Why a call is not taken.
@@ -116,6 +118,7 @@ pub async fn route_call(s: &Arc<AppState>, a: &Arrival) -> Result<Route, Refusal
             carrier: a.carrier.into(),
             carrier_call_id: a.carrier_call_id.clone(),
             account_id: a.account_id.clone(),
+            caller: a.caller.clone(),
         };
         route.seq_used = 1;
         let env = Envelope::new(&call_id.to_string(), 1, SystemTime::now(), event);

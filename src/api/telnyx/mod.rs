@@ -164,6 +164,8 @@ struct Payload {
     #[serde(default)]
     direction: String,
     #[serde(default)]
+    caller_id_name: String,
+    #[serde(default)]
     client_state: Option<String>,
     #[serde(default)]
     hangup_cause: Option<String>,
@@ -324,6 +326,11 @@ async fn answer_call(s: Arc<AppState>, t: Arc<Telnyx>, p: Payload, signed: bool)
         to: p.to.clone(),
         account_id: p.connection_id.clone(),
         signed,
+        caller: crate::contract::CallerInfo {
+            caller_name: p.caller_id_name.chars().take(64).collect(),
+            direction: p.direction.chars().take(32).collect(),
+            ..Default::default()
+        },
     };
     let route = match route_call(&s, &arrival).await {
         Ok(r) => r,

@@ -155,6 +155,12 @@ pub async fn voice(
         to: to.into(),
         account_id: get("AccountSid").into(),
         signed: validating(&s),
+        caller: crate::contract::CallerInfo {
+            caller_name: get("CallerName").chars().take(64).collect(),
+            forwarded_from: get("ForwardedFrom").chars().take(32).collect(),
+            direction: get("Direction").chars().take(32).collect(),
+            parent_call_id: get("ParentCallSid").chars().take(64).collect(),
+        },
     };
     let route = match route_call(&s, &arrival).await {
         Ok(r) => r,

@@ -164,6 +164,7 @@ pub async fn answer(
         to: to.clone(),
         account_id: get("conversation_uuid"),
         signed: v.secret.is_some(),
+        caller: crate::contract::CallerInfo { direction: "inbound".into(), ..Default::default() },
     };
     let route = match route_call(&s, &arrival).await {
         Ok(r) => r,
