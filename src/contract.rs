@@ -348,6 +348,10 @@ pub struct CallPlan {
     pub metadata: Option<serde_json::Value>,
     /// Refuse the call instead of answering it (`call.ended` reason `rejected`).
     pub reject: Option<RejectPlan>,
+    /// Hang up (after a goodbye line) this many seconds after the call was answered.
+    pub max_duration_s: Option<u32>,
+    /// Hang up (after a goodbye line) when nobody spoke for this many seconds.
+    pub silence_timeout_s: Option<u32>,
     /// Connect the caller straight to this number or SIP URI, with no engine
     /// (`call.ended` reason `forwarded`); it must be within the number's
     /// `transfer_allow`, or the call is answered as usual.

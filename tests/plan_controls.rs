@@ -75,3 +75,45 @@ async fn the_plan_can_reject_or_forward_a_twilio_call_without_an_engine() {
     assert_eq!(active(), 1);
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plans_time_limit_says_goodbye_and_ends_the_call() {
+    use common::net::{Rx, is_loud};
+    let backend = FakeBackend::start().await;
+    backend.set("call.started", Mode::Json(json!({"max_duration_s": 1})));
+    let srv = server(&backend, "").await;
+    let mut tw = call(&srv, 7, NUMBER_A).await;
+    let t0 = tokio::time::Instant::now();
+    // The caller stays silent; the goodbye line plays at 1 s, then the call ends.
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let (mut loud, mut closed) = (0, None);
+    let (mut first_loud, mut last_loud) = (None, Duration::ZERO);
+    while closed.is_none() && t0.elapsed() < Duration::from_secs(12) {
+        tick.tick().await;
+        // The server closes the socket at the end: a send may fail then.
+        use futures_util::SinkExt;
+        let m = tw.peer.media(&[0xFF; 160], 0);
+        let _ = tw.tx.send(tokio_tungstenite::tungstenite::Message::text(m)).await;
+        while let Ok(ev) = tw.rx.try_recv() {
+            match ev {
+                Rx::Msg(at, callbridge_testkit::twilio_peer::ServerMessage::Media(p)) if is_loud(&p) => {
+                    first_loud.get_or_insert(at - t0);
+                    last_loud = at - t0;
+                    loud += 1;
+                }
+                Rx::Closed(c) => closed = Some(c),
+                _ => {}
+            }
+        }
+    }
+    let took = t0.elapsed();
+    assert!(loud > 50, "the goodbye line was heard ({loud} loud messages)");
+    assert_eq!(closed.flatten().map(|c| c.0), Some(1000), "closed normally");
+    // The line starts at 1 s (the stream started just before t0); the call ends after all of it played.
+    let first = first_loud.unwrap();
+    assert!(first > Duration::from_millis(700) && first < Duration::from_millis(1_600), "goodbye at {first:?}");
+    assert!(took >= last_loud + Duration::from_millis(300), "ended {took:?}, last sound {last_loud:?}");
+    assert!(took < Duration::from_secs(9), "{took:?}");
+    assert_eq!(ended_reason(&backend, 1).await, "max_duration");
+    srv.shutdown().await;
+}

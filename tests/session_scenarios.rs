@@ -247,3 +247,65 @@ fn real_speech_fixture_drives_a_turn_with_the_webrtc_vad() {
     let endpoint = Duration::from_millis(callbridge::session::turn::TurnConfig::default().endpoint_silence_ms as u64);
     assert_eq!(lat[0], endpoint, "response latency = endpoint silence with the local engine");
 }
+
+fn limited(max_s: Option<u64>, silence_s: Option<u64>) -> Harness {
+    let mut cfg = energy_config();
+    cfg.agent.max_duration = max_s.map(Duration::from_secs);
+    cfg.agent.silence_timeout = silence_s.map(Duration::from_secs);
+    Harness::new(cfg, LocalClips { greeting: None, reply: Arc::from(vec![1i16; 8000]) })
+}
+
+fn goodbyes(h: &Harness, len: usize) -> usize {
+    h.count(|c| *c == Cmd::Play(len))
+}
+
+#[test]
+fn max_duration_says_goodbye_then_hangs_up_even_mid_conversation() {
+    let prompts = callbridge::session::agent::Prompts::builtin();
+    let (bye, bye_ms) = (prompts.goodbye_time.len(), prompts.goodbye_time.len() as u64 / 8);
+    let mut h = limited(Some(3), None);
+    // The caller talks and the bot answers; at 3 s the goodbye starts, cutting the reply.
+    caller_turn(&mut h, 40);
+    let mut at = None;
+    for _ in 0..200 {
+        if goodbyes(&h, bye) > 0 {
+            at = Some(h.ms());
+            break;
+        }
+        h.frame(&silence());
+    }
+    // 3 s after the stream started (the harness's clock starts after its 100 ms warm-up).
+    let at = at.expect("a goodbye line");
+    assert!((2_880..=3_000).contains(&at), "the goodbye at 3 s ({at} ms)");
+    assert!(h.ended().is_none(), "the goodbye plays first");
+    // It ends once the goodbye had its time (its length + 700 ms).
+    let frames_left = (bye_ms + 700) / 20;
+    h.frames(&tone(LOUD), frames_left as usize - 3);
+    assert!(h.ended().is_none(), "a caller talking over the goodbye does not change when it ends");
+    h.frames(&silence(), 4);
+    assert_eq!(h.ended(), Some(HangupReason::MaxDuration));
+    assert_eq!(HangupReason::MaxDuration.code(), "max_duration");
+}
+
+#[test]
+fn silence_timeout_counts_from_the_last_sound_and_speech_resets_it() {
+    let prompts = callbridge::session::agent::Prompts::builtin();
+    let bye = prompts.goodbye_silence.len();
+    let mut h = limited(None, Some(4));
+    // The caller speaks every 3 s for 12 s: never 4 s of silence (the reply is 1 s).
+    for _ in 0..4 {
+        caller_turn(&mut h, 20);
+        h.frames(&silence(), 130);
+    }
+    assert_eq!(goodbyes(&h, bye), 0, "speech keeps the call open ({} ms)", h.ms());
+    assert!(h.turns_answered() >= 4);
+    // Then nothing: 4 s after the last reply finished playing, the goodbye; then the end.
+    h.frames(&silence(), 250);
+    assert_eq!(goodbyes(&h, bye), 1);
+    h.frames(&silence(), bye / 160 + 40);
+    assert_eq!(h.ended(), Some(HangupReason::SilenceTimeout));
+    // Without limits, a silent call just goes on.
+    let mut h = limited(None, None);
+    h.frames(&silence(), 2_000);
+    assert!(h.ended().is_none());
+}

@@ -30,6 +30,10 @@ pub const BUILTIN_FALLBACK: &[u8] = include_bytes!("../../fixtures/audio/bot_fal
 pub const BUILTIN_APOLOGY: &[u8] = include_bytes!("../../fixtures/audio/bot_apology_8k.wav");
 /// Built-in line for a caller back from a transfer that did not connect.
 pub const BUILTIN_TRANSFER_FAILED: &[u8] = include_bytes!("../../fixtures/audio/bot_transfer_failed_8k.wav");
+/// Built-in goodbye at the plan's time limit.
+pub const BUILTIN_GOODBYE_TIME: &[u8] = include_bytes!("../../fixtures/audio/bot_goodbye_time_8k.wav");
+/// Built-in goodbye after the plan's silence timeout.
+pub const BUILTIN_GOODBYE_SILENCE: &[u8] = include_bytes!("../../fixtures/audio/bot_goodbye_silence_8k.wav");
 
 /// Decode a WAV (any rate our resampler takes) to trimmed 8 kHz PCM.
 pub fn clip_from_wav(bytes: &[u8], origin: &str) -> Result<Arc<[i16]>, LocalEngineError> {
@@ -101,6 +105,8 @@ pub fn load_clip(spec: &str) -> Result<Arc<[i16]>, LocalEngineError> {
         "builtin:fallback" => BUILTIN_FALLBACK.into(),
         "builtin:apology" => BUILTIN_APOLOGY.into(),
         "builtin:transfer_failed" => BUILTIN_TRANSFER_FAILED.into(),
+        "builtin:goodbye_time" => BUILTIN_GOODBYE_TIME.into(),
+        "builtin:goodbye_silence" => BUILTIN_GOODBYE_SILENCE.into(),
         path => std::fs::read(Path::new(path))
             .map_err(|source| LocalEngineError::Io { path: path.to_string(), source })?
             .into(),

@@ -30,6 +30,10 @@ pub struct Prompts {
     pub apology: Arc<[i16]>,
     /// When a transfer did not connect and the caller is back.
     pub transfer_failed: Arc<[i16]>,
+    /// Before hanging up at the plan's `max_duration_s`.
+    pub goodbye_time: Arc<[i16]>,
+    /// Before hanging up after the plan's `silence_timeout_s`.
+    pub goodbye_silence: Arc<[i16]>,
 }
 
 impl Prompts {
@@ -41,6 +45,8 @@ impl Prompts {
             fallback: load("builtin:fallback"),
             apology: load("builtin:apology"),
             transfer_failed: load("builtin:transfer_failed"),
+            goodbye_time: load("builtin:goodbye_time"),
+            goodbye_silence: load("builtin:goodbye_silence"),
         }
     }
 }
@@ -66,6 +72,10 @@ pub struct AgentConfig {
     pub plan_failed: bool,
     /// The call comes back from a failed transfer: say so first.
     pub resumed: bool,
+    /// Hang up (after a goodbye line) this long after the stream started.
+    pub max_duration: Option<Duration>,
+    /// Hang up (after a goodbye line) when nobody spoke for this long.
+    pub silence_timeout: Option<Duration>,
 }
 
 impl Default for AgentConfig {
@@ -79,6 +89,8 @@ impl Default for AgentConfig {
             expect_transcripts: false,
             plan_failed: false,
             resumed: false,
+            max_duration: None,
+            silence_timeout: None,
         }
     }
 }
@@ -165,6 +177,12 @@ impl Agent {
         let mut c = Conversation::new(now);
         c.expect_transcripts(self.cfg.expect_transcripts);
         self.conversation = c;
+    }
+
+    /// The goodbye line before a time limit hangs up.
+    pub(super) fn goodbye(&self, max_duration: bool) -> Arc<[i16]> {
+        let p = &self.cfg.prompts;
+        if max_duration { p.goodbye_time.clone() } else { p.goodbye_silence.clone() }
     }
 
     /// The line to say before anything else: the plan failed, or a transfer did.

@@ -22,6 +22,7 @@ impl Session {
                 self.stream = Some(info);
                 self.phase = Phase::Active;
                 self.agent.started(self.now);
+                self.limits.start(self.now);
                 if let Some(clip) = self.agent.fallback_at_start() {
                     self.cold(Cold::Engine(crate::engine::EngineCommand::Play(clip)));
                 }

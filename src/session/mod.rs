@@ -20,6 +20,7 @@
 pub mod agent;
 pub mod conversation;
 mod inbound;
+mod limits;
 pub mod playback;
 pub mod record;
 pub mod turn;
@@ -101,6 +102,10 @@ pub enum HangupReason {
     Transferred,
     /// The engine is gone for good.
     EngineError,
+    /// The plan's `max_duration_s` was reached (after a goodbye line).
+    MaxDuration,
+    /// Nobody spoke for the plan's `silence_timeout_s` (after a goodbye line).
+    SilenceTimeout,
 }
 
 impl HangupReason {
@@ -112,6 +117,8 @@ impl HangupReason {
             HangupReason::Shutdown => "shutdown",
             HangupReason::Transferred => "transferred",
             HangupReason::EngineError => "engine_error",
+            HangupReason::MaxDuration => "max_duration",
+            HangupReason::SilenceTimeout => "silence_timeout",
         }
     }
 }
@@ -312,6 +319,7 @@ pub struct Session {
     turn_onset: Option<Instant>,
     agent: Agent,
     transferred: bool,
+    limits: limits::TimeLimits,
 }
 
 impl Session {
@@ -324,6 +332,7 @@ impl Session {
         engine: EngineFormat,
         now: Instant,
     ) -> Result<Self, SessionError> {
+        let limits = limits::TimeLimits::new(cfg.agent.max_duration, cfg.agent.silence_timeout);
         let rate = caps.format.rate;
         let frame = crate::audio::frame_samples(rate);
         let mut play_cfg = cfg.playback.clone();
@@ -382,6 +391,7 @@ impl Session {
             pending: VecDeque::with_capacity(16),
             turn_onset: None,
             transferred: false,
+            limits,
         })
     }
 
@@ -462,6 +472,27 @@ impl Session {
         let ev = self.turn.expire(now);
         self.on_turn_event(ev);
         self.agent_timeout();
+        self.limits_tick();
+    }
+
+    /// Time limits: a goodbye line when one is reached, then the end.
+    fn limits_tick(&mut self) {
+        let now = self.now;
+        // A response awaited counts as activity for a while (an engine that never answers does not hold the call open).
+        let awaiting =
+            self.awaiting_response.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(10));
+        let busy = self.turn_onset.is_some() || awaiting || self.playback.is_playing(now);
+        match self.limits.check(now, busy, self.playback.last_play_at()) {
+            limits::LimitEvent::None => {}
+            limits::LimitEvent::Close(reason) => {
+                let clip = self.agent.goodbye(reason == HangupReason::MaxDuration);
+                self.interrupt(None);
+                let len = Duration::from_millis(clip.len() as u64 * 1000 / 8000);
+                self.cold(Cold::Engine(EngineCommand::Play(clip)));
+                self.limits.closing(reason, now, len);
+            }
+            limits::LimitEvent::End(reason) => self.end(reason),
+        }
     }
 
     /// When the session next needs [`Session::handle_timeout`].
@@ -472,7 +503,8 @@ impl Session {
         let release = self.playback.next_release(self.now);
         // Frames normally end turns; the timer only matters if audio stops coming.
         let endpoint = self.turn.endpoint_deadline().map(|d| d + 2 * crate::audio::FRAME);
-        [release, endpoint, self.agent.poll_timeout()].into_iter().flatten().min()
+        let limits = self.limits.deadline(self.playback.last_play_at());
+        [release, endpoint, self.agent.poll_timeout(), limits].into_iter().flatten().min()
     }
 
     /// Next output. Audio is released lazily here, at real time plus the lead.
@@ -584,6 +616,7 @@ impl Session {
 
     fn start_turn(&mut self, onset: Instant) {
         self.turn_onset = Some(onset);
+        self.limits.activity(self.now);
         let run = self.now.saturating_duration_since(onset) + crate::audio::FRAME;
         self.turn_audio.start_turn(run);
         self.turn.start_turn();
@@ -603,6 +636,7 @@ impl Session {
     }
 
     fn end_turn(&mut self, speech_end: Instant, by: EndedBy) {
+        self.limits.activity(self.now);
         self.awaiting_response = Some(speech_end);
         self.awaiting_engine = Some(self.now);
         self.turn_ended = Some((self.now, by));
