@@ -157,6 +157,41 @@ pub enum Event {
     /// The call is over.
     #[serde(rename = "call.ended")]
     CallEnded(CallSummary),
+    /// Where the call is (opt-in: the plan's `events` lists `call.status`):
+    /// `answered` (the media stream started), `transferring`.
+    #[serde(rename = "call.status")]
+    CallStatus {
+        /// `answered`, `transferring`.
+        status: String,
+        /// ms since the call started.
+        at_ms: u64,
+    },
+    /// Someone started speaking (opt-in: `speech`): `caller` (speech onset)
+    /// or `agent` (the bot's audio started playing).
+    #[serde(rename = "speech.started")]
+    SpeechStarted {
+        /// `caller` or `agent`.
+        who: String,
+        /// ms since the call started.
+        at_ms: u64,
+    },
+    /// Someone stopped speaking (opt-in: `speech`).
+    #[serde(rename = "speech.stopped")]
+    SpeechStopped {
+        /// `caller` or `agent`.
+        who: String,
+        /// ms since the call started.
+        at_ms: u64,
+    },
+    /// What the caller is saying so far, when the engine transcribes as they
+    /// speak (opt-in: `transcript.partial`); the final text is in `turn.user`.
+    #[serde(rename = "transcript.partial")]
+    TranscriptPartial {
+        /// The text so far.
+        text: String,
+        /// ms since the call started.
+        at_ms: u64,
+    },
     /// The carrier saved its own recording of the call (Telnyx
     /// `call.recording.saved`). It comes after `call.ended`, so it is sent on
     /// its own, outside the call's sequence: `seq` 0.
@@ -198,6 +233,10 @@ impl Event {
             Event::TransferFailed { .. } => "transfer.failed",
             Event::CallEnded(_) => "call.ended",
             Event::CarrierRecording { .. } => "carrier.recording",
+            Event::CallStatus { .. } => "call.status",
+            Event::SpeechStarted { .. } => "speech.started",
+            Event::SpeechStopped { .. } => "speech.stopped",
+            Event::TranscriptPartial { .. } => "transcript.partial",
         }
     }
 }
@@ -348,6 +387,10 @@ pub struct CallPlan {
     pub metadata: Option<serde_json::Value>,
     /// Refuse the call instead of answering it (`call.ended` reason `rejected`).
     pub reject: Option<RejectPlan>,
+    /// Live events to receive beside the default ones: `call.status`,
+    /// `speech` (`speech.started`/`speech.stopped`), `transcript.partial`.
+    /// Unknown names are ignored.
+    pub events: Vec<String>,
     /// Hang up (after a goodbye line) this many seconds after the call was answered.
     pub max_duration_s: Option<u32>,
     /// Hang up (after a goodbye line) when nobody spoke for this many seconds.

@@ -153,3 +153,55 @@ fn engine_first_audio_is_measured_from_the_end_of_the_turn() {
             .collect();
     assert_eq!(first, vec![Duration::from_millis(300)]);
 }
+
+/// The live events a plan may opt into, in the order a dashboard sees them.
+#[test]
+fn opt_in_live_events_follow_the_call_and_default_off_they_are_absent() {
+    use callbridge::session::agent::LiveEvents;
+    let kinds = |h: &Harness| -> Vec<String> {
+        h.io.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::CallStatus { status, .. } => Some(format!("status:{status}")),
+                Event::SpeechStarted { who, .. } => Some(format!("{who}+")),
+                Event::SpeechStopped { who, .. } => Some(format!("{who}-")),
+                Event::TranscriptPartial { text, .. } => Some(format!("partial:{text}")),
+                Event::TurnUser(_) => Some("turn.user".into()),
+                Event::TurnAgent(_) => Some("turn.agent".into()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut cfg = with_backend();
+    cfg.agent.live = LiveEvents { status: true, speech: true, partial: true };
+    let mut h = Harness::new(cfg, LocalClips { greeting: None, reply: Arc::from(vec![1000i16; 4000]) });
+    h.frames(&tone(-20.0), 30);
+    h.engine_event(EngineEvent::CallerTranscript { text: "my sink".into(), is_final: false });
+    h.frames(&silence(), 25 + 40);
+    let got = kinds(&h);
+    assert_eq!(
+        got,
+        ["status:answered", "caller+", "partial:my sink", "caller-", "turn.user", "agent+", "agent-", "turn.agent"],
+        "{got:?}"
+    );
+    // The times line up: the caller's speech before the agent's.
+    let at = |want: &str| {
+        h.io.events
+            .iter()
+            .find_map(|e| match e {
+                Event::SpeechStarted { who, at_ms } if who == want => Some(*at_ms),
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert!(at("caller") < at("agent"));
+    // A transfer under way is a status too.
+    h.control(callbridge::session::ControlCommand::Transferred);
+    assert_eq!(kinds(&h).last().unwrap(), "status:transferring");
+    // Not asked for: none of them.
+    let mut h = Harness::new(with_backend(), LocalClips { greeting: None, reply: Arc::from(vec![1000i16; 4000]) });
+    h.frames(&tone(-20.0), 30);
+    h.engine_event(EngineEvent::CallerTranscript { text: "my sink".into(), is_final: false });
+    h.frames(&silence(), 25 + 40);
+    assert_eq!(kinds(&h), ["turn.user", "turn.agent"]);
+}

@@ -373,6 +373,10 @@ async fn documents_are_served_and_the_schema_matches_every_event() {
         Event::Error { source: "engine".into(), code: "response_failed".into(), message: "m".into() },
         Event::TransferCompleted { to: "+15557654321".into(), status: "completed".into() },
         Event::TransferFailed { to: "+15557654321".into(), status: "busy".into() },
+        Event::CallStatus { status: "answered".into(), at_ms: 0 },
+        Event::SpeechStarted { who: "caller".into(), at_ms: 1 },
+        Event::SpeechStopped { who: "agent".into(), at_ms: 2 },
+        Event::TranscriptPartial { text: "my sink".into(), at_ms: 3 },
         Event::CarrierRecording {
             carrier: "telnyx".into(),
             carrier_call_id: "v3:x".into(),

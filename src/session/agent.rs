@@ -72,6 +72,8 @@ pub struct AgentConfig {
     pub plan_failed: bool,
     /// The call comes back from a failed transfer: say so first.
     pub resumed: bool,
+    /// Live events the plan asked for.
+    pub live: LiveEvents,
     /// Hang up (after a goodbye line) this long after the stream started.
     pub max_duration: Option<Duration>,
     /// Hang up (after a goodbye line) when nobody spoke for this long.
@@ -89,9 +91,29 @@ impl Default for AgentConfig {
             expect_transcripts: false,
             plan_failed: false,
             resumed: false,
+            live: LiveEvents::default(),
             max_duration: None,
             silence_timeout: None,
         }
+    }
+}
+
+/// Opt-in live events (the plan's `events`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveEvents {
+    /// `call.status`.
+    pub status: bool,
+    /// `speech.started` / `speech.stopped`.
+    pub speech: bool,
+    /// `transcript.partial`.
+    pub partial: bool,
+}
+
+impl LiveEvents {
+    /// From the plan's list of names (unknown ones ignored).
+    pub fn from_names(names: &[String]) -> Self {
+        let has = |n: &str| names.iter().any(|x| x == n);
+        Self { status: has("call.status"), speech: has("speech"), partial: has("transcript.partial") }
     }
 }
 
@@ -172,6 +194,11 @@ impl Agent {
         self.cfg.events
     }
 
+    /// The live events wanted (none unless events are on).
+    pub(super) fn live(&self) -> LiveEvents {
+        if self.cfg.events { self.cfg.live } else { LiveEvents::default() }
+    }
+
     /// The stream started: the conversation's clock starts now.
     pub(super) fn started(&mut self, now: Instant) {
         let mut c = Conversation::new(now);
@@ -235,7 +262,12 @@ impl Session {
                     self.cold(Cold::Event(ev));
                 }
             }
-            EngineEvent::CallerTranscript { is_final: false, .. } => {}
+            EngineEvent::CallerTranscript { text, is_final: false } => {
+                if self.agent.live().partial {
+                    let at_ms = self.agent.conversation.at_ms(self.now);
+                    self.cold(Cold::Event(Event::TranscriptPartial { text, at_ms }));
+                }
+            }
             EngineEvent::ToolCall { call_id, name, arguments } => self.tool_call(call_id, name, arguments),
             EngineEvent::Reconnected => {
                 self.incident(

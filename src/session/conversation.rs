@@ -50,6 +50,11 @@ pub fn heard_prefix(text: &str, heard_ms: u32, sent_ms: u32) -> String {
 }
 
 impl Conversation {
+    /// ms since the call started, at `t`.
+    pub fn at_ms(&self, t: Instant) -> u64 {
+        ms(self.origin, t)
+    }
+
     /// A conversation whose clock starts at `origin` (the stream's start).
     pub fn new(origin: Instant) -> Self {
         Self {

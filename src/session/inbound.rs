@@ -23,6 +23,10 @@ impl Session {
                 self.phase = Phase::Active;
                 self.agent.started(self.now);
                 self.limits.start(self.now);
+                if self.agent.live().status {
+                    let at_ms = self.agent.conversation.at_ms(self.now);
+                    self.cold(Cold::Event(crate::contract::Event::CallStatus { status: "answered".into(), at_ms }));
+                }
                 if let Some(clip) = self.agent.fallback_at_start() {
                     self.cold(Cold::Engine(crate::engine::EngineCommand::Play(clip)));
                 }

@@ -542,6 +542,10 @@ impl Session {
         let ahead =
             play_at.saturating_duration_since(now).as_micros() as u64 * self.caps.format.rate as u64 / 1_000_000;
         self.echo.on_played(ahead, self.playback.frame());
+        if released.first {
+            let speech = self.agent.live().speech;
+            self.live(speech, |at_ms| Event::SpeechStarted { who: "agent".into(), at_ms }, play_at);
+        }
         if let (true, Some(speech_end)) = (released.first, self.awaiting_response) {
             self.awaiting_response = None;
             self.telemetry(Telemetry::ResponseLatency(now.saturating_duration_since(speech_end)));
@@ -604,6 +608,8 @@ impl Session {
     /// cut off before any of its audio went out).
     fn finished(&mut self, r: &Interrupted, interrupted: bool) {
         if let Some(started) = r.started {
+            let speech = self.agent.live().speech;
+            self.live(speech, |at_ms| Event::SpeechStopped { who: "agent".into(), at_ms }, self.now);
             self.telemetry(Telemetry::ResponseFinished {
                 response: r.response,
                 started,
@@ -614,9 +620,19 @@ impl Session {
         }
     }
 
+    /// A live event, when the plan asked for its kind.
+    fn live(&mut self, on: bool, ev: impl FnOnce(u64) -> Event, at: Instant) {
+        if on {
+            let at_ms = self.agent.conversation.at_ms(at);
+            self.cold(Cold::Event(ev(at_ms)));
+        }
+    }
+
     fn start_turn(&mut self, onset: Instant) {
         self.turn_onset = Some(onset);
         self.limits.activity(self.now);
+        let speech = self.agent.live().speech;
+        self.live(speech, |at_ms| Event::SpeechStarted { who: "caller".into(), at_ms }, onset);
         let run = self.now.saturating_duration_since(onset) + crate::audio::FRAME;
         self.turn_audio.start_turn(run);
         self.turn.start_turn();
@@ -637,6 +653,8 @@ impl Session {
 
     fn end_turn(&mut self, speech_end: Instant, by: EndedBy) {
         self.limits.activity(self.now);
+        let speech = self.agent.live().speech;
+        self.live(speech, |at_ms| Event::SpeechStopped { who: "caller".into(), at_ms }, speech_end);
         self.awaiting_response = Some(speech_end);
         self.awaiting_engine = Some(self.now);
         self.turn_ended = Some((self.now, by));
@@ -720,6 +738,8 @@ impl Session {
             ControlCommand::Shutdown => self.end(HangupReason::Shutdown),
             ControlCommand::Transferred => {
                 self.transferred = true;
+                let status = self.agent.live().status;
+                self.live(status, |at_ms| Event::CallStatus { status: "transferring".into(), at_ms }, self.now);
                 if !self.caps.stream_ends_on_transfer {
                     self.end(HangupReason::Transferred);
                 }

@@ -185,6 +185,7 @@ pub(super) fn admit(
             expect_transcripts: engine.transcribes_caller(),
             plan_failed: route.plan_failed,
             resumed,
+            live: crate::session::agent::LiveEvents::from_names(&route.plan.events),
             max_duration: route.plan.max_duration_s.map(|s| std::time::Duration::from_secs(s.into())),
             silence_timeout: route.plan.silence_timeout_s.map(|s| std::time::Duration::from_secs(s.into())),
         },
