@@ -233,24 +233,10 @@ async fn a_telnyx_call_is_answered_talks_barges_in_and_hangs_up() {
     assert!(cleared, "barge-in sent {{\"event\":\"clear\"}}");
 
     // Hang-up from the control API: the stream closes and Call Control hangs the call up.
-    let calls: Value = reqwest::Client::new()
-        .get(format!("http://{}/v1/calls", rig.srv.addr))
-        .bearer_auth("tenant-a-token")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = calls["calls"][0]["call_id"].as_str().expect("the live call is listed").to_string();
-    assert_eq!(calls["calls"][0]["carrier"], "telnyx");
-    let r = reqwest::Client::new()
-        .post(format!("http://{}/v1/calls/{id}/hangup", rig.srv.addr))
-        .bearer_auth("tenant-a-token")
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
+    let (id, listed) = common::net::first_live_call(rig.srv.addr, "tenant-a-token").await;
+    assert_eq!(listed["carrier"], "telnyx");
+    let st = common::net::call_action(rig.srv.addr, "tenant-a-token", &id, "hangup", None).await;
+    assert!((200..300).contains(&st), "{st}");
     let (_, closed) = drain(&mut ws, &peer, Duration::from_secs(3)).await;
     assert_eq!(closed, Some(1000));
     let hangup = rig.backend.wait_telnyx("hangup", Duration::from_secs(3)).await;
@@ -360,30 +346,9 @@ async fn a_transfer_goes_through_call_control_and_its_bridge_settles_the_call() 
     let mut ws = open(&rig).await;
     send(&mut ws, peer.connected()).await;
     send(&mut ws, peer.start("+15557770000", NUMBER, answer.body["client_state"].as_str().unwrap())).await;
-    let http = reqwest::Client::new();
-    let id = loop {
-        let calls: Value = http
-            .get(format!("http://{}/v1/calls", rig.srv.addr))
-            .bearer_auth("tenant-a-token")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if let Some(id) = calls["calls"][0]["call_id"].as_str() {
-            break id.to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let r = http
-        .post(format!("http://{}/v1/calls/{id}/transfer", rig.srv.addr))
-        .bearer_auth("tenant-a-token")
-        .json(&json!({"to": "+15557654321"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
+    let (id, _) = common::net::first_live_call(rig.srv.addr, "tenant-a-token").await;
+    let to = json!({"to": "+15557654321"});
+    assert_eq!(common::net::call_action(rig.srv.addr, "tenant-a-token", &id, "transfer", Some(to)).await, 202);
     let transfer = rig.backend.wait_telnyx("transfer", Duration::from_secs(3)).await;
     assert_eq!(transfer.call_control_id, peer.call_control_id);
     assert_eq!(transfer.body["to"], "+15557654321");

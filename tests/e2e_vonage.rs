@@ -196,24 +196,9 @@ async fn a_vonage_call_is_connected_talks_barges_in_and_hangs_up() {
     }
     assert!(cleared, "barge-in sent {{\"action\":\"clear\"}}");
 
-    let http = reqwest::Client::new();
-    let calls: Value = http
-        .get(format!("http://{}/v1/calls", rig.srv.addr))
-        .bearer_auth("tenant-a-token")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = calls["calls"][0]["call_id"].as_str().unwrap().to_string();
-    let r = http
-        .post(format!("http://{}/v1/calls/{id}/hangup", rig.srv.addr))
-        .bearer_auth("tenant-a-token")
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    let (id, _) = common::net::first_live_call(rig.srv.addr, "tenant-a-token").await;
+    let st = common::net::call_action(rig.srv.addr, "tenant-a-token", &id, "hangup", None).await;
+    assert!((200..300).contains(&st), "{st}");
     let (_, closed) = drain(&mut ws, &peer, Duration::from_secs(3)).await;
     assert_eq!(closed, Some(1000));
     let hangup = rig.backend.wait_vonage("hangup", Duration::from_secs(3)).await;
@@ -291,30 +276,9 @@ async fn a_transfer_runs_a_new_ncco_and_its_answer_settles_the_call() {
     let peer = VonagePeer::new(5, 8000);
     let (_, ncco) = answer(&rig, &peer, NUMBER, now_s()).await;
     let mut ws = connect(&rig, &peer, &ncco).await;
-    let http = reqwest::Client::new();
-    let id = loop {
-        let calls: Value = http
-            .get(format!("http://{}/v1/calls", rig.srv.addr))
-            .bearer_auth("tenant-a-token")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if let Some(id) = calls["calls"][0]["call_id"].as_str() {
-            break id.to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let r = http
-        .post(format!("http://{}/v1/calls/{id}/transfer", rig.srv.addr))
-        .bearer_auth("tenant-a-token")
-        .json(&json!({"to": "+15557654321"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
+    let (id, _) = common::net::first_live_call(rig.srv.addr, "tenant-a-token").await;
+    let to = json!({"to": "+15557654321"});
+    assert_eq!(common::net::call_action(rig.srv.addr, "tenant-a-token", &id, "transfer", Some(to)).await, 202);
     let t = rig.backend.wait_vonage("transfer", Duration::from_secs(3)).await;
     assert_eq!(t.call_control_id, peer.uuid);
     let ncco = &t.body["destination"]["ncco"][0];

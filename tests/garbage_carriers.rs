@@ -21,47 +21,7 @@ use callbridge_testkit::harness::{Cmd, SpyEngine, VecIo};
 use callbridge_testkit::telnyx_peer::TelnyxPeer;
 use callbridge_testkit::vonage_peer::VonagePeer;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-const ALPHABET: &[u8] = br#"{}[]:,"\0123456789abcdefAZ+/=-. eE\u"#;
-
-fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
-    let mut b = base.to_vec();
-    for _ in 0..1 + rng.below(4) {
-        match rng.below(4) {
-            0 if !b.is_empty() => {
-                let i = rng.below(b.len());
-                b[i] = ALPHABET[rng.below(ALPHABET.len())];
-            }
-            1 if !b.is_empty() => {
-                let i = rng.below(b.len());
-                b.truncate(i);
-            }
-            2 => {
-                let i = rng.below(b.len() + 1);
-                b.insert(i, ALPHABET[rng.below(ALPHABET.len())]);
-            }
-            _ if !b.is_empty() => {
-                let i = rng.below(b.len());
-                b.remove(i);
-            }
-            _ => {}
-        }
-    }
-    b
-}
+use callbridge_testkit::mutate::{Rng, mutate};
 
 fn golden(path: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)

@@ -17,47 +17,7 @@ use callbridge::session::{Session, SessionConfig};
 use callbridge_testkit::harness::{Cmd, SpyEngine, VecIo};
 use callbridge_testkit::twilio_peer::TwilioPeer;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-const ALPHABET: &[u8] = br#"{}[]:,"\0123456789abcdefAZ+/=-. eE\u"#;
-
-fn mutate(rng: &mut Rng, base: &str) -> String {
-    let mut b = base.as_bytes().to_vec();
-    for _ in 0..1 + rng.below(4) {
-        match rng.below(4) {
-            0 if !b.is_empty() => {
-                let i = rng.below(b.len());
-                b[i] = ALPHABET[rng.below(ALPHABET.len())];
-            }
-            1 if !b.is_empty() => {
-                let i = rng.below(b.len());
-                b.truncate(i);
-            }
-            2 => {
-                let i = rng.below(b.len() + 1);
-                b.insert(i, ALPHABET[rng.below(ALPHABET.len())]);
-            }
-            _ if !b.is_empty() => {
-                let i = rng.below(b.len());
-                b.remove(i);
-            }
-            _ => {}
-        }
-    }
-    String::from_utf8_lossy(&b).into_owned()
-}
+use callbridge_testkit::mutate::{Rng, mutate_text};
 
 #[test]
 fn mutated_messages_never_panic_and_surviving_calls_still_answer() {
@@ -106,7 +66,7 @@ fn mutated_messages_never_panic_and_surviving_calls_still_answer() {
             now += Duration::from_millis(20);
             let pool = if round % 4 == 0 { &mid_call } else { &bases };
             let base = &pool[rng.below(pool.len())];
-            let msg = mutate(&mut rng, base);
+            let msg = mutate_text(&mut rng, base);
             match call.on_wire(now, WireIn::Text(&msg), &mut io) {
                 Ok(()) => ok += 1,
                 Err(f) => {

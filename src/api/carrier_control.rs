@@ -34,6 +34,36 @@ pub enum ControlError {
     Unreachable(String),
 }
 
+/// Send one carrier REST request (10 s budget) and map its outcome: 2xx is
+/// done; `gone(status, body)` says the call no longer exists; anything else
+/// is refused with `message(body)` (cut to 300 characters). URLs never reach
+/// the error text (they carry account ids).
+pub async fn send(
+    req: reqwest::RequestBuilder,
+    gone: impl Fn(u16, &serde_json::Value) -> bool,
+    message: impl Fn(&serde_json::Value) -> String,
+) -> Result<(), ControlError> {
+    let resp = req
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| ControlError::Unreachable(e.without_url().to_string()))?;
+    let status = resp.status().as_u16();
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if gone(status, &body) {
+        return Err(ControlError::CallGone);
+    }
+    Err(ControlError::Refused { status, message: message(&body).chars().take(300).collect() })
+}
+
+/// `title: detail` of a JSON error, as Telnyx and Vonage give them.
+pub fn title_and_detail(e: &serde_json::Value) -> String {
+    [e["title"].as_str(), e["detail"].as_str()].into_iter().flatten().collect::<Vec<_>>().join(": ")
+}
+
 /// A boxed future (the trait is object-safe).
 pub type ControlFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ControlError>> + Send + 'a>>;
 

@@ -217,3 +217,40 @@ pub fn is_loud(ulaw: &[u8]) -> bool {
     g711::ulaw_decode(ulaw, &mut pcm);
     callbridge::audio::vad::EnergyGate::level_dbfs(&pcm) > -45.0
 }
+
+/// The first live call the tenant with `token` sees, waiting up to 3 s for it:
+/// its id and its listing.
+pub async fn first_live_call(addr: SocketAddr, token: &str) -> (String, serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let calls: serde_json::Value = reqwest::Client::new()
+            .get(format!("http://{addr}/v1/calls"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(id) = calls["calls"][0]["call_id"].as_str() {
+            return (id.to_string(), calls["calls"][0].clone());
+        }
+        assert!(Instant::now() < deadline, "no live call listed: {calls}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `POST /v1/calls/{id}/{action}` with the tenant's token (and a JSON body); the status.
+pub async fn call_action(
+    addr: SocketAddr,
+    token: &str,
+    id: &str,
+    action: &str,
+    body: Option<serde_json::Value>,
+) -> u16 {
+    let mut req = reqwest::Client::new().post(format!("http://{addr}/v1/calls/{id}/{action}")).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    req.send().await.unwrap().status().as_u16()
+}

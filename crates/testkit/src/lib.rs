@@ -6,6 +6,7 @@
 //!   and how it reads ours).
 //! - [`telnyx_peer`]: Telnyx's side of media streaming.
 //! - [`vonage_peer`]: Vonage's side of the Voice API WebSocket.
+//! - [`mutate`]: deterministic mutation of real messages (garbage-input tests).
 //! - [`fake_realtime`]: a FAKE OpenAI Realtime server on loopback.
 //! - [`harness`]: the real call loop driven in virtual time over a FAKE carrier.
 //! - [`mem_call`]: a Twilio call through the real call loop over an in-memory WebSocket.
@@ -17,6 +18,7 @@
 pub mod fake_realtime;
 pub mod harness;
 pub mod mem_call;
+pub mod mutate;
 pub mod telnyx_peer;
 pub mod turn_eval;
 pub mod twilio_peer;

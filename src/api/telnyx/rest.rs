@@ -10,8 +10,6 @@
 //! ([`ControlError::CallGone`]). The base URL is configurable so tests use a
 //! fake Call Control server on loopback.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
 use crate::api::carrier_control::{CarrierControl, ControlError, ControlFuture, TransferTarget};
@@ -51,33 +49,14 @@ impl TelnyxRest {
             body["command_id"] = Value::String(format!("cb-{action}-{}", crate::ids::CallId::random()));
         }
         let url = format!("{}/v2/calls/{call_control_id}/actions/{action}", self.base);
-        let resp = self
-            .http
-            .post(&url)
-            .bearer_auth(key)
-            .json(&body)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|e| ControlError::Unreachable(e.without_url().to_string()))?;
-        let status = resp.status().as_u16();
-        if (200..300).contains(&status) {
-            return Ok(());
-        }
-        let body: Value = resp.json().await.unwrap_or_default();
-        let first = &body["errors"][0];
-        if status == 404 || first["code"] == "90018" || first["code"] == 90018 {
-            return Err(ControlError::CallGone);
-        }
-        let message = [first["title"].as_str(), first["detail"].as_str()]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(": ")
-            .chars()
-            .take(300)
-            .collect();
-        Err(ControlError::Refused { status, message })
+        let req = self.http.post(&url).bearer_auth(key).json(&body);
+        crate::api::carrier_control::send(
+            req,
+            // An ended call: 422 with error code 90018.
+            |status, body| status == 404 || body["errors"][0]["code"] == "90018" || body["errors"][0]["code"] == 90018,
+            |body| crate::api::carrier_control::title_and_detail(&body["errors"][0]),
+        )
+        .await
     }
 
     /// Answer the call and stream it to `stream_url` both ways in `codec`, the

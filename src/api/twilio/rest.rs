@@ -7,8 +7,6 @@
 //! SID + auth token. The base URL is configurable so tests use a fake on
 //! loopback.
 
-use std::time::Duration;
-
 use super::xml_escape;
 use crate::api::carrier_control::{CarrierControl, ControlError, ControlFuture, TransferTarget};
 use crate::runtime::registry::CallDetails;
@@ -66,25 +64,13 @@ impl TwilioRest {
         })?;
         let user = if user.is_empty() { account_sid } else { user.as_str() };
         let url = format!("{}/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json", self.base);
-        let resp = self
-            .http
-            .post(&url)
-            .basic_auth(user, Some(pass))
-            .form(&[("Twiml", twiml)])
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|e| ControlError::Unreachable(e.without_url().to_string()))?;
-        let status = resp.status().as_u16();
-        if (200..300).contains(&status) {
-            return Ok(());
-        }
-        let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        if status == 404 || body["code"] == 20404 {
-            return Err(ControlError::CallGone);
-        }
-        let message = body["message"].as_str().unwrap_or("").chars().take(300).collect();
-        Err(ControlError::Refused { status, message })
+        let req = self.http.post(&url).basic_auth(user, Some(pass)).form(&[("Twiml", twiml)]);
+        crate::api::carrier_control::send(
+            req,
+            |status, body| status == 404 || body["code"] == 20404,
+            |body| body["message"].as_str().unwrap_or("").to_string(),
+        )
+        .await
     }
 }
 

@@ -4,7 +4,7 @@
 //! key; and Vonage's [`CarrierControl`]. The base URL is configurable so tests
 //! use a fake on loopback.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
@@ -44,32 +44,13 @@ impl VonageRest {
         if !valid_uuid(uuid) {
             return Err(ControlError::NoCarrierCall);
         }
-        let resp = self
+        let req = self
             .http
             .put(format!("{}/v1/calls/{uuid}", self.base))
             .bearer_auth(key.token(SystemTime::now()))
-            .json(&body)
-            .timeout(Duration::from_secs(10))
-            .send()
+            .json(&body);
+        crate::api::carrier_control::send(req, |status, _| status == 404, crate::api::carrier_control::title_and_detail)
             .await
-            .map_err(|e| ControlError::Unreachable(e.without_url().to_string()))?;
-        let status = resp.status().as_u16();
-        if (200..300).contains(&status) {
-            return Ok(());
-        }
-        let body: Value = resp.json().await.unwrap_or_default();
-        if status == 404 {
-            return Err(ControlError::CallGone);
-        }
-        let message = [body["title"].as_str(), body["detail"].as_str()]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(": ")
-            .chars()
-            .take(300)
-            .collect();
-        Err(ControlError::Refused { status, message })
     }
 
     /// Hang call `uuid` up.
