@@ -136,6 +136,48 @@ impl WireOut {
     }
 }
 
+/// Why a base64 media payload was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PayloadError {
+    /// Nothing in it.
+    Empty,
+    /// Over the limit (decoded bytes, estimated from the base64 length if refused before decoding).
+    TooLarge(usize),
+    /// Not base64.
+    BadBase64,
+}
+
+/// Decode a carrier's base64 media `payload` into `raw`, refusing more than
+/// `max` decoded bytes before decoding anything. `raw` and `pcm` grow (never
+/// beyond the limit) only if a payload is bigger than any before, so a
+/// steady stream allocates nothing. Returns the decoded length.
+pub(crate) fn decode_payload(
+    payload: &str,
+    max: usize,
+    raw: &mut Vec<u8>,
+    pcm: &mut Vec<i16>,
+) -> Result<usize, PayloadError> {
+    use base64::Engine as _;
+    if payload.is_empty() {
+        return Err(PayloadError::Empty);
+    }
+    if payload.len() > max.div_ceil(3) * 4 {
+        return Err(PayloadError::TooLarge(payload.len() / 4 * 3));
+    }
+    let need = payload.len() / 4 * 3 + 3;
+    if need > raw.len() {
+        raw.resize(need, 0);
+        pcm.resize(need, 0);
+    }
+    let n = base64::engine::general_purpose::STANDARD
+        .decode_slice(payload.as_bytes(), raw)
+        .map_err(|_| PayloadError::BadBase64)?;
+    if n > max {
+        return Err(PayloadError::TooLarge(n));
+    }
+    Ok(n)
+}
+
 /// Append `bytes` as standard base64 (with padding) to `buf`.
 pub fn put_base64(buf: &mut BytesMut, bytes: &[u8]) {
     use base64::Engine as _;

@@ -37,8 +37,8 @@ use serde::Deserialize;
 use super::json::{Num, opt_cow};
 use super::wire::put_base64;
 use super::{
-    AudioEncoding, AudioFormat, AudioIn, Capabilities, Carrier, CarrierCommand, CarrierError, CarrierEvent, Severity,
-    StreamInfo, WireIn, WireOut, close,
+    AudioEncoding, AudioFormat, AudioIn, Capabilities, Carrier, CarrierCommand, CarrierError, CarrierEvent,
+    PayloadError, Severity, StreamInfo, WireIn, WireOut, close, decode_payload,
 };
 use crate::audio::g711;
 use crate::ids::MarkId;
@@ -386,22 +386,12 @@ impl TelnyxCodec {
                     return Ok(CarrierEvent::Ignored);
                 }
                 let payload = media.payload.ok_or(TelnyxError::Missing("media.payload"))?;
-                if payload.is_empty() {
-                    return Err(TelnyxError::EmptyPayload);
-                }
-                let max_b64 = self.limits.max_payload_bytes.div_ceil(3) * 4;
-                if payload.len() > max_b64 {
-                    return Err(TelnyxError::PayloadTooLarge(payload.len() / 4 * 3));
-                }
-                let need = payload.len() / 4 * 3 + 3;
-                if need > self.g711.len() {
-                    self.g711.resize(need, 0);
-                    self.pcm.resize(need, 0);
-                }
-                let n = B64.decode_slice(payload.as_bytes(), &mut self.g711).map_err(|_| TelnyxError::BadBase64)?;
-                if n > self.limits.max_payload_bytes {
-                    return Err(TelnyxError::PayloadTooLarge(n));
-                }
+                let n = decode_payload(&payload, self.limits.max_payload_bytes, &mut self.g711, &mut self.pcm)
+                    .map_err(|e| match e {
+                        PayloadError::Empty => TelnyxError::EmptyPayload,
+                        PayloadError::TooLarge(n) => TelnyxError::PayloadTooLarge(n),
+                        PayloadError::BadBase64 => TelnyxError::BadBase64,
+                    })?;
                 let timestamp_ms = media.timestamp.0;
                 let Some(chunk) = media.chunk.0.or(raw.sequence_number.0) else {
                     // Nothing to order by: play as it comes.

@@ -19,15 +19,13 @@ pub mod signature;
 
 use std::borrow::Cow;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 
 use super::json::{Num, opt_cow};
 use super::wire::put_base64;
 use super::{
-    AudioFormat, AudioIn, Capabilities, Carrier, CarrierCommand, CarrierError, CarrierEvent, Severity, StreamInfo,
-    WireIn, WireOut, close,
+    AudioFormat, AudioIn, Capabilities, Carrier, CarrierCommand, CarrierError, CarrierEvent, PayloadError, Severity,
+    StreamInfo, WireIn, WireOut, close, decode_payload,
 };
 use crate::audio::g711;
 use crate::ids::MarkId;
@@ -274,22 +272,12 @@ impl TwilioCodec {
                     return Ok(CarrierEvent::Ignored);
                 }
                 let payload = media.payload.ok_or(TwilioError::Missing("media.payload"))?;
-                if payload.is_empty() {
-                    return Err(TwilioError::EmptyPayload);
-                }
-                let max_b64 = self.limits.max_payload_bytes.div_ceil(3) * 4;
-                if payload.len() > max_b64 {
-                    return Err(TwilioError::PayloadTooLarge(payload.len() / 4 * 3));
-                }
-                let need = payload.len() / 4 * 3 + 3;
-                if need > self.ulaw.len() {
-                    self.ulaw.resize(need, 0);
-                    self.pcm.resize(need, 0);
-                }
-                let n = B64.decode_slice(payload.as_bytes(), &mut self.ulaw).map_err(|_| TwilioError::BadBase64)?;
-                if n > self.limits.max_payload_bytes {
-                    return Err(TwilioError::PayloadTooLarge(n));
-                }
+                let n = decode_payload(&payload, self.limits.max_payload_bytes, &mut self.ulaw, &mut self.pcm)
+                    .map_err(|e| match e {
+                        PayloadError::Empty => TwilioError::EmptyPayload,
+                        PayloadError::TooLarge(n) => TwilioError::PayloadTooLarge(n),
+                        PayloadError::BadBase64 => TwilioError::BadBase64,
+                    })?;
                 g711::ulaw_decode(&self.ulaw[..n], &mut self.pcm);
                 Ok(CarrierEvent::Audio(AudioIn {
                     pcm: &self.pcm[..n],
@@ -436,6 +424,8 @@ impl Carrier for TwilioCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as B64;
 
     fn started() -> TwilioCodec {
         let mut c = TwilioCodec::new(TwilioLimits::default());
