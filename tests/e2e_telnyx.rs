@@ -296,13 +296,8 @@ async fn webhooks_must_be_signed_fresh_and_streams_must_bring_their_token() {
     let twilio_number = TelnyxPeer::new(6);
     let body = event("ev-6", "call.initiated", initiated(&twilio_number, "+15550003333"));
     assert_eq!(post(&rig, &body, now_s(), None).await, 200);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !rig.backend.telnyx_actions().iter().any(|a| a.call_control_id == twilio_number.call_control_id) {
-        assert!(Instant::now() < deadline, "no Call Control command for the Twilio number");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let cmds = rig.backend.telnyx_actions();
-    let cmd = cmds.iter().find(|a| a.call_control_id == twilio_number.call_control_id).unwrap();
+    let cmd =
+        rig.backend.wait_command(Duration::from_secs(3), |a| a.call_control_id == twilio_number.call_control_id).await;
     assert_eq!((cmd.action.as_str(), cmd.body["cause"].as_str()), ("reject", Some("CALL_REJECTED")));
     assert_eq!(rig.srv.metric("callbridge_calls_rejected_total", &[("reason", "wrong_carrier")]), 1.0);
 

@@ -21,15 +21,11 @@ fn params(sid: &str, to: &str) -> Vec<(String, String)> {
 }
 
 async fn ended_reason(backend: &FakeBackend, n: usize) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        let ended: Vec<_> = backend.received().into_iter().filter(|e| e.kind() == "call.ended").collect();
-        if ended.len() >= n {
-            return ended[n - 1].body["reason"].as_str().unwrap().to_string();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no call.ended #{n}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let ended = |r: &[common::backend::Received]| -> Vec<String> {
+        r.iter().filter(|e| e.kind() == "call.ended").map(|e| e.body["reason"].as_str().unwrap().to_string()).collect()
+    };
+    let got = backend.wait_received(Duration::from_secs(3), |r| ended(r).len() >= n).await;
+    ended(&got)[n - 1].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,25 +138,48 @@ impl FakeBackend {
 
     /// Wait (bounded) until the fake Vonage received `action`; returns it.
     pub async fn wait_vonage(&self, action: &str, within: Duration) -> CarrierAction {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(a) = self.vonage_updates().into_iter().find(|a| a.action == action) {
-                return a;
-            }
-            assert!(Instant::now() < deadline, "no Vonage {action} within {within:?}: {:?}", self.vonage_updates());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.wait_action(within, |g| g.vonage_updates.iter().find(|a| a.action == action).cloned()).await
     }
 
     /// Wait (bounded) until the fake Telnyx received `action`; returns it.
     pub async fn wait_telnyx(&self, action: &str, within: Duration) -> CarrierAction {
-        let deadline = Instant::now() + within;
+        self.wait_action(within, |g| g.telnyx_actions.iter().find(|a| a.action == action).cloned()).await
+    }
+
+    /// Wait (bounded) until a carrier command matching `pred` arrived (Telnyx or Vonage); returns it.
+    pub async fn wait_command(&self, within: Duration, pred: impl Fn(&CarrierAction) -> bool) -> CarrierAction {
+        self.wait_action(within, |g| g.telnyx_actions.iter().chain(&g.vonage_updates).find(|a| pred(a)).cloned()).await
+    }
+
+    /// Wait (bounded) until the callbacks received satisfy `done`; returns them.
+    pub async fn wait_received(&self, within: Duration, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + within;
+        let arrived = self.inner.lock().unwrap().arrived.clone();
         loop {
-            if let Some(a) = self.telnyx_actions().into_iter().find(|a| a.action == action) {
+            let notified = arrived.notified();
+            let r = self.received();
+            if done(&r) {
+                return r;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("not within {within:?}: {:?}", r.iter().map(|e| e.kind().to_string()).collect::<Vec<_>>());
+            }
+        }
+    }
+
+    async fn wait_action(&self, within: Duration, find: impl Fn(&Inner) -> Option<CarrierAction>) -> CarrierAction {
+        let deadline = tokio::time::Instant::now() + within;
+        let arrived = self.inner.lock().unwrap().arrived.clone();
+        loop {
+            // Register before looking, so an arrival in between is not missed.
+            let notified = arrived.notified();
+            if let Some(a) = find(&self.inner.lock().unwrap()) {
                 return a;
             }
-            assert!(Instant::now() < deadline, "no Telnyx {action} within {within:?}: {:?}", self.telnyx_actions());
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let g = self.inner.lock().unwrap();
+                panic!("no such carrier command within {within:?}: {:?} {:?}", g.telnyx_actions, g.vonage_updates);
+            }
         }
     }
 
@@ -238,6 +261,7 @@ async fn telnyx_action(
     let mut g = inner.lock().unwrap();
     let gone = g.telnyx_actions.iter().any(|a| a.call_control_id == id && a.action == "hangup");
     g.telnyx_actions.push(CarrierAction { call_control_id: id, action, authorization, body });
+    g.arrived.notify_waiters();
     if gone {
         let err = serde_json::json!({"errors": [{"code": "90018", "title": "Call has already ended"}]});
         return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(err)).into_response();
@@ -254,7 +278,9 @@ async fn vonage_update(
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let action = body["action"].as_str().unwrap_or("").to_string();
-    inner.lock().unwrap().vonage_updates.push(CarrierAction { call_control_id: uuid, action, authorization, body });
+    let mut g = inner.lock().unwrap();
+    g.vonage_updates.push(CarrierAction { call_control_id: uuid, action, authorization, body });
+    g.arrived.notify_waiters();
     StatusCode::NO_CONTENT.into_response()
 }
 
