@@ -149,7 +149,9 @@ async fn a_telnyx_call_is_answered_talks_barges_in_and_hangs_up() {
     let started = started.iter().find(|e| e.kind() == "call.started").unwrap();
     assert_eq!(started.body["carrier"], "telnyx");
     assert_eq!(started.body["carrier_call_id"], peer.call_control_id.as_str());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // De-duplication is decided before the webhook answers: the repeat never started a task.
+    let dup = rig.srv.metric("callbridge_carrier_webhooks_total", &[("carrier", "telnyx"), ("outcome", "duplicate")]);
+    assert_eq!(dup, 1.0);
     let answers = rig.backend.telnyx_actions().iter().filter(|a| a.action == "answer").count();
     assert_eq!(answers, 1, "the repeated call.initiated was not answered twice");
 
@@ -280,7 +282,7 @@ async fn webhooks_must_be_signed_fresh_and_streams_must_bring_their_token() {
     let good = sign(&rig.pkcs8, &now_s().to_string(), body.as_bytes()).unwrap();
     let tampered = body.replace(NUMBER, "+15550002222");
     assert_eq!(post(&rig, &tampered, now_s(), Some(&good)).await, 403, "tampered");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Refusals are decided before any task starts: nothing can come later.
     assert!(rig.backend.telnyx_actions().is_empty(), "nothing answered: {:?}", rig.backend.telnyx_actions());
     assert!(rig.srv.metric("callbridge_auth_rejected_total", &[("reason", "webhook_stale")]) >= 1.0);
 

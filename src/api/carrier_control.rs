@@ -59,6 +59,17 @@ pub async fn send(
     Err(ControlError::Refused { status, message: message(&body).chars().take(300).collect() })
 }
 
+/// Log the outcome of hanging up a call whose stream we ended: a call
+/// already gone is fine, no credentials (a stream no webhook announced) is
+/// worth a debug line, anything else a warning.
+pub fn report_hangup(carrier: &'static str, result: Result<(), ControlError>) {
+    match result {
+        Ok(()) | Err(ControlError::CallGone) => {}
+        Err(e @ ControlError::NoCredentials(_)) => tracing::debug!(carrier, error = %e, "no hangup"),
+        Err(e) => tracing::warn!(carrier, error = %e, "carrier hangup failed"),
+    }
+}
+
 /// `title: detail` of a JSON error, as Telnyx and Vonage give them.
 pub fn title_and_detail(e: &serde_json::Value) -> String {
     [e["title"].as_str(), e["detail"].as_str()].into_iter().flatten().collect::<Vec<_>>().join(": ")

@@ -69,6 +69,26 @@ impl AppState {
     }
 }
 
+/// A carrier's media-stream upgrade with the server's WebSocket limits
+/// (read buffer at least `min_read` bytes).
+pub fn stream_socket(
+    ws: axum::extract::ws::WebSocketUpgrade,
+    cfg: &crate::config::ServerConfig,
+    min_read: usize,
+) -> axum::extract::ws::WebSocketUpgrade {
+    ws.read_buffer_size(cfg.read_buffer_bytes.max(min_read))
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(1024 * 1024)
+        .max_message_size(cfg.max_message_bytes)
+        .max_frame_size(cfg.max_message_bytes)
+}
+
+/// Whether a carrier's webhooks may come unsigned (no key configured): only
+/// on a loopback listener, or with `CALLBRIDGE_ALLOW_UNSIGNED=1`.
+pub fn unsigned_allowed(config: &Config, secrets: &Secrets) -> bool {
+    config.server.listen.ip().is_loopback() || secrets.allow_unsigned
+}
+
 /// The public router: carriers' webhooks and streams, the tenants' control
 /// API, health; metrics and the admin API too unless `server.admin_listen`
 /// puts them on their own listener. Every request but an upgraded WebSocket

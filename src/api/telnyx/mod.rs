@@ -115,7 +115,7 @@ pub fn setup(
     http: &reqwest::Client,
 ) -> Result<Setup, String> {
     let key = secrets.telnyx_public_key.as_deref().map(PublicKey::from_base64).transpose()?;
-    let unsigned_ok = key.is_none() && (config.server.listen.ip().is_loopback() || secrets.allow_unsigned);
+    let unsigned_ok = key.is_none() && super::unsigned_allowed(config, secrets);
     let rest = Arc::new(rest::TelnyxRest::new(http.clone(), &config.telnyx.api_url, secrets.telnyx_api_key.clone()));
     let telnyx = Arc::new(Telnyx {
         rest: rest.clone(),
@@ -388,23 +388,11 @@ pub async fn stream(
     let cfg = &s.config.server;
     let ctx = s.call.clone();
     let codec = TelnyxCodec::new(TelnyxLimits { max_payload_bytes: (cfg.max_message_bytes / 4 * 3).min(64 * 1024) });
-    ws.read_buffer_size(cfg.read_buffer_bytes)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(1024 * 1024)
-        .max_message_size(cfg.max_message_bytes)
-        .max_frame_size(cfg.max_message_bytes)
-        .on_upgrade(move |socket| async move {
-            let outcome = run_call(AxumSocket::new(socket), Box::new(codec), ctx).await;
-            // Closing the stream does not end a Telnyx call: hang it up.
-            if let Some(id) = outcome.call_to_hang_up() {
-                match t.rest.hangup(id).await {
-                    Ok(()) | Err(crate::api::carrier_control::ControlError::CallGone) => {}
-                    // A stream no webhook announced (development, the loadtest) has no call to hang up.
-                    Err(e @ crate::api::carrier_control::ControlError::NoCredentials(_)) => {
-                        debug!(error = %e, "no Telnyx hangup")
-                    }
-                    Err(e) => warn!(error = %e, "Telnyx hangup failed"),
-                }
-            }
-        })
+    super::stream_socket(ws, cfg, 0).on_upgrade(move |socket| async move {
+        let outcome = run_call(AxumSocket::new(socket), Box::new(codec), ctx).await;
+        // Closing the stream does not end a Telnyx call: hang it up.
+        if let Some(id) = outcome.call_to_hang_up() {
+            crate::api::carrier_control::report_hangup("telnyx", t.rest.hangup(id).await);
+        }
+    })
 }

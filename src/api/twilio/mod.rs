@@ -314,15 +314,10 @@ pub async fn stream(State(s): State<Arc<AppState>>, headers: HeaderMap, ws: WebS
     let codec = TwilioCodec::new(crate::carrier::twilio::TwilioLimits {
         max_payload_bytes: (cfg.max_message_bytes / 4 * 3).min(64 * 1024),
     });
-    ws.read_buffer_size(cfg.read_buffer_bytes)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(1024 * 1024)
-        .max_message_size(cfg.max_message_bytes)
-        .max_frame_size(cfg.max_message_bytes)
-        .on_upgrade(move |socket| async move {
-            // Closing a <Connect><Stream> ends the call at Twilio: nothing to hang up.
-            run_call(AxumSocket::new(socket), Box::new(codec), ctx).await;
-        })
+    super::stream_socket(ws, cfg, 0).on_upgrade(move |socket| async move {
+        // Closing a <Connect><Stream> ends the call at Twilio: nothing to hang up.
+        run_call(AxumSocket::new(socket), Box::new(codec), ctx).await;
+    })
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ pub fn setup(
         _ => return Err("set both VONAGE_APPLICATION_ID and VONAGE_PRIVATE_KEY_PATH, or neither".into()),
     };
     let secret = secrets.vonage_signature_secret.clone();
-    let unsigned_ok = secret.is_none() && (config.server.listen.ip().is_loopback() || secrets.allow_unsigned);
+    let unsigned_ok = secret.is_none() && super::unsigned_allowed(config, secrets);
     let rest = Arc::new(rest::VonageRest::new(http.clone(), &config.vonage.api_url, key, &config.public_http_url()));
     let vonage = Arc::new(Vonage { rest: rest.clone(), secret, unsigned_ok, rate: config.vonage.rate });
     Ok(Setup { vonage, control: rest })
@@ -271,22 +271,11 @@ pub async fn stream(
     }
     let cfg = &s.config.server;
     let ctx = s.call.clone();
-    ws.read_buffer_size(cfg.read_buffer_bytes.max(2048))
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(1024 * 1024)
-        .max_message_size(cfg.max_message_bytes)
-        .max_frame_size(cfg.max_message_bytes)
-        .on_upgrade(move |socket| async move {
-            let outcome = run_call(AxumSocket::new(socket), Box::new(VonageCodec::new()), ctx).await;
-            // Closing the WebSocket leaves the caller's leg up: hang it up.
-            if let Some(id) = outcome.call_to_hang_up() {
-                match v.rest.hangup(id).await {
-                    Ok(()) | Err(crate::api::carrier_control::ControlError::CallGone) => {}
-                    Err(e @ crate::api::carrier_control::ControlError::NoCredentials(_)) => {
-                        debug!(error = %e, "no Vonage hangup")
-                    }
-                    Err(e) => warn!(error = %e, "Vonage hangup failed"),
-                }
-            }
-        })
+    super::stream_socket(ws, cfg, 2048).on_upgrade(move |socket| async move {
+        let outcome = run_call(AxumSocket::new(socket), Box::new(VonageCodec::new()), ctx).await;
+        // Closing the WebSocket leaves the caller's leg up: hang it up.
+        if let Some(id) = outcome.call_to_hang_up() {
+            crate::api::carrier_control::report_hangup("vonage", v.rest.hangup(id).await);
+        }
+    })
 }
