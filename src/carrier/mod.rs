@@ -22,7 +22,7 @@ mod wire;
 
 use std::time::Instant;
 
-pub use wire::{MsgClass, MsgKind, OutMsg, WireOut, put_base64};
+pub use wire::{ARENA_BYTES, MsgClass, MsgKind, OutMsg, WireOut, put_base64};
 pub(crate) use wire::{PayloadError, decode_payload};
 
 use crate::ids::MarkId;

@@ -3,8 +3,12 @@
 //!
 //! Invariants:
 //! - Messages are written into a [`BytesMut`] arena and split off as frozen
-//!   [`Bytes`]; once the transport has written and dropped them, the arena
-//!   reclaims the space, so steady-state encoding allocates nothing.
+//!   [`Bytes`]; once the transport has written and dropped them all it calls
+//!   [`WireOut::reclaim`], which takes the whole arena back without
+//!   allocating, so each wake-up starts with the full arena and steady-state
+//!   encoding allocates nothing. (Reclaiming only when a message needs room
+//!   fails whenever an earlier message of the same wake-up is still queued:
+//!   that allocated a fresh arena every few messages.)
 //! - The queue is bounded: audio beyond `cap` messages is dropped (and counted);
 //!   control messages are always queued.
 //! - A priority message (`clear`) jumps the queue and discards the audio still
@@ -44,6 +48,11 @@ pub enum MsgClass {
     /// Ahead of everything, and queued audio before it is discarded (clear).
     Priority,
 }
+
+/// Arena size of a call's outbound queue: a wake-up's messages (one or two
+/// 40 ms audio messages and a mark, ≈ 0.6 KiB each; a response's first burst
+/// of `playback.lead_ms` = 120 ms) fit in ¾ of it.
+pub const ARENA_BYTES: usize = 4096;
 
 /// Bounded outbound message queue plus its arena.
 #[derive(Debug)]
@@ -90,9 +99,9 @@ impl WireOut {
             self.dropped += 1;
             return;
         }
-        // Reclaims the arena's space when every message split from it is gone
-        // (after each flush); room for one message (a quarter of the arena) is
-        // kept, so a wake-up's burst of up to ¾ of the arena allocates nothing.
+        // Room for one message (a quarter of the arena): a wake-up's burst of
+        // up to ¾ of the arena fits in the space `reclaim` gave back; beyond
+        // that this allocates a fresh arena.
         self.arena.reserve(self.arena_size / 4);
         write(&mut self.arena);
         let data = self.arena.split().freeze();
@@ -108,6 +117,20 @@ impl WireOut {
     /// Next message to write.
     pub fn pop(&mut self) -> Option<OutMsg> {
         self.queue.pop_front()
+    }
+
+    /// Take the arena's space back for the next wake-up, once the queue is
+    /// empty and the transport has dropped every message it wrote. Never
+    /// allocates; a message still alive somewhere just leaves it as it is.
+    pub fn reclaim(&mut self) {
+        if self.queue.is_empty() {
+            let _ = self.arena.try_reclaim(self.arena_size);
+        }
+    }
+
+    /// Arena bytes free for the next messages without allocating.
+    pub fn arena_room(&self) -> usize {
+        self.arena.capacity() - self.arena.len()
     }
 
     /// Put a message back at the head (the transport could not take it yet).
@@ -226,6 +249,28 @@ mod tests {
             let p = out.pop().unwrap().data.as_ptr() as usize;
             assert!(p >= base && p < base + 256, "message {i} was written outside the arena");
         }
+    }
+
+    #[test]
+    fn several_messages_per_wake_up_stay_in_one_arena_when_reclaimed_after_each_flush() {
+        let mut out = WireOut::new(8, 1024);
+        text(&mut out, "x");
+        let base = out.pop().unwrap().data.as_ptr() as usize;
+        out.reclaim();
+        // Two messages queued per wake-up (audio and a mark), written, dropped,
+        // reclaimed: without the reclaim, the second message of a wake-up keeps
+        // the arena shared whenever the first one ran it low, and a new arena
+        // is allocated every few wake-ups.
+        for i in 0..1000 {
+            text(&mut out, &format!("audio {i:04} {}", "a".repeat(200)));
+            text(&mut out, &format!("mark {i:04}"));
+            for _ in 0..2 {
+                let p = out.pop().unwrap().data.as_ptr() as usize;
+                assert!(p >= base && p < base + 1024, "wake-up {i}: message written outside the arena");
+            }
+            out.reclaim();
+        }
+        assert!(out.arena_room() >= 1024, "the whole arena is free after a reclaim");
     }
 
     #[test]

@@ -128,6 +128,9 @@ where
         sink.start_send_unpin(m).map_err(|e| WriteError(e.to_string()))?;
         *needs_flush = true;
     }
+    // Every message went into the socket's write buffer (copied): the arena
+    // is free again.
+    out.reclaim();
     if *needs_flush {
         ready!(sink.poll_flush_unpin(cx)).map_err(|e| WriteError(e.to_string()))?;
         *needs_flush = false;

@@ -110,7 +110,7 @@ impl MemCall {
         let now = Instant::now();
         let session = Session::new(cfg, codec.capabilities(), engine.format(), now).expect("session builds");
         let mut call = Call::new(session, Box::new(codec), Box::new(engine), 20);
-        let mut io = CountingIo { wire: WireOut::new(512, 8192), sent: 0, barge_ins: 0 };
+        let mut io = CountingIo { wire: WireOut::new(512, callbridge::carrier::ARENA_BYTES), sent: 0, barge_ins: 0 };
         call.start(now, info, &mut io);
         let mut s = Self { ws, call, io, now };
         s.flush();
@@ -136,6 +136,7 @@ impl MemCall {
             self.ws.write(msg).expect("in-memory write");
             self.io.sent += 1;
         }
+        self.io.wire.reclaim();
         self.ws.flush().expect("in-memory flush");
     }
 

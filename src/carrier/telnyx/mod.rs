@@ -333,7 +333,7 @@ impl TelnyxCodec {
             stop_after_release: false,
             g711: vec![0; 643],
             pcm: vec![0; 640],
-            g711_out: Vec::with_capacity(1600),
+            g711_out: Vec::with_capacity(320),
             late: 0,
             skipped: 0,
             resyncs: 0,

@@ -220,8 +220,8 @@ impl Default for TwilioLimits {
     }
 }
 
-/// Scratch samples allocated up front: four 20 ms frames.
-const INITIAL_SCRATCH: usize = 640;
+/// Scratch samples allocated up front: one 20 ms frame (what Twilio sends).
+const INITIAL_SCRATCH: usize = 160;
 
 fn valid_sid(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric())
@@ -247,7 +247,8 @@ impl TwilioCodec {
             // peer sends bigger payloads, so idle calls stay small.
             ulaw: vec![0; INITIAL_SCRATCH + 3],
             pcm: vec![0; INITIAL_SCRATCH],
-            ulaw_out: Vec::with_capacity(1600),
+            // One 40 ms outbound message (`playback.frames_per_message` = 2).
+            ulaw_out: Vec::with_capacity(320),
         }
     }
 

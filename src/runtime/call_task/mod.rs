@@ -138,7 +138,7 @@ pub async fn run_call<T: Transport>(
         Err(e) => Err(e),
     };
     let setup::Admitted { mut call, mut io, mut links, mut replies, info, slot } = match admitted {
-        Ok(a) => a,
+        Ok(a) => *a,
         Err(end) => {
             end::goodbye(&mut transport, None, &end).await;
             end::count(label, provisional, end.reason());

@@ -18,7 +18,8 @@
 //! Cost: nothing per frame but four block powers each way; on speech frames
 //! inside the echo window, 3 lags × 12 blocks, and every tenth such frame (or
 //! with no path yet) a search of 80 lags × 40 blocks. No allocation after
-//! construction.
+//! construction; the two rings are 3 KiB by default and nothing when the
+//! check is off.
 
 use serde::{Deserialize, Serialize};
 
@@ -80,9 +81,9 @@ struct Path {
     gain: f64,
     misses: u32,
 }
-/// Ring length in blocks (1.28 s): the window plus the longest delay plus the
-/// far end's buffer must fit.
-const RING: usize = 256;
+/// Blocks of the far end's buffer (320 ms) the rings keep beyond the search
+/// span and the longest delay: played audio is placed that far ahead.
+const AHEAD_BLOCKS: usize = 64;
 
 fn similar(a: f64, b: f64) -> bool {
     a <= b * GAIN_DRIFT && a * GAIN_DRIFT >= b
@@ -96,9 +97,14 @@ pub struct EchoCheck {
     max_lag: usize,
     window: usize,
     max_residual: f32,
-    /// (block number, power) of bot audio placed on the caller's timeline.
-    played: Box<[(u64, f32)]>,
-    /// Power of received blocks, by block number modulo RING.
+    /// Ring length in blocks − 1: the search span, the window, the longest
+    /// delay and the far end's buffer, rounded up to a power of two (256
+    /// blocks, 2 KiB + 1 KiB by default; nothing when the check is off).
+    mask: u64,
+    /// (block number mod 2³², power) of bot audio placed on the caller's
+    /// timeline, by block number modulo the ring length (the tag wraps after 248 days).
+    played: Box<[(u32, f32)]>,
+    /// Power of received blocks, by block number modulo the ring length.
     heard: Box<[f32]>,
     /// Caller samples received so far.
     caller_samples: u64,
@@ -117,15 +123,17 @@ impl EchoCheck {
     pub fn new(cfg: &EchoConfig, rate: u32) -> Self {
         let block = (rate * BLOCK_MS / 1000).max(1) as usize;
         let window = (cfg.window_ms / BLOCK_MS).max(2) as usize;
-        let max_lag = ((cfg.max_delay_ms / BLOCK_MS) as usize).min(RING - SEARCH_BLOCKS - window - 64);
+        let max_lag = (cfg.max_delay_ms / BLOCK_MS) as usize;
+        let ring = if cfg.check { (max_lag + SEARCH_BLOCKS + window + AHEAD_BLOCKS).next_power_of_two() } else { 0 };
         Self {
             enabled: cfg.check,
             block,
             max_lag,
             window,
             max_residual: cfg.max_residual,
-            played: vec![(u64::MAX, 0.0); RING].into_boxed_slice(),
-            heard: vec![0.0; RING].into_boxed_slice(),
+            mask: ring.saturating_sub(1) as u64,
+            played: vec![(u32::MAX, 0.0); ring].into_boxed_slice(),
+            heard: vec![0.0; ring].into_boxed_slice(),
             caller_samples: 0,
             last_played: None,
             partial: (0.0, 0),
@@ -137,13 +145,16 @@ impl EchoCheck {
 
     /// Caller audio arrived (any length).
     pub fn on_caller(&mut self, pcm: &[i16]) {
+        if !self.enabled {
+            return;
+        }
         let (mut acc, mut n) = self.partial;
         for &s in pcm {
             acc += (s as f64) * (s as f64);
             n += 1;
             if n == self.block {
                 let b = self.caller_samples / self.block as u64;
-                self.heard[(b as usize) % RING] = (acc / n as f64) as f32;
+                self.heard[(b & self.mask) as usize] = (acc / n as f64) as f32;
                 self.caller_samples += n as u64;
                 acc = 0.0;
                 n = 0;
@@ -163,16 +174,17 @@ impl EchoCheck {
         for (i, chunk) in pcm.chunks(self.block).enumerate() {
             let p = chunk.iter().map(|&s| (s as f64) * (s as f64)).sum::<f64>() / chunk.len().max(1) as f64;
             let b = first + i as u64;
-            let slot = &mut self.played[(b as usize) % RING];
+            let slot = &mut self.played[(b & self.mask) as usize];
             // Two releases can touch one block (unaligned starts): add them.
-            *slot = if slot.0 == b { (b, slot.1 + p as f32) } else { (b, p as f32) };
+            let tag = b as u32;
+            *slot = if slot.0 == tag { (tag, slot.1 + p as f32) } else { (tag, p as f32) };
             self.last_played = Some(self.last_played.map_or(b, |l| l.max(b)));
         }
     }
 
     fn played_at(&self, b: u64) -> f32 {
-        let (n, p) = self.played[(b as usize) % RING];
-        if n == b { p } else { 0.0 }
+        let (tag, p) = self.played[(b & self.mask) as usize];
+        if tag == b as u32 { p } else { 0.0 }
     }
 
     /// Whether bot audio played recently enough to be echoing now.
@@ -249,7 +261,7 @@ impl EchoCheck {
     /// window and its newest `newest` blocks.
     fn fits(&self, path: Path, end: u64, newest: u64) -> bool {
         let w = self.window as u64;
-        let heard = |b: u64| self.heard[(b as usize) % RING] as f64;
+        let heard = |b: u64| self.heard[(b & self.mask) as usize] as f64;
         let (mut rr, mut rr_new) = (0f64, 0f64);
         for b in end - w..end {
             rr += heard(b) * heard(b);
@@ -277,7 +289,7 @@ impl EchoCheck {
 
     /// The (lag, gain, residual share) that best explains blocks `from..to`.
     fn search(&self, from: u64, to: u64) -> Option<(u64, f64, f64)> {
-        let heard = |b: u64| self.heard[(b as usize) % RING] as f64;
+        let heard = |b: u64| self.heard[(b & self.mask) as usize] as f64;
         let rr: f64 = (from..to).map(|b| heard(b) * heard(b)).sum();
         if rr <= 0.0 {
             return None;
