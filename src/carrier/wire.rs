@@ -52,7 +52,7 @@ pub enum MsgClass {
 /// Arena size of a call's outbound queue: a wake-up's messages (one or two
 /// 40 ms audio messages and a mark, ≈ 0.6 KiB each; a response's first burst
 /// of `playback.lead_ms` = 120 ms) fit in ¾ of it.
-pub const ARENA_BYTES: usize = 4096;
+pub const ARENA_BYTES: usize = 3072;
 
 /// Bounded outbound message queue plus its arena.
 #[derive(Debug)]
