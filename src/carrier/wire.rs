@@ -129,7 +129,8 @@ impl WireOut {
     }
 
     /// Arena bytes free for the next messages without allocating.
-    pub fn arena_room(&self) -> usize {
+    #[cfg(test)]
+    fn arena_room(&self) -> usize {
         self.arena.capacity() - self.arena.len()
     }
 
