@@ -187,6 +187,12 @@ impl Call {
         self.pump(now, io);
     }
 
+    /// Part of a streamed reply to request `id`.
+    pub fn on_reply_delta(&mut self, now: Instant, id: crate::session::RequestId, text: String, io: &mut impl CallIo) {
+        self.session.handle_input(now, Input::ReplyDelta { id, text });
+        self.pump(now, io);
+    }
+
     /// The end-of-turn model answered question `id` (`None`: no answer in time).
     pub fn on_turn_verdict(&mut self, now: Instant, id: u32, p: Option<f32>, io: &mut impl CallIo) {
         self.session.handle_input(now, Input::TurnVerdict { id, p });

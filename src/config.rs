@@ -68,6 +68,8 @@ pub struct Secrets {
     pub vonage_application_id: Option<String>,
     /// `VONAGE_PRIVATE_KEY_PATH`: the application's private key file (PKCS#8 PEM).
     pub vonage_private_key_path: Option<String>,
+    /// `DEEPGRAM_API_KEY`, `DEEPGRAM_URL`, `ELEVENLABS_API_KEY`, `ELEVENLABS_URL` (cascaded engine).
+    pub cascaded: crate::engine::cascaded::CascadedEnv,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -84,6 +86,8 @@ impl std::fmt::Debug for Secrets {
             .field("vonage_signature_secret", &self.vonage_signature_secret.as_ref().map(|_| "<set>"))
             .field("vonage_application_id", &self.vonage_application_id)
             .field("vonage_private_key_path", &self.vonage_private_key_path)
+            .field("deepgram_api_key", &self.cascaded.deepgram_key.as_ref().map(|_| "<set>"))
+            .field("elevenlabs_api_key", &self.cascaded.elevenlabs_key.as_ref().map(|_| "<set>"))
             .finish()
     }
 }
@@ -109,6 +113,12 @@ impl Secrets {
             vonage_signature_secret: var("VONAGE_SIGNATURE_SECRET"),
             vonage_application_id: var("VONAGE_APPLICATION_ID"),
             vonage_private_key_path: var("VONAGE_PRIVATE_KEY_PATH"),
+            cascaded: crate::engine::cascaded::CascadedEnv {
+                deepgram_key: var("DEEPGRAM_API_KEY"),
+                deepgram_url: var("DEEPGRAM_URL"),
+                elevenlabs_key: var("ELEVENLABS_API_KEY"),
+                elevenlabs_url: var("ELEVENLABS_URL"),
+            },
         }
     }
 }
@@ -380,6 +390,9 @@ pub struct EngineConfig {
     pub local: LocalEngineConfig,
     /// OpenAI Realtime (`[engine.openai_realtime]`).
     pub openai_realtime: OpenAiRealtimeConfig,
+    /// Deepgram → the backend → ElevenLabs (`[engine.cascaded]`).
+    #[serde(default)]
+    pub cascaded: crate::engine::cascaded::CascadedSettings,
 }
 
 /// `[engine.openai_realtime]`

@@ -399,6 +399,68 @@ pub struct CallPlan {
     /// (`call.ended` reason `forwarded`); it must be within the number's
     /// `transfer_allow`, or the call is answered as usual.
     pub forward: Option<String>,
+    /// Transcription settings for `"engine": "cascaded"`.
+    pub stt: Option<SttPlan>,
+    /// Voice settings for `"engine": "cascaded"`.
+    pub tts: Option<TtsPlan>,
+}
+
+/// A plan's `stt` (cascaded engine); unset fields take `[engine.cascaded.deepgram]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct SttPlan {
+    /// `deepgram` (the only one so far).
+    pub provider: Option<String>,
+    /// Model (`nova-3`).
+    pub model: Option<String>,
+    /// Language code.
+    pub language: Option<String>,
+    /// Deepgram `endpointing`, ms.
+    pub endpointing_ms: Option<u32>,
+    /// Deepgram `utterance_end_ms` (≥ 1000).
+    pub utterance_end_ms: Option<u32>,
+}
+
+/// A plan's `tts` (cascaded engine); unset fields take `[engine.cascaded.elevenlabs]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct TtsPlan {
+    /// `elevenlabs` (the only one so far).
+    pub provider: Option<String>,
+    /// Voice id (else the plan's `voice`, else config).
+    pub voice_id: Option<String>,
+    /// Model id.
+    pub model_id: Option<String>,
+    /// ElevenLabs `voice_settings` (stability, similarity_boost, style, speed, …).
+    pub voice_settings: Option<serde_json::Value>,
+}
+
+/// The reply to `turn.user` when the backend is the brain (cascaded engine):
+/// what the agent says, and optionally what it does after. A streamed reply
+/// (`application/x-ndjson`) is lines of `{"reply_delta": "…"}`, the last of
+/// which may carry `action`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct TurnReply {
+    /// The whole reply.
+    pub reply: Option<String>,
+    /// A part of a streamed reply.
+    pub reply_delta: Option<String>,
+    /// After speaking it: hang up, or transfer.
+    pub action: Option<ReplyAction>,
+}
+
+/// What the agent does after its reply.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ReplyAction {
+    /// End the call once the reply has been heard (`call.ended` reason `agent_hangup`).
+    Hangup,
+    /// Transfer the call (to a destination the number allows) once the reply has been heard.
+    Transfer {
+        /// Number or SIP URI.
+        to: String,
+    },
 }
 
 /// How a plan refuses a call.

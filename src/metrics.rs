@@ -80,6 +80,12 @@ pub const TURN_MODEL_QUERIES: &str = "callbridge_turn_model_queries_total";
 /// End-of-turn model: question asked → verdict (queue wait plus inference).
 pub const TURN_MODEL_LATENCY: &str = "callbridge_turn_model_latency_seconds";
 
+/// Answering a turn, by stage (`endpoint`, `stt_final`, `backend_first_text`,
+/// `tts_first_audio`, `overhead`): cascaded engines.
+pub const STAGE_LATENCY: &str = "callbridge_stage_latency_seconds";
+/// Playback ran dry inside a response (the engine was slower than real time).
+pub const PLAYBACK_UNDERRUNS: &str = "callbridge_playback_underruns_total";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Install the Prometheus recorder (once per process) and return its handle.
@@ -98,6 +104,13 @@ pub fn install() -> PrometheusHandle {
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BARGE_IN_LATENCY.into()), &latency))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FRAME_PROCESSING.into()), &cpu))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TURN_MODEL_LATENCY.into()), &latency))
+                .and_then(|b| {
+                    let stage = [
+                        0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 1.5,
+                        2.0, 5.0,
+                    ];
+                    b.set_buckets_for_metric(Matcher::Full(STAGE_LATENCY.into()), &stage)
+                })
                 .expect("bucket lists are non-empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -124,6 +137,8 @@ fn describe() {
     describe_counter!(DROPPED_FRAMES, "Audio frames dropped, by kind");
     describe_counter!(PROTOCOL_ERRORS, "Carrier protocol errors, by kind");
     describe_histogram!(RESPONSE_LATENCY, metrics::Unit::Seconds, "End of caller speech to first bot audio sent");
+    describe_histogram!(STAGE_LATENCY, metrics::Unit::Seconds, "Answering a turn, by stage (cascaded engines)");
+    describe_counter!(PLAYBACK_UNDERRUNS, "Response audio ran dry before the response was complete");
     describe_histogram!(BARGE_IN_LATENCY, metrics::Unit::Seconds, "Caller speech onset to carrier clear sent");
     describe_histogram!(
         FRAME_PROCESSING,

@@ -74,6 +74,10 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         secrets.openai_realtime_url.clone(),
         secrets.openai_api_key.clone(),
     ));
+    engines.register(crate::engine::cascaded::CascadedFactory::new(
+        config.engine.cascaded.clone(),
+        secrets.cascaded.clone(),
+    ));
     engines.check_default().map_err(|e| ServerError::Setup(format!("engine.kind = {:?}: {e}", config.engine.kind)))?;
     let tenants = Arc::new(NumberStore::open(&config.storage.database, &config.numbers)?);
     let store = crate::callstore::CallStore::open(&config.storage.database, config.storage.memory_max_calls)
@@ -119,6 +123,7 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         store: Some(store),
         public_http: config.public_http_url(),
         turn_pool,
+        carriers: carriers.clone(),
     });
     let metrics = crate::metrics::install();
     for c in &carriers {

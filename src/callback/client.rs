@@ -123,6 +123,63 @@ impl CallbackClient {
         self.post_raw(target, body, timeout).await
     }
 
+    /// POST `env` for a reply that may be streamed: a JSON body is read whole;
+    /// `application/x-ndjson` comes back as lines to read as they arrive.
+    /// `timeout` bounds the wait for the response head (and a whole body).
+    pub async fn post_streaming(
+        &self,
+        target: &Target,
+        env: &Envelope,
+        timeout: Duration,
+    ) -> Result<ReplyBody, CallbackError> {
+        let body = serde_json::to_vec(env).expect("events serialize");
+        let max = self.max_body;
+        let attempt = async {
+            let resp = self.send_signed(target, body).await?;
+            let ndjson = resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/x-ndjson"));
+            if ndjson {
+                Ok(ReplyBody::Lines(NdjsonLines { resp, buf: Vec::new(), read: 0, max, done: false }))
+            } else {
+                read_limited(resp, max).await.map(ReplyBody::Whole)
+            }
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(CallbackError::Timeout(timeout)),
+        }
+    }
+
+    /// Sign and send; a success status or the error it maps to.
+    async fn send_signed(&self, target: &Target, body: Vec<u8>) -> Result<reqwest::Response, CallbackError> {
+        let url =
+            reqwest::Url::parse(&target.url).map_err(|_| CallbackError::Unreachable("bad callback URL".into()))?;
+        self.check_url(&url).map_err(|e| CallbackError::Forbidden(e.to_string()))?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let signature = sig::sign(&target.secret, now, &body);
+        let resp = self
+            .http
+            .post(url)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(USER_AGENT, HeaderValue::from_static(concat!("callbridge/", env!("CARGO_PKG_VERSION"))))
+            .header(sig::HEADER, signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| send_error(&e))?;
+        let status = resp.status();
+        if status.is_redirection() {
+            return Err(CallbackError::Redirect(status.as_u16()));
+        }
+        if !status.is_success() {
+            return Err(CallbackError::Status(status.as_u16()));
+        }
+        Ok(resp)
+    }
+
     /// POST an already serialized body (retries re-sign the same bytes).
     pub async fn post_raw(
         &self,
@@ -130,29 +187,8 @@ impl CallbackClient {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<serde_json::Value, CallbackError> {
-        let url =
-            reqwest::Url::parse(&target.url).map_err(|_| CallbackError::Unreachable("bad callback URL".into()))?;
-        self.check_url(&url).map_err(|e| CallbackError::Forbidden(e.to_string()))?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let signature = sig::sign(&target.secret, now, &body);
         let attempt = async {
-            let resp = self
-                .http
-                .post(url)
-                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-                .header(USER_AGENT, HeaderValue::from_static(concat!("callbridge/", env!("CARGO_PKG_VERSION"))))
-                .header(sig::HEADER, signature)
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| send_error(&e))?;
-            let status = resp.status();
-            if status.is_redirection() {
-                return Err(CallbackError::Redirect(status.as_u16()));
-            }
-            if !status.is_success() {
-                return Err(CallbackError::Status(status.as_u16()));
-            }
+            let resp = self.send_signed(target, body).await?;
             read_limited(resp, self.max_body).await
         };
         match tokio::time::timeout(timeout, attempt).await {
@@ -199,4 +235,62 @@ async fn read_limited(mut resp: reqwest::Response, max: usize) -> Result<serde_j
         return Ok(serde_json::Value::Null);
     }
     serde_json::from_slice(&buf).map_err(|e| CallbackError::BadBody(e.to_string()))
+}
+
+/// A reply body: whole, or NDJSON lines still arriving.
+#[derive(Debug)]
+pub enum ReplyBody {
+    /// A JSON body (`null` when empty).
+    Whole(serde_json::Value),
+    /// `application/x-ndjson`: one JSON value per line.
+    Lines(NdjsonLines),
+}
+
+/// The lines of a streamed reply, read as they arrive; at most `max` bytes in all.
+#[derive(Debug)]
+pub struct NdjsonLines {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+    read: usize,
+    max: usize,
+    done: bool,
+}
+
+impl NdjsonLines {
+    /// The next line's JSON (blank lines skipped), or `None` at the end.
+    pub async fn next(&mut self) -> Option<Result<serde_json::Value, CallbackError>> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Some(serde_json::from_slice(&line).map_err(|e| CallbackError::BadBody(e.to_string())));
+            }
+            if self.done {
+                if self.buf.iter().all(u8::is_ascii_whitespace) {
+                    return None;
+                }
+                let line = std::mem::take(&mut self.buf);
+                return Some(serde_json::from_slice(&line).map_err(|e| CallbackError::BadBody(e.to_string())));
+            }
+            match self.resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    self.read += chunk.len();
+                    if self.read > self.max {
+                        self.done = true;
+                        self.buf.clear();
+                        return Some(Err(CallbackError::TooLarge(self.max)));
+                    }
+                    self.buf.extend_from_slice(&chunk);
+                }
+                Ok(None) => self.done = true,
+                Err(e) => {
+                    self.done = true;
+                    self.buf.clear();
+                    return Some(Err(CallbackError::Unreachable(without_url(&e))));
+                }
+            }
+        }
+    }
 }

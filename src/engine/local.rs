@@ -193,6 +193,7 @@ impl Engine for LocalEngine {
             EngineCommand::Cancel { .. }
             | EngineCommand::Audio(_)
             | EngineCommand::Say(_)
+            | EngineCommand::Reply { .. }
             | EngineCommand::ToolResult { .. }
             | EngineCommand::Stop => {}
         }

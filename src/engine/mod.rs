@@ -13,6 +13,7 @@
 //! for its own responses and for clips played on the session's behalf, so
 //! "stale" is one comparison; an engine never does I/O or reads the clock.
 
+pub mod cascaded;
 pub mod local;
 pub mod openai_realtime;
 pub mod registry;
@@ -114,6 +115,15 @@ pub enum EngineCommand<'a> {
     },
     /// Speak this text as a response of its own (engines that speak text).
     Say(String),
+    /// Part of the backend's reply to the caller's last turn (engines whose
+    /// words come from the backend, [`Engine::needs_brain`]): appended to the
+    /// current reply, which `done` closes. The first part starts a response.
+    Reply {
+        /// text to append (may be empty when only closing)
+        text: String,
+        /// the reply is complete
+        done: bool,
+    },
     /// Play this clip of ours (8 kHz PCM: filler, fallback, apology, `say`
     /// audio) as a response of its own, after anything queued.
     Play(Arc<[i16]>),
@@ -170,6 +180,24 @@ pub enum EngineEvent {
     },
     /// The engine's own speech detection heard the caller start.
     SpeechStarted,
+    /// When each character of a response is spoken, from its start (ms):
+    /// appended in order, so "what the caller heard" is exact, not estimated.
+    Alignment {
+        /// the response
+        response: ResponseId,
+        /// characters, in order
+        chars: String,
+        /// start of each character in the response's audio, ms
+        starts_ms: Vec<u32>,
+    },
+    /// How long one stage of answering took (cascaded engines: `stt_final`,
+    /// `tts_first_audio`).
+    Stage {
+        /// stage name
+        stage: &'static str,
+        /// its latency
+        latency: Duration,
+    },
     /// The engine's connection dropped and came back: responses in flight were
     /// lost (they were ended with `ResponseDone`).
     Reconnected,
@@ -227,6 +255,9 @@ pub enum LinkMsg {
 /// What happened on a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkEvent<'a> {
+    /// The socket dropped and is reconnecting: messages sent until the next
+    /// `Up` are discarded (an engine that must not lose them keeps its own copy).
+    Lost,
     /// Connected (again, if `reconnected`); the hello was sent first.
     Up {
         /// a reconnect after a drop (state on the far side was lost)
@@ -257,6 +288,12 @@ pub trait Engine: Send + std::fmt::Debug {
     /// Whether it produces final caller transcripts (a `turn.user` then waits
     /// for its transcript, briefly, so it is sent with the text).
     fn transcribes_caller(&self) -> bool {
+        false
+    }
+
+    /// Whether its words come from the backend: each caller turn is a
+    /// blocking `turn.user` whose reply it speaks ([`EngineCommand::Reply`]).
+    fn needs_brain(&self) -> bool {
         false
     }
 

@@ -24,6 +24,8 @@ use crate::engine::{LinkEvent, LinkMsg, LinkSpec};
 /// What a link reports to the call task (owned form of [`LinkEvent`]).
 #[derive(Debug)]
 pub enum LinkUpdate {
+    /// Dropped; reconnecting.
+    Lost,
     /// Connected; `reconnected` after a drop.
     Up {
         /// a reconnect
@@ -41,6 +43,7 @@ impl LinkUpdate {
     /// The borrowed form the engine takes.
     pub fn as_event(&self) -> LinkEvent<'_> {
         match self {
+            LinkUpdate::Lost => LinkEvent::Lost,
             LinkUpdate::Up { reconnected } => LinkEvent::Up { reconnected: *reconnected },
             LinkUpdate::Text(t) => LinkEvent::Text(t.as_str()),
             LinkUpdate::Binary(b) => LinkEvent::Binary(b),
@@ -242,6 +245,11 @@ async fn run(i: usize, spec: LinkSpec, mut out_rx: mpsc::Receiver<LinkMsg>, ev_t
                 return;
             }
         };
+        if !first {
+            // Messages queued while the socket was down belong to the lost
+            // session (the engine was told with `Lost` and resends what it must).
+            while out_rx.try_recv().is_ok() {}
+        }
         let mut hello_ok = true;
         for m in &spec.hello {
             if ws.send(to_message(m.clone())).await.is_err() {
@@ -263,8 +271,9 @@ async fn run(i: usize, spec: LinkSpec, mut out_rx: mpsc::Receiver<LinkMsg>, ev_t
             Ended::Dropped(why) if reconnects_left > 0 => {
                 reconnects_left -= 1;
                 warn!(engine = spec.name, reason = %why, "engine socket dropped mid-call; reconnecting");
-                // Messages queued for the dead session (audio of the lost turn) are stale.
-                while out_rx.try_recv().is_ok() {}
+                if ev_tx.send((i, LinkUpdate::Lost)).await.is_err() {
+                    return;
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Ended::Dropped(why) => {

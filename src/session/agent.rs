@@ -68,6 +68,9 @@ pub struct AgentConfig {
     pub backend: bool,
     /// The engine transcribes the caller: hold each `turn.user` for its text.
     pub expect_transcripts: bool,
+    /// The backend is the brain: `turn.user` is a blocking request whose
+    /// reply the engine speaks ([`crate::engine::Engine::needs_brain`]).
+    pub brain: bool,
     /// The call plan could not be fetched: say the fallback line first.
     pub plan_failed: bool,
     /// The call comes back from a failed transfer: say so first.
@@ -89,6 +92,7 @@ impl Default for AgentConfig {
             events: false,
             backend: false,
             expect_transcripts: false,
+            brain: false,
             plan_failed: false,
             resumed: false,
             live: LiveEvents::default(),
@@ -177,7 +181,8 @@ struct PendingTool {
 /// The agent's state (owned by the session).
 #[derive(Debug)]
 pub(super) struct Agent {
-    cfg: AgentConfig,
+    pub(super) cfg: AgentConfig,
+    pub(super) brain: super::brain::Brain,
     pub(super) conversation: Conversation,
     tools: Vec<PendingTool>,
     next_request: u64,
@@ -186,8 +191,13 @@ pub(super) struct Agent {
 impl Agent {
     pub(super) fn new(cfg: AgentConfig, now: Instant) -> Self {
         let mut conversation = Conversation::new(now);
-        conversation.expect_transcripts(cfg.expect_transcripts);
-        Self { cfg, conversation, tools: Vec::new(), next_request: 0 }
+        conversation.expect_transcripts(cfg.expect_transcripts, cfg.brain);
+        Self { cfg, brain: Default::default(), conversation, tools: Vec::new(), next_request: 0 }
+    }
+
+    pub(super) fn new_request(&mut self) -> super::RequestId {
+        self.next_request += 1;
+        super::RequestId(self.next_request)
     }
 
     pub(super) fn events_on(&self) -> bool {
@@ -202,7 +212,7 @@ impl Agent {
     /// The stream started: the conversation's clock starts now.
     pub(super) fn started(&mut self, now: Instant) {
         let mut c = Conversation::new(now);
-        c.expect_transcripts(self.cfg.expect_transcripts);
+        c.expect_transcripts(self.cfg.expect_transcripts, self.cfg.brain);
         self.conversation = c;
     }
 
@@ -221,18 +231,20 @@ impl Agent {
     }
 
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        let brain = self.brain.deadline(self.cfg.filler_after, self.cfg.blocking_timeout + GRACE);
         self.tools
             .iter()
             .map(|t| {
                 let budget = t.started + self.cfg.blocking_timeout + GRACE;
                 if t.filler_played { budget } else { budget.min(t.started + self.cfg.filler_after) }
             })
+            .chain(brain)
             .min()
     }
 }
 
 impl Session {
-    fn incident(&mut self, source: &'static str, kind: &'static str, code: &str, message: &str) {
+    pub(super) fn incident(&mut self, source: &'static str, kind: &'static str, code: &str, message: &str) {
         self.cold(Cold::Incident(Incident { source, kind, code: code.into(), message: message.into() }));
         if self.agent.events_on() && kind != "reconnected" {
             self.cold(Cold::Event(Event::Error {
@@ -243,7 +255,7 @@ impl Session {
         }
     }
 
-    fn play(&mut self, clip: Arc<[i16]>) {
+    pub(super) fn play(&mut self, clip: Arc<[i16]>) {
         self.cold(Cold::Engine(EngineCommand::Play(clip)));
     }
 
@@ -259,9 +271,19 @@ impl Session {
                 if self.agent.events_on()
                     && let Some(ev) = self.agent.conversation.user_transcript(text)
                 {
-                    self.cold(Cold::Event(ev));
+                    if self.agent.cfg.brain {
+                        self.brain_turn(ev);
+                    } else {
+                        self.cold(Cold::Event(ev));
+                    }
                 }
             }
+            EngineEvent::Alignment { response, chars, starts_ms } => {
+                if self.agent.events_on() {
+                    self.agent.conversation.alignment(response, &chars, &starts_ms);
+                }
+            }
+            EngineEvent::Stage { stage, latency } => self.telemetry(super::Telemetry::Stage { stage, latency }),
             EngineEvent::CallerTranscript { text, is_final: false } => {
                 if self.agent.live().partial {
                     let at_ms = self.agent.conversation.at_ms(self.now);
@@ -304,8 +326,7 @@ impl Session {
             self.cold(Cold::Engine(EngineCommand::ToolResult { call_id, output, respond: true }));
             return;
         }
-        self.agent.next_request += 1;
-        let id = super::RequestId(self.agent.next_request);
+        let id = self.agent.new_request();
         self.agent.tools.push(PendingTool { id, call_id: call_id.clone(), started: self.now, filler_played: false });
         let event = Event::ToolCall { tool_call_id: call_id, name, arguments };
         self.cold(Cold::Request(Request { id, event }));
@@ -313,6 +334,10 @@ impl Session {
 
     /// The backend answered a request.
     pub(super) fn agent_reply(&mut self, reply: Reply) {
+        if self.brain_owns(reply.id) {
+            self.brain_reply(reply.result);
+            return;
+        }
         let Some(i) = self.agent.tools.iter().position(|t| t.id == reply.id) else {
             return; // already failed by its deadline
         };
@@ -344,6 +369,7 @@ impl Session {
         }
         let now = self.now;
         let (filler_after, budget) = (self.agent.cfg.filler_after, self.agent.cfg.blocking_timeout + GRACE);
+        self.brain_timeout(filler_after, budget);
         let mut filler_due = false;
         for t in self.agent.tools.iter_mut().filter(|t| !t.filler_played && now >= t.started + filler_after) {
             t.filler_played = true;

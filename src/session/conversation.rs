@@ -28,11 +28,30 @@ pub struct Conversation {
     pending_transcript: Option<String>,
     /// Hold each user turn until its transcript arrives (engines that transcribe).
     hold_user: bool,
+    /// Only the transcript (or a newer turn) releases a held user turn: its
+    /// text is what the backend answers (the brain).
+    hold_firmly: bool,
     held: Option<UserTurn>,
+    /// When each character of a response is spoken (engines that say), by response.
+    alignments: HashMap<ResponseId, Vec<(u32, char)>>,
 }
 
 fn ms(origin: Instant, t: Instant) -> u64 {
     t.saturating_duration_since(origin).as_millis() as u64
+}
+
+/// The words of an aligned response whose every character began before
+/// `heard_ms` (a word cut off mid-way was not heard).
+pub fn heard_aligned(chars: &[(u32, char)], heard_ms: u32) -> String {
+    let n = chars.iter().take_while(|(t, _)| *t < heard_ms).count();
+    let complete = n == chars.len() || chars[n].1.is_whitespace();
+    let mut cut = n;
+    if !complete {
+        while cut > 0 && !chars[cut - 1].1.is_whitespace() {
+            cut -= 1;
+        }
+    }
+    chars[..cut].iter().map(|(_, c)| *c).collect::<String>().trim().to_string()
 }
 
 /// The prefix of `text` proportional to `heard` of `sent`, cut at a word boundary.
@@ -67,14 +86,24 @@ impl Conversation {
             texts: HashMap::new(),
             pending_transcript: None,
             hold_user: false,
+            hold_firmly: false,
             held: None,
+            alignments: HashMap::new(),
         }
     }
 
     /// Expect transcripts: a `turn.user` waits for its transcript (or for the
     /// next event, whichever comes first) so it is sent with the text.
-    pub fn expect_transcripts(&mut self, yes: bool) {
+    /// With `firmly`, other events do not release it (the brain answers the text).
+    pub fn expect_transcripts(&mut self, yes: bool, firmly: bool) {
         self.hold_user = yes;
+        self.hold_firmly = yes && firmly;
+    }
+
+    /// When characters of `response` are spoken (appended in order).
+    pub fn alignment(&mut self, response: ResponseId, chars: &str, starts_ms: &[u32]) {
+        let a = self.alignments.entry(response).or_default();
+        a.extend(starts_ms.iter().copied().zip(chars.chars()));
     }
 
     /// The held user turn, if any (before `call.ended`).
@@ -107,6 +136,7 @@ impl Conversation {
         let Some(ev) = self.event_for(t, now) else { return Vec::new() };
         match ev {
             Event::TurnUser(u) if self.hold_user => self.held.replace(u).map(Event::TurnUser).into_iter().collect(),
+            ev if self.hold_firmly => vec![ev],
             ev => self.flush().into_iter().chain(std::iter::once(ev)).collect(),
         }
     }
@@ -152,13 +182,20 @@ impl Conversation {
                 self.turn += 1;
                 self.agent_turns += 1;
                 let text = self.texts.remove(&response);
+                let aligned = self.alignments.remove(&response);
                 let start_ms = ms(self.origin, started);
+                let heard_text = match (&aligned, &text) {
+                    (Some(a), _) if interrupted => Some(heard_aligned(a, heard_ms)),
+                    (_, Some(t)) => Some(heard_prefix(t, heard_ms, sent_ms)),
+                    (Some(a), None) => Some(heard_aligned(a, u32::MAX)),
+                    (None, None) => None,
+                };
                 Some(Event::TurnAgent(AgentTurn {
                     turn: self.turn,
                     response_id: response.0,
                     start_ms,
                     end_ms: start_ms + heard_ms.max(if interrupted { 0 } else { sent_ms }) as u64,
-                    heard_text: text.as_deref().map(|t| heard_prefix(t, heard_ms, sent_ms)),
+                    heard_text,
                     text,
                     sent_ms,
                     heard_ms,
@@ -167,6 +204,7 @@ impl Conversation {
             }
             Telemetry::Dtmf(d) => Some(Event::Dtmf { digit: d.to_string(), at_ms: ms(self.origin, now) }),
             Telemetry::TurnStarted
+            | Telemetry::Stage { .. }
             | Telemetry::TurnResumed { .. }
             | Telemetry::EchoIgnored
             | Telemetry::StaleAudioDropped(_)
@@ -273,7 +311,7 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut c = Conversation::new(t0);
-        c.expect_transcripts(true);
+        c.expect_transcripts(true, false);
         assert!(
             c.on_telemetry(
                 &Telemetry::TurnEnded { start: at(0), end: at(900), by: crate::session::turn::EndedBy::Silence },

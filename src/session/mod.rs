@@ -18,6 +18,7 @@
 //! conversation record and the callback events it produces.
 
 pub mod agent;
+mod brain;
 pub mod conversation;
 mod inbound;
 mod limits;
@@ -106,6 +107,8 @@ pub enum HangupReason {
     MaxDuration,
     /// Nobody spoke for the plan's `silence_timeout_s` (after a goodbye line).
     SilenceTimeout,
+    /// The backend's reply said to hang up (after it was heard).
+    AgentHangup,
 }
 
 impl HangupReason {
@@ -119,6 +122,7 @@ impl HangupReason {
             HangupReason::EngineError => "engine_error",
             HangupReason::MaxDuration => "max_duration",
             HangupReason::SilenceTimeout => "silence_timeout",
+            HangupReason::AgentHangup => "agent_hangup",
         }
     }
 }
@@ -183,6 +187,14 @@ pub enum Telemetry {
     QueueOverflow(usize),
     /// Caller pressed a key.
     Dtmf(char),
+    /// One stage of answering a turn (`endpoint`, `stt_final`,
+    /// `backend_first_text`, `tts_first_audio`, `overhead`: the rest).
+    Stage {
+        /// stage name
+        stage: &'static str,
+        /// its latency
+        latency: Duration,
+    },
 }
 
 /// One input to the session.
@@ -194,8 +206,16 @@ pub enum Input<'a> {
     Engine(EngineEvent),
     /// From outside the call.
     Control(ControlCommand),
-    /// The backend answered (or failed to answer) a [`Request`].
+    /// The backend answered (or failed to answer) a [`Request`]; for a
+    /// streamed reply, after its deltas.
     Reply(Reply),
+    /// Part of a streamed reply to request `id` (`reply_delta`).
+    ReplyDelta {
+        /// the request
+        id: RequestId,
+        /// the words
+        text: String,
+    },
     /// The end-of-turn model's answer to [`Output::TurnQuery`] `id`:
     /// P(turn complete), or `None` when it could not answer in time.
     TurnVerdict {
@@ -231,6 +251,12 @@ pub enum Output<'a> {
     Event(Event),
     /// A blocking callback request; answer with [`Input::Reply`].
     Request(Request),
+    /// Abandon a request still in flight (a streamed reply the caller cut
+    /// off, a turn superseded or past its budget): close its connection.
+    CancelRequest(RequestId),
+    /// Transfer the call (the backend's reply said so); the shell checks the
+    /// number's allowed destinations and asks the carrier.
+    Transfer(String),
     /// Ask the end-of-turn model; answer with [`Input::TurnVerdict`].
     TurnQuery(TurnQuery),
     /// A transcript-only record (no callback of its own), e.g. a tool result.
@@ -249,6 +275,8 @@ enum Cold {
     Engine(EngineCommand<'static>),
     Event(Event),
     Request(Request),
+    CancelRequest(RequestId),
+    Transfer(String),
     TurnQuery(TurnQuery),
     Note(&'static str, serde_json::Value),
     Incident(Incident),
@@ -437,6 +465,7 @@ impl Session {
                     self.agent_reply(r);
                 }
             }
+            Input::ReplyDelta { id, text } => self.brain_delta(id, text),
             Input::TurnVerdict { id, p } => {
                 if self.phase == Phase::Active {
                     let ev = self.turn.on_verdict(now, id, p);
@@ -576,6 +605,8 @@ impl Session {
                 Cold::Engine(cmd) => Output::ToEngine(cmd),
                 Cold::Event(e) => Output::Event(e),
                 Cold::Request(r) => Output::Request(r),
+                Cold::CancelRequest(id) => Output::CancelRequest(id),
+                Cold::Transfer(to) => Output::Transfer(to),
                 Cold::TurnQuery(q) => Output::TurnQuery(q),
                 Cold::Note(k, v) => Output::Note(k, v),
                 Cold::Incident(i) => Output::Incident(i),
@@ -597,6 +628,11 @@ impl Session {
     /// events are on).
     fn telemetry(&mut self, t: Telemetry) {
         self.pending.push_back(Pending::Telemetry(t));
+        if self.agent.cfg.brain
+            && let Some(stage) = self.brain_account(&t)
+        {
+            self.pending.push_back(Pending::Telemetry(stage));
+        }
         if self.agent.events_on() {
             for ev in self.agent.conversation.on_telemetry(&t, self.now) {
                 self.cold(Cold::Event(ev));
@@ -607,6 +643,7 @@ impl Session {
     /// Report a response that reached the carrier and is now over (not one
     /// cut off before any of its audio went out).
     fn finished(&mut self, r: &Interrupted, interrupted: bool) {
+        self.brain_finished(r.response, interrupted);
         if let Some(started) = r.started {
             let speech = self.agent.live().speech;
             self.live(speech, |at_ms| Event::SpeechStopped { who: "agent".into(), at_ms }, self.now);
@@ -677,6 +714,7 @@ impl Session {
             let pos = self.rec.clear();
             self.pending.push_back(Pending::RecordClear { pos });
         }
+        self.brain_interrupted();
         let interrupted = std::mem::take(&mut self.interrupted);
         if let (Some(onset), Some(first)) = (onset, interrupted.first()) {
             self.telemetry(Telemetry::BargeIn {
@@ -703,6 +741,7 @@ impl Session {
             EngineEvent::ResponseStarted(id) => {
                 if !stale(id, self.cancelled_upto) {
                     self.playback.start_response(id);
+                    self.brain_response_started(id);
                 }
             }
             EngineEvent::Audio(chunk) => {

@@ -163,6 +163,13 @@ pub enum Cmd {
     Cancel(ResponseId, u32),
     /// `Say`
     Say(String),
+    /// `Reply`
+    Reply {
+        /// text
+        text: String,
+        /// done
+        done: bool,
+    },
     /// `Play` (samples)
     Play(usize),
     /// `ToolResult`
@@ -215,6 +222,9 @@ impl Engine for SpyEngine {
     fn transcribes_caller(&self) -> bool {
         self.inner.transcribes_caller()
     }
+    fn needs_brain(&self) -> bool {
+        self.inner.needs_brain()
+    }
     fn handle_command(&mut self, now: Instant, cmd: EngineCommand<'_>) {
         let c = match &cmd {
             EngineCommand::Start => Cmd::Start,
@@ -223,6 +233,7 @@ impl Engine for SpyEngine {
             EngineCommand::EndOfTurn => Cmd::EndOfTurn,
             EngineCommand::Cancel { response, heard_ms } => Cmd::Cancel(*response, *heard_ms),
             EngineCommand::Say(t) => Cmd::Say(t.clone()),
+            EngineCommand::Reply { text, done } => Cmd::Reply { text: text.clone(), done: *done },
             EngineCommand::Play(c) => Cmd::Play(c.len()),
             EngineCommand::ToolResult { call_id, output, respond } => {
                 Cmd::ToolResult { call_id: call_id.clone(), output: output.clone(), respond: *respond }
@@ -296,6 +307,10 @@ pub struct VecIo {
     pub protocol_errors: Vec<&'static str>,
     /// Questions for the end-of-turn model, with when they were asked.
     pub turn_queries: Vec<(Instant, TurnQuery)>,
+    /// Requests abandoned.
+    pub cancelled: Vec<callbridge::session::RequestId>,
+    /// Transfers asked for.
+    pub transfers: Vec<String>,
     now: Instant,
 }
 
@@ -314,6 +329,8 @@ impl VecIo {
             frames: (0, 0),
             protocol_errors: vec![],
             turn_queries: vec![],
+            cancelled: vec![],
+            transfers: vec![],
             now,
         }
     }
@@ -338,6 +355,8 @@ impl CallIo for VecIo {
             Output::Telemetry(t) => self.telemetry.push((self.now, t)),
             Output::Event(e) => self.events.push(e),
             Output::Request(r) => self.requests.push(r),
+            Output::CancelRequest(id) => self.cancelled.push(id),
+            Output::Transfer(to) => self.transfers.push(to),
             Output::TurnQuery(q) => self.turn_queries.push((self.now, q)),
             Output::Note(k, v) => self.notes.push((k, v)),
             Output::Incident(i) => self.incidents.push(i),

@@ -673,7 +673,8 @@ impl Engine for RealtimeEngine {
             EngineCommand::Say(text) => self.say_text(&text),
             EngineCommand::Play(clip) => self.play(&clip),
             EngineCommand::ToolResult { call_id, output, respond } => self.tool_result(&call_id, &output, respond),
-            EngineCommand::Stop => {}
+            // Its words are its own (`needs_brain` is false): the session never sends replies.
+            EngineCommand::Reply { .. } | EngineCommand::Stop => {}
         }
     }
 
@@ -690,7 +691,7 @@ impl Engine for RealtimeEngine {
                     });
                 }
             }
-            LinkEvent::Binary(_) => {}
+            LinkEvent::Binary(_) | LinkEvent::Lost => {}
             LinkEvent::Down(why) => self.events.push_back(EngineEvent::Error {
                 fatal: true,
                 code: "engine_unavailable".into(),

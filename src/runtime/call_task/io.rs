@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use super::telemetry;
 use crate::call::CallIo;
-use crate::callback::client::{CallbackClient, Target};
+use crate::callback::client::{CallbackClient, ReplyBody, Target};
 use crate::callback::delivery::EventSender;
 use crate::carrier::{CarrierError, WireOut};
 use crate::contract::Envelope;
@@ -22,7 +22,7 @@ use crate::ids::CallId;
 use crate::metrics::CallMetrics;
 use crate::recording::Recorder;
 use crate::runtime::engine_link::{LinkLanes, SendError};
-use crate::session::{Output, RecordOp, Reply, ReplyFailure, Request};
+use crate::session::{Output, RecordOp, Reply, ReplyFailure, Request, RequestId};
 
 /// How blocking requests reach the backend.
 pub(super) struct Requests {
@@ -75,7 +75,9 @@ pub(super) struct ShellIo {
     logged_errors: u32,
     /// Blocking requests in flight (aborted when the call ends, so nothing
     /// of the call reaches the backend after its `call.ended`).
-    in_flight: Vec<tokio::task::JoinHandle<()>>,
+    in_flight: Vec<(RequestId, tokio::task::JoinHandle<()>)>,
+    /// Where a backend's reply may transfer the call.
+    pub transfers: Option<Transfers>,
     /// How the call was routed.
     pub route: Option<RouteInfo>,
     /// Where the control API transferred the call, if it did.
@@ -104,6 +106,7 @@ impl ShellIo {
             engine_frame: 160,
             logged_errors: 0,
             in_flight: Vec::new(),
+            transfers: None,
             route: None,
             transfer_to: None,
             turn_pool: None,
@@ -112,8 +115,15 @@ impl ShellIo {
 
     /// Abort blocking requests still in flight (the call is over).
     pub(super) fn abort_requests(&mut self) {
-        for h in self.in_flight.drain(..) {
+        for (_, h) in self.in_flight.drain(..) {
             h.abort();
+        }
+    }
+
+    /// Abandon request `id` (dropping its connection tells the backend).
+    fn cancel_request(&mut self, id: RequestId) {
+        if let Some(i) = self.in_flight.iter().position(|(r, _)| *r == id) {
+            self.in_flight.swap_remove(i).1.abort();
         }
     }
 
@@ -131,8 +141,12 @@ impl ShellIo {
         };
         let (client, budget, tx, id) =
             (self.requests.client.clone(), self.requests.budget, self.requests.replies.clone(), r.id);
-        self.in_flight.retain(|h| !h.is_finished());
-        self.in_flight.push(tokio::spawn(async move {
+        self.in_flight.retain(|(_, h)| !h.is_finished());
+        if kind == "turn.user" {
+            self.in_flight.push((id, tokio::spawn(turn_reply(client, target, env, budget, tx, id))));
+            return;
+        }
+        self.in_flight.push((id, tokio::spawn(async move {
             let started = std::time::Instant::now();
             let result = client.post(&target, &env, budget).await.map_err(|e| {
                 metrics::counter!(crate::metrics::CALLBACK_FALLBACKS, "type" => kind, "kind" => e.kind()).increment(1);
@@ -143,8 +157,104 @@ impl ShellIo {
                 started.elapsed(),
             );
             let _ = tx.send(super::Answer::Backend(Reply { id, result })).await;
-        }));
+        })));
     }
+
+    /// A backend's reply said to transfer: within the number's allowed
+    /// destinations, through the carrier's call control, as the control API does.
+    fn transfer(&mut self, to: String) {
+        let refuse = |why: &str| {
+            metrics::counter!(crate::metrics::CALL_ERRORS, "source" => "transfer_refused").increment(1);
+            warn!(call = %self.id, reason = why, "the backend's transfer action was not carried out");
+        };
+        let Some(t) = &self.transfers else { return refuse("this carrier cannot transfer calls") };
+        let target = match crate::destination::TransferTarget::parse(&to) {
+            Ok(t) => t,
+            Err(_) => return refuse("not a number or SIP URI"),
+        };
+        let allowed = self.route.as_ref().and_then(|r| r.tenant.as_ref()).is_some_and(|t| t.destinations().allows(&target));
+        if !allowed {
+            return refuse("destination not in the number's transfer_allow");
+        }
+        let (control, registry, id) = (t.control.clone(), t.registry.clone(), self.id);
+        tokio::spawn(async move {
+            let Some(h) = registry.get(id) else { return };
+            let Some(d) = h.details.clone() else { return };
+            match control.transfer(id, &d, &target).await {
+                Ok(()) => {
+                    let cmd = crate::runtime::registry::CallControl::Transferring { to: target.as_str().to_string() };
+                    let _ = h.control.send(cmd).await;
+                }
+                Err(e) => {
+                    metrics::counter!(crate::metrics::CALL_ERRORS, "source" => "transfer").increment(1);
+                    warn!(call = %id, error = %e, "the backend's transfer failed");
+                }
+            }
+        });
+    }
+}
+
+/// What a call needs to carry out a transfer its backend asked for.
+pub(super) struct Transfers {
+    pub control: std::sync::Arc<dyn crate::api::carrier_control::CarrierControl>,
+    pub registry: std::sync::Arc<crate::runtime::registry::Registry>,
+}
+
+/// Longest a streamed reply may keep its connection open.
+const MAX_STREAMED_REPLY: Duration = Duration::from_secs(120);
+
+/// POST a `turn.user` and hand its reply back: whole, or line by line as a
+/// streamed reply arrives (`reply_delta` parts as deltas, the last line's
+/// `action` with the final answer).
+async fn turn_reply(
+    client: CallbackClient,
+    target: Target,
+    env: Envelope,
+    budget: Duration,
+    tx: mpsc::Sender<super::Answer>,
+    id: RequestId,
+) {
+    let started = std::time::Instant::now();
+    let fail = |e: crate::callback::client::CallbackError| {
+        metrics::counter!(crate::metrics::CALLBACK_FALLBACKS, "type" => "turn.user", "kind" => e.kind()).increment(1);
+        ReplyFailure { kind: e.kind(), message: e.to_string() }
+    };
+    let result = match client.post_streaming(&target, &env, budget).await {
+        Ok(ReplyBody::Whole(v)) => Ok(v),
+        Ok(ReplyBody::Lines(mut lines)) => {
+            let mut last = serde_json::Value::Null;
+            let mut failed = None;
+            let deadline = tokio::time::Instant::now() + MAX_STREAMED_REPLY;
+            loop {
+                let line = match tokio::time::timeout_at(deadline, lines.next()).await {
+                    Ok(Some(Ok(v))) => v,
+                    Ok(Some(Err(e))) => {
+                        failed = Some(fail(e));
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(_) => break, // long enough: what came is the reply
+                };
+                let delta = line.get("reply_delta").or(line.get("reply")).and_then(|d| d.as_str()).unwrap_or("");
+                if !delta.is_empty() && tx.send(super::Answer::Delta(id, delta.to_string())).await.is_err() {
+                    return;
+                }
+                if let Some(a) = line.get("action").filter(|a| !a.is_null()) {
+                    last = serde_json::json!({"action": a});
+                }
+            }
+            match failed {
+                Some(f) => Err(f),
+                None => Ok(last),
+            }
+        }
+        Err(e) => Err(fail(e)),
+    };
+    crate::metrics::observe(
+        &metrics::histogram!(crate::metrics::CALLBACK_LATENCY, "type" => "turn.user"),
+        started.elapsed(),
+    );
+    let _ = tx.send(super::Answer::Backend(Reply { id, result })).await;
 }
 
 impl ShellIo {
@@ -188,6 +298,8 @@ impl CallIo for ShellIo {
                 self.events.send(e);
             }
             Output::Request(r) => self.request(r),
+            Output::CancelRequest(id) => self.cancel_request(id),
+            Output::Transfer(to) => self.transfer(to),
             Output::TurnQuery(q) => self.ask_turn(q),
             Output::Note(kind, body) => self.events.record(kind, body),
             Output::Incident(i) => telemetry::incident(self.id, &i),

@@ -96,6 +96,8 @@ pub struct CallContext {
     pub public_http: String,
     /// The end-of-turn model's workers (the smart detector), if loaded.
     pub turn_pool: Option<Arc<crate::runtime::turn_pool::TurnPool>>,
+    /// Carriers' call control (a backend's reply may transfer the call).
+    pub carriers: Vec<Arc<dyn crate::api::carrier_control::CarrierControl>>,
 }
 
 /// Answers that come back to a call task: the backend's replies and the
@@ -103,6 +105,8 @@ pub struct CallContext {
 #[derive(Debug)]
 pub(super) enum Answer {
     Backend(Reply),
+    /// Part of a streamed reply.
+    Delta(crate::session::RequestId, String),
     Turn { id: u32, p: Option<f32> },
 }
 
@@ -245,6 +249,7 @@ async fn run_loop<T: Transport>(
             Woke::Link(Some((link, update))) => call.on_link(now, link, update.as_event(), io),
             Woke::Link(None) => call.on_link(now, 0, crate::engine::LinkEvent::Down("engine links ended"), io),
             Woke::Answer(Answer::Backend(r)) => call.on_reply(now, r, io),
+            Woke::Answer(Answer::Delta(id, text)) => call.on_reply_delta(now, id, text, io),
             Woke::Answer(Answer::Turn { id, p }) => call.on_turn_verdict(now, id, p, io),
             Woke::Io(Io::WriteFailed(e)) => {
                 tracing::debug!(call = %io.id, error = %e, "write failed");
