@@ -106,8 +106,8 @@ pub fn install() -> PrometheusHandle {
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TURN_MODEL_LATENCY.into()), &latency))
                 .and_then(|b| {
                     let stage = [
-                        0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 1.5,
-                        2.0, 5.0,
+                        0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0,
+                        1.5, 2.0, 5.0,
                     ];
                     b.set_buckets_for_metric(Matcher::Full(STAGE_LATENCY.into()), &stage)
                 })

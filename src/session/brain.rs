@@ -182,12 +182,10 @@ impl Session {
                 };
                 st[i].get_or_insert(latency);
             }
-            Telemetry::ResponseLatency(total) => {
-                if st.iter().all(Option::is_some) {
-                    let sum: Duration = st.iter().flatten().sum();
-                    *st = [None; 4];
-                    return Some(Telemetry::Stage { stage: "overhead", latency: total.saturating_sub(sum) });
-                }
+            Telemetry::ResponseLatency(total) if st.iter().all(Option::is_some) => {
+                let sum: Duration = st.iter().flatten().sum();
+                *st = [None; 4];
+                return Some(Telemetry::Stage { stage: "overhead", latency: total.saturating_sub(sum) });
             }
             _ => {}
         }

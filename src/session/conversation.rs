@@ -205,6 +205,7 @@ impl Conversation {
             Telemetry::Dtmf(d) => Some(Event::Dtmf { digit: d.to_string(), at_ms: ms(self.origin, now) }),
             Telemetry::TurnStarted
             | Telemetry::Stage { .. }
+            | Telemetry::Underrun
             | Telemetry::TurnResumed { .. }
             | Telemetry::EchoIgnored
             | Telemetry::StaleAudioDropped(_)

@@ -187,6 +187,9 @@ pub enum Telemetry {
     QueueOverflow(usize),
     /// Caller pressed a key.
     Dtmf(char),
+    /// Response audio ran dry mid-response: the caller heard a gap (the
+    /// engine is slower than real time); playback resumes when audio comes.
+    Underrun,
     /// One stage of answering a turn (`endpoint`, `stt_final`,
     /// `backend_first_text`, `tts_first_audio`, `overhead`: the rest).
     Stage {
@@ -555,6 +558,9 @@ impl Session {
         let now = self.now;
         let play_at = now + self.playback.buffered(now);
         let released = self.playback.release(now);
+        if self.playback.take_underrun() {
+            self.pending.push_back(Pending::Telemetry(Telemetry::Underrun));
+        }
         while let Some(f) = self.playback.take_retired() {
             self.finished(&f, false);
         }

@@ -52,11 +52,22 @@ struct Resp {
     /// Carrier samples confirmed played by a mark echo.
     confirmed: u64,
     since_mark: u64,
+    /// Ran dry mid-response (counted once per dry spell).
+    starved: bool,
 }
 
 impl Resp {
     fn new(id: ResponseId) -> Self {
-        Self { id, done: false, first_release: None, released_base: 0, sent: 0, confirmed: 0, since_mark: 0 }
+        Self {
+            id,
+            done: false,
+            first_release: None,
+            released_base: 0,
+            sent: 0,
+            confirmed: 0,
+            since_mark: 0,
+            starved: false,
+        }
     }
 }
 
@@ -105,6 +116,8 @@ pub struct Playback {
     due_mark: Option<MarkId>,
     retired: VecDeque<Interrupted>,
     last_play_at: Option<Instant>,
+    /// A response ran dry since the last [`Playback::take_underrun`].
+    underrun: bool,
 }
 
 impl Playback {
@@ -134,6 +147,7 @@ impl Playback {
             due_mark: None,
             retired: VecDeque::with_capacity(4),
             last_play_at: None,
+            underrun: false,
         })
     }
 
@@ -232,10 +246,12 @@ impl Playback {
                     });
                     continue;
                 }
+                self.check_starved(now);
                 return None;
             }
             if avail < self.engine_frame && !done {
-                return None; // wait for more streamed audio
+                self.check_starved(now);
+                return None;
             }
             if !self.pacer.can_release(now) {
                 return None;
@@ -277,6 +293,7 @@ impl Playback {
             }
             r.sent += self.frame as u64;
             r.since_mark += self.frame as u64;
+            r.starved = false;
             let finished = r.done && self.queue.front().is_none_or(|c| c.response != id);
             if self.issue_marks && (r.since_mark >= self.mark_interval || finished) {
                 r.since_mark = 0;
@@ -287,6 +304,26 @@ impl Playback {
             }
             return Some(Released { response: id, first });
         }
+    }
+
+    /// The front response is waiting for more streamed audio; if the far end
+    /// has nothing left of it either, the caller hears a gap.
+    fn check_starved(&mut self, now: Instant) {
+        let buffered = self.pacer.buffered(now);
+        if let Some(r) = self.responses.front_mut()
+            && r.first_release.is_some()
+            && !r.starved
+            && buffered.is_zero()
+        {
+            r.starved = true;
+            self.underrun = true;
+        }
+    }
+
+    /// Whether a response ran dry mid-way since the last call (the engine
+    /// is slower than real time).
+    pub fn take_underrun(&mut self) -> bool {
+        std::mem::take(&mut self.underrun)
     }
 
     /// The frame produced by the last successful [`Playback::release`].

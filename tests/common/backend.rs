@@ -35,6 +35,8 @@ pub enum Mode {
     Hang,
     /// Fail with 503 this many times, then 200 `{}`.
     FailTimes(u32),
+    /// 200 `application/x-ndjson`: each line after its delay (ms after the previous one).
+    Ndjson(Vec<(u64, Value)>),
 }
 
 /// One recorded callback.
@@ -62,6 +64,10 @@ struct Inner {
     twilio_status: u16,
     telnyx_actions: Vec<CarrierAction>,
     vonage_updates: Vec<CarrierAction>,
+    /// Streamed replies whose reader went away before the last line (and when).
+    streams_cancelled: Vec<Instant>,
+    /// When each streamed line was handed to the connection.
+    lines_sent: Vec<(Instant, Value)>,
 }
 
 /// One REST command a fake carrier API received (Telnyx Call Control, Vonage Voice API).
@@ -183,6 +189,16 @@ impl FakeBackend {
         }
     }
 
+    /// Streamed replies callbridge stopped reading before their end.
+    pub fn streams_cancelled(&self) -> Vec<Instant> {
+        self.inner.lock().unwrap().streams_cancelled.clone()
+    }
+
+    /// Streamed lines written, with when.
+    pub fn lines_sent(&self) -> Vec<(Instant, Value)> {
+        self.inner.lock().unwrap().lines_sent.clone()
+    }
+
     pub fn twilio_updates(&self) -> Vec<(String, String, HashMap<String, String>)> {
         self.inner.lock().unwrap().twilio_updates.clone()
     }
@@ -241,6 +257,25 @@ async fn callback(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, ra
         }
         Mode::Redirect => (StatusCode::FOUND, [(header::LOCATION, "http://127.0.0.1:9/elsewhere")]).into_response(),
         Mode::Hang => std::future::pending().await,
+        Mode::Ndjson(lines) => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                for (delay, line) in lines {
+                    // Pacing of a slow backend (a fake's own timing, not a wait in a test).
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    let mut bytes = line.to_string().into_bytes();
+                    bytes.push(b'\n');
+                    if tx.send(Ok(bytes)).await.is_err() {
+                        inner.lock().unwrap().streams_cancelled.push(Instant::now());
+                        return;
+                    }
+                    inner.lock().unwrap().lines_sent.push((Instant::now(), line));
+                }
+            });
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+            ([(header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(stream)).into_response()
+        }
         Mode::FailTimes(_) => unreachable!(),
     }
 }

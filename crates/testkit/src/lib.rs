@@ -8,6 +8,8 @@
 //! - [`vonage_peer`]: Vonage's side of the Voice API WebSocket.
 //! - [`mutate`]: deterministic mutation of real messages (garbage-input tests).
 //! - [`fake_realtime`]: a FAKE OpenAI Realtime server on loopback.
+//! - [`fake_deepgram`]: a FAKE Deepgram live-transcription server on loopback.
+//! - [`fake_elevenlabs`]: a FAKE ElevenLabs multi-context TTS server on loopback.
 //! - [`harness`]: the real call loop driven in virtual time over a FAKE carrier.
 //! - [`mem_call`]: a Twilio call through the real call loop over an in-memory WebSocket.
 //! - [`turn_eval`]: recorded caller turns through the real call loop: premature answers and response times.
@@ -15,6 +17,8 @@
 //! Every fake here is named a fake: it speaks the real wire protocol and
 //! understands nothing it hears.
 
+pub mod fake_deepgram;
+pub mod fake_elevenlabs;
 pub mod fake_realtime;
 pub mod harness;
 pub mod mem_call;

@@ -147,6 +147,8 @@ struct Context {
     pending: String,
     /// Text sent and not yet aligned (resent after a reconnect).
     unvoiced: String,
+    /// Bytes at the front of `pending` that were said before (a resend).
+    resent: usize,
     complete: bool,
     first_text_at: Option<Instant>,
     got_audio: bool,
@@ -222,6 +224,7 @@ impl Tts {
             opened: false,
             pending: String::new(),
             unvoiced: String::new(),
+            resent: 0,
             complete: false,
             first_text_at: None,
             got_audio: false,
@@ -267,10 +270,8 @@ impl Tts {
             let sentence = c
                 .pending
                 .char_indices()
-                .filter(|&(i, ch)| {
-                    is_sentence_end(ch) && c.pending[i + ch.len_utf8()..].starts_with(char::is_whitespace)
-                })
-                .last()
+                .rev()
+                .find(|&(i, ch)| is_sentence_end(ch) && c.pending[i + ch.len_utf8()..].starts_with(char::is_whitespace))
                 .map(|(i, ch)| i + ch.len_utf8());
             match sentence {
                 Some(i) => i,
@@ -282,10 +283,18 @@ impl Tts {
         let flush = c.complete || chunk.trim_end().ends_with(is_sentence_end);
         let mut text = chunk.trim().to_string();
         if !text.is_empty() {
+            // The record of what is said: words joined by single spaces
+            // (text resent after a reconnect is already in it).
+            let skip = std::mem::take(&mut c.resent).min(text.len());
+            let skip = if text.is_char_boundary(skip) { skip } else { 0 };
+            let fresh = text[skip..].trim_start();
+            if !fresh.is_empty() {
+                let said = if c.first_text_at.is_some() { format!(" {fresh}") } else { fresh.to_string() };
+                self.events.push_back(TtsEvent::Text(c.response, said));
+            }
             text.push(' ');
             c.unvoiced.push_str(&text);
             c.first_text_at.get_or_insert(now);
-            self.events.push_back(TtsEvent::Text(c.response, text.clone()));
         }
         if !text.is_empty() || (c.complete && cut == 0) {
             let mut m = json!({"text": text, "context_id": c.id});
@@ -396,6 +405,7 @@ impl Tts {
             c.opened = false;
             c.close_sent = false;
             let unvoiced = std::mem::take(&mut c.unvoiced);
+            c.resent = unvoiced.trim_end().len();
             c.pending.insert_str(0, &unvoiced);
             self.pump_text(now);
         }

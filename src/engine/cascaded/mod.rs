@@ -197,9 +197,7 @@ impl CascadedEngine {
                 // Deepgram's VAD also fires on the bot's own echo; barge-in
                 // stays with our echo-checked VAD, which is faster anyway.
                 SttEvent::SpeechStarted => continue,
-                SttEvent::Down(message) => {
-                    EngineEvent::Error { fatal: true, code: "stt_unavailable".into(), message }
-                }
+                SttEvent::Down(message) => EngineEvent::Error { fatal: true, code: "stt_unavailable".into(), message },
             };
             self.events.push_back(ev);
         }
@@ -212,9 +210,7 @@ impl CascadedEngine {
                 TtsEvent::Text(id, text) => EngineEvent::AgentText(id, text),
                 TtsEvent::FirstAudio(latency) => EngineEvent::Stage { stage: "tts_first_audio", latency },
                 TtsEvent::Done(id) => EngineEvent::ResponseDone(id),
-                TtsEvent::Down(message) => {
-                    EngineEvent::Error { fatal: true, code: "tts_unavailable".into(), message }
-                }
+                TtsEvent::Down(message) => EngineEvent::Error { fatal: true, code: "tts_unavailable".into(), message },
             });
         }
     }
@@ -284,14 +280,26 @@ impl Engine for CascadedEngine {
 
     fn handle_link(&mut self, now: Instant, link: usize, ev: LinkEvent<'_>) {
         let result = match (link, ev) {
-            (STT_LINK, LinkEvent::Lost) => Ok(self.stt.lost()),
-            (STT_LINK, LinkEvent::Up { reconnected }) => Ok(self.stt.up(now, reconnected)),
             (STT_LINK, LinkEvent::Text(t)) => self.stt.on_text(now, t),
-            (STT_LINK, LinkEvent::Down(why)) => Ok(self.stt.down(why)),
-            (TTS_LINK, LinkEvent::Lost) => Ok(self.tts.lost()),
-            (TTS_LINK, LinkEvent::Up { reconnected }) => Ok(self.tts.up(now, reconnected)),
             (TTS_LINK, LinkEvent::Text(t)) => self.tts.on_text(now, t),
-            (TTS_LINK, LinkEvent::Down(why)) => Ok(self.tts.down(why)),
+            (STT_LINK, ev) => {
+                match ev {
+                    LinkEvent::Lost => self.stt.lost(),
+                    LinkEvent::Up { reconnected } => self.stt.up(now, reconnected),
+                    LinkEvent::Down(why) => self.stt.down(why),
+                    LinkEvent::Text(_) | LinkEvent::Binary(_) => {}
+                }
+                Ok(())
+            }
+            (TTS_LINK, ev) => {
+                match ev {
+                    LinkEvent::Lost => self.tts.lost(),
+                    LinkEvent::Up { reconnected } => self.tts.up(now, reconnected),
+                    LinkEvent::Down(why) => self.tts.down(why),
+                    LinkEvent::Text(_) | LinkEvent::Binary(_) => {}
+                }
+                Ok(())
+            }
             _ => Ok(()),
         };
         if let Err(message) = result {
@@ -376,9 +384,7 @@ impl EngineFactory for CascadedFactory {
         match (&self.deepgram_key, &self.elevenlabs_key) {
             (Some(_), Some(_)) => Ok(()),
             (None, _) => Err(BuildError::NotConfigured { engine: NAME, why: "DEEPGRAM_API_KEY is not set".into() }),
-            (_, None) => {
-                Err(BuildError::NotConfigured { engine: NAME, why: "ELEVENLABS_API_KEY is not set".into() })
-            }
+            (_, None) => Err(BuildError::NotConfigured { engine: NAME, why: "ELEVENLABS_API_KEY is not set".into() }),
         }
     }
 

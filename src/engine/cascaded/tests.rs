@@ -159,9 +159,7 @@ fn a_turn_deepgram_already_ended_is_handed_over_at_once_and_a_silent_finalize_ti
     drain_ev(&mut e);
     e.handle_command(t0, EngineCommand::EndOfTurn);
     assert!(texts(&drain_tx(&mut e), STT_LINK).is_empty(), "no Finalize needed");
-    assert!(
-        drain_ev(&mut e).contains(&EngineEvent::CallerTranscript { text: "Hi there.".into(), is_final: true })
-    );
+    assert!(drain_ev(&mut e).contains(&EngineEvent::CallerTranscript { text: "Hi there.".into(), is_final: true }));
     // Nothing recognised and no answer to Finalize: an empty final at the deadline.
     e.handle_command(t0, EngineCommand::EndOfTurn);
     assert_eq!(e.poll_timeout(), Some(t0 + Duration::from_millis(800)));
@@ -222,8 +220,7 @@ fn a_dropped_socket_loses_no_caller_audio() {
     e.handle_link(t0, STT_LINK, LinkEvent::Text(&results("is leaking", 0.0, 0.7, true, true, false)));
     e.handle_command(t0, EngineCommand::EndOfTurn);
     assert!(
-        drain_ev(&mut e)
-            .contains(&EngineEvent::CallerTranscript { text: "My sink is leaking".into(), is_final: true })
+        drain_ev(&mut e).contains(&EngineEvent::CallerTranscript { text: "My sink is leaking".into(), is_final: true })
     );
 }
 
@@ -245,7 +242,11 @@ fn a_streamed_reply_is_spoken_sentence_by_sentence_with_its_alignment() {
     assert_eq!(sent[0]["text"], " ");
     assert_eq!(sent[0]["context_id"], "r1");
     assert_eq!(sent[0]["generation_config"]["chunk_length_schedule"], json!([50, 120, 160, 250]));
-    assert_eq!(sent[1], json!({"text": "Sure. ", "context_id": "r1", "flush": true}), "the first sentence goes at once");
+    assert_eq!(
+        sent[1],
+        json!({"text": "Sure. ", "context_id": "r1", "flush": true}),
+        "the first sentence goes at once"
+    );
     assert_eq!(sent.len(), 2, "an unfinished sentence waits");
     e.handle_command(t0, EngineCommand::Reply { text: " send someone".into(), done: false });
     assert!(drain_tx(&mut e).is_empty());
@@ -259,7 +260,7 @@ fn a_streamed_reply_is_spoken_sentence_by_sentence_with_its_alignment() {
     );
     let ev = drain_ev(&mut e);
     assert_eq!(ev[0], EngineEvent::ResponseStarted(ResponseId(1)));
-    assert!(ev.contains(&EngineEvent::AgentText(ResponseId(1), "Sure. ".into())));
+    assert!(ev.contains(&EngineEvent::AgentText(ResponseId(1), "Sure.".into())));
     // Audio: 400 ms, then 200 ms; the second chunk's times are shifted by the first.
     let t1 = t0 + Duration::from_millis(90);
     e.handle_link(t1, TTS_LINK, LinkEvent::Text(&audio_msg("r1", 3200, "Sure.", &[0, 80, 160, 240, 320])));
@@ -307,7 +308,11 @@ fn a_reconnected_voice_resumes_the_words_not_yet_spoken() {
     let mut e = CascadedEngine::new(dg(), el(), None);
     e.handle_command(t0, EngineCommand::Reply { text: "One two. Three four.".into(), done: true });
     drain_tx(&mut e);
-    e.handle_link(t0, TTS_LINK, LinkEvent::Text(&audio_msg("r1", 800, "One two. ", &[0, 10, 20, 30, 40, 50, 60, 70, 80])));
+    e.handle_link(
+        t0,
+        TTS_LINK,
+        LinkEvent::Text(&audio_msg("r1", 800, "One two. ", &[0, 10, 20, 30, 40, 50, 60, 70, 80])),
+    );
     e.handle_link(t0, TTS_LINK, LinkEvent::Lost);
     e.handle_link(t0, TTS_LINK, LinkEvent::Up { reconnected: true });
     let sent = texts(&drain_tx(&mut e), TTS_LINK);
@@ -331,7 +336,9 @@ fn a_lost_provider_ends_the_call_and_clips_play_at_the_output_rate() {
     let ev = drain_ev(&mut e);
     assert!(matches!(&ev[1], EngineEvent::Audio(c) if (1550..=1650).contains(&c.len())), "8 kHz clip at 16 kHz");
     e.handle_link(t0, STT_LINK, LinkEvent::Down("deepgram refused the API key (HTTP 401)"));
-    assert!(matches!(&drain_ev(&mut e)[..], [EngineEvent::Error { fatal: true, code, .. }] if code == "stt_unavailable"));
+    assert!(
+        matches!(&drain_ev(&mut e)[..], [EngineEvent::Error { fatal: true, code, .. }] if code == "stt_unavailable")
+    );
     e.handle_command(t0, EngineCommand::Stop);
     let sent = drain_tx(&mut e);
     assert_eq!(texts(&sent, TTS_LINK), vec![json!({"close_socket": true})]);

@@ -146,18 +146,22 @@ impl ShellIo {
             self.in_flight.push((id, tokio::spawn(turn_reply(client, target, env, budget, tx, id))));
             return;
         }
-        self.in_flight.push((id, tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let result = client.post(&target, &env, budget).await.map_err(|e| {
-                metrics::counter!(crate::metrics::CALLBACK_FALLBACKS, "type" => kind, "kind" => e.kind()).increment(1);
-                ReplyFailure { kind: e.kind(), message: e.to_string() }
-            });
-            crate::metrics::observe(
-                &metrics::histogram!(crate::metrics::CALLBACK_LATENCY, "type" => kind),
-                started.elapsed(),
-            );
-            let _ = tx.send(super::Answer::Backend(Reply { id, result })).await;
-        })));
+        self.in_flight.push((
+            id,
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let result = client.post(&target, &env, budget).await.map_err(|e| {
+                    metrics::counter!(crate::metrics::CALLBACK_FALLBACKS, "type" => kind, "kind" => e.kind())
+                        .increment(1);
+                    ReplyFailure { kind: e.kind(), message: e.to_string() }
+                });
+                crate::metrics::observe(
+                    &metrics::histogram!(crate::metrics::CALLBACK_LATENCY, "type" => kind),
+                    started.elapsed(),
+                );
+                let _ = tx.send(super::Answer::Backend(Reply { id, result })).await;
+            }),
+        ));
     }
 
     /// A backend's reply said to transfer: within the number's allowed
@@ -172,7 +176,8 @@ impl ShellIo {
             Ok(t) => t,
             Err(_) => return refuse("not a number or SIP URI"),
         };
-        let allowed = self.route.as_ref().and_then(|r| r.tenant.as_ref()).is_some_and(|t| t.destinations().allows(&target));
+        let allowed =
+            self.route.as_ref().and_then(|r| r.tenant.as_ref()).is_some_and(|t| t.destinations().allows(&target));
         if !allowed {
             return refuse("destination not in the number's transfer_allow");
         }

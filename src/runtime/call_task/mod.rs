@@ -107,7 +107,10 @@ pub(super) enum Answer {
     Backend(Reply),
     /// Part of a streamed reply.
     Delta(crate::session::RequestId, String),
-    Turn { id: u32, p: Option<f32> },
+    Turn {
+        id: u32,
+        p: Option<f32>,
+    },
 }
 
 enum Io {

@@ -231,10 +231,11 @@ pub(super) fn admit(
     let wire = WireOut::new(ctx.limits.max_queued_messages, crate::carrier::ARENA_BYTES);
     let mut io = ShellIo::new(id, label, wire, CallMetrics::new(label, engine.label()), requests);
     io.turn_pool = ctx.turn_pool.clone().map(|p| (p, session_turn.clone()));
-    io.transfers = ctx.carriers.iter().find(|c| c.carrier() == label).map(|c| super::io::Transfers {
-        control: c.clone(),
-        registry: ctx.registry.clone(),
-    });
+    io.transfers = ctx
+        .carriers
+        .iter()
+        .find(|c| c.carrier() == label)
+        .map(|c| super::io::Transfers { control: c.clone(), registry: ctx.registry.clone() });
     io.engine_frame = crate::audio::frame_samples(engine.format().output_rate).max(1);
     let id_s = id.to_string();
     if record && let Some(svc) = &ctx.recordings {

@@ -30,6 +30,7 @@ pub(super) fn record(metrics: &CallMetrics, id: CallId, engine_frame: usize, t: 
         Telemetry::StaleAudioDropped(n) => metrics.dropped_stale.increment(n.div_ceil(engine_frame.max(1)) as u64),
         Telemetry::QueueOverflow(n) => metrics.dropped_queue.increment(n.div_ceil(engine_frame.max(1)) as u64),
         Telemetry::Dtmf(_) => metrics.dtmf.increment(1),
+        Telemetry::Underrun => metrics::counter!(crate::metrics::PLAYBACK_UNDERRUNS).increment(1),
         Telemetry::Stage { stage, latency } => {
             observe(&metrics::histogram!(crate::metrics::STAGE_LATENCY, "stage" => stage), latency)
         }
