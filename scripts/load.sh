@@ -6,6 +6,9 @@
 # CARRIER=telnyx plays Telnyx callers on /telnyx/stream (default twilio).
 # ENGINE=openai_realtime runs the FAKE Realtime server (loadtest's fake_realtime, on CPU 1
 # with the generator) and points callbridge's OpenAI Realtime engine at it.
+# ENGINE=cascaded runs loadtest's fake_cascade (FAKE Deepgram, ElevenLabs and backend, on
+# CPU 1), registers a number whose backend it is, and places every call through the voice
+# webhook so each caller turn is a blocking turn.user answered at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 calls=${1:?calls}
@@ -15,7 +18,9 @@ out=${4:-reports/load-$calls}
 extra=${5:-}
 port=$((18000 + RANDOM % 1000))
 cfg=$(mktemp)
-printf '[server]\nlisten = "127.0.0.1:%s"\nworker_threads = 1\n[storage]\ndatabase = ""\n%s\n' "$port" "$extra" > "$cfg"
+server_extra=""
+[ "${ENGINE:-local}" = cascaded ] && server_extra='allow_unsigned_tenant_calls = true'
+printf '[server]\nlisten = "127.0.0.1:%s"\nworker_threads = 1\n%s\n[storage]\ndatabase = ""\n%s\n' "$port" "$server_extra" "$extra" > "$cfg"
 cargo build --release -q -p callbridge -p loadtest
 fake_pid=""
 if [ "${ENGINE:-local}" = openai_realtime ]; then
@@ -24,6 +29,16 @@ if [ "${ENGINE:-local}" = openai_realtime ]; then
   fake_pid=$!
   printf '[engine]\nkind = "openai_realtime"\n' >> "$cfg"
   export OPENAI_API_KEY=fake-key OPENAI_REALTIME_URL="ws://127.0.0.1:$fport/v1/realtime"
+fi
+if [ "${ENGINE:-local}" = cascaded ]; then
+  furls=$(mktemp)
+  taskset -c 1 target/release/fake_cascade > "$furls" 2>/dev/null &
+  fake_pid=$!
+  for _ in $(seq 50); do [ "$(wc -l < "$furls")" -ge 3 ] && break; sleep 0.1; done
+  dg=$(sed -n 1p "$furls"); el=$(sed -n 2p "$furls"); cb=$(sed -n 3p "$furls"); rm -f "$furls"
+  printf '[engine.cascaded]\ngreeting = ""\n[callbacks]\nallow_private_networks = ["127.0.0.0/8"]\n[[numbers]]\nnumber = "+15550100001"\ncallback_url = "%s"\nsecret = "whsec_loadtest_0123456789"\n' "$cb" >> "$cfg"
+  export DEEPGRAM_API_KEY=fake DEEPGRAM_URL="$dg" ELEVENLABS_API_KEY=fake ELEVENLABS_URL="$el"
+  LOADTEST_ARGS="${LOADTEST_ARGS:-} --webhook http://127.0.0.1:$port/twilio/voice --to +15550100001"
 fi
 mkdir -p "$(dirname "$out")"
 RUST_LOG=warn taskset -c 0 target/release/callbridge serve --config "$cfg" > "$out.server.log" 2>&1 &

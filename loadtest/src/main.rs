@@ -66,6 +66,14 @@ struct Cli {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Twilio only: place each call through this voice webhook first (loopback,
+    /// unsigned: a development server), then stream with the token it answers;
+    /// calls then reach a registered number's backend (`--to`).
+    #[arg(long)]
+    webhook: Option<String>,
+    /// The number called through `--webhook`.
+    #[arg(long, default_value = "+15550100001")]
+    to: String,
 }
 
 fn parse_dur(s: &str) -> Result<Duration, String> {
@@ -117,7 +125,11 @@ fn main() -> anyhow::Result<()> {
         },
         progress: !cli.quiet,
         carrier: cli.carrier,
+        webhook: cli.webhook.map(|url| loadtest::run::Webhook { url, to: cli.to, http: reqwest::Client::new() }),
     };
+    if opts.webhook.is_some() && opts.carrier != loadtest::run::CarrierKind::Twilio {
+        anyhow::bail!("--webhook places Twilio calls only");
+    }
     let rt = if cli.threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {

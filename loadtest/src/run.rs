@@ -41,6 +41,39 @@ pub struct Options {
     pub progress: bool,
     /// Which carrier's stream protocol the callers speak.
     pub carrier: CarrierKind,
+    /// Place Twilio calls through the voice webhook first.
+    pub webhook: Option<Webhook>,
+}
+
+/// A Twilio voice webhook to place calls through (so they reach a number's backend).
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    /// `http://127.0.0.1:PORT/twilio/voice`
+    pub url: String,
+    /// The number called.
+    pub to: String,
+    /// Shared HTTP client.
+    pub http: reqwest::Client,
+}
+
+impl Webhook {
+    /// POST the voice webhook as Twilio would (unsigned); the stream token from the TwiML.
+    async fn place(&self, p: &TwilioPeer) -> Option<String> {
+        let form = [
+            ("AccountSid", p.account_sid.as_str()),
+            ("CallSid", p.call_sid.as_str()),
+            ("From", "+15550100000"),
+            ("To", self.to.as_str()),
+            ("CallStatus", "ringing"),
+        ];
+        let req = self.http.post(&self.url).form(&form).send();
+        let twiml = tokio::time::timeout(Duration::from_secs(10), async { req.await.ok()?.text().await.ok() })
+            .await
+            .ok()
+            .flatten()?;
+        let i = twiml.find(r#"name="cb_token" value=""#)? + 23;
+        twiml.get(i..i + 64).map(str::to_string)
+    }
 }
 
 /// The carrier the simulated callers come through.
@@ -82,9 +115,15 @@ impl Peer {
             CarrierKind::Vonage => Peer::Vonage(VonagePeer::new(id, 16000)),
         }
     }
-    fn hello(&mut self) -> Vec<Message> {
+    fn hello(&mut self, routed: Option<(&str, &str)>) -> Vec<Message> {
         match self {
-            Peer::Twilio(p) => vec![Message::text(p.connected()), Message::text(p.start(&[("loadtest", "1")]))],
+            Peer::Twilio(p) => {
+                let start = match routed {
+                    Some((token, to)) => p.start(&[("loadtest", "1"), ("cb_token", token), ("to", to), ("from", "+15550100000")]),
+                    None => p.start(&[("loadtest", "1")]),
+                };
+                vec![Message::text(p.connected()), Message::text(start)]
+            }
             Peer::Telnyx(p) => {
                 vec![Message::text(p.connected()), Message::text(p.start("+15550100000", "+15550100001", ""))]
             }
@@ -320,7 +359,18 @@ async fn one_call(id: u64, scenario: Scenario, o: &Options, t0: Instant, t_end: 
         book.failures.push(kind);
         live.failures.fetch_add(1, Ordering::Relaxed);
     };
-    let hello = peer.hello();
+    let token = match (&o.webhook, &peer) {
+        (Some(w), Peer::Twilio(p)) => match w.place(p).await {
+            Some(t) => Some(t),
+            None => {
+                failed("webhook", &mut script.book);
+                None
+            }
+        },
+        _ => None,
+    };
+    let routed = token.as_deref().zip(o.webhook.as_ref().map(|w| w.to.as_str()));
+    let hello = peer.hello(routed);
     for m in hello {
         if tx.send(m).await.is_err() {
             failed("send", &mut script.book);

@@ -28,6 +28,7 @@ async fn a_few_calls_talk_and_barge_in_against_a_real_server() {
         timing: ScriptTiming { barge_after_ms: 600.0, ..ScriptTiming::default() },
         progress: false,
         carrier: Default::default(),
+        webhook: None,
     };
     let data = run(opts.clone()).await.unwrap();
     let report = Report::build(&opts, data);
