@@ -205,3 +205,87 @@ fn opt_in_live_events_follow_the_call_and_default_off_they_are_absent() {
     h.frames(&silence(), 25 + 40);
     assert_eq!(kinds(&h), ["turn.user", "turn.agent"]);
 }
+
+fn brain() -> SessionConfig {
+    SessionConfig {
+        agent: AgentConfig {
+            backend: true,
+            events: true,
+            brain: true,
+            expect_transcripts: true,
+            ..AgentConfig::default()
+        },
+        ..energy_config()
+    }
+}
+
+fn replies(h: &Harness) -> Vec<(String, bool)> {
+    h.cmds()
+        .into_iter()
+        .filter_map(|c| if let Cmd::Reply { text, done } = c { Some((text, done)) } else { None })
+        .collect()
+}
+
+fn final_words(text: &str) -> EngineEvent {
+    EngineEvent::CallerTranscript { text: text.into(), is_final: true }
+}
+
+#[test]
+fn with_the_backend_as_the_brain_each_turn_is_a_request_and_its_streamed_words_are_spoken() {
+    let mut h = Harness::with_reply_ms(brain(), 200);
+    h.frames(&tone(-20.0), 10);
+    h.frames(&silence(), 60);
+    assert!(h.io.requests.is_empty(), "a turn.user waits for its transcript");
+    h.engine_event(final_words("   "));
+    assert!(h.io.requests.is_empty(), "no words: nothing to answer");
+    assert!(h.io.events.iter().any(|e| matches!(e, Event::TurnUser(_))), "recorded as an event instead");
+    h.frames(&tone(-20.0), 10);
+    h.frames(&silence(), 60);
+    h.engine_event(final_words("I need a plumber"));
+    let first = h.io.requests[0].clone();
+    assert!(matches!(&first.event, Event::TurnUser(u) if u.transcript.as_deref() == Some("I need a plumber")));
+    // The caller speaks again before any answer: the newer turn supersedes it.
+    h.frames(&tone(-20.0), 10);
+    h.frames(&silence(), 60);
+    h.engine_event(final_words("today if possible"));
+    assert_eq!(h.io.cancelled, vec![first.id], "the unanswered request is abandoned");
+    let second = h.io.requests[1].id;
+    h.reply_delta(first.id, "Stale words. ");
+    assert!(replies(&h).is_empty(), "a superseded reply is not spoken");
+    h.reply_delta(second, "Sure. ");
+    h.reply_delta(second, "Tomorrow at nine?");
+    h.reply(Reply { id: second, result: Ok(serde_json::Value::Null) });
+    assert_eq!(replies(&h), vec![("Sure. ".into(), false), ("Tomorrow at nine?".into(), false), (String::new(), true)]);
+    let stages: Vec<&str> =
+        h.io.telemetry
+            .iter()
+            .filter_map(|(_, t)| if let Telemetry::Stage { stage, .. } = t { Some(*stage) } else { None })
+            .collect();
+    assert!(stages.contains(&"endpoint") && stages.contains(&"backend_first_text"), "{stages:?}");
+}
+
+#[test]
+fn a_brain_that_is_silent_gets_the_filler_then_the_fallback_and_a_bad_reply_the_fallback() {
+    let cfg = brain();
+    let (filler, fallback) = (cfg.agent.prompts.filler.len(), cfg.agent.prompts.fallback.len());
+    let mut h = Harness::with_reply_ms(cfg, 200);
+    h.frames(&tone(-20.0), 10);
+    h.frames(&silence(), 60);
+    h.engine_event(final_words("Hello?"));
+    let id = h.io.requests[0].id;
+    let t = h.now + Duration::from_millis(700);
+    h.advance_to(t);
+    assert_eq!(plays(&h), vec![filler]);
+    let t = h.now + Duration::from_millis(1100);
+    h.advance_to(t);
+    assert_eq!(plays(&h), vec![filler, fallback], "past the budget (1.5 s + grace)");
+    assert_eq!(h.io.cancelled, vec![id]);
+    // A reply that is not a TurnReply: the fallback, at once.
+    h.frames(&tone(-20.0), 10);
+    h.frames(&silence(), 60);
+    h.engine_event(final_words("Are you there?"));
+    let id = h.io.requests[1].id;
+    h.reply(Reply { id, result: Ok(json!({"reply": 42})) });
+    assert_eq!(plays(&h).len(), 3);
+    assert!(h.io.incidents.iter().any(|i| i.kind == "bad_body"));
+}

@@ -276,3 +276,61 @@ async fn a_slow_streaming_backend_is_heard_from_its_first_sentence() {
     assert_eq!(agent["text"], "Sure, let me check that. A plumber can come tomorrow at nine.");
     r.srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_can_hang_up_or_transfer_once_it_has_been_heard() {
+    // Hang up after the goodbye was heard in full.
+    let bye = json!({"reply": "Thanks for calling. Goodbye.", "action": {"type": "hangup"}});
+    let r = rig(script(), FakeElevenLabsConfig::default(), Mode::Json(bye)).await;
+    let mut tw = call(&r.srv, 1, NUMBER_A).await;
+    let mut got = talk(&mut tw, &ulaw_fixture("caller_short_8k.wav"), 0).await;
+    // The bot speaks, then closes the stream itself.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        match tokio::time::timeout_at(deadline, tw.rx.recv()).await {
+            Ok(Some(Rx::Closed(_))) | Ok(None) => break,
+            Ok(Some(ev)) => got.push(ev),
+            Err(_) => panic!("the call was not hung up"),
+        }
+    }
+    let events = r.backend.wait_for("call.ended", Duration::from_secs(5)).await;
+    assert_eq!(one(&events, "call.ended")["reason"], "agent_hangup");
+    let agent = one(&events, "turn.agent");
+    assert_eq!(
+        (agent["interrupted"].as_bool(), agent["heard_text"].as_str()),
+        (Some(false), Some("Thanks for calling. Goodbye."))
+    );
+    let heard: usize = media(&got).iter().map(|(_, p)| p.len()).sum::<usize>() / 160;
+    assert!(heard >= 28 * 60 / 20, "the goodbye was played before hanging up ({heard} frames)");
+    r.srv.shutdown().await;
+
+    // Transfer, within the number's transfer_allow, through Twilio's REST API.
+    let to = json!({"reply": "Connecting you now.", "action": {"type": "transfer", "to": "+15557654321"}});
+    let r = rig(script(), FakeElevenLabsConfig::default(), Mode::Json(to)).await;
+    let mut tw = call(&r.srv, 1, NUMBER_A).await;
+    talk(&mut tw, &ulaw_fixture("caller_short_8k.wav"), 0).await;
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while r.backend.twilio_updates().is_empty() {
+        assert!(Instant::now() < deadline, "no transfer reached Twilio");
+        listen(&mut tw, 10).await;
+    }
+    let (_, sid, form) = &r.backend.twilio_updates()[0];
+    assert_eq!(sid, &tw.peer.call_sid);
+    assert!(form["Twiml"].contains(">+15557654321</Dial>"), "{}", form["Twiml"]);
+    let events = r.backend.received();
+    assert!(events.iter().any(|e| e.kind() == "turn.agent" && e.body["interrupted"] == false), "heard first");
+    r.srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_outside_the_allowed_destinations_is_not_carried_out() {
+    let to = json!({"reply": "Connecting you.", "action": {"type": "transfer", "to": "+447700900123"}});
+    let r = rig(script(), FakeElevenLabsConfig::default(), Mode::Json(to)).await;
+    let mut tw = call(&r.srv, 1, NUMBER_A).await;
+    talk(&mut tw, &ulaw_fixture("caller_short_8k.wav"), 0).await;
+    r.backend.wait_for("turn.agent", Duration::from_secs(5)).await;
+    listen(&mut tw, 25).await;
+    assert!(r.backend.twilio_updates().is_empty(), "nothing was dialled");
+    assert_eq!(r.srv.metric("callbridge_call_errors_total", &[("source", "transfer_refused")]), 1.0);
+    r.srv.shutdown().await;
+}

@@ -119,7 +119,9 @@ impl Peer {
         match self {
             Peer::Twilio(p) => {
                 let start = match routed {
-                    Some((token, to)) => p.start(&[("loadtest", "1"), ("cb_token", token), ("to", to), ("from", "+15550100000")]),
+                    Some((token, to)) => {
+                        p.start(&[("loadtest", "1"), ("cb_token", token), ("to", to), ("from", "+15550100000")])
+                    }
                     None => p.start(&[("loadtest", "1")]),
                 };
                 vec![Message::text(p.connected()), Message::text(start)]

@@ -583,6 +583,13 @@ impl Harness {
         self.drain();
     }
 
+    /// Part of a streamed reply to request `id`.
+    pub fn reply_delta(&mut self, id: callbridge::session::RequestId, text: &str) {
+        let now = self.now;
+        self.call.on_reply_delta(now, id, text.to_string(), &mut self.io);
+        self.drain();
+    }
+
     /// Hand the session an engine event (e.g. late audio of a cancelled response).
     pub fn engine_event(&mut self, ev: EngineEvent) {
         self.spy.lock().expect("spy lock").inject.push_back(ev);

@@ -166,7 +166,12 @@ pub(super) fn admit(
     if let Some(why) = &chosen.fallback_reason {
         warn!(call = %id, reason = %why, "the engine asked for cannot answer; using {}", chosen.engine.label());
     }
-    let engine = chosen.engine;
+    let mut engine = chosen.engine;
+    if engine.needs_brain() && route.tenant.is_none() {
+        // Its words come from a number's backend, and this call has none.
+        warn!(call = %id, engine = engine.label(), "this engine speaks a backend's replies and the call has no backend; using local");
+        engine = ctx.engines.build(Some("local"), &request).engine;
+    }
     let record = route.plan.record.unwrap_or(ctx.record_by_default) && ctx.recordings.is_some();
     let events_on = route.tenant.is_some() || ctx.store.is_some();
     let cfg = SessionConfig {
