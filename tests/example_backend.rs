@@ -143,3 +143,83 @@ api_token = "tenant-a-token"
     drop(child);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_as_the_brain_takes_a_booking_over_the_cascaded_engine() {
+    use callbridge_testkit::fake_deepgram::{FakeDeepgram, FakeDeepgramConfig};
+    use callbridge_testkit::fake_elevenlabs::{FakeElevenLabs, FakeElevenLabsConfig};
+    let said = ["My kitchen sink is leaking.", "Dana Lopez.", "42 Maple Street.", "Tomorrow morning."];
+    let dg =
+        FakeDeepgram::start(FakeDeepgramConfig { script: said.map(String::from).to_vec(), drop_after_bytes: None })
+            .await
+            .unwrap();
+    let el = FakeElevenLabs::start(FakeElevenLabsConfig { ms_per_char: 20, ..Default::default() }).await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("cb-example-{}", callbridge::signature::random_hex()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("receptionist.db");
+    let toml = format!(
+        r#"
+[server]
+public_url = "{PUBLIC}"
+validate_twilio_signatures = true
+[storage]
+database = ""
+[recording]
+dir = "{rec}"
+[[numbers]]
+number = "{NUMBER_A}"
+callback_url = "http://127.0.0.1:{port}/"
+secret = "{SECRET_A}"
+api_token = "tenant-a-token"
+"#,
+        rec = dir.join("recordings").display()
+    );
+    let mut cfg = Config::from_toml(&toml, "t").unwrap();
+    cfg.server.shutdown_grace_ms = 300;
+    let mut keys = secrets();
+    keys.cascaded = callbridge::engine::cascaded::CascadedEnv {
+        deepgram_key: Some("dg".into()),
+        deepgram_url: Some(dg.url()),
+        elevenlabs_key: Some("el".into()),
+        elevenlabs_url: Some(el.url()),
+    };
+    let srv = TestServer::start_with(cfg, keys).await;
+    let mut child = Kill(
+        Command::new("python3")
+            .args([SCRIPT, "--cascaded", "--port", &port.to_string(), "--db", db.to_str().unwrap()])
+            .env("RECEPTIONIST_SECRET", SECRET_A)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 is installed"),
+    );
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("listening"), "backend started: {line}");
+    std::thread::spawn(move || for _ in stderr.lines() {});
+
+    let mut tw = call(&srv, 1, NUMBER_A).await;
+    until_quiet(&mut tw, Duration::from_secs(10)).await; // the greeting
+    let speech = ulaw_fixture("caller_short_8k.wav");
+    for _ in 0..3 {
+        talk(&mut tw, &speech, 0).await;
+        until_quiet(&mut tw, Duration::from_secs(10)).await;
+    }
+    talk(&mut tw, &speech, 0).await;
+    // The read-back, then the script hangs up.
+    let closed = tw.closed(Duration::from_secs(15)).await;
+    assert!(closed.is_some(), "the backend's hangup action ended the call");
+    let spoken: String = el.received().iter().filter_map(|m| m["text"].as_str()).collect();
+    assert!(spoken.contains("What seems to be the problem?"), "{spoken}");
+    assert!(spoken.contains("Thanks, Dana Lopez. What is the address?"), "{spoken}");
+    assert!(spoken.contains("Dana Lopez, a plumber will come to 42 Maple Street Tomorrow morning."), "{spoken}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let booked: (String, String, String) = conn
+        .query_row("SELECT name, address, problem FROM bookings", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap();
+    assert_eq!(booked, ("Dana Lopez".into(), "42 Maple Street".into(), "My kitchen sink is leaking".into()));
+    srv.shutdown().await;
+    drop(child);
+    let _ = std::fs::remove_dir_all(dir);
+}

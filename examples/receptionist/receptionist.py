@@ -8,7 +8,11 @@ Standard library only. It
   * handles the schedule_appointment tool call (books the first free slot);
   * stores the conversation (turns, barge-ins, DTMF, bookings) in SQLite;
   * transfers the call to the on-call plumber when the caller says it is an
-    emergency (transcript) or presses 0, through callbridge's control API.
+    emergency (transcript) or presses 0, through callbridge's control API;
+  * with --cascaded, is the brain itself: callbridge transcribes (Deepgram) and
+    speaks (ElevenLabs), and every turn.user is answered here, streamed as
+    application/x-ndjson, by a small script that asks for the problem, name,
+    address and a time, reads them back, books the visit and hangs up.
 
 Run next to callbridge:
     RECEPTIONIST_SECRET=... CALLBRIDGE_API_TOKEN=cbt_... \
@@ -63,6 +67,20 @@ PLAN = {
 }
 
 
+CASCADED_PLAN = {
+    "engine": "cascaded",
+    "greeting": "Thanks for calling Rapid Rooter Plumbing. What seems to be the problem?",
+    "record": True,
+}
+
+# The cascaded script: what to ask after each answer, and where the answer goes.
+QUESTIONS = [
+    ("problem", "Sorry to hear that. Can I have your name, please?"),
+    ("name", "Thanks, {name}. What is the address?"),
+    ("address", "Got it. When would you like the plumber to come?"),
+]
+
+
 def verify(secret: bytes, header: str, body: bytes, now=None, tolerance=TOLERANCE_S) -> bool:
     """Check `t=<unix>,v1=<hex>` against HMAC-SHA256(secret, "<t>.<body>")."""
     parts = [p.split("=", 1) for p in header.split(",") if "=" in p]
@@ -114,15 +132,34 @@ class Store:
 
 
 class Receptionist:
-    def __init__(self, secret: bytes, store: Store, callbridge: str, api_token: str, on_call: str):
+    def __init__(self, secret: bytes, store: Store, callbridge: str, api_token: str, on_call: str, cascaded=False):
         self.secret, self.store = secret, store
         self.callbridge, self.api_token, self.on_call = callbridge.rstrip("/"), api_token, on_call
         self.transferred = set()
+        self.cascaded = cascaded
+        self.answers = {}  # call_id -> what the caller told us so far (cascaded)
+        self.lock = threading.Lock()
+
+    def reply_lines(self, event):
+        """The brain's reply to one caller turn, as ndjson lines (cascaded)."""
+        call_id, said = event["call_id"], (event.get("transcript") or "").strip()
+        with self.lock:
+            a = self.answers.setdefault(call_id, {})
+            step = len(a)
+            if step < len(QUESTIONS):
+                a[QUESTIONS[step][0]] = said.rstrip(".!?")
+                return [{"reply_delta": QUESTIONS[step][1].format(**a)}]
+            a["time"] = said.rstrip(".!?")
+            self.answers.pop(call_id, None)
+        slot = self.store.book(call_id, a)
+        readback = f"Great. {a['name']}, a plumber will come to {a['address']} {a['time']}. "
+        booked = f"Your booking for {slot} is confirmed. Goodbye." if slot else "We have no free slot this week, sorry."
+        return [{"reply_delta": readback}, {"reply_delta": booked}, {"action": {"type": "hangup"}}]
 
     def handle(self, event):
         kind = event["type"]
         if kind == "call.started":
-            return PLAN
+            return CASCADED_PLAN if self.cascaded else PLAN
         if kind == "tool.call":
             if event["name"] != "schedule_appointment":
                 return {"result": {"error": f"unknown tool {event['name']}"}}
@@ -175,9 +212,25 @@ def make_handler(app: Receptionist):
             if not verify(app.secret, self.headers.get("X-Callbridge-Signature", ""), body):
                 return self.reply(401, {"error": "bad signature"})
             event = json.loads(body)
+            if app.cascaded and event["type"] == "turn.user":
+                app.store.first_time(event)
+                return self.stream(app.reply_lines(event))
             if event["type"] not in ("call.started", "tool.call") and not app.store.first_time(event):
                 return self.reply(200, {})  # a retry of something already handled
             return self.reply(200, app.handle(event))
+
+        def stream(self, lines):
+            # HTTP/1.0 style: the body ends when the connection closes; each line is
+            # flushed as it is written, so callbridge speaks it while we go on.
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.end_headers()
+            try:
+                for line in lines:
+                    self.wfile.write(json.dumps(line).encode() + b"\n")
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                log("reply cut off (the caller barged in)")
 
         def reply(self, status, obj):
             data = json.dumps(obj).encode()
@@ -200,6 +253,12 @@ def main():
     ap.add_argument("--db", default="receptionist.db")
     ap.add_argument("--on-call", default=os.environ.get("ON_CALL_NUMBER", "+15550009999"))
     ap.add_argument("--self-test", action="store_true", help="check the signature code against the docs' vector")
+    ap.add_argument(
+        "--cascaded",
+        action="store_true",
+        help="be the brain: plan the cascaded engine and answer every turn.user (needs DEEPGRAM_API_KEY and "
+        "ELEVENLABS_API_KEY in callbridge's environment)",
+    )
     a = ap.parse_args()
     if a.self_test:
         body = b'{"type":"call.started","call_id":"call_1","seq":1}'
@@ -213,7 +272,9 @@ def main():
     secret = os.environ.get("RECEPTIONIST_SECRET", "").encode()
     if len(secret) < 16:
         sys.exit("set RECEPTIONIST_SECRET (the secret registered with the number, 16+ characters)")
-    app = Receptionist(secret, Store(a.db), a.callbridge, os.environ.get("CALLBRIDGE_API_TOKEN", ""), a.on_call)
+    app = Receptionist(
+        secret, Store(a.db), a.callbridge, os.environ.get("CALLBRIDGE_API_TOKEN", ""), a.on_call, a.cascaded
+    )
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), make_handler(app))
     log(f"listening on http://127.0.0.1:{srv.server_address[1]}/")
     srv.serve_forever()
