@@ -171,7 +171,21 @@ impl Call {
 
     /// Something happened on engine link `link`.
     pub fn on_link(&mut self, now: Instant, link: usize, ev: LinkEvent<'_>, io: &mut impl CallIo) {
-        self.engine.handle_link(now, link, ev);
+        self.on_link_read_at(now, now, link, ev, io);
+    }
+
+    /// [`Call::on_link`] for a message read off its socket at `read_at`: the
+    /// engine is told that instant (its provider timings end where the
+    /// provider's answer arrived, not where the call task got to it).
+    pub fn on_link_read_at(
+        &mut self,
+        now: Instant,
+        read_at: Instant,
+        link: usize,
+        ev: LinkEvent<'_>,
+        io: &mut impl CallIo,
+    ) {
+        self.engine.handle_link(read_at.min(now), link, ev);
         self.pump(now, io);
     }
 
@@ -184,6 +198,18 @@ impl Call {
     /// The backend answered a request.
     pub fn on_reply(&mut self, now: Instant, reply: Reply, io: &mut impl CallIo) {
         self.session.handle_input(now, Input::Reply(reply));
+        self.pump(now, io);
+    }
+
+    /// How long the backend took to answer request `id` (HTTP, as the request task saw it).
+    pub fn on_reply_timing(
+        &mut self,
+        now: Instant,
+        id: crate::session::RequestId,
+        backend: std::time::Duration,
+        io: &mut impl CallIo,
+    ) {
+        self.session.handle_input(now, Input::ReplyTiming { id, backend });
         self.pump(now, io);
     }
 

@@ -83,6 +83,8 @@ pub const TURN_MODEL_LATENCY: &str = "callbridge_turn_model_latency_seconds";
 /// Answering a turn, by stage (`endpoint`, `stt_final`, `backend_first_text`,
 /// `tts_first_audio`, `overhead`): cascaded engines.
 pub const STAGE_LATENCY: &str = "callbridge_stage_latency_seconds";
+/// An engine link's text message: queued by the call task → written to its socket.
+pub const LINK_SEND_DELAY: &str = "callbridge_engine_link_send_delay_seconds";
 /// Playback ran dry inside a response (the engine was slower than real time).
 pub const PLAYBACK_UNDERRUNS: &str = "callbridge_playback_underruns_total";
 
@@ -109,7 +111,8 @@ pub fn install() -> PrometheusHandle {
                         0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0,
                         1.5, 2.0, 5.0,
                     ];
-                    b.set_buckets_for_metric(Matcher::Full(STAGE_LATENCY.into()), &stage)
+                    b.set_buckets_for_metric(Matcher::Full(STAGE_LATENCY.into()), &stage)?
+                        .set_buckets_for_metric(Matcher::Full(LINK_SEND_DELAY.into()), &stage)
                 })
                 .expect("bucket lists are non-empty")
                 .build_recorder();
@@ -138,6 +141,7 @@ fn describe() {
     describe_counter!(PROTOCOL_ERRORS, "Carrier protocol errors, by kind");
     describe_histogram!(RESPONSE_LATENCY, metrics::Unit::Seconds, "End of caller speech to first bot audio sent");
     describe_histogram!(STAGE_LATENCY, metrics::Unit::Seconds, "Answering a turn, by stage (cascaded engines)");
+    describe_histogram!(LINK_SEND_DELAY, metrics::Unit::Seconds, "Engine link text message: queued to written");
     describe_counter!(PLAYBACK_UNDERRUNS, "Response audio ran dry before the response was complete");
     describe_histogram!(BARGE_IN_LATENCY, metrics::Unit::Seconds, "Caller speech onset to carrier clear sent");
     describe_histogram!(

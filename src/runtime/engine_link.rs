@@ -65,7 +65,7 @@ pub enum SendError {
 /// every socket.
 #[derive(Debug, Default)]
 pub struct LinkLanes {
-    lanes: Vec<mpsc::Sender<LinkMsg>>,
+    lanes: Vec<mpsc::Sender<Queued>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -81,22 +81,28 @@ impl LinkLanes {
     /// Queue a message for link `link` (never waits).
     pub fn send(&self, link: usize, msg: LinkMsg) -> Result<(), SendError> {
         let lane = self.lanes.get(link).ok_or(SendError::Closed)?;
-        lane.try_send(msg).map_err(|e| match e {
+        // Text (control, JSON) is timed from here to the socket; audio frames are not.
+        let at = matches!(msg, LinkMsg::Text(_)).then(tokio::time::Instant::now);
+        lane.try_send((at, msg)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::Full,
             mpsc::error::TrySendError::Closed(_) => SendError::Closed,
         })
     }
 }
 
-/// The call task's receiving end: updates from every link, by index.
+/// An update from link `.0`, read off its socket at `.2`.
+type Tagged = (usize, LinkUpdate, tokio::time::Instant);
+
+/// The call task's receiving end: updates from every link, by index, with
+/// when each was read (so provider timings exclude our own queueing).
 #[derive(Debug)]
 pub struct LinkEvents {
-    rx: Option<mpsc::Receiver<(usize, LinkUpdate)>>,
+    rx: Option<mpsc::Receiver<Tagged>>,
 }
 
 impl LinkEvents {
     /// The next update from any link (never resolves when there are none).
-    pub async fn next(&mut self) -> Option<(usize, LinkUpdate)> {
+    pub async fn next(&mut self) -> Option<Tagged> {
         match &mut self.rx {
             Some(rx) => rx.recv().await,
             None => std::future::pending().await,
@@ -198,15 +204,19 @@ async fn pump(
     i: usize,
     name: &str,
     ws: &mut Ws,
-    out_rx: &mut mpsc::Receiver<LinkMsg>,
-    ev_tx: &mpsc::Sender<(usize, LinkUpdate)>,
+    out_rx: &mut mpsc::Receiver<Queued>,
+    send_delay: &metrics::Histogram,
+    ev_tx: &mpsc::Sender<Tagged>,
 ) -> Ended {
     loop {
         tokio::select! {
             msg = out_rx.recv() => match msg {
-                Some(m) => {
+                Some((at, m)) => {
                     if let Err(e) = ws.send(to_message(m)).await {
                         return Ended::Dropped(format!("{name} write failed: {e}"));
+                    }
+                    if let Some(at) = at {
+                        crate::metrics::observe(send_delay, at.elapsed());
                     }
                 }
                 None => {
@@ -215,6 +225,7 @@ async fn pump(
                 }
             },
             msg = ws.next() => {
+                let read_at = tokio::time::Instant::now();
                 let update = match msg {
                     Some(Ok(Message::Text(t))) => LinkUpdate::Text(t),
                     Some(Ok(Message::Binary(b))) => LinkUpdate::Binary(b),
@@ -226,7 +237,7 @@ async fn pump(
                     Some(Err(e)) => return Ended::Dropped(format!("{name} socket error: {e}")),
                     None => return Ended::Dropped(format!("{name} socket ended")),
                 };
-                if ev_tx.send((i, update)).await.is_err() {
+                if ev_tx.send((i, update, read_at)).await.is_err() {
                     return Ended::CallGone;
                 }
             }
@@ -234,14 +245,18 @@ async fn pump(
     }
 }
 
-async fn run(i: usize, spec: LinkSpec, mut out_rx: mpsc::Receiver<LinkMsg>, ev_tx: mpsc::Sender<(usize, LinkUpdate)>) {
+/// A message for a link, with when it was queued (text only).
+type Queued = (Option<tokio::time::Instant>, LinkMsg);
+
+async fn run(i: usize, spec: LinkSpec, mut out_rx: mpsc::Receiver<Queued>, ev_tx: mpsc::Sender<Tagged>) {
+    let send_delay = metrics::histogram!(crate::metrics::LINK_SEND_DELAY, "engine" => spec.name);
     let mut reconnects_left = spec.reconnects;
     let mut first = true;
     loop {
         let mut ws = match connect(&spec).await {
             Ok(ws) => ws,
             Err(e) => {
-                let _ = ev_tx.send((i, LinkUpdate::Down(e.to_string()))).await;
+                let _ = ev_tx.send((i, LinkUpdate::Down(e.to_string()), tokio::time::Instant::now())).await;
                 return;
             }
         };
@@ -259,26 +274,26 @@ async fn run(i: usize, spec: LinkSpec, mut out_rx: mpsc::Receiver<LinkMsg>, ev_t
         }
         if !hello_ok {
             let why = format!("{} closed before it was configured", spec.name);
-            let _ = ev_tx.send((i, LinkUpdate::Down(why))).await;
+            let _ = ev_tx.send((i, LinkUpdate::Down(why), tokio::time::Instant::now())).await;
             return;
         }
-        if ev_tx.send((i, LinkUpdate::Up { reconnected: !first })).await.is_err() {
+        if ev_tx.send((i, LinkUpdate::Up { reconnected: !first }, tokio::time::Instant::now())).await.is_err() {
             return;
         }
         first = false;
-        match pump(i, spec.name, &mut ws, &mut out_rx, &ev_tx).await {
+        match pump(i, spec.name, &mut ws, &mut out_rx, &send_delay, &ev_tx).await {
             Ended::CallGone => return,
             Ended::Dropped(why) if reconnects_left > 0 => {
                 reconnects_left -= 1;
                 warn!(engine = spec.name, reason = %why, "engine socket dropped mid-call; reconnecting");
-                if ev_tx.send((i, LinkUpdate::Lost)).await.is_err() {
+                if ev_tx.send((i, LinkUpdate::Lost, tokio::time::Instant::now())).await.is_err() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Ended::Dropped(why) => {
                 debug!(engine = spec.name, reason = %why, "engine socket dropped for good");
-                let _ = ev_tx.send((i, LinkUpdate::Down(why))).await;
+                let _ = ev_tx.send((i, LinkUpdate::Down(why), tokio::time::Instant::now())).await;
                 return;
             }
         }

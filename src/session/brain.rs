@@ -30,6 +30,8 @@ pub(super) struct PendingTurn {
     filler_played: bool,
     /// Words were handed to the engine (the reply is being spoken).
     speaking: bool,
+    /// The backend's own time to its first words, as the request saw it.
+    backend: Option<Duration>,
 }
 
 /// The brain's state (in the agent).
@@ -69,7 +71,7 @@ impl Session {
         }
         self.agent.brain.after = None;
         let id = self.agent.new_request();
-        self.agent.brain.pending = Some(PendingTurn { id, started: self.now, filler_played: false, speaking: false });
+        self.agent.brain.pending = Some(PendingTurn { id, started: self.now, filler_played: false, speaking: false, backend: None });
         self.cold(Cold::Request(Request { id, event: ev }));
     }
 
@@ -89,10 +91,18 @@ impl Session {
         if !p.speaking {
             p.speaking = true;
             self.agent.brain.bind_next = true;
-            let latency = self.now.saturating_duration_since(p.started);
+            // The backend's own time when the request measured it; else ours.
+            let latency = p.backend.unwrap_or_else(|| self.now.saturating_duration_since(p.started));
             self.telemetry(Telemetry::Stage { stage: "backend_first_text", latency });
         }
         self.cold(Cold::Engine(EngineCommand::Reply { text, done }));
+    }
+
+    /// The backend's own time to its first words.
+    pub(super) fn brain_timing(&mut self, id: RequestId, backend: Duration) {
+        if let Some(p) = self.agent.brain.pending.as_mut().filter(|p| p.id == id) {
+            p.backend = Some(backend);
+        }
     }
 
     /// Part of a streamed reply.

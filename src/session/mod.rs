@@ -212,6 +212,14 @@ pub enum Input<'a> {
     /// The backend answered (or failed to answer) a [`Request`]; for a
     /// streamed reply, after its deltas.
     Reply(Reply),
+    /// How long the backend itself took to its first words for request
+    /// `id` (sent just before them): the `backend_first_text` stage.
+    ReplyTiming {
+        /// the request
+        id: RequestId,
+        /// HTTP request sent → first words read
+        backend: Duration,
+    },
     /// Part of a streamed reply to request `id` (`reply_delta`).
     ReplyDelta {
         /// the request
@@ -469,6 +477,7 @@ impl Session {
                 }
             }
             Input::ReplyDelta { id, text } => self.brain_delta(id, text),
+            Input::ReplyTiming { id, backend } => self.brain_timing(id, backend),
             Input::TurnVerdict { id, p } => {
                 if self.phase == Phase::Active {
                     let ev = self.turn.on_verdict(now, id, p);

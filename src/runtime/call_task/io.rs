@@ -225,8 +225,12 @@ async fn turn_reply(
         ReplyFailure { kind: e.kind(), message: e.to_string() }
     };
     let result = match client.post_streaming(&target, &env, budget).await {
-        Ok(ReplyBody::Whole(v)) => Ok(v),
+        Ok(ReplyBody::Whole(v)) => {
+            let _ = tx.send(super::Answer::Timing(id, started.elapsed())).await;
+            Ok(v)
+        }
         Ok(ReplyBody::Lines(mut lines)) => {
+            let mut timed = false;
             let mut last = serde_json::Value::Null;
             let mut failed = None;
             let deadline = tokio::time::Instant::now() + MAX_STREAMED_REPLY;
@@ -241,6 +245,9 @@ async fn turn_reply(
                     Err(_) => break, // long enough: what came is the reply
                 };
                 let delta = line.get("reply_delta").or(line.get("reply")).and_then(|d| d.as_str()).unwrap_or("");
+                if !delta.is_empty() && !std::mem::replace(&mut timed, true) {
+                    let _ = tx.send(super::Answer::Timing(id, started.elapsed())).await;
+                }
                 if !delta.is_empty() && tx.send(super::Answer::Delta(id, delta.to_string())).await.is_err() {
                     return;
                 }

@@ -107,6 +107,8 @@ pub(super) enum Answer {
     Backend(Reply),
     /// Part of a streamed reply.
     Delta(crate::session::RequestId, String),
+    /// How long the backend itself took to its first words (sent before them).
+    Timing(crate::session::RequestId, std::time::Duration),
     Turn {
         id: u32,
         p: Option<f32>,
@@ -223,7 +225,7 @@ async fn run_loop<T: Transport>(
         }
         enum Woke {
             Control(Option<CallControl>),
-            Link(Option<(usize, crate::runtime::engine_link::LinkUpdate)>),
+            Link(Option<(usize, crate::runtime::engine_link::LinkUpdate, Instant)>),
             Answer(Answer),
             Io(Io),
             Timer,
@@ -249,10 +251,13 @@ async fn run_loop<T: Transport>(
                 call.on_control(now, crate::session::ControlCommand::Transferred, io);
             }
             Woke::Control(None) => control_open = false,
-            Woke::Link(Some((link, update))) => call.on_link(now, link, update.as_event(), io),
+            Woke::Link(Some((link, update, read_at))) => {
+                call.on_link_read_at(now, read_at.into_std(), link, update.as_event(), io)
+            }
             Woke::Link(None) => call.on_link(now, 0, crate::engine::LinkEvent::Down("engine links ended"), io),
             Woke::Answer(Answer::Backend(r)) => call.on_reply(now, r, io),
             Woke::Answer(Answer::Delta(id, text)) => call.on_reply_delta(now, id, text, io),
+            Woke::Answer(Answer::Timing(id, backend)) => call.on_reply_timing(now, id, backend, io),
             Woke::Answer(Answer::Turn { id, p }) => call.on_turn_verdict(now, id, p, io),
             Woke::Io(Io::WriteFailed(e)) => {
                 tracing::debug!(call = %io.id, error = %e, "write failed");
