@@ -1,6 +1,6 @@
 //! Secrets never reach the logs: the real binary, at `RUST_LOG=trace`, with
 //! secrets in its config file (numbers' signing secrets and API tokens) and in
-//! its environment (admin token, Twilio auth token, OpenAI key, Telnyx API
+//! its environment (admin token, Twilio auth token, OpenAI, Deepgram and ElevenLabs keys, Telnyx API
 //! key, Vonage signature secret and private key), serving a number
 //! registration and carriers' webhooks, then SIGTERM. Every log line is read; none
 //! may contain any secret.
@@ -17,6 +17,8 @@ const OPENAI: &str = "sk-ENV_f0e1d2c3b4a5968778695a4b";
 const API_SECRET: &str = "whsec_API_1122334455667788aabb";
 const TELNYX: &str = "KEY_TELNYX_ENV_0f1e2d3c4b5a6978";
 const VONAGE: &str = "vonsig_ENV_8a7b6c5d4e3f2a1b0c9d";
+const DEEPGRAM: &str = "dg_ENV_7c6b5a4d3e2f1a0b9c8d";
+const ELEVENLABS: &str = "xi_ENV_3e4d5c6b7a8f9e0d1c2b";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -65,6 +67,8 @@ api_token = "{CFG_TOKEN}"
         .env("CALLBRIDGE_ADMIN_TOKEN", ADMIN)
         .env("TWILIO_AUTH_TOKEN", TWILIO)
         .env("OPENAI_API_KEY", OPENAI)
+        .env("DEEPGRAM_API_KEY", DEEPGRAM)
+        .env("ELEVENLABS_API_KEY", ELEVENLABS)
         .env("TELNYX_API_KEY", TELNYX)
         .env("VONAGE_SIGNATURE_SECRET", VONAGE)
         .env("VONAGE_APPLICATION_ID", "app-0000")
@@ -140,9 +144,20 @@ api_token = "{CFG_TOKEN}"
     let pem = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/vonage/test_private_key.pem"))
         .unwrap();
     let key_line = pem.lines().nth(3).unwrap();
-    for secret in
-        [CFG_SECRET, CFG_TOKEN, ADMIN, TWILIO, OPENAI, API_SECRET, TELNYX, VONAGE, key_line, api_token.as_str()]
-    {
+    for secret in [
+        CFG_SECRET,
+        CFG_TOKEN,
+        ADMIN,
+        TWILIO,
+        OPENAI,
+        DEEPGRAM,
+        ELEVENLABS,
+        API_SECRET,
+        TELNYX,
+        VONAGE,
+        key_line,
+        api_token.as_str(),
+    ] {
         assert!(!logs.contains(secret), "{secret} leaked into the logs");
     }
     let _ = std::fs::remove_dir_all(dir);

@@ -71,7 +71,8 @@ impl Session {
         }
         self.agent.brain.after = None;
         let id = self.agent.new_request();
-        self.agent.brain.pending = Some(PendingTurn { id, started: self.now, filler_played: false, speaking: false, backend: None });
+        self.agent.brain.pending =
+            Some(PendingTurn { id, started: self.now, filler_played: false, speaking: false, backend: None });
         self.cold(Cold::Request(Request { id, event: ev }));
     }
 

@@ -10,8 +10,8 @@
 //! clips alike), and turns their timings into stage latencies.
 //!
 //! Invariants: µ-law carriers' audio reaches Deepgram untouched and
-//! ElevenLabs answers in `ulaw_8000`; other carriers use linear PCM at
-//! 16 kHz both ways. Provider keys come from the environment only and never
+//! ElevenLabs answers in `ulaw_8000`; other carriers use linear PCM at the
+//! stream's rate both ways (`linear16`, `pcm_<rate>`). Provider keys come from the environment only and never
 //! reach a log (the configs' `Debug` leaves them out).
 
 pub mod deepgram;
@@ -401,8 +401,11 @@ impl EngineFactory for CascadedFactory {
             return Err(BuildError::Unsupported { engine: NAME, why: format!("no TTS provider {p:?} (elevenlabs)") });
         }
         // µ-law 8 kHz both ways untouched; anything else (A-law, L16, Opus) as
-        // 16 kHz PCM, which the session converts to and from.
+        // linear PCM at the stream's rate (the session decodes, and resamples
+        // the voice when ElevenLabs has no PCM format at that rate).
         let ulaw = req.stream == AudioFormat::PCMU_8K;
+        let rate = req.stream.rate;
+        let voice_rate = if [8000, 16000, 22050, 24000, 44100, 48000].contains(&rate) { rate } else { 16000 };
         let connect_timeout = Duration::from_millis(s.connect_timeout_ms);
         let dg = &s.deepgram;
         let stt = DeepgramConfig {
@@ -413,7 +416,7 @@ impl EngineFactory for CascadedFactory {
             endpointing_ms: stt_plan.endpointing_ms.unwrap_or(dg.endpointing_ms),
             utterance_end_ms: stt_plan.utterance_end_ms.unwrap_or(dg.utterance_end_ms),
             smart_format: dg.smart_format,
-            audio: if ulaw { SttAudio::Mulaw8k } else { SttAudio::Linear16(16000) },
+            audio: if ulaw { SttAudio::Mulaw8k } else { SttAudio::Linear16(rate) },
             keepalive: Duration::from_secs(4),
             gate_hangover: (dg.silence_gate_ms > 0).then(|| Duration::from_millis(dg.silence_gate_ms.into())),
             finalize_timeout: Duration::from_millis(dg.finalize_timeout_ms.into()),
@@ -426,7 +429,7 @@ impl EngineFactory for CascadedFactory {
             api_key: self.elevenlabs_key.clone().unwrap_or_default(),
             voice_id: tts_plan.voice_id.or_else(|| plan.voice.clone()).unwrap_or_else(|| el.voice_id.clone()),
             model_id: tts_plan.model_id.unwrap_or_else(|| el.model_id.clone()),
-            audio: if ulaw { TtsAudio::Ulaw8k } else { TtsAudio::Pcm(16000) },
+            audio: if ulaw { TtsAudio::Ulaw8k } else { TtsAudio::Pcm(voice_rate) },
             voice_settings: tts_plan.voice_settings.unwrap_or(serde_json::Value::Null),
             chunk_length_schedule: el.chunk_length_schedule.iter().map(|&n| n.clamp(50, 500)).collect(),
             keepalive: Duration::from_secs(el.keepalive_s.max(1).into()),

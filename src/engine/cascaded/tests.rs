@@ -354,3 +354,40 @@ fn stop_closes_the_stream_politely() {
     assert_eq!(s.poll_event(), None::<SttEvent>);
     assert_eq!(s.poll_timeout(), None);
 }
+
+#[test]
+fn the_factory_needs_both_keys_and_picks_wire_audio_from_the_stream() {
+    use crate::carrier::AudioEncoding;
+    use crate::engine::registry::{EngineFactory, EngineRequest};
+    let plan = crate::contract::CallPlan {
+        voice: Some("plan-voice".into()),
+        stt: Some(crate::contract::SttPlan { model: Some("nova-2".into()), ..Default::default() }),
+        ..Default::default()
+    };
+    let env = |dg: bool, el: bool| CascadedEnv {
+        deepgram_key: dg.then(|| "k1".into()),
+        deepgram_url: Some("ws://127.0.0.1:1/v1/listen".into()),
+        elevenlabs_key: el.then(|| "k2".into()),
+        elevenlabs_url: None,
+    };
+    assert!(CascadedFactory::new(CascadedSettings::default(), env(true, false)).available().is_err());
+    assert!(CascadedFactory::new(CascadedSettings::default(), env(false, true)).available().is_err());
+    let f = CascadedFactory::new(CascadedSettings::default(), env(true, true));
+    let build = |encoding, rate| {
+        let req = EngineRequest { plan: &plan, stream: AudioFormat { encoding, rate }, greet: true };
+        f.build(&req).unwrap()
+    };
+    let phone = build(AudioEncoding::Pcmu, 8000);
+    let links = phone.links();
+    assert!(links[STT_LINK].url.starts_with("ws://127.0.0.1:1/v1/listen?model=nova-2&encoding=mulaw&sample_rate=8000"));
+    assert!(
+        links[TTS_LINK].url.contains("/plan-voice/multi-stream-input?") && links[TTS_LINK].url.contains("ulaw_8000")
+    );
+    let vonage = build(AudioEncoding::L16, 16000);
+    assert_eq!(vonage.format(), EngineFormat { input: InputAudio::Pcm { rate: 16000 }, output_rate: 16000 });
+    assert!(vonage.links()[STT_LINK].url.contains("encoding=linear16&sample_rate=16000"));
+    assert!(vonage.links()[TTS_LINK].url.contains("output_format=pcm_16000"));
+    let alaw = build(AudioEncoding::Pcma, 8000);
+    assert!(alaw.links()[STT_LINK].url.contains("encoding=linear16&sample_rate=8000"));
+    assert!(alaw.links()[TTS_LINK].url.contains("output_format=pcm_8000"));
+}
