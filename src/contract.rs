@@ -337,6 +337,16 @@ pub struct CallSummary {
     /// The engine that answered (`local`, `openai_realtime`, …).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub engine: String,
+    /// The engine's model(s).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub model: String,
+    /// The voice that spoke.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub voice: String,
+    /// What the call used: OpenAI tokens (`input_tokens`, `output_tokens`,
+    /// `total_tokens`), or `stt_seconds` and `tts_characters`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<serde_json::Value>,
     /// The conversation as plain text, one line per turn (`caller: …`,
     /// `agent: …` — what the caller heard of it), for CRMs and notes.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -355,6 +365,9 @@ pub struct CallSummary {
     pub events_dropped: u64,
     /// Recording location, when the call was recorded.
     pub recording_url: Option<String>,
+    /// Length of the recording, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording_duration_ms: Option<u64>,
     /// What the recording lost (writer behind, disk error), if anything.
     pub recording_loss: Option<String>,
     /// The whole conversation: every event of the call in order (turns with

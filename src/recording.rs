@@ -99,6 +99,11 @@ impl std::fmt::Debug for Recorder {
 }
 
 impl Recorder {
+    /// Samples recorded so far on the caller's timeline (the recording's length).
+    pub fn samples(&self) -> u64 {
+        self.caller_pos
+    }
+
     fn push(&mut self, kind: Kind, pos: u64, pcm: &[i16]) {
         let mut pos = pos;
         let mut chunks = pcm.chunks(SLOT);

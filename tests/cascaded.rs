@@ -294,7 +294,14 @@ async fn a_reply_can_hang_up_or_transfer_once_it_has_been_heard() {
         }
     }
     let events = r.backend.wait_for("call.ended", Duration::from_secs(5)).await;
-    assert_eq!(one(&events, "call.ended")["reason"], "agent_hangup");
+    let ended = one(&events, "call.ended");
+    assert_eq!(ended["reason"], "agent_hangup");
+    assert_eq!(
+        (ended["model"].as_str(), ended["voice"].as_str()),
+        (Some("nova-3 + eleven_flash_v2_5"), Some("voice-xyz"))
+    );
+    assert_eq!(ended["usage"]["tts_characters"], "Thanks for calling. Goodbye. ".len());
+    assert!(ended["usage"]["stt_seconds"].as_f64().unwrap() >= 0.5, "{}", ended["usage"]);
     let agent = one(&events, "turn.agent");
     assert_eq!(
         (agent["interrupted"].as_bool(), agent["heard_text"].as_str()),

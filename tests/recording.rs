@@ -88,6 +88,9 @@ async fn the_recording_holds_what_was_said_and_heard_and_the_data_api_guards_it(
         format!("https://cb.example.com/v1/calls/{call_id}/recording")
     );
     assert_eq!(ended["recording_loss"], serde_json::Value::Null, "nothing lost");
+    let ms = ended["recording_duration_ms"].as_u64().unwrap();
+    let sent_ms = sent.len() as u64 / 8;
+    assert!(ms.abs_diff(sent_ms) <= 100, "recording {ms} ms for {sent_ms} ms of call audio");
 
     // Download it (tenant A) and compare both channels.
     let http = reqwest::Client::new();

@@ -172,6 +172,10 @@ impl Engine for LocalEngine {
         "local"
     }
 
+    fn report(&self) -> super::EngineReport {
+        super::EngineReport { model: "local".into(), ..Default::default() }
+    }
+
     /// Wants no caller audio, speaks 8 kHz.
     fn format(&self) -> EngineFormat {
         EngineFormat { input: InputAudio::None, output_rate: LOCAL_RATE }

@@ -272,6 +272,17 @@ pub enum LinkEvent<'a> {
     Down(&'a str),
 }
 
+/// What an engine says about itself for the end-of-call report.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineReport {
+    /// Model(s) that answered (`gpt-realtime`, `nova-3 + eleven_flash_v2_5`).
+    pub model: String,
+    /// Voice.
+    pub voice: String,
+    /// What the call used: tokens, seconds transcribed, characters spoken (a JSON object).
+    pub usage: Option<serde_json::Value>,
+}
+
 /// A speech engine for one call (sans-IO).
 pub trait Engine: Send + std::fmt::Debug {
     /// Label for metrics and logs.
@@ -295,6 +306,11 @@ pub trait Engine: Send + std::fmt::Debug {
     /// blocking `turn.user` whose reply it speaks ([`EngineCommand::Reply`]).
     fn needs_brain(&self) -> bool {
         false
+    }
+
+    /// Model, voice and usage so far (for `call.ended`).
+    fn report(&self) -> EngineReport {
+        EngineReport::default()
     }
 
     /// Sockets to open for this engine (index = link id in the other calls).

@@ -168,6 +168,8 @@ pub struct Stt {
     /// Recent gated-out audio, sent ahead of the next speech.
     pre_roll: VecDeque<u8>,
     pre_roll_max: usize,
+    /// Bytes streamed over the call (usage).
+    total_sent: u64,
     last_sound: Option<Instant>,
     /// Last message sent (none yet: no keep-alive is due).
     last_sent: Option<Instant>,
@@ -194,6 +196,7 @@ impl Stt {
             replay: VecDeque::with_capacity(bps * 2),
             pre_roll: VecDeque::with_capacity(bps * PRE_ROLL.as_millis() as usize / 1000),
             pre_roll_max: bps * PRE_ROLL.as_millis() as usize / 1000,
+            total_sent: 0,
             last_sound: None,
             last_sent: None,
             finals: String::new(),
@@ -267,6 +270,7 @@ impl Stt {
         }
         self.replay.extend(bytes);
         self.conn_sent += bytes.len() as u64;
+        self.total_sent += bytes.len() as u64;
         if self.lost {
             return;
         }
@@ -457,6 +461,16 @@ impl Stt {
     /// The socket to open.
     pub fn link(&self) -> LinkSpec {
         self.cfg.link()
+    }
+
+    /// The model transcribing.
+    pub fn model(&self) -> &str {
+        &self.cfg.model
+    }
+
+    /// Seconds of audio streamed (what Deepgram bills), resends included.
+    pub fn seconds_sent(&self) -> f64 {
+        self.total_sent as f64 / self.cfg.audio.bytes_per_second() as f64
     }
 
     /// Unfinalized bytes kept for a resend (tests, memory accounting).

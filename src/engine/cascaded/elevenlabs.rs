@@ -173,6 +173,7 @@ pub struct Tts {
     last_sent: Option<Instant>,
     closed: bool,
     keepalive_open: bool,
+    chars_sent: u64,
 }
 
 /// The context kept alive between turns.
@@ -194,6 +195,7 @@ impl Tts {
             last_sent: None,
             closed: false,
             keepalive_open: false,
+            chars_sent: 0,
         }
     }
 
@@ -293,6 +295,7 @@ impl Tts {
                 self.events.push_back(TtsEvent::Text(c.response, said));
             }
             text.push(' ');
+            self.chars_sent += text.chars().count() as u64;
             c.unvoiced.push_str(&text);
             c.first_text_at.get_or_insert(now);
         }
@@ -447,6 +450,21 @@ impl Tts {
     /// The socket to open.
     pub fn link(&self) -> LinkSpec {
         self.cfg.link()
+    }
+
+    /// The model speaking.
+    pub fn model(&self) -> &str {
+        &self.cfg.model_id
+    }
+
+    /// The voice.
+    pub fn voice(&self) -> &str {
+        &self.cfg.voice_id
+    }
+
+    /// Characters sent to be spoken (what ElevenLabs bills).
+    pub fn characters_sent(&self) -> u64 {
+        self.chars_sent
     }
 
     /// Next message for the socket.

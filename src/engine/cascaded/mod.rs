@@ -241,6 +241,17 @@ impl Engine for CascadedEngine {
         vec![self.stt.link(), self.tts.link()]
     }
 
+    fn report(&self) -> super::EngineReport {
+        super::EngineReport {
+            model: format!("{} + {}", self.stt.model(), self.tts.model()),
+            voice: self.tts.voice().to_string(),
+            usage: Some(serde_json::json!({
+                "stt_seconds": (self.stt.seconds_sent() * 10.0).round() / 10.0,
+                "tts_characters": self.tts.characters_sent(),
+            })),
+        }
+    }
+
     fn handle_command(&mut self, now: Instant, cmd: EngineCommand<'_>) {
         match cmd {
             EngineCommand::Start => {

@@ -201,6 +201,8 @@ pub struct RealtimeEngine {
     /// `response.create` bodies waiting for the active response to finish.
     waiting: VecDeque<Option<Value>>,
     creates_sent: u64,
+    /// Sum of every `response.done.usage` (input, output, total tokens).
+    usage: [u64; 3],
 }
 
 /// Errors that mean the session cannot go on (auth, quota, bad config).
@@ -233,6 +235,7 @@ impl RealtimeEngine {
             active: false,
             waiting: VecDeque::new(),
             creates_sent: 0,
+            usage: [0; 3],
         }
     }
 
@@ -489,6 +492,9 @@ impl RealtimeEngine {
             }
             "response.done" => {
                 let resp = m.response.unwrap_or_default();
+                for (i, k) in ["input_tokens", "output_tokens", "total_tokens"].iter().enumerate() {
+                    self.usage[i] += resp["usage"][k].as_u64().unwrap_or(0);
+                }
                 let id = resp["id"].as_str().unwrap_or_default().to_string();
                 let status = resp["status"].as_str().unwrap_or("completed").to_string();
                 let r = self.resp_for(&id);
@@ -638,6 +644,15 @@ impl Engine for RealtimeEngine {
 
     fn transcribes_caller(&self) -> bool {
         !self.cfg.transcription_model.is_empty()
+    }
+
+    fn report(&self) -> super::EngineReport {
+        let [input, output, total] = self.usage;
+        super::EngineReport {
+            model: self.cfg.model.clone(),
+            voice: self.cfg.voice.clone(),
+            usage: Some(json!({"input_tokens": input, "output_tokens": output, "total_tokens": total})),
+        }
     }
 
     fn links(&self) -> Vec<LinkSpec> {

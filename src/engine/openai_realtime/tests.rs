@@ -321,3 +321,16 @@ fn mutated_server_events_never_panic() {
     msg(&mut c, r#"{"type":"response.created","response":{"id":"final"}}"#);
     assert!(matches!(c.poll_event(), Some(EngineEvent::ResponseStarted(_))));
 }
+
+#[test]
+fn the_report_sums_every_responses_token_usage() {
+    let mut c = RealtimeEngine::new(cfg(TurnMode::Local));
+    for (i, o) in [(80, 40), (20, 10)] {
+        let done = json!({"type": "response.done", "response": {"id": format!("resp_{i}"), "status": "completed",
+            "usage": {"total_tokens": i + o, "input_tokens": i, "output_tokens": o}}});
+        c.handle_link(now(), 0, LinkEvent::Text(&done.to_string()));
+    }
+    let r = c.report();
+    assert_eq!((r.model.as_str(), r.voice.as_str()), ("gpt-realtime", "alloy"));
+    assert_eq!(r.usage, Some(json!({"input_tokens": 100, "output_tokens": 50, "total_tokens": 150})));
+}

@@ -189,8 +189,13 @@ pub(super) fn park(ctx: &CallContext, call: &Call, io: &mut ShellIo) {
     if let Some(r) = &io.route {
         r.fill(&mut summary, io.carrier);
     }
-    summary.recording_url =
-        io.recorder.take().map(|_| crate::callstore::recording_url(&ctx.public_http, &io.id.to_string()));
+    let engine = call.engine().report();
+    (summary.model, summary.voice, summary.usage) = (engine.model, engine.voice, engine.usage);
+    let rate = call.session().stream().map_or(8000, |s| s.format.rate).max(1) as u64;
+    summary.recording_url = io.recorder.take().map(|r| {
+        summary.recording_duration_ms = Some(r.samples() * 1000 / rate);
+        crate::callstore::recording_url(&ctx.public_http, &io.id.to_string())
+    });
     let events = std::mem::replace(&mut io.events, crate::callback::delivery::EventSender::disabled(""));
     let route = io.route.take().expect("an admitted call has its route");
     ctx.parked.park(crate::runtime::parked::Parked::new(
@@ -236,8 +241,12 @@ pub(super) fn report(ctx: &CallContext, call: &Call, io: &mut ShellIo, reason: &
         r.fill(&mut summary, io.carrier);
     }
     summary.events_dropped = io.events.dropped();
+    let engine = call.engine().report();
+    (summary.model, summary.voice, summary.usage) = (engine.model, engine.voice, engine.usage);
+    let rate = call.session().stream().map_or(8000, |s| s.format.rate).max(1) as u64;
     let loss = io.recorder.take().and_then(|r| {
         summary.recording_url = Some(crate::callstore::recording_url(&ctx.public_http, &io.id.to_string()));
+        summary.recording_duration_ms = Some(r.samples() * 1000 / rate);
         r.status().loss()
     });
     summary.recording_loss = loss.clone();
