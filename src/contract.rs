@@ -73,6 +73,9 @@ impl Envelope {
 /// Events, tagged by `type`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type")]
+// `call.ended` is the big one; events are built a few times per turn, off the
+// audio path, and the session boxes what it queues: no gain from boxing here.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     /// The call arrived; the reply is the call plan.
     #[serde(rename = "call.started")]
