@@ -181,7 +181,17 @@ fn opt_in_live_events_follow_the_call_and_default_off_they_are_absent() {
     let got = kinds(&h);
     assert_eq!(
         got,
-        ["status:answered", "caller+", "partial:my sink", "caller-", "turn.user", "agent+", "agent-", "turn.agent"],
+        [
+            "status:answered",
+            "status:engine_connected",
+            "caller+",
+            "partial:my sink",
+            "caller-",
+            "turn.user",
+            "agent+",
+            "agent-",
+            "turn.agent"
+        ],
         "{got:?}"
     );
     // The times line up: the caller's speech before the agent's.

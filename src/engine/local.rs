@@ -185,6 +185,7 @@ impl Engine for LocalEngine {
     fn handle_command(&mut self, _now: Instant, cmd: EngineCommand<'_>) {
         match cmd {
             EngineCommand::Start => {
+                self.events.push_back(EngineEvent::Connected);
                 if let Some(g) = self.clips.greeting.clone() {
                     self.respond(g);
                 }
@@ -244,6 +245,7 @@ mod tests {
         let now = Instant::now();
         let mut e = LocalEngine::new(LocalClips::builtin());
         e.handle_command(now, EngineCommand::Start);
+        assert_eq!(e.poll_event(), Some(EngineEvent::Connected));
         assert_eq!(e.poll_event(), Some(EngineEvent::ResponseStarted(ResponseId(1))));
         assert!(matches!(e.poll_event(), Some(EngineEvent::Audio(c)) if c.len() > 8000));
         assert_eq!(e.poll_event(), Some(EngineEvent::ResponseDone(ResponseId(1))));
@@ -269,7 +271,8 @@ mod tests {
         assert!((clips.reply.len() as i64 - trimmed16.len() as i64 / 2).abs() <= 160);
         let mut e = LocalEngine::new(clips);
         e.handle_command(Instant::now(), EngineCommand::Start);
-        assert_eq!(e.poll_event(), None);
+        assert_eq!(e.poll_event(), Some(EngineEvent::Connected));
+        assert_eq!(e.poll_event(), None, "no greeting");
         assert!(LocalClips::load("", "/nonexistent.wav").is_err());
     }
 }

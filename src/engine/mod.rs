@@ -180,6 +180,9 @@ pub enum EngineEvent {
     },
     /// The engine's own speech detection heard the caller start.
     SpeechStarted,
+    /// The engine is ready: every socket it needs is up (at once for engines
+    /// without sockets). Once per call.
+    Connected,
     /// When each character of a response is spoken, from its start (ms):
     /// appended in order, so "what the caller heard" is exact, not estimated.
     Alignment {

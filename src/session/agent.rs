@@ -311,6 +311,10 @@ impl Session {
                 self.end(HangupReason::EngineError);
             }
             EngineEvent::Error { fatal: false, code, message } => self.incident("engine", "error", &code, &message),
+            EngineEvent::Connected => {
+                let status = self.agent.live().status;
+                self.live(status, |at_ms| Event::CallStatus { status: "engine_connected".into(), at_ms }, self.now);
+            }
             EngineEvent::ResponseStarted(_)
             | EngineEvent::Audio(_)
             | EngineEvent::ResponseDone(_)

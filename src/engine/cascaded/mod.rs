@@ -143,6 +143,8 @@ pub struct CascadedEngine {
     next_id: u32,
     /// The backend reply being spoken (more text may follow).
     reply: Option<ResponseId>,
+    /// Links up at least once (STT, TTS): both → `Connected`.
+    up: [bool; 2],
     events: VecDeque<EngineEvent>,
 }
 
@@ -162,6 +164,7 @@ impl CascadedEngine {
             out_rate,
             next_id: 0,
             reply: None,
+            up: [false; 2],
             events: VecDeque::with_capacity(8),
         }
     }
@@ -313,6 +316,14 @@ impl Engine for CascadedEngine {
             }
             _ => Ok(()),
         };
+        if let (LinkEvent::Up { .. }, Some(u)) = (ev, self.up.get_mut(link))
+            && !*u
+        {
+            *u = true;
+            if self.up == [true; 2] {
+                self.events.push_back(EngineEvent::Connected);
+            }
+        }
         if let Err(message) = result {
             let code = if link == STT_LINK { "stt_error" } else { "tts_error" };
             self.events.push_back(EngineEvent::Error { fatal: false, code: code.into(), message });

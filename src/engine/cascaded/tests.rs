@@ -391,3 +391,16 @@ fn the_factory_needs_both_keys_and_picks_wire_audio_from_the_stream() {
     assert!(alaw.links()[STT_LINK].url.contains("encoding=linear16&sample_rate=8000"));
     assert!(alaw.links()[TTS_LINK].url.contains("output_format=pcm_8000"));
 }
+
+#[test]
+fn connected_once_both_sockets_are_up() {
+    let t0 = Instant::now();
+    let mut e = CascadedEngine::new(dg(), el(), None);
+    e.handle_link(t0, STT_LINK, LinkEvent::Up { reconnected: false });
+    assert!(!drain_ev(&mut e).contains(&EngineEvent::Connected), "the voice is not up yet");
+    e.handle_link(t0, TTS_LINK, LinkEvent::Up { reconnected: false });
+    assert_eq!(drain_ev(&mut e), vec![EngineEvent::Connected]);
+    e.handle_link(t0, TTS_LINK, LinkEvent::Lost);
+    e.handle_link(t0, TTS_LINK, LinkEvent::Up { reconnected: true });
+    assert!(!drain_ev(&mut e).contains(&EngineEvent::Connected), "once per call");
+}

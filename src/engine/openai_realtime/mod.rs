@@ -696,7 +696,7 @@ impl Engine for RealtimeEngine {
     fn handle_link(&mut self, _now: Instant, _link: usize, ev: LinkEvent<'_>) {
         match ev {
             LinkEvent::Up { reconnected: true } => self.on_reconnect(),
-            LinkEvent::Up { reconnected: false } => {}
+            LinkEvent::Up { reconnected: false } => self.events.push_back(EngineEvent::Connected),
             LinkEvent::Text(t) => {
                 if let Err(e) = self.on_message(t) {
                     self.events.push_back(EngineEvent::Error {
