@@ -419,6 +419,23 @@ pub struct CallPlan {
     pub stt: Option<SttPlan>,
     /// Voice settings for `"engine": "cascaded"`.
     pub tts: Option<TtsPlan>,
+    /// Built-in tools the engine may call, run by callbridge: `end_call`,
+    /// `transfer_call` (to `transfer_destinations` only), `send_dtmf`.
+    pub builtin_tools: Vec<String>,
+    /// Where `transfer_call` may send the caller, by name.
+    pub transfer_destinations: Vec<TransferDestination>,
+}
+
+/// A named place `transfer_call` may send the caller.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct TransferDestination {
+    /// What the model calls it (`on_call_plumber`).
+    pub name: String,
+    /// Number or SIP URI (within the number's `transfer_allow`).
+    pub to: String,
+    /// When to use it (for the model).
+    pub description: String,
 }
 
 /// A plan's `stt` (cascaded engine); unset fields take `[engine.cascaded.deepgram]`.

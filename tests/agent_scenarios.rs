@@ -299,3 +299,72 @@ fn a_brain_that_is_silent_gets_the_filler_then_the_fallback_and_a_bad_reply_the_
     assert_eq!(plays(&h).len(), 3);
     assert!(h.io.incidents.iter().any(|i| i.kind == "bad_body"));
 }
+
+fn with_builtins(plan: serde_json::Value) -> SessionConfig {
+    let plan: callbridge::contract::CallPlan = serde_json::from_value(plan).unwrap();
+    let mut cfg = with_backend();
+    cfg.agent.builtins = callbridge::session::builtin::Builtins::from_plan(&plan);
+    cfg
+}
+
+fn builtin_call(id: &str, name: &str, arguments: serde_json::Value) -> EngineEvent {
+    EngineEvent::ToolCall { call_id: id.into(), name: name.into(), arguments }
+}
+
+fn results(h: &Harness) -> Vec<(String, serde_json::Value, bool)> {
+    h.cmds()
+        .into_iter()
+        .filter_map(|c| match c {
+            Cmd::ToolResult { call_id, output, respond } => Some((call_id, output, respond)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn send_dtmf_plays_key_tones_the_far_end_can_decode() {
+    let cfg = with_builtins(json!({"builtin_tools": ["send_dtmf"]}));
+    let mut h = Harness::with_reply_ms(cfg, 200);
+    h.engine_event(builtin_call("d1", "send_dtmf", json!({"digits": "12#9"})));
+    assert!(h.io.requests.is_empty(), "run by callbridge, not the backend");
+    h.frames(&silence(), 60);
+    assert_eq!(callbridge::audio::dtmf::decode(h.far_played(), 8000), "12#9", "Goertzel hears the keys");
+    assert_eq!(results(&h), vec![("d1".into(), json!({"ok": true, "sent": "12#9"}), false)]);
+    h.engine_event(builtin_call("d2", "send_dtmf", json!({"digits": "12x"})));
+    assert_eq!(results(&h)[1].2, true, "a bad key is an error the model hears about");
+    assert!(results(&h)[1].1["error"].as_str().unwrap().contains("'x'"));
+}
+
+#[test]
+fn end_call_hangs_up_once_the_goodbye_was_heard() {
+    let cfg = with_builtins(json!({"builtin_tools": ["end_call"]}));
+    let mut h = playing(cfg, 300);
+    h.engine_event(builtin_call("e1", "end_call", json!({"reason": "done"})));
+    assert_eq!(h.ended(), None, "the reply still plays");
+    h.frames(&silence(), 300);
+    assert_eq!(h.ended(), Some(HangupReason::AgentHangup));
+    assert!(h.cancels().is_empty(), "nothing was cut off");
+}
+
+#[test]
+fn transfer_call_goes_only_to_the_plans_destinations_and_unknown_tools_still_reach_the_backend() {
+    let plan = json!({"builtin_tools": ["transfer_call"],
+        "transfer_destinations": [{"name": "on_call", "to": "+15557654321", "description": "emergencies"}]});
+    let mut h = Harness::with_reply_ms(with_builtins(plan), 200);
+    h.engine_event(builtin_call("t1", "transfer_call", json!({"destination": "on_call"})));
+    assert_eq!(h.io.transfers, vec!["+15557654321".to_string()]);
+    h.engine_event(builtin_call("t2", "transfer_call", json!({"destination": "+19005550000"})));
+    assert_eq!(h.io.transfers.len(), 1, "a number the model made up is not dialled");
+    assert!(results(&h)[1].1["error"].is_string() && results(&h)[1].2);
+    // Not enabled: end_call is an ordinary tool for the backend.
+    h.engine_event(builtin_call("x", "end_call", json!({})));
+    assert_eq!(h.io.requests.len(), 1);
+    let specs = callbridge::session::builtin::specs(
+        &serde_json::from_value(json!({"builtin_tools": ["transfer_call", "send_dtmf"],
+            "transfer_destinations": [{"name": "on_call", "to": "+15557654321"}]}))
+        .unwrap(),
+    );
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["transfer_call", "send_dtmf"]);
+    assert_eq!(specs[0].parameters["properties"]["destination"]["enum"], json!(["on_call"]));
+}

@@ -3,6 +3,7 @@
 //! Nothing here does I/O, reads the clock or allocates per frame; every type is a
 //! plain struct driven by its caller.
 
+pub mod dtmf;
 pub mod g711;
 pub mod pacer;
 pub mod resample;

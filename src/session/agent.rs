@@ -81,6 +81,8 @@ pub struct AgentConfig {
     pub max_duration: Option<Duration>,
     /// Hang up (after a goodbye line) when nobody spoke for this long.
     pub silence_timeout: Option<Duration>,
+    /// Built-in tools the engine may call (`end_call`, `transfer_call`, `send_dtmf`).
+    pub builtins: super::builtin::Builtins,
 }
 
 impl Default for AgentConfig {
@@ -98,6 +100,7 @@ impl Default for AgentConfig {
             live: LiveEvents::default(),
             max_duration: None,
             silence_timeout: None,
+            builtins: Default::default(),
         }
     }
 }
@@ -183,6 +186,7 @@ struct PendingTool {
 pub(super) struct Agent {
     pub(super) cfg: AgentConfig,
     pub(super) brain: super::brain::Brain,
+    pub(super) end_call: super::builtin::EndCall,
     pub(super) conversation: Conversation,
     tools: Vec<PendingTool>,
     next_request: u64,
@@ -192,7 +196,14 @@ impl Agent {
     pub(super) fn new(cfg: AgentConfig, now: Instant) -> Self {
         let mut conversation = Conversation::new(now);
         conversation.expect_transcripts(cfg.expect_transcripts, cfg.brain);
-        Self { cfg, brain: Default::default(), conversation, tools: Vec::new(), next_request: 0 }
+        Self {
+            cfg,
+            brain: Default::default(),
+            end_call: Default::default(),
+            conversation,
+            tools: Vec::new(),
+            next_request: 0,
+        }
     }
 
     pub(super) fn new_request(&mut self) -> super::RequestId {
@@ -324,6 +335,9 @@ impl Session {
 
     /// Ask the backend to run a tool (a blocking request).
     fn tool_call(&mut self, call_id: String, name: String, arguments: serde_json::Value) {
+        if self.builtin_tool(&call_id, &name, &arguments) {
+            return;
+        }
         if !self.agent.cfg.backend {
             // No backend: tell the model so it does not wait.
             let output = json!({"error": "no backend handles tools for this call"});

@@ -19,6 +19,7 @@
 
 pub mod agent;
 mod brain;
+pub mod builtin;
 pub mod conversation;
 mod inbound;
 mod limits;
@@ -513,6 +514,7 @@ impl Session {
         let ev = self.turn.expire(now);
         self.on_turn_event(ev);
         self.agent_timeout();
+        self.builtin_timeout();
         self.limits_tick();
     }
 
@@ -545,7 +547,7 @@ impl Session {
         // Frames normally end turns; the timer only matters if audio stops coming.
         let endpoint = self.turn.endpoint_deadline().map(|d| d + 2 * crate::audio::FRAME);
         let limits = self.limits.deadline(self.playback.last_play_at());
-        [release, endpoint, self.agent.poll_timeout(), limits].into_iter().flatten().min()
+        [release, endpoint, self.agent.poll_timeout(), limits, self.builtin_deadline()].into_iter().flatten().min()
     }
 
     /// Next output. Audio is released lazily here, at real time plus the lead.

@@ -609,7 +609,7 @@ impl super::registry::EngineFactory for RealtimeFactory {
             model: rc.model.clone(),
             instructions: plan.instructions.clone().unwrap_or_else(|| rc.instructions.clone()),
             voice: plan.voice.clone().unwrap_or_else(|| rc.voice.clone()),
-            tools: plan.tools.clone(),
+            tools: plan.tools.iter().cloned().chain(crate::session::builtin::specs(plan)).collect(),
             greeting: if req.greet {
                 plan.greeting.clone().or_else(|| Some(rc.greeting.clone()).filter(|g| !g.is_empty()))
             } else {

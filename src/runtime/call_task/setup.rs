@@ -198,6 +198,7 @@ pub(super) fn admit(
             live: crate::session::agent::LiveEvents::from_names(&route.plan.events),
             max_duration: route.plan.max_duration_s.map(|s| std::time::Duration::from_secs(s.into())),
             silence_timeout: route.plan.silence_timeout_s.map(|s| std::time::Duration::from_secs(s.into())),
+            builtins: crate::session::builtin::Builtins::from_plan(&route.plan),
         },
         record,
     };
