@@ -331,7 +331,7 @@ fn send_dtmf_plays_key_tones_the_far_end_can_decode() {
     assert_eq!(callbridge::audio::dtmf::decode(h.far_played(), 8000), "12#9", "Goertzel hears the keys");
     assert_eq!(results(&h), vec![("d1".into(), json!({"ok": true, "sent": "12#9"}), false)]);
     h.engine_event(builtin_call("d2", "send_dtmf", json!({"digits": "12x"})));
-    assert_eq!(results(&h)[1].2, true, "a bad key is an error the model hears about");
+    assert!(results(&h)[1].2, "a bad key is an error the model hears about");
     assert!(results(&h)[1].1["error"].as_str().unwrap().contains("'x'"));
 }
 
