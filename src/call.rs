@@ -226,14 +226,21 @@ impl Call {
     }
 
     /// Speak on the call's behalf (control API).
-    pub fn say(&mut self, now: Instant, what: Say, interrupt: bool, io: &mut impl CallIo) -> Result<(), SayError> {
+    pub fn say(
+        &mut self,
+        now: Instant,
+        what: Say,
+        interrupt: bool,
+        interruptible: bool,
+        io: &mut impl CallIo,
+    ) -> Result<(), SayError> {
         if !self.session.is_active() {
             return Err(SayError::NotActive);
         }
         if matches!(what, Say::Text(_)) && !self.engine.speaks_text() {
             return Err(SayError::CannotSpeakText(self.engine.label()));
         }
-        self.session.say(now, what, interrupt);
+        self.session.say(now, what, interrupt, interruptible);
         self.pump(now, io);
         Ok(())
     }

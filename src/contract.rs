@@ -424,6 +424,8 @@ pub struct CallPlan {
     pub builtin_tools: Vec<String>,
     /// Where `transfer_call` may send the caller, by name.
     pub transfer_destinations: Vec<TransferDestination>,
+    /// `false`: the caller cannot talk over the greeting (a barge-in waits for its end).
+    pub greeting_interruptible: Option<bool>,
 }
 
 /// A named place `transfer_call` may send the caller.

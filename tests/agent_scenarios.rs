@@ -368,3 +368,22 @@ fn transfer_call_goes_only_to_the_plans_destinations_and_unknown_tools_still_rea
     assert_eq!(names, ["transfer_call", "send_dtmf"]);
     assert_eq!(specs[0].parameters["properties"]["destination"]["enum"], json!(["on_call"]));
 }
+
+#[test]
+fn a_greeting_marked_not_interruptible_is_heard_to_the_end_then_the_caller_has_the_floor() {
+    let mut cfg = with_backend();
+    cfg.agent.greeting_interruptible = false;
+    let greeting: Arc<[i16]> = Arc::from(vec![3000i16; 8000 * 2]);
+    let mut h = Harness::new(cfg, LocalClips { greeting: Some(greeting), reply: Arc::from(vec![1000i16; 40000]) });
+    h.frames(&silence(), 10);
+    assert!(h.audio_frames() > 0, "the greeting plays");
+    h.frames(&tone(-20.0), 40);
+    assert!(h.clears().is_empty() && h.cancels().is_empty(), "talking over it does not stop it");
+    // Still talking when it ends: their turn starts, and the next reply may be interrupted.
+    h.frames(&tone(-20.0), 80);
+    h.frames(&silence(), 60);
+    assert_eq!(h.turns_answered(), 1, "the caller's turn was taken after the greeting");
+    h.frames(&silence(), 5);
+    h.frames(&tone(-20.0), 20);
+    assert_eq!(h.cancels().len(), 1, "the reply is interruptible as usual");
+}

@@ -295,6 +295,13 @@ pub struct SayBody {
     /// Stop the bot first (default false: queued after what it is saying).
     #[serde(default)]
     interrupt: bool,
+    /// The caller may talk over it (default true; false: a barge-in waits for its end).
+    #[serde(default = "yes")]
+    interruptible: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 async fn fetch_audio(s: &AppState, url: &str) -> Result<Arc<[i16]>, ApiError> {
@@ -363,7 +370,9 @@ pub async fn say(
         (Some(text), None) => Say::Text(text),
     };
     let (tx, rx) = oneshot::channel();
-    if let Err(r) = send(&h, CallControl::Say { what, interrupt: req.interrupt, reply: tx }).await {
+    if let Err(r) =
+        send(&h, CallControl::Say { what, interrupt: req.interrupt, interruptible: req.interruptible, reply: tx }).await
+    {
         return r.into_response();
     }
     match tokio::time::timeout(Duration::from_secs(2), rx).await {

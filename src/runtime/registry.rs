@@ -27,6 +27,8 @@ pub enum CallControl {
         what: Say,
         /// stop what the bot is saying first
         interrupt: bool,
+        /// the caller may talk over it (false: barge-in waits until it ends)
+        interruptible: bool,
         /// the outcome
         reply: oneshot::Sender<Result<(), crate::call::SayError>>,
     },

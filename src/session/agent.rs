@@ -83,6 +83,8 @@ pub struct AgentConfig {
     pub silence_timeout: Option<Duration>,
     /// Built-in tools the engine may call (`end_call`, `transfer_call`, `send_dtmf`).
     pub builtins: super::builtin::Builtins,
+    /// The greeting may be talked over (false: barge-in waits until it ends).
+    pub greeting_interruptible: bool,
 }
 
 impl Default for AgentConfig {
@@ -101,6 +103,7 @@ impl Default for AgentConfig {
             max_duration: None,
             silence_timeout: None,
             builtins: Default::default(),
+            greeting_interruptible: true,
         }
     }
 }

@@ -118,6 +118,9 @@ impl Session {
             now.saturating_duration_since(*at) <= Duration::from_millis(self.cfg.turn.resume_grace_ms as u64)
         });
         if self.playback.is_playing(now) {
+            if self.protected_playing() {
+                return; // not to be talked over: the caller's turn starts when it ends
+            }
             let protect = if resumed.is_some() { Duration::MAX } else { self.playback.playing_for(now) };
             if turn::should_barge_in(&self.cfg.turn, self.turn.loud_run(), protect) {
                 let onset = self.turn.run_start().unwrap_or(now);

@@ -360,6 +360,10 @@ pub struct Session {
     agent: Agent,
     transferred: bool,
     limits: limits::TimeLimits,
+    /// The next responses to start may not be talked over (a greeting or
+    /// `say` marked not interruptible), and those that are playing.
+    protect_next: u8,
+    protected: Vec<ResponseId>,
 }
 
 impl Session {
@@ -373,6 +377,7 @@ impl Session {
         now: Instant,
     ) -> Result<Self, SessionError> {
         let limits = limits::TimeLimits::new(cfg.agent.max_duration, cfg.agent.silence_timeout);
+        let cfg_greeting_interruptible = cfg.agent.greeting_interruptible;
         let rate = caps.format.rate;
         let frame = crate::audio::frame_samples(rate);
         let mut play_cfg = cfg.playback.clone();
@@ -432,6 +437,8 @@ impl Session {
             turn_onset: None,
             transferred: false,
             limits,
+            protect_next: u8::from(!cfg_greeting_interruptible),
+            protected: Vec::new(),
         })
     }
 
@@ -490,10 +497,13 @@ impl Session {
 
     /// Speak on the call's behalf (control API `say`): a clip, or text for
     /// engines that speak text; after what is playing, or interrupting it.
-    pub fn say(&mut self, now: Instant, what: Say, interrupt: bool) {
+    pub fn say(&mut self, now: Instant, what: Say, interrupt: bool, interruptible: bool) {
         self.advance(now);
         if self.phase != Phase::Active {
             return;
+        }
+        if !interruptible {
+            self.protect_next += 1;
         }
         if interrupt {
             self.interrupt(None);
@@ -759,6 +769,10 @@ impl Session {
                 if !stale(id, self.cancelled_upto) {
                     self.playback.start_response(id);
                     self.brain_response_started(id);
+                    if self.protect_next > 0 {
+                        self.protect_next -= 1;
+                        self.protected.push(id);
+                    }
                 }
             }
             EngineEvent::Audio(chunk) => {
@@ -780,7 +794,7 @@ impl Session {
             EngineEvent::SpeechStarted => {
                 // The engine heard the caller: stop the bot now (our own VAD may
                 // follow; it finds nothing left to interrupt).
-                if self.playback.is_playing(self.now) {
+                if self.playback.is_playing(self.now) && !self.protected_playing() {
                     self.interrupt(Some(self.now));
                 }
             }
@@ -832,6 +846,13 @@ impl Session {
             if reason == HangupReason::CarrierStop && self.transferred { HangupReason::Transferred } else { reason };
         self.phase = Phase::Ended;
         self.pending.push_back(Pending::End(reason));
+    }
+
+    /// Whether what is playing may not be talked over.
+    fn protected_playing(&mut self) -> bool {
+        let playing = self.playback.front_response();
+        self.protected.retain(|p| playing.is_some_and(|f| *p >= f));
+        playing.is_some_and(|f| self.protected.contains(&f))
     }
 
     /// The `call.ended` report so far (without the shell's fields: recording,

@@ -320,6 +320,11 @@ impl Playback {
         }
     }
 
+    /// The response playing (or next to play), if any.
+    pub fn front_response(&self) -> Option<ResponseId> {
+        self.responses.front().map(|r| r.id)
+    }
+
     /// Whether a response ran dry mid-way since the last call (the engine
     /// is slower than real time).
     pub fn take_underrun(&mut self) -> bool {

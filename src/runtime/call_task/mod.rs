@@ -243,8 +243,8 @@ async fn run_loop<T: Transport>(
         let now = tnow.into_std();
         match woke {
             Woke::Control(Some(CallControl::Session(cmd))) => call.on_control(now, cmd, io),
-            Woke::Control(Some(CallControl::Say { what, interrupt, reply })) => {
-                let _ = reply.send(call.say(now, what, interrupt, io));
+            Woke::Control(Some(CallControl::Say { what, interrupt, interruptible, reply })) => {
+                let _ = reply.send(call.say(now, what, interrupt, interruptible, io));
             }
             Woke::Control(Some(CallControl::Transferring { to })) => {
                 io.transfer_to = Some(to);

@@ -199,6 +199,7 @@ pub(super) fn admit(
             max_duration: route.plan.max_duration_s.map(|s| std::time::Duration::from_secs(s.into())),
             silence_timeout: route.plan.silence_timeout_s.map(|s| std::time::Duration::from_secs(s.into())),
             builtins: crate::session::builtin::Builtins::from_plan(&route.plan),
+            greeting_interruptible: route.plan.greeting_interruptible.unwrap_or(true) || resumed,
         },
         record,
     };
