@@ -25,6 +25,27 @@ impl Drop for Kill {
     }
 }
 
+/// Start the example on `port` with `args`, once it says it is listening
+/// (its log is drained so it never blocks on a full pipe).
+fn receptionist(port: u16, db: &std::path::Path, args: &[&str]) -> Kill {
+    let mut child = Kill(
+        Command::new("python3")
+            .args([SCRIPT, "--port", &port.to_string(), "--db", db.to_str().unwrap()])
+            .args(args)
+            .env("RECEPTIONIST_SECRET", SECRET_A)
+            .env("CALLBRIDGE_API_TOKEN", "tenant-a-token")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 is installed"),
+    );
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("listening"), "backend started: {line}");
+    std::thread::spawn(move || for _ in stderr.lines() {});
+    child
+}
+
 #[test]
 fn the_example_verifies_the_documented_signature_vector() {
     let out = Command::new("python3").args([SCRIPT, "--self-test"]).output().expect("python3 is installed");
@@ -65,22 +86,8 @@ api_token = "tenant-a-token"
     cfg.server.shutdown_grace_ms = 300;
     let srv = TestServer::start_with(cfg, secrets()).await;
 
-    let mut child = Kill(
-        Command::new("python3")
-            .args([SCRIPT, "--port", &port.to_string(), "--db", db.to_str().unwrap()])
-            .args(["--callbridge", &format!("http://{}", srv.addr), "--on-call", "+15550009999"])
-            .env("RECEPTIONIST_SECRET", SECRET_A)
-            .env("CALLBRIDGE_API_TOKEN", "tenant-a-token")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3 is installed"),
-    );
-    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    assert!(line.contains("listening"), "backend started: {line}");
-    // Keep draining its log so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in stderr.lines() {});
+    let callbridge = format!("http://{}", srv.addr);
+    let child = receptionist(port, &db, &["--callbridge", &callbridge, "--on-call", "+15550009999"]);
 
     let mut tw = call(&srv, 1, NUMBER_A).await;
     let got = talk(&mut tw, &ulaw_fixture("caller_short_8k.wav"), 60).await;
@@ -185,19 +192,7 @@ api_token = "tenant-a-token"
         elevenlabs_url: Some(el.url()),
     };
     let srv = TestServer::start_with(cfg, keys).await;
-    let mut child = Kill(
-        Command::new("python3")
-            .args([SCRIPT, "--cascaded", "--port", &port.to_string(), "--db", db.to_str().unwrap()])
-            .env("RECEPTIONIST_SECRET", SECRET_A)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3 is installed"),
-    );
-    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    assert!(line.contains("listening"), "backend started: {line}");
-    std::thread::spawn(move || for _ in stderr.lines() {});
+    let child = receptionist(port, &db, &["--cascaded"]);
 
     let mut tw = call(&srv, 1, NUMBER_A).await;
     until_quiet(&mut tw, Duration::from_secs(10)).await; // the greeting
