@@ -293,7 +293,8 @@ impl Session {
                 }
             }
             EngineEvent::Alignment { response, chars, starts_ms } => {
-                if self.agent.events_on() {
+                let stale = self.cancelled_upto.is_some_and(|c| response <= c);
+                if self.agent.events_on() && !stale {
                     self.agent.conversation.alignment(response, &chars, &starts_ms);
                 }
             }

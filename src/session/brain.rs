@@ -22,6 +22,9 @@ use crate::engine::EngineCommand;
 use crate::ids::ResponseId;
 use crate::session::{ReplyFailure, Request, RequestId};
 
+/// Longest a reply's action waits for the reply's tail to be played.
+const ACTION_WAIT: Duration = Duration::from_secs(5);
+
 /// The `turn.user` awaiting (or streaming) its reply.
 #[derive(Debug)]
 pub(super) struct PendingTurn {
@@ -40,6 +43,9 @@ pub(super) struct Brain {
     pub(super) pending: Option<PendingTurn>,
     /// Done after the reply has been heard.
     after: Option<ReplyAction>,
+    /// The reply's audio is all out: run this once the caller has heard it
+    /// (nothing playing any more), since when.
+    due: Option<(ReplyAction, Instant)>,
     /// The response speaking the latest reply.
     reply_response: Option<ResponseId>,
     /// The next response the engine starts is the reply's.
@@ -65,9 +71,12 @@ impl Session {
             return;
         }
         if let Some(old) = self.agent.brain.pending.take() {
-            // The caller spoke again before the answer: the newer turn wins.
+            // The caller spoke again before the answer: the newer turn wins,
+            // and words of the old reply not yet heard are dropped, not finished.
             self.cold(Cold::CancelRequest(old.id));
-            self.brain_close_reply(&old);
+            if old.speaking {
+                self.interrupt(None);
+            }
         }
         self.agent.brain.after = None;
         let id = self.agent.new_request();
@@ -163,7 +172,8 @@ impl Session {
         if let Some(action) = self.agent.brain.after.take()
             && !interrupted
         {
-            self.brain_act(action);
+            // All of it was sent; the carrier still holds the tail.
+            self.agent.brain.due = Some((action, self.now));
         }
     }
 
@@ -210,9 +220,21 @@ impl Session {
         }
     }
 
-    /// Deadlines: the filler, then the fallback past the budget.
+    /// When a due action is next checked.
+    pub(super) fn brain_due_deadline(&self) -> Option<Instant> {
+        self.agent.brain.due.as_ref().map(|_| self.now + crate::audio::FRAME)
+    }
+
+    /// Deadlines: a due action once the reply was heard; the filler, then
+    /// the fallback past the budget.
     pub(super) fn brain_timeout(&mut self, filler_after: Duration, budget: Duration) {
         let now = self.now;
+        if let Some((_, since)) = &self.agent.brain.due
+            && (!self.playback.is_playing(now) || now >= *since + ACTION_WAIT)
+        {
+            let (action, _) = self.agent.brain.due.take().expect("checked");
+            self.brain_act(action);
+        }
         let Some(p) = self.agent.brain.pending.as_mut().filter(|p| !p.speaking) else { return };
         if now >= p.started + budget {
             let id = p.id;

@@ -557,7 +557,10 @@ impl Session {
         // Frames normally end turns; the timer only matters if audio stops coming.
         let endpoint = self.turn.endpoint_deadline().map(|d| d + 2 * crate::audio::FRAME);
         let limits = self.limits.deadline(self.playback.last_play_at());
-        [release, endpoint, self.agent.poll_timeout(), limits, self.builtin_deadline()].into_iter().flatten().min()
+        [release, endpoint, self.agent.poll_timeout(), limits, self.builtin_deadline(), self.brain_due_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Next output. Audio is released lazily here, at real time plus the lead.

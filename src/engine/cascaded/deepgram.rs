@@ -148,7 +148,7 @@ const MAX_REPLAY_SECONDS: u32 = 30;
 const PRE_ROLL: Duration = Duration::from_millis(400);
 /// Mean absolute amplitude above which a frame is "sound" for the gate (≈ −48 dBFS).
 const GATE_LEVEL: u32 = 130;
-/// Bytes of one resend message.
+/// Smallest resend message (a resend goes in about one second per message).
 const RESEND_CHUNK: usize = 3200;
 
 /// One call's transcription.
@@ -321,7 +321,10 @@ impl Stt {
         let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("deepgram message: {e}"))?;
         match v["type"].as_str() {
             Some("Results") => self.on_results(now, &v),
-            Some("SpeechStarted") => self.events.push_back(SttEvent::SpeechStarted),
+            Some("SpeechStarted") => {
+                self.endpointed = false;
+                self.events.push_back(SttEvent::SpeechStarted);
+            }
             Some("UtteranceEnd") => {
                 self.endpointed = true;
                 if self.awaiting.is_some() && self.interim.is_empty() {
@@ -351,7 +354,8 @@ impl Stt {
             }
             self.interim.clear();
             let ends = v["speech_final"].as_bool().unwrap_or(false) || v["from_finalize"].as_bool().unwrap_or(false);
-            self.endpointed |= ends;
+            // Only the latest final says whether Deepgram is at an utterance's end.
+            self.endpointed = ends;
             if self.awaiting.is_some() && ends {
                 self.hand_over(now);
                 return;
@@ -359,6 +363,9 @@ impl Stt {
         } else {
             self.interim.clear();
             self.interim.push_str(transcript);
+            if !transcript.is_empty() {
+                self.endpointed = false;
+            }
         }
         if !transcript.is_empty() {
             let mut partial = self.finals.clone();
@@ -374,7 +381,13 @@ impl Stt {
 
     /// Deepgram finalized the audio up to `byte` of this connection.
     fn finalized_to(&mut self, byte: u64) {
+        // Whole samples only: a resend must not start inside a 16-bit sample.
+        let width = match self.cfg.audio {
+            SttAudio::Mulaw8k => 1,
+            SttAudio::Linear16(_) => 2,
+        };
         let byte = byte.min(self.conn_sent);
+        let byte = byte - byte % width;
         if byte > self.conn_final {
             let n = ((byte - self.conn_final) as usize).min(self.replay.len());
             self.replay.drain(..n);
@@ -397,11 +410,16 @@ impl Stt {
         }
         self.lost = false;
         self.interim.clear();
+        // The resent audio is not finalized on the new connection.
+        self.endpointed = false;
         self.conn_final = 0;
         self.conn_sent = self.replay.len() as u64;
+        self.total_sent += self.replay.len() as u64;
+        // About a second per message: 30 s of backlog stays well inside the lane.
+        let chunk = (self.cfg.audio.bytes_per_second() as usize).max(RESEND_CHUNK);
         let (a, b) = self.replay.as_slices();
         for part in [a, b] {
-            for c in part.chunks(RESEND_CHUNK) {
+            for c in part.chunks(chunk) {
                 self.out.push_back(LinkMsg::Binary(bytes::Bytes::copy_from_slice(c)));
             }
         }

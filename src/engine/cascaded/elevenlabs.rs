@@ -219,6 +219,10 @@ impl Tts {
             if !old.close_sent {
                 self.send(now, json!({"context_id": old.id, "close_context": true}));
             }
+            if !old.done && !old.cancelled {
+                // Its tail can no longer arrive: end it, or playback waits for it forever.
+                self.events.push_back(TtsEvent::Done(old.response));
+            }
         }
         self.contexts.push_back(Context {
             response,
@@ -363,9 +367,19 @@ impl Tts {
                     .flatten()
                     .map(|t| (offset + t.as_f64().unwrap_or(0.0)).round() as u32)
                     .collect();
-                // What is aligned is voiced: drop it from the resend text.
-                let n = chars.trim().chars().count().min(c.unvoiced.chars().count());
-                let cut = c.unvoiced.char_indices().nth(n).map_or(c.unvoiced.len(), |(i, _)| i);
+                // What is aligned is voiced: drop it from the resend text,
+                // counting letters only (spaces differ between the two).
+                let mut left = chars.chars().filter(|ch| !ch.is_whitespace()).count();
+                let mut cut = 0;
+                for (i, ch) in c.unvoiced.char_indices() {
+                    if left == 0 && !ch.is_whitespace() {
+                        break;
+                    }
+                    if !ch.is_whitespace() {
+                        left -= 1;
+                    }
+                    cut = i + ch.len_utf8();
+                }
                 c.unvoiced.drain(..cut);
                 if chars.chars().count() == starts.len() && !chars.is_empty() {
                     self.events.push_back(TtsEvent::Alignment(response, chars, starts));
@@ -400,8 +414,13 @@ impl Tts {
         }
         self.lost = false;
         self.keepalive_open = false;
-        // Contexts on the old socket are gone.
+        // Contexts on the old socket are gone; only the newest is re-opened,
+        // older ones still producing are ended (their tail is lost).
         self.contexts.retain(|c| !c.cancelled && !c.done);
+        while self.contexts.len() > 1 {
+            let old = self.contexts.pop_front().expect("two contexts");
+            self.events.push_back(TtsEvent::Done(old.response));
+        }
         if let Some(c) = self.contexts.back_mut() {
             c.reopened += 1;
             c.id = format!("r{}.{}", c.response.0, c.reopened);

@@ -177,6 +177,10 @@ impl CascadedEngine {
     }
 
     fn speak(&mut self, now: Instant, text: &str, done: bool) {
+        if text.trim().is_empty() && self.reply.is_none_or(|r| self.tts.speaking() != Some(r)) {
+            self.reply = None;
+            return; // closing a reply that is no longer being spoken (or nothing at all)
+        }
         let id = match self.reply.filter(|r| self.tts.speaking() == Some(*r)) {
             Some(id) => id,
             None => {

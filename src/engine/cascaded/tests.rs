@@ -404,3 +404,40 @@ fn connected_once_both_sockets_are_up() {
     e.handle_link(t0, TTS_LINK, LinkEvent::Up { reconnected: true });
     assert!(!drain_ev(&mut e).contains(&EngineEvent::Connected), "once per call");
 }
+
+#[test]
+fn a_linear16_resend_starts_on_a_sample_and_a_new_phrase_needs_finalize_again() {
+    let t0 = Instant::now();
+    let mut cfg = dg();
+    cfg.audio = SttAudio::Linear16(8000);
+    cfg.gate_hangover = None;
+    let mut s = Stt::new(cfg);
+    s.up(t0, false);
+    let loud: Vec<i16> = (0..160).map(|i| if i % 2 == 0 { 8000 } else { -8000 }).collect();
+    for _ in 0..60 {
+        s.audio_pcm(t0, &loud);
+    }
+    // 1.0199995 s of 16-bit audio is 16319.99 bytes: the resend starts at byte 16318.
+    s.on_text(t0, &results("Hi.", 0.0, 1.0199995, true, true, false)).unwrap();
+    assert_eq!(s.replay_len() % 2, 0, "whole samples only");
+    assert_eq!(s.replay_len(), 60 * 320 - 16318);
+    // Deepgram ended "Hi." — then a new phrase, finalized in part: our end of
+    // turn must still ask for the rest.
+    s.on_text(t0, &results("I need a plumber", 1.02, 0.8, true, false, false)).unwrap();
+    std::iter::from_fn(|| s.poll_transmit()).count();
+    s.end_of_turn(t0);
+    assert_eq!(s.poll_transmit(), Some(LinkMsg::Text(r#"{"type":"Finalize"}"#.into())));
+}
+
+#[test]
+fn a_context_pushed_out_early_still_ends_its_response() {
+    let t0 = Instant::now();
+    let mut e = CascadedEngine::new(dg(), el(), None);
+    e.handle_command(t0, EngineCommand::Reply { text: "One".into(), done: false });
+    e.handle_command(t0, EngineCommand::Say("Two.".into()));
+    e.handle_command(t0, EngineCommand::Say("Three.".into()));
+    assert!(drain_ev(&mut e).contains(&EngineEvent::ResponseDone(ResponseId(1))), "no response waits forever");
+    // A reply closed after it stopped being spoken starts nothing new.
+    e.handle_command(t0, EngineCommand::Reply { text: String::new(), done: true });
+    assert!(!drain_ev(&mut e).iter().any(|x| matches!(x, EngineEvent::ResponseStarted(_))));
+}
