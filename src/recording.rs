@@ -595,10 +595,13 @@ mod tests {
             RecordingService::start_with(Path::new("/nonexistent-unused"), 64, Duration::from_millis(30), factory)
                 .unwrap();
         let mut r = svc.begin(CallId(8), 8000);
-        // 2 s of audio, fed faster than real time; the "disk" holds 0.5 s.
+        // 2 s of audio, fed in real time; the "disk" holds 0.5 s. (Faster than
+        // real time, a writer thread scheduled late could meet the full disk
+        // before its first header update with data, and the fake disk refuses
+        // a write whole: the file would be valid but empty.)
         for _ in 0..100 {
             r.caller(&[3; 160]); // never blocks, whatever the disk does
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(20));
         }
         let st = r.status().clone();
         drop(r);
