@@ -46,16 +46,10 @@ fn receptionist(port: u16, db: &std::path::Path, args: &[&str]) -> Kill {
     child
 }
 
-#[test]
-fn the_example_verifies_the_documented_signature_vector() {
-    let out = Command::new("python3").args([SCRIPT, "--self-test"]).output().expect("python3 is installed");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "self-test ok");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_example_receptionist_plans_stores_and_transfers() {
-    let twilio = FakeBackend::start().await;
+/// A validating server config whose number A calls back the example on a
+/// free port, with `extra` laid over it; the port, a scratch folder and the
+/// example's database path in it.
+fn example_config(extra: &str) -> (u16, std::path::PathBuf, std::path::PathBuf, Config) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = std::env::temp_dir().join(format!("cb-example-{}", callbridge::signature::random_hex()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -65,10 +59,6 @@ async fn the_example_receptionist_plans_stores_and_transfers() {
 [server]
 public_url = "{PUBLIC}"
 validate_twilio_signatures = true
-[engine.local]
-greeting_wav = ""
-[twilio]
-api_base_url = "{}"
 [storage]
 database = ""
 [recording]
@@ -79,11 +69,25 @@ callback_url = "http://127.0.0.1:{port}/"
 secret = "{SECRET_A}"
 api_token = "tenant-a-token"
 "#,
-        twilio.base(),
         rec = dir.join("recordings").display()
     );
-    let mut cfg = Config::from_toml(&toml, "t").unwrap();
+    let mut cfg = Config::from_toml(&merge_toml(&toml, extra), "t").unwrap();
     cfg.server.shutdown_grace_ms = 300;
+    (port, dir, db, cfg)
+}
+
+#[test]
+fn the_example_verifies_the_documented_signature_vector() {
+    let out = Command::new("python3").args([SCRIPT, "--self-test"]).output().expect("python3 is installed");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "self-test ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_receptionist_plans_stores_and_transfers() {
+    let twilio = FakeBackend::start().await;
+    let twilio_base = format!("[engine.local]\ngreeting_wav = \"\"\n[twilio]\napi_base_url = \"{}\"\n", twilio.base());
+    let (port, dir, db, cfg) = example_config(&twilio_base);
     let srv = TestServer::start_with(cfg, secrets()).await;
 
     let callbridge = format!("http://{}", srv.addr);
@@ -161,29 +165,7 @@ async fn the_example_as_the_brain_takes_a_booking_over_the_cascaded_engine() {
             .await
             .unwrap();
     let el = FakeElevenLabs::start(FakeElevenLabsConfig { ms_per_char: 20, ..Default::default() }).await.unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let dir = std::env::temp_dir().join(format!("cb-example-{}", callbridge::signature::random_hex()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("receptionist.db");
-    let toml = format!(
-        r#"
-[server]
-public_url = "{PUBLIC}"
-validate_twilio_signatures = true
-[storage]
-database = ""
-[recording]
-dir = "{rec}"
-[[numbers]]
-number = "{NUMBER_A}"
-callback_url = "http://127.0.0.1:{port}/"
-secret = "{SECRET_A}"
-api_token = "tenant-a-token"
-"#,
-        rec = dir.join("recordings").display()
-    );
-    let mut cfg = Config::from_toml(&toml, "t").unwrap();
-    cfg.server.shutdown_grace_ms = 300;
+    let (port, dir, db, cfg) = example_config("");
     let mut keys = secrets();
     keys.cascaded = callbridge::engine::cascaded::CascadedEnv {
         deepgram_key: Some("dg".into()),
