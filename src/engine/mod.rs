@@ -232,6 +232,10 @@ pub struct LinkSpec {
     pub connect_timeout: Duration,
     /// Messages queued towards the socket before audio is dropped.
     pub max_queued: usize,
+    /// Time each text message from queueing to the socket
+    /// (`callbridge_engine_link_send_delay_seconds`); off for links whose
+    /// every audio frame is text (OpenAI), to keep the clock off the frame path.
+    pub time_text: bool,
 }
 
 impl std::fmt::Debug for LinkSpec {

@@ -65,7 +65,7 @@ pub enum SendError {
 /// every socket.
 #[derive(Debug, Default)]
 pub struct LinkLanes {
-    lanes: Vec<mpsc::Sender<Queued>>,
+    lanes: Vec<(mpsc::Sender<Queued>, bool)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -80,9 +80,10 @@ impl Drop for LinkLanes {
 impl LinkLanes {
     /// Queue a message for link `link` (never waits).
     pub fn send(&self, link: usize, msg: LinkMsg) -> Result<(), SendError> {
-        let lane = self.lanes.get(link).ok_or(SendError::Closed)?;
-        // Text (control, JSON) is timed from here to the socket; audio frames are not.
-        let at = matches!(msg, LinkMsg::Text(_)).then(tokio::time::Instant::now);
+        let (lane, time_text) = self.lanes.get(link).ok_or(SendError::Closed)?;
+        // Text (control, JSON) is timed from here to the socket where the link
+        // asks for it; audio frames never are.
+        let at = (*time_text && matches!(msg, LinkMsg::Text(_))).then(tokio::time::Instant::now);
         lane.try_send((at, msg)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::Full,
             mpsc::error::TrySendError::Closed(_) => SendError::Closed,
@@ -119,7 +120,7 @@ pub fn spawn(specs: Vec<LinkSpec>) -> (LinkLanes, LinkEvents) {
     let mut lanes = LinkLanes::default();
     for (i, spec) in specs.into_iter().enumerate() {
         let (tx, out_rx) = mpsc::channel(spec.max_queued.max(8));
-        lanes.lanes.push(tx);
+        lanes.lanes.push((tx, spec.time_text));
         lanes.tasks.push(tokio::spawn(run(i, spec, out_rx, ev_tx.clone())));
     }
     (lanes, LinkEvents { rx: Some(rx) })

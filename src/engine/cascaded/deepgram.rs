@@ -107,6 +107,7 @@ impl DeepgramConfig {
             reconnects: self.reconnects,
             connect_timeout: self.connect_timeout,
             max_queued: 256,
+            time_text: true,
         }
     }
 }

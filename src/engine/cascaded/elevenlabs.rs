@@ -116,6 +116,7 @@ impl ElevenLabsConfig {
             reconnects: self.reconnects,
             connect_timeout: self.connect_timeout,
             max_queued: 128,
+            time_text: true,
         }
     }
 }

@@ -664,6 +664,7 @@ impl Engine for RealtimeEngine {
             reconnects: 1,
             connect_timeout: self.cfg.connect_timeout,
             max_queued: self.cfg.max_queued,
+            time_text: false,
         }]
     }
 
