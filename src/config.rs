@@ -190,6 +190,8 @@ impl Default for TurnModelConfig {
 pub struct LimitsConfig {
     /// Concurrent calls per tenant (0 = only `server.max_calls`).
     pub max_calls_per_tenant: usize,
+    /// Concurrent outbound calls per tenant, from placement to their end (0 = no outbound calls).
+    pub max_outbound_calls_per_tenant: usize,
     /// Control API requests per second per tenant (sustained; 0 = unlimited).
     pub api_requests_per_second: u32,
     /// Control API burst per tenant.

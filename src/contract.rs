@@ -314,7 +314,8 @@ pub struct TurnLatency {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct CallSummary {
     /// Why it ended: `caller_hangup`, `hangup`, `transferred`, `shutdown`,
-    /// `engine_error`, `protocol_error`, `slow_consumer`, `idle_timeout`, `transport_error`, `unauthorized`.
+    /// `engine_error`, `protocol_error`, `slow_consumer`, `idle_timeout`, `transport_error`, `unauthorized`;
+    /// for an outbound call that never connected: `busy`, `no_answer`, `failed`, `canceled`, `machine`.
     pub reason: String,
     /// The carrier the call came through (`twilio`, `telnyx`, `vonage`), if known.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -328,6 +329,13 @@ pub struct CallSummary {
     /// Called number.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub to: String,
+    /// `outbound` for a call placed through `POST /v1/calls` (absent: inbound).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub direction: String,
+    /// Who answered an outbound call placed with machine detection, as the
+    /// carrier classified it: `human`, `machine`, `fax`, `unknown`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub answered_by: String,
     /// When the call reached us (the carrier's webhook; RFC 3339, UTC).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub started_at: String,

@@ -19,6 +19,9 @@ pub const CALLS_ACTIVE: &str = "callbridge_calls_active";
 pub const CALLS_TOTAL: &str = "callbridge_calls_total";
 /// Calls refused (over capacity, shutting down).
 pub const CALLS_REJECTED: &str = "callbridge_calls_rejected_total";
+/// Outbound calls placed through `POST /v1/calls`, by outcome (`placed`,
+/// `answered`, `machine`, `busy`, `no_answer`, `failed`, `canceled`, `missed`).
+pub const OUTBOUND_OUTCOMES: &str = "callbridge_outbound_calls_total";
 /// Calls ended, by reason.
 pub const CALLS_ENDED: &str = "callbridge_calls_ended_total";
 /// 20 ms caller frames processed.
@@ -134,6 +137,7 @@ fn describe() {
     describe_counter!(CALLS_TOTAL, "Calls accepted since start");
     describe_counter!(CALLS_REJECTED, "Calls refused (capacity or shutdown)");
     describe_counter!(CALLS_ENDED, "Calls ended, by reason");
+    describe_counter!(OUTBOUND_OUTCOMES, "Outbound calls placed through the control API, by outcome");
     describe_counter!(FRAMES_IN, "20 ms caller audio frames processed");
     describe_counter!(FRAMES_OUT, "20 ms bot audio frames sent to carriers");
     describe_counter!(BARGE_INS, "Times the caller interrupted the bot");

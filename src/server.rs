@@ -130,6 +130,8 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         crate::metrics::announce_carrier(c.carrier(), "local");
     }
     let fetches = Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_fetches.max(1)));
+    // 0 (no outbound calls at all) is refused by the handler before it reserves.
+    let outbound_limit = config.limits.max_outbound_calls_per_tenant;
     let rate = crate::api::rate::RateLimiter::new(config.limits.api_requests_per_second, config.limits.api_burst);
     Ok(Arc::new(AppState {
         config,
@@ -142,8 +144,14 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         fetches,
         rate,
         accepting: AtomicBool::new(true),
+        dialing: crate::runtime::dialing::DialingCalls::new(),
+        outbound: crate::runtime::capacity::Capacity::new(usize::MAX, outbound_limit),
     }))
 }
+
+/// An outbound call the carrier has not reported on after this long (the
+/// longest ring plus a machine's greeting, with margin) is taken as failed.
+const DIALING_MAX: Duration = Duration::from_secs(300);
 
 /// A running server's addresses.
 pub struct Running {
@@ -219,6 +227,11 @@ pub async fn serve(
                 crate::runtime::call_task::report_unconnected(&st.call, route, "no_stream");
             }
             st.call.registry.sweep_ended();
+            // Outbound calls the carrier never reported on.
+            for d in st.dialing.sweep(DIALING_MAX) {
+                warn!(call = %d.route.call_id, "the carrier never reported on the outbound call");
+                crate::runtime::call_task::report_unconnected(&st.call, d.route, "failed");
+            }
             // Transfers whose outcome never came: the call is over after a day.
             for p in st.call.parked.sweep(Duration::from_secs(86_400)) {
                 crate::runtime::call_task::end_parked(&st.call, p, None, "transferred");
@@ -272,6 +285,10 @@ pub async fn drain(state: &AppState, grace: Duration) {
             warn!(told = n, "shutdown grace over: hanging up remaining calls");
             let _ = tokio::time::timeout(Duration::from_secs(3), registry.wait_empty()).await;
         }
+    }
+    // Outbound calls still ringing: the carrier goes on, our record ends.
+    for d in state.dialing.sweep(Duration::ZERO) {
+        crate::runtime::call_task::report_unconnected(&state.call, d.route, "shutdown");
     }
     // Calls announced but never connected: their backends hear how they ended.
     for route in state.call.pending.sweep(Duration::ZERO) {

@@ -110,43 +110,50 @@ pub async fn route_call(s: &Arc<AppState>, a: &Arrival) -> Result<Route, Refusal
     route.slot = Some(Arc::new(slot));
     route.carrier = a.carrier;
     route.carrier_call_id = a.carrier_call_id.clone();
-    if let Some(t) = &tenant {
-        let target = Target { url: t.callback_url.clone(), secret: t.secret.clone() };
-        let event = Event::CallStarted {
-            from: a.from.clone(),
-            to: a.to.clone(),
-            carrier: a.carrier.into(),
-            carrier_call_id: a.carrier_call_id.clone(),
-            account_id: a.account_id.clone(),
-            caller: a.caller.clone(),
-        };
-        route.seq_used = 1;
-        let env = Envelope::new(&call_id.to_string(), 1, SystemTime::now(), event);
-        let budget = Duration::from_millis(s.config.callbacks.blocking_timeout_ms);
-        let started = std::time::Instant::now();
-        let reply = s.call.client.post(&target, &env, budget).await;
-        crate::metrics::observe(
-            &metrics::histogram!(crate::metrics::CALLBACK_LATENCY, "type" => "call.started"),
-            started.elapsed(),
-        );
-        match reply.and_then(|v| {
-            if v.is_null() {
-                Ok(CallPlan::default())
-            } else {
-                serde_json::from_value::<CallPlan>(v)
-                    .map_err(|e| crate::callback::client::CallbackError::BadBody(e.to_string()))
-            }
-        }) {
-            Ok(plan) => route.plan = plan,
-            Err(e) => {
-                metrics::counter!(crate::metrics::CALLBACK_FALLBACKS, "type" => "call.started", "kind" => e.kind())
-                    .increment(1);
-                warn!(call = %call_id, error = %e, "call plan unavailable; answering on defaults with the fallback line");
-                route.plan_failed = true;
-            }
+    ask_plan(s, &mut route, a).await;
+    Ok(route)
+}
+
+/// Tell the route's backend the call exists (`call.started`, within the
+/// blocking budget) and take its reply as the plan; on failure the call runs
+/// on the defaults and hears the fallback line. No backend: nothing to ask.
+pub async fn ask_plan(s: &AppState, route: &mut Route, a: &Arrival) {
+    let Some(t) = route.tenant.clone() else { return };
+    let call_id = route.call_id;
+    let target = Target { url: t.callback_url.clone(), secret: t.secret.clone() };
+    let event = Event::CallStarted {
+        from: a.from.clone(),
+        to: a.to.clone(),
+        carrier: a.carrier.into(),
+        carrier_call_id: a.carrier_call_id.clone(),
+        account_id: a.account_id.clone(),
+        caller: a.caller.clone(),
+    };
+    route.seq_used = 1;
+    let env = Envelope::new(&call_id.to_string(), 1, SystemTime::now(), event);
+    let budget = Duration::from_millis(s.config.callbacks.blocking_timeout_ms);
+    let started = std::time::Instant::now();
+    let reply = s.call.client.post(&target, &env, budget).await;
+    crate::metrics::observe(
+        &metrics::histogram!(crate::metrics::CALLBACK_LATENCY, "type" => "call.started"),
+        started.elapsed(),
+    );
+    match reply.and_then(|v| {
+        if v.is_null() {
+            Ok(CallPlan::default())
+        } else {
+            serde_json::from_value::<CallPlan>(v)
+                .map_err(|e| crate::callback::client::CallbackError::BadBody(e.to_string()))
+        }
+    }) {
+        Ok(plan) => route.plan = plan,
+        Err(e) => {
+            metrics::counter!(crate::metrics::CALLBACK_FALLBACKS, "type" => "call.started", "kind" => e.kind())
+                .increment(1);
+            warn!(call = %call_id, error = %e, "call plan unavailable; answering on defaults with the fallback line");
+            route.plan_failed = true;
         }
     }
-    Ok(route)
 }
 
 /// What the plan wants done with a call it was asked about.

@@ -1,5 +1,5 @@
-//! Acting on a live call through its carrier's REST API (transfer now; hang-up
-//! and outbound dialling as carriers need them), behind one trait so the
+//! Acting on calls through their carrier's REST API — moving a live call
+//! (transfer) and placing an outbound one (dial) — behind one trait so the
 //! control API knows no carrier by name. Each carrier's webhook module
 //! implements [`CarrierControl`]; the server registers one per carrier.
 
@@ -32,6 +32,12 @@ pub enum ControlError {
     /// Network failure or timeout.
     #[error("the carrier is unreachable: {0}")]
     Unreachable(String),
+    /// The carrier's answer was not what its API documents.
+    #[error("the carrier's answer was not understood: {0}")]
+    BadAnswer(String),
+    /// This carrier cannot do it (from here).
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// Send one carrier REST request (10 s budget) and map its outcome: 2xx is
@@ -43,6 +49,15 @@ pub async fn send(
     gone: impl Fn(u16, &serde_json::Value) -> bool,
     message: impl Fn(&serde_json::Value) -> String,
 ) -> Result<(), ControlError> {
+    send_for(req, gone, message).await.map(drop)
+}
+
+/// [`send`], keeping a 2xx answer's JSON body (`Null` if it had none).
+pub async fn send_for(
+    req: reqwest::RequestBuilder,
+    gone: impl Fn(u16, &serde_json::Value) -> bool,
+    message: impl Fn(&serde_json::Value) -> String,
+) -> Result<serde_json::Value, ControlError> {
     let resp = req
         .timeout(std::time::Duration::from_secs(10))
         .send()
@@ -50,7 +65,12 @@ pub async fn send(
         .map_err(|e| ControlError::Unreachable(e.without_url().to_string()))?;
     let status = resp.status().as_u16();
     if (200..300).contains(&status) {
-        return Ok(());
+        // Bounded: a carrier's answer to one request is a few KiB.
+        let bytes = resp.bytes().await.map_err(|e| ControlError::Unreachable(e.without_url().to_string()))?;
+        if bytes.len() > 256 * 1024 {
+            return Err(ControlError::BadAnswer("the answer is too large".into()));
+        }
+        return Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null));
     }
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
     if gone(status, &body) {
@@ -78,6 +98,24 @@ pub fn title_and_detail(e: &serde_json::Value) -> String {
 /// A boxed future (the trait is object-safe).
 pub type ControlFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ControlError>> + Send + 'a>>;
 
+/// A boxed future of the carrier's id of a call it placed.
+pub type DialFuture<'a> = Pin<Box<dyn Future<Output = Result<String, ControlError>> + Send + 'a>>;
+
+/// An outbound call to place.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    /// Our id of the call (the carrier's webhooks name it).
+    pub call_id: crate::ids::CallId,
+    /// Who is called.
+    pub to: TransferTarget,
+    /// The caller ID: a number the tenant owns.
+    pub from: String,
+    /// Give up after this long ringing (`no_answer`).
+    pub ring_timeout_s: u32,
+    /// Machine handling.
+    pub machine: crate::runtime::dialing::MachineDetection,
+}
+
 /// One carrier's call-control REST API.
 pub trait CarrierControl: Send + Sync {
     /// The carrier label (as in [`CallDetails::carrier`]).
@@ -91,4 +129,10 @@ pub trait CarrierControl: Send + Sync {
         call: &'a CallDetails,
         to: &'a TransferTarget,
     ) -> ControlFuture<'a>;
+
+    /// Place `call`; the carrier then reports to its webhook module whether
+    /// and by whom it was answered. Returns the carrier's id of the call.
+    fn dial<'a>(&'a self, _call: &'a Dial) -> DialFuture<'a> {
+        Box::pin(async { Err(ControlError::Unsupported("this carrier cannot place outbound calls yet")) })
+    }
 }

@@ -73,7 +73,7 @@ fn is_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn tenant(s: &AppState, headers: &HeaderMap) -> Result<Arc<Tenant>, ApiError> {
+pub(super) fn tenant(s: &AppState, headers: &HeaderMap) -> Result<Arc<Tenant>, ApiError> {
     let t = bearer(headers)
         .and_then(|t| s.tenants.by_token(t))
         .ok_or_else(|| api_error(StatusCode::UNAUTHORIZED, "unauthorized", "tenant bearer token required"))?;
@@ -215,13 +215,18 @@ fn call_json(id: CallId, d: &CallDetails) -> serde_json::Value {
     })
 }
 
-/// `GET /v1/calls` (tenant): its live calls.
+/// `GET /v1/calls` (tenant): its live calls, and its outbound calls still ringing (`state: dialing`).
 pub async fn list_calls(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let t = match tenant(&s, &headers) {
         Ok(t) => t,
         Err(r) => return r.into_response(),
     };
-    let calls: Vec<_> = s.call.registry.of_tenant(&t.id).iter().map(|(id, d)| call_json(*id, d)).collect();
+    let mut calls: Vec<_> = s.call.registry.of_tenant(&t.id).iter().map(|(id, d)| call_json(*id, d)).collect();
+    // Outbound calls still ringing.
+    calls.extend(s.dialing.of_tenant(&t.id).into_iter().map(|(id, to, carrier_call_id)| {
+        json!({"call_id": id.to_string(), "from": t.number, "to": to, "carrier_call_id": carrier_call_id,
+            "state": "dialing"})
+    }));
     Json(json!({ "calls": calls })).into_response()
 }
 

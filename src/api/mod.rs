@@ -5,6 +5,7 @@
 pub mod arrival;
 pub mod carrier_control;
 pub mod control;
+pub mod outbound;
 pub mod rate;
 pub mod telnyx;
 pub mod twilio;
@@ -47,6 +48,10 @@ pub struct AppState {
     pub rate: rate::RateLimiter,
     /// False once shutdown began: new calls are refused.
     pub accepting: AtomicBool,
+    /// Outbound calls being dialled.
+    pub dialing: Arc<crate::runtime::dialing::DialingCalls>,
+    /// Outbound calls per tenant (`limits.max_outbound_calls_per_tenant`).
+    pub outbound: Arc<crate::runtime::capacity::Capacity>,
 }
 
 impl AppState {
@@ -98,7 +103,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let timeout = Duration::from_millis(state.config.limits.request_timeout_ms);
     let mut r = Router::new()
         .route("/healthz", get(healthz))
-        .route("/v1/calls", get(control::list_calls))
+        .route("/v1/calls", get(control::list_calls).post(outbound::create_call))
         .route("/v1/calls/{id}", get(control::get_call).delete(control::delete_call))
         .route("/v1/calls/{id}/transcript", get(control::transcript))
         .route("/v1/calls/{id}/recording", get(control::recording))

@@ -43,6 +43,10 @@ pub struct Route {
     pub carrier_call_id: String,
     /// When the call reached us.
     pub received_at: std::time::SystemTime,
+    /// `outbound` for a call we placed ("" inbound).
+    pub direction: &'static str,
+    /// Who answered an outbound call (the carrier's machine detection), if it said.
+    pub answered_by: String,
 }
 
 impl Route {
@@ -61,6 +65,8 @@ impl Route {
             carrier: "",
             carrier_call_id: String::new(),
             received_at: std::time::SystemTime::now(),
+            direction: "",
+            answered_by: String::new(),
         }
     }
 }

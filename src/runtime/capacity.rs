@@ -46,6 +46,9 @@ pub struct Capacity {
 pub struct Slot {
     cap: Arc<Capacity>,
     tenant: Option<String>,
+    /// Another reservation held as long as this one (an outbound call's
+    /// place under the tenant's outbound limit).
+    linked: Option<Box<Slot>>,
 }
 
 impl Drop for Slot {
@@ -61,6 +64,14 @@ impl Drop for Slot {
     }
 }
 
+impl Slot {
+    /// This slot, also holding `other` until it is released.
+    pub fn holding(mut self, other: Slot) -> Slot {
+        self.linked = Some(Box::new(other));
+        self
+    }
+}
+
 impl Capacity {
     /// At most `max` calls, and `per_tenant` per tenant (0 = no per-tenant limit).
     pub fn new(max: usize, per_tenant: usize) -> Arc<Self> {
@@ -72,7 +83,7 @@ impl Capacity {
         self.live
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1))
             .map_err(|_| Full::Server)?;
-        let server_only = Slot { cap: self.clone(), tenant: None };
+        let server_only = Slot { cap: self.clone(), tenant: None, linked: None };
         let Some(t) = tenant else { return Ok(server_only) };
         if self.per_tenant > 0 {
             let mut n = self.tenants.entry(t.to_string()).or_insert(0);
@@ -85,7 +96,7 @@ impl Capacity {
             *self.tenants.entry(t.to_string()).or_insert(0) += 1;
         }
         std::mem::forget(server_only);
-        Ok(Slot { cap: self.clone(), tenant: Some(t.to_string()) })
+        Ok(Slot { cap: self.clone(), tenant: Some(t.to_string()), linked: None })
     }
 
     /// Calls holding a slot.
@@ -117,6 +128,12 @@ mod tests {
         let d = c.try_reserve(None).unwrap();
         drop((a2, b, d));
         assert_eq!((c.live(), c.of_tenant("A"), c.tenants.len()), (0, 0, 0), "nothing left behind");
+        // A slot holding another (an outbound call's) releases both.
+        let out = Capacity::new(usize::MAX, 1);
+        let s = c.try_reserve(Some("A")).unwrap().holding(out.try_reserve(Some("A")).unwrap());
+        assert_eq!(out.try_reserve(Some("A")).unwrap_err(), Full::Tenant);
+        drop(s);
+        assert_eq!((c.live(), out.live(), out.of_tenant("A")), (0, 0, 0));
     }
 
     #[test]

@@ -221,6 +221,8 @@ impl Conversation {
             carrier_call_id: String::new(),
             from: String::new(),
             to: String::new(),
+            direction: String::new(),
+            answered_by: String::new(),
             started_at: String::new(),
             answered_at: String::new(),
             ended_at: String::new(),

@@ -62,6 +62,10 @@ struct Inner {
     received: Vec<Received>,
     twilio_updates: Vec<(String, String, HashMap<String, String>)>,
     twilio_status: u16,
+    /// Calls placed through the fake Twilio "create call": (account, form, sid).
+    twilio_creates: Vec<TwilioCreate>,
+    /// What "create call" answers (201, or an error status).
+    twilio_create_status: u16,
     telnyx_actions: Vec<CarrierAction>,
     vonage_updates: Vec<CarrierAction>,
     /// Streamed replies whose reader went away before the last line (and when).
@@ -69,6 +73,9 @@ struct Inner {
     /// When each streamed line was handed to the connection.
     lines_sent: Vec<(Instant, Value)>,
 }
+
+/// A call placed through the fake Twilio "create call": account, form pairs in order, the sid given ("" if refused).
+pub type TwilioCreate = (String, Vec<(String, String)>, String);
 
 /// One REST command a fake carrier API received (Telnyx Call Control, Vonage Voice API).
 #[derive(Debug, Clone)]
@@ -97,10 +104,11 @@ impl Drop for FakeBackend {
 
 impl FakeBackend {
     pub async fn start() -> Self {
-        let inner = Arc::new(Mutex::new(Inner { twilio_status: 200, ..Default::default() }));
+        let inner = Arc::new(Mutex::new(Inner { twilio_status: 200, twilio_create_status: 201, ..Default::default() }));
         let app = Router::new()
             .route("/cb", post(callback))
             .route("/audio.wav", get(audio))
+            .route("/2010-04-01/Accounts/{account}/Calls.json", post(twilio_create))
             .route("/2010-04-01/Accounts/{account}/Calls/{call}", post(twilio_update))
             .route("/v2/calls/{id}/actions/{action}", post(telnyx_action))
             .route("/v1/calls/{uuid}", axum::routing::put(vonage_update))
@@ -197,6 +205,15 @@ impl FakeBackend {
     /// Streamed lines written, with when.
     pub fn lines_sent(&self) -> Vec<(Instant, Value)> {
         self.inner.lock().unwrap().lines_sent.clone()
+    }
+
+    pub fn set_twilio_create_status(&self, status: u16) {
+        self.inner.lock().unwrap().twilio_create_status = status;
+    }
+
+    /// Calls placed through the fake Twilio REST: (account, form pairs in order, the sid it gave).
+    pub fn twilio_creates(&self) -> Vec<TwilioCreate> {
+        self.inner.lock().unwrap().twilio_creates.clone()
     }
 
     pub fn twilio_updates(&self) -> Vec<(String, String, HashMap<String, String>)> {
@@ -317,6 +334,32 @@ async fn vonage_update(
     g.vonage_updates.push(CarrierAction { call_control_id: uuid, action, authorization, body });
     g.arrived.notify_waiters();
     StatusCode::NO_CONTENT.into_response()
+}
+
+async fn twilio_create(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    form.push((
+        "_authorization".into(),
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("").into(),
+    ));
+    let mut g = inner.lock().unwrap();
+    let sid = format!("CA{:032x}", g.twilio_creates.len() as u128 + 0xabc0);
+    let status = g.twilio_create_status;
+    if status == 201 {
+        g.twilio_creates.push((account, form, sid.clone()));
+        g.arrived.notify_waiters();
+        let body = serde_json::json!({"sid": sid, "status": "queued", "direction": "outbound-api"});
+        return (StatusCode::CREATED, axum::Json(body)).into_response();
+    }
+    g.twilio_creates.push((account, form, String::new()));
+    let body =
+        serde_json::json!({"code": 21211, "message": "The 'To' number is not a valid phone number.", "status": status});
+    (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
 }
 
 async fn twilio_update(

@@ -2,6 +2,7 @@
 //! Media Streams WebSocket upgrade (the call then runs on the carrier-neutral
 //! call task with the [`TwilioCodec`]); [`rest`] acts on live calls.
 
+pub mod outbound;
 pub mod rest;
 
 use std::sync::Arc;
@@ -68,7 +69,7 @@ pub const BUSY_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response>
 /// TwiML for a number nobody registered.
 pub const NOT_IN_SERVICE_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response><Say>The number you have dialed is not in service.</Say><Hangup/></Response>"#;
 
-fn twiml(body: String) -> Response {
+pub(super) fn twiml(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/xml")], body).into_response()
 }
 
@@ -121,6 +122,36 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
         .route("/twilio/stream", axum::routing::get(stream))
         .route(STATUS_PATH, axum::routing::post(stream_status))
         .route(TRANSFER_STATUS_PATH, axum::routing::post(transfer_status))
+        .route(outbound::ANSWER_PATH, axum::routing::post(outbound::answered))
+        .route(outbound::STATUS_PATH, axum::routing::post(outbound::status))
+}
+
+/// Check a signed webhook (signed over our public URL with its query, and
+/// the form) when validating: the refusal to answer if it fails. `codes`
+/// are the refusal reasons for an unsigned and a badly signed request.
+pub(super) fn signature_refusal(
+    s: &AppState,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    form: &[(String, String)],
+    codes: (&'static str, &'static str),
+) -> Option<Response> {
+    if !validating(s) {
+        return None;
+    }
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let url = format!("{}{path}", s.config.public_http_url());
+    let sig = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if twilio_sig::validate(&s.secrets.twilio_auth_tokens, &url, form, sig) {
+        None
+    } else {
+        Some(refuse(if sig.is_empty() { codes.0 } else { codes.1 }))
+    }
+}
+
+/// TwiML that ends the call.
+pub(super) fn hangup_twiml() -> Response {
+    twiml(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>"#.to_string())
 }
 
 /// Whether Twilio requests must be signed.
@@ -138,13 +169,8 @@ pub async fn voice(
     headers: HeaderMap,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    if validating(&s) {
-        let path = uri.path_and_query().map_or("/twilio/voice", |p| p.as_str());
-        let url = format!("{}{path}", s.config.public_http_url());
-        let sig = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !twilio_sig::validate(&s.secrets.twilio_auth_tokens, &url, &form, sig) {
-            return refuse(if sig.is_empty() { "webhook_unsigned" } else { "webhook_bad_signature" });
-        }
+    if let Some(refused) = signature_refusal(&s, &uri, &headers, &form, ("webhook_unsigned", "webhook_bad_signature")) {
+        return refused;
     }
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or("");
     let (call_sid, from, to) = (get("CallSid"), get("From"), get("To"));
@@ -200,7 +226,7 @@ pub async fn voice(
 }
 
 /// Where Twilio reports the stream's lifecycle (`<Stream statusCallback>`).
-const STATUS_PATH: &str = "/twilio/stream-status";
+pub(super) const STATUS_PATH: &str = "/twilio/stream-status";
 /// Where Twilio reports a transfer's outcome (`<Dial action>`).
 pub const TRANSFER_STATUS_PATH: &str = "/twilio/transfer-status";
 
@@ -217,16 +243,12 @@ pub async fn transfer_status(
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    if validating(&s) {
-        let path = uri.path_and_query().map_or(TRANSFER_STATUS_PATH, |p| p.as_str());
-        let url = format!("{}{path}", s.config.public_http_url());
-        let sig = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !twilio_sig::validate(&s.secrets.twilio_auth_tokens, &url, &form, sig) {
-            return refuse(if sig.is_empty() { "transfer_unsigned" } else { "transfer_bad_signature" });
-        }
+    if let Some(refused) = signature_refusal(&s, &uri, &headers, &form, ("transfer_unsigned", "transfer_bad_signature"))
+    {
+        return refused;
     }
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or("");
-    let hangup = || twiml(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>"#.to_string());
+    let hangup = hangup_twiml;
     let Some(parked) = q.get("call").and_then(|c| c.parse().ok()).and_then(|id| s.call.parked.take(id)) else {
         return hangup();
     };
@@ -252,6 +274,10 @@ pub async fn transfer_status(
     let mut route = Route::unannounced(parked.call_id, &parked.from, &parked.to);
     route.tenant = parked.tenant;
     route.plan = parked.plan;
+    if parked.summary.direction == "outbound" {
+        route.direction = "outbound";
+    }
+    route.answered_by = std::mem::take(&mut parked.summary.answered_by);
     route.slot = Some(Arc::new(slot));
     route.resume = Some(parked.events);
     let (from, to) = (route.from.clone(), route.to.clone());
@@ -271,13 +297,8 @@ pub async fn stream_status(
     headers: HeaderMap,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    if validating(&s) {
-        let path = uri.path_and_query().map_or(STATUS_PATH, |p| p.as_str());
-        let url = format!("{}{path}", s.config.public_http_url());
-        let sig = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !twilio_sig::validate(&s.secrets.twilio_auth_tokens, &url, &form, sig) {
-            return refuse(if sig.is_empty() { "status_unsigned" } else { "status_bad_signature" });
-        }
+    if let Some(refused) = signature_refusal(&s, &uri, &headers, &form, ("status_unsigned", "status_bad_signature")) {
+        return refused;
     }
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or("");
     let reason = match get("StreamEvent") {

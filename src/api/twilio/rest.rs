@@ -1,14 +1,19 @@
-//! Twilio REST, the one call we need: "update call" (PROTOCOLS §3), to run new
-//! TwiML on a live call — `<Dial>` for a transfer — as Twilio's
-//! [`CarrierControl`].
+//! Twilio REST as Twilio's [`CarrierControl`]: "update call" (PROTOCOLS §3)
+//! runs new TwiML on a live call — `<Dial>` for a transfer — and "create
+//! call" places an outbound one.
 //!
-//! `POST {base}/2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json`, form
-//! body `Twiml=...`, HTTP Basic with an API key (`SK…` + secret) or the account
+//! Update: `POST {base}/2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json`,
+//! form body `Twiml=...`. Create: `POST …/Accounts/{AccountSid}/Calls.json`
+//! with `To`, `From`, `Url` (our answer webhook, [`super::outbound`]),
+//! `StatusCallback` (the outcome: busy, no-answer, failed, completed),
+//! `Timeout` and optionally `MachineDetection`; Twilio answers `201` with the
+//! call's `sid`. HTTP Basic with an API key (`SK…` + secret) or the account
 //! SID + auth token. The base URL is configurable so tests use a fake on
 //! loopback.
 
 use super::xml_escape;
-use crate::api::carrier_control::{CarrierControl, ControlError, ControlFuture, TransferTarget};
+use crate::api::carrier_control::{CarrierControl, ControlError, ControlFuture, Dial, DialFuture, TransferTarget};
+use crate::runtime::dialing::MachineDetection;
 use crate::runtime::registry::CallDetails;
 
 /// The TwiML that dials `target`; Twilio requests `action` (if given) with
@@ -54,15 +59,57 @@ impl TwilioRest {
         }
     }
 
-    /// Replace the running TwiML of `call_sid` with `twiml`.
-    pub async fn update_call(&self, account_sid: &str, call_sid: &str, twiml: &str) -> Result<(), ControlError> {
-        let (user, pass) = self.auth.as_ref().ok_or_else(|| {
+    fn credentials(&self) -> Result<(&str, &str), ControlError> {
+        self.auth.as_ref().map(|(u, p)| (u.as_str(), p.as_str())).ok_or_else(|| {
             ControlError::NoCredentials(
                 "Twilio REST credentials are not configured (TWILIO_API_KEY/TWILIO_API_SECRET or TWILIO_AUTH_TOKEN)"
                     .into(),
             )
+        })
+    }
+
+    /// Place a call: Twilio requests `Url` when it is answered (after machine
+    /// detection, if asked) and `StatusCallback` when it ends or fails.
+    pub async fn create_call(&self, dial: &Dial) -> Result<String, ControlError> {
+        let (user, pass) = self.credentials()?;
+        let account = self.account_sid.as_deref().filter(|a| valid_sid(a, "AC")).ok_or_else(|| {
+            ControlError::NoCredentials("outbound calls need TWILIO_ACCOUNT_SID (the account that places them)".into())
         })?;
-        let user = if user.is_empty() { account_sid } else { user.as_str() };
+        let user = if user.is_empty() { account } else { user };
+        let url = format!("{}/2010-04-01/Accounts/{account}/Calls.json", self.base);
+        let id = dial.call_id;
+        let mut form = vec![
+            ("To", dial.to.as_str().to_string()),
+            ("From", dial.from.clone()),
+            ("Url", format!("{}{}?call={id}", self.public_http, super::outbound::ANSWER_PATH)),
+            ("Method", "POST".into()),
+            ("StatusCallback", format!("{}{}?call={id}", self.public_http, super::outbound::STATUS_PATH)),
+            ("StatusCallbackMethod", "POST".into()),
+            ("StatusCallbackEvent", "completed".into()),
+            ("Timeout", dial.ring_timeout_s.to_string()),
+        ];
+        match dial.machine {
+            MachineDetection::Off => {}
+            MachineDetection::Hangup => form.push(("MachineDetection", "Enable".into())),
+            MachineDetection::LeaveMessage => form.push(("MachineDetection", "DetectMessageEnd".into())),
+        }
+        let req = self.http.post(&url).basic_auth(user, Some(pass)).form(&form);
+        let body = crate::api::carrier_control::send_for(
+            req,
+            |_, _| false,
+            |body| body["message"].as_str().unwrap_or("").to_string(),
+        )
+        .await?;
+        match body["sid"].as_str() {
+            Some(sid) if valid_sid(sid, "CA") => Ok(sid.to_string()),
+            _ => Err(ControlError::BadAnswer("Twilio's answer has no call sid".into())),
+        }
+    }
+
+    /// Replace the running TwiML of `call_sid` with `twiml`.
+    pub async fn update_call(&self, account_sid: &str, call_sid: &str, twiml: &str) -> Result<(), ControlError> {
+        let (user, pass) = self.credentials()?;
+        let user = if user.is_empty() { account_sid } else { user };
         let url = format!("{}/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json", self.base);
         let req = self.http.post(&url).basic_auth(user, Some(pass)).form(&[("Twiml", twiml)]);
         crate::api::carrier_control::send(
@@ -102,6 +149,10 @@ impl CarrierControl for TwilioRest {
             let action = format!("{}{}?call={id}", self.public_http, super::TRANSFER_STATUS_PATH);
             self.update_call(&account, &call.carrier_call_id, &dial_twiml(to, Some(&action))).await
         })
+    }
+
+    fn dial<'a>(&'a self, call: &'a Dial) -> DialFuture<'a> {
+        Box::pin(self.create_call(call))
     }
 }
 

@@ -124,6 +124,8 @@ pub fn report_unconnected(ctx: &CallContext, mut route: crate::runtime::admissio
             carrier_call_id: route.carrier_call_id.clone(),
             from: route.from.clone(),
             to: route.to.clone(),
+            direction: route.direction.into(),
+            answered_by: route.answered_by.clone(),
             started_at: crate::contract::rfc3339(route.received_at),
             ended_at: crate::contract::rfc3339(std::time::SystemTime::now()),
             transcript: crate::contract::plain_transcript(&conversation),
@@ -171,6 +173,8 @@ pub fn report_unconnected(ctx: &CallContext, mut route: crate::runtime::admissio
         carrier_call_id: route.carrier_call_id.clone(),
         from: route.from.clone(),
         to: route.to.clone(),
+        direction: route.direction.into(),
+        answered_by: route.answered_by.clone(),
         started_at: crate::contract::rfc3339(route.received_at),
         ended_at: crate::contract::rfc3339(std::time::SystemTime::now()),
         ..Default::default()

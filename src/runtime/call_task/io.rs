@@ -43,6 +43,8 @@ pub(super) struct RouteInfo {
     pub engine: &'static str,
     pub received_at: std::time::SystemTime,
     pub answered_at: std::time::SystemTime,
+    pub direction: &'static str,
+    pub answered_by: String,
 }
 
 impl RouteInfo {
@@ -57,6 +59,8 @@ impl RouteInfo {
         summary.answered_at = rfc3339(self.answered_at);
         summary.ended_at = rfc3339(std::time::SystemTime::now());
         summary.engine = self.engine.into();
+        summary.direction = self.direction.into();
+        summary.answered_by = self.answered_by.clone();
     }
 }
 

@@ -279,6 +279,8 @@ pub(super) fn admit(
         engine: engine.label(),
         received_at: route.received_at,
         answered_at: SystemTime::now(),
+        direction: route.direction,
+        answered_by: route.answered_by.clone(),
     });
     let (lanes, links) = crate::runtime::engine_link::spawn(engine.links());
     io.lanes = lanes;
