@@ -9,12 +9,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use callbridge::carrier::twilio::signature as twsig;
 use callbridge::config::{Config, Secrets};
 use callbridge_testkit::fake_realtime::{FakeRealtime, FakeRealtimeConfig};
 use callbridge_testkit::twilio_peer::ServerMessage;
 use common::backend::{FakeBackend, Mode, Received};
 use common::calls::*;
 use common::net::*;
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio::time::{Instant, interval};
 
@@ -347,5 +349,119 @@ async fn server_vad_mode_leaves_turns_to_the_engine_and_still_stops_playback_at_
     assert!(got.iter().any(|e| matches!(e, Rx::Msg(_, ServerMessage::Clear))), "playback stopped");
     assert!(fake.of_type("input_audio_buffer.commit").is_empty(), "no commits from us in server_vad mode");
     assert_eq!(fake.of_type("response.create").len(), 1, "only the greeting was asked for by us");
+    srv.shutdown().await;
+}
+
+/// A server whose tenant's plan enables `builtin`, with the fake engine
+/// calling tool `name` with `args` on the caller's first turn.
+async fn builtin_rig(plan: Value, name: &str, args: &str) -> (FakeRealtime, FakeBackend, TestServer, FakeTwilio) {
+    let mut fc = FakeRealtimeConfig::new(reply());
+    fc.tool_call = Some((name.into(), args.into()));
+    let fake = FakeRealtime::start(fc).await.unwrap();
+    let backend = FakeBackend::start().await;
+    let mut plan = plan;
+    plan["engine"] = json!("openai_realtime");
+    plan["greeting"] = json!("");
+    backend.set("call.started", Mode::Json(plan));
+    let srv = server_with(&backend, "", rt_secrets(&fake)).await;
+    let tw = call(&srv, 1, NUMBER_A).await;
+    (fake, backend, srv, tw)
+}
+
+/// Stream silence until `done` holds (bounded); returns what arrived.
+async fn listen_until(tw: &mut FakeTwilio, within: Duration, mut done: impl FnMut(&[Rx]) -> bool) -> Vec<Rx> {
+    let deadline = Instant::now() + within;
+    let mut tick = interval(Duration::from_millis(20));
+    let mut got = Vec::new();
+    while !done(&got) {
+        assert!(Instant::now() < deadline, "not within {within:?}");
+        tick.tick().await;
+        if tw.tx.send(tokio_tungstenite::tungstenite::Message::text(tw.peer.media(&[0xFF; 160], tw.ts))).await.is_ok() {
+            tw.ts += 20;
+        }
+        while let Ok(ev) = tw.rx.try_recv() {
+            got.push(ev);
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_ends_the_call_with_end_call_and_the_backend_is_not_asked() {
+    let plan = json!({"builtin_tools": ["end_call"]});
+    let (fake, backend, srv, mut tw) = builtin_rig(plan, "end_call", r#"{"reason":"booked"}"#).await;
+    let update = fake.wait_for("session.update", 1, Duration::from_secs(3)).await;
+    let tools: Vec<&str> =
+        update[0]["session"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(tools, ["end_call"], "offered to the model");
+    let mut got = talk(&mut tw, &ulaw_fixture("caller_short_8k.wav"), 0).await;
+    got.extend(
+        listen_until(&mut tw, Duration::from_secs(15), |rx| rx.iter().any(|e| matches!(e, Rx::Closed(_)))).await,
+    );
+    // The model heard its tool's result; nothing was playing, so the line closed.
+    let outputs = fake.wait_for("conversation.item.create", 1, Duration::from_secs(1)).await;
+    assert_eq!(outputs[0]["item"]["type"], "function_call_output");
+    assert!(got.iter().any(|e| matches!(e, Rx::Closed(_))), "callbridge hung up");
+    let events = backend.wait_for("call.ended", Duration::from_secs(5)).await;
+    assert!(events.iter().all(|e| e.kind() != "tool.call"), "a built-in tool is not the backend's");
+    let ended = &events.last().unwrap().body;
+    assert_eq!(ended["reason"], "agent_hangup", "{ended}");
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_transfers_with_transfer_call_to_a_named_destination_only() {
+    let plan = json!({"builtin_tools": ["transfer_call"],
+        "transfer_destinations": [{"name": "on_call", "to": "+15557654321", "description": "the plumber on call"}]});
+    let (_fake, backend, srv, mut tw) = builtin_rig(plan, "transfer_call", r#"{"destination":"on_call"}"#).await;
+    talk(&mut tw, &ulaw_fixture("caller_short_8k.wav"), 0).await;
+    listen_until(&mut tw, Duration::from_secs(15), |_| !backend.twilio_updates().is_empty()).await;
+    let (_, sid, form) = &backend.twilio_updates()[0];
+    assert_eq!(sid, &tw.peer.call_sid);
+    assert!(form["Twiml"].contains(">+15557654321</Dial>"), "{}", form["Twiml"]);
+    // New TwiML ends the stream at Twilio; then Twilio reports the bridged call completed.
+    let stop = tw.peer.stop();
+    tw.send(stop).await;
+    srv.wait_no_calls().await;
+    let id = backend.received()[0].body["call_id"].as_str().unwrap().to_string();
+    let params = vec![("CallSid".to_string(), tw.peer.call_sid.clone()), ("DialCallStatus".into(), "completed".into())];
+    let url = format!("https://cb.example.com/twilio/transfer-status?call={id}");
+    let sig = twsig::compute(AUTH_TOKEN, &url, &params);
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/twilio/transfer-status?call={id}", srv.addr))
+        .header("X-Twilio-Signature", sig)
+        .form(&params)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let events = backend.wait_for("call.ended", Duration::from_secs(5)).await;
+    assert!(events.iter().any(|e| e.kind() == "transfer.completed" && e.body["to"] == "+15557654321"));
+    assert_eq!(events.last().unwrap().body["reason"], "transferred");
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_presses_keys_with_send_dtmf_and_the_tones_decode_from_the_stream() {
+    let plan = json!({"builtin_tools": ["send_dtmf"]});
+    let (fake, backend, srv, mut tw) = builtin_rig(plan, "send_dtmf", r#"{"digits":"41#"}"#).await;
+    let mut got = talk(&mut tw, &ulaw_fixture("caller_short_8k.wav"), 0).await;
+    fake.wait_for("conversation.item.create", 1, Duration::from_secs(5)).await;
+    let keys = |rx: &[Rx]| {
+        let ulaw = media_bytes(rx);
+        let mut pcm = vec![0i16; ulaw.len()];
+        callbridge::audio::g711::ulaw_decode(&ulaw, &mut pcm);
+        callbridge::audio::dtmf::decode(&pcm, 8000)
+    };
+    let before = got.len();
+    got.extend(listen_until(&mut tw, Duration::from_secs(5), |rx| keys(rx).len() >= 3).await);
+    assert!(got.len() > before);
+    assert_eq!(keys(&got), "41#", "Goertzel hears the keys in what Twilio received");
+    let outputs = fake.wait_for("conversation.item.create", 1, Duration::from_secs(1)).await;
+    assert!(outputs[0]["item"]["output"].as_str().unwrap().contains("41#"), "{}", outputs[0]);
+    let stop = tw.peer.stop();
+    tw.send(stop).await;
+    let events = backend.wait_for("call.ended", Duration::from_secs(5)).await;
+    assert!(events.iter().all(|e| e.kind() != "tool.call"));
     srv.shutdown().await;
 }
