@@ -288,11 +288,13 @@ pub struct TelnyxConfig {
     pub api_url: String,
     /// G.711 law for the bidirectional stream: "PCMU" or "PCMA".
     pub codec: String,
+    /// The Call Control application (connection) outbound calls are placed on ("" = no outbound calls).
+    pub connection_id: String,
 }
 
 impl Default for TelnyxConfig {
     fn default() -> Self {
-        Self { api_url: "https://api.telnyx.com".into(), codec: "PCMU".into() }
+        Self { api_url: "https://api.telnyx.com".into(), codec: "PCMU".into(), connection_id: String::new() }
     }
 }
 

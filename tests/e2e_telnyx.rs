@@ -43,6 +43,7 @@ async fn rig() -> Rig {
 public_url = "wss://cb.example.com"
 [telnyx]
 api_url = "{base}"
+connection_id = "conn-1"
 [[numbers]]
 number = "{NUMBER}"
 callback_url = "{url}"
@@ -389,5 +390,115 @@ async fn the_plan_can_reject_or_forward_a_telnyx_call() {
     };
     let got = rig.backend.wait_received(Duration::from_secs(3), |r| ended(r).len() >= 2).await;
     assert_eq!(ended(&got), ["rejected", "forwarded"]);
+    rig.srv.shutdown().await;
+}
+
+/// `POST /v1/calls` as tenant A.
+async fn place(rig: &Rig, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/calls", rig.srv.addr))
+        .bearer_auth("tenant-a-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// The dial of the `n`th outbound call (recorded before `POST /v1/calls` answered): (call_control_id, client_state, body).
+fn dialled(rig: &Rig, n: usize) -> (String, String, Value) {
+    let dials: Vec<_> = rig.backend.telnyx_actions().into_iter().filter(|a| a.action == "dial").collect();
+    let d = dials.get(n).unwrap_or_else(|| panic!("no dial {n}"));
+    (d.call_control_id.clone(), d.body["client_state"].as_str().unwrap().to_string(), d.body.clone())
+}
+
+fn outbound_event(ccid: &str, client_state: &str, extra: Value) -> Value {
+    let mut p = json!({"call_control_id": ccid, "call_leg_id": "leg-out", "connection_id": "conn-1",
+        "from": NUMBER, "to": "+15557654321", "direction": "outgoing", "client_state": client_state});
+    for (k, v) in extra.as_object().unwrap() {
+        p[k] = v.clone();
+    }
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_telnyx_calls_are_dialled_detected_connected_or_reported() {
+    let rig = rig().await;
+    // Answered by a human after machine detection: the stream starts and the call runs.
+    let (st, placed) = place(&rig, json!({"to": "+15557654321", "machine_detection": "hangup"})).await;
+    assert_eq!(st, 202, "{placed}");
+    let (ccid, cs, dial) = dialled(&rig, 0);
+    assert_eq!(placed["carrier_call_id"], ccid.as_str());
+    assert_eq!((dial["connection_id"].as_str(), dial["to"].as_str()), (Some("conn-1"), Some("+15557654321")));
+    assert_eq!((dial["from"].as_str(), dial["answering_machine_detection"].as_str()), (Some(NUMBER), Some("detect")));
+    assert_eq!(dial["webhook_url"], "https://cb.example.com/telnyx/webhook");
+    let answered = event("out-1", "call.answered", outbound_event(&ccid, &cs, json!({})));
+    assert_eq!(post(&rig, &answered, now_s(), None).await, 200);
+    let human = outbound_event(&ccid, &cs, json!({"result": "human"}));
+    assert_eq!(post(&rig, &event("out-2", "call.machine.detection.ended", human), now_s(), None).await, 200);
+    let streaming = rig.backend.wait_telnyx("streaming_start", Duration::from_secs(3)).await;
+    assert_eq!(streaming.call_control_id, ccid);
+    assert_eq!(streaming.body["stream_bidirectional_mode"], "rtp");
+    let stream_state = streaming.body["client_state"].as_str().unwrap().to_string();
+    let starts = rig.backend.telnyx_actions().iter().filter(|a| a.action == "streaming_start").count();
+    assert_eq!(starts, 1, "call.answered alone did not start it (detection was running)");
+    let mut peer = TelnyxPeer::new(5);
+    peer.call_control_id = ccid.clone();
+    let mut ws = open(&rig).await;
+    send(&mut ws, peer.connected()).await;
+    send(&mut ws, peer.start(NUMBER, "+15557654321", &stream_state)).await;
+    let silence = vec![0xFFu8; 160];
+    let mut tick = interval(Duration::from_millis(20));
+    let (mut ts, mut loud) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while loud < 10 && Instant::now() < deadline {
+        tick.tick().await;
+        let (_, m) = peer.media(&silence, ts);
+        ts += 20;
+        send(&mut ws, m).await;
+        let (got, closed) = drain(&mut ws, &peer, Duration::from_millis(1)).await;
+        assert!(closed.is_none());
+        loud += got.iter().filter(|m| matches!(m, ServerMessage::Media(p) if is_loud(p))).count();
+    }
+    assert!(loud >= 10, "the callee hears the greeting");
+    send(&mut ws, peer.stop()).await;
+    let events = rig.backend.wait_for("call.ended", Duration::from_secs(5)).await;
+    let end = &events.iter().find(|e| e.kind() == "call.ended").unwrap().body;
+    assert_eq!((end["direction"].as_str(), end["answered_by"].as_str()), (Some("outbound"), Some("human")));
+    assert_eq!(end["carrier_call_id"], ccid.as_str());
+
+    // Busy: the hang-up before any answer is the outcome.
+    let (st, placed) = place(&rig, json!({"to": "+15557654321"})).await;
+    assert_eq!(st, 202);
+    let (ccid, cs, dial) = dialled(&rig, 1);
+    assert!(dial.get("answering_machine_detection").is_none());
+    let busy = outbound_event(&ccid, &cs, json!({"hangup_cause": "user_busy", "hangup_source": "callee"}));
+    assert_eq!(post(&rig, &event("out-3", "call.hangup", busy), now_s(), None).await, 200);
+    let events = rig
+        .backend
+        .wait_received(Duration::from_secs(5), |r| {
+            r.iter().any(|e| e.kind() == "call.ended" && e.body["call_id"] == placed["call_id"])
+        })
+        .await;
+    let end = events.iter().find(|e| e.kind() == "call.ended" && e.body["call_id"] == placed["call_id"]).unwrap();
+    assert_eq!(end.body["reason"], "busy");
+
+    // A machine under "hangup": Call Control hangs it up, the backend hears `machine`.
+    let (st, placed) = place(&rig, json!({"to": "+15557654321", "machine_detection": "hangup"})).await;
+    assert_eq!(st, 202);
+    let (ccid, cs, _) = dialled(&rig, 2);
+    let machine = outbound_event(&ccid, &cs, json!({"result": "machine"}));
+    assert_eq!(post(&rig, &event("out-4", "call.machine.detection.ended", machine), now_s(), None).await, 200);
+    let hangup =
+        rig.backend.wait_command(Duration::from_secs(3), |a| a.action == "hangup" && a.call_control_id == ccid).await;
+    assert_eq!(hangup.authorization, format!("Bearer {API_KEY}"));
+    let events = rig
+        .backend
+        .wait_received(Duration::from_secs(5), |r| {
+            r.iter().any(|e| e.kind() == "call.ended" && e.body["call_id"] == placed["call_id"])
+        })
+        .await;
+    let end = events.iter().find(|e| e.kind() == "call.ended" && e.body["call_id"] == placed["call_id"]).unwrap();
+    assert_eq!((end.body["reason"].as_str(), end.body["answered_by"].as_str()), (Some("machine"), Some("machine")));
     rig.srv.shutdown().await;
 }

@@ -130,6 +130,11 @@ pub trait CarrierControl: Send + Sync {
         to: &'a TransferTarget,
     ) -> ControlFuture<'a>;
 
+    /// Whether this carrier is configured to place outbound calls.
+    fn dials(&self) -> bool {
+        false
+    }
+
     /// Place `call`; the carrier then reports to its webhook module whether
     /// and by whom it was answered. Returns the carrier's id of the call.
     fn dial<'a>(&'a self, _call: &'a Dial) -> DialFuture<'a> {

@@ -5,6 +5,9 @@
 //! recording — and a call that is never answered ends with `call.ended`
 //! reason `busy`, `no_answer`, `failed`, `canceled` or `machine`.
 //!
+//! The carrier is the number's (`carrier`), or for a number bound to none
+//! the first carrier configured to dial.
+//!
 //! Safe by default: a tenant calls only from its own number and only where
 //! its number may transfer to (`transfer_allow`; by default its own country),
 //! within the server's and the tenant's call limits and the tenant's
@@ -100,9 +103,19 @@ pub async fn create_call(
     if !(5..=120).contains(&ring) {
         return error(StatusCode::BAD_REQUEST, "invalid", "ring_timeout_s must be 5–120");
     }
-    let carrier_name = if t.carrier.is_empty() { "twilio" } else { t.carrier.as_str() };
-    let Some(carrier) = s.carrier_control(carrier_name).cloned() else {
-        return error(StatusCode::CONFLICT, "unsupported", "this number's carrier cannot place calls");
+    // The number's carrier; a number not bound to one calls through the first
+    // carrier configured to place calls (Twilio, Telnyx, Vonage).
+    let carrier = if t.carrier.is_empty() {
+        s.carriers.iter().find(|c| c.dials()).cloned()
+    } else {
+        s.carrier_control(&t.carrier).cloned()
+    };
+    let Some(carrier) = carrier else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_credentials",
+            "no carrier is configured to place calls (see README, Outbound calls)",
+        );
     };
     let slot = match s.call.capacity.try_reserve(Some(&t.id)) {
         Ok(slot) => slot,

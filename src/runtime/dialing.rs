@@ -89,6 +89,11 @@ impl DialingCalls {
         Some(d)
     }
 
+    /// Run `f` on call `id` while it is dialled, if it is.
+    pub fn with<R>(&self, id: CallId, f: impl FnOnce(&mut Dialing) -> R) -> Option<R> {
+        self.map.get_mut(&id).map(|mut d| f(&mut d))
+    }
+
     /// Take call `id` whatever the carrier said (placing it failed).
     pub fn remove(&self, id: CallId) -> Option<Dialing> {
         self.map.remove(&id).map(|(_, d)| d)

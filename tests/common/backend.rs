@@ -111,6 +111,8 @@ impl FakeBackend {
             .route("/2010-04-01/Accounts/{account}/Calls.json", post(twilio_create))
             .route("/2010-04-01/Accounts/{account}/Calls/{call}", post(twilio_update))
             .route("/v2/calls/{id}/actions/{action}", post(telnyx_action))
+            .route("/v2/calls", post(telnyx_dial))
+            .route("/v1/calls", post(vonage_create))
             .route("/v1/calls/{uuid}", axum::routing::put(vonage_update))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -319,6 +321,37 @@ async fn telnyx_action(
         return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(err)).into_response();
     }
     axum::Json(serde_json::json!({"data": {"result": "ok"}})).into_response()
+}
+
+/// Telnyx `POST /v2/calls` (dial): recorded as action `dial` under the id it gives.
+async fn telnyx_dial(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut g = inner.lock().unwrap();
+    let id = format!("v3:out-{}", g.telnyx_actions.len());
+    g.telnyx_actions.push(CarrierAction { call_control_id: id.clone(), action: "dial".into(), authorization, body });
+    g.arrived.notify_waiters();
+    let data = serde_json::json!({"data": {"call_control_id": id, "call_leg_id": "leg-out", "call_session_id": "session-out",
+        "is_alive": false, "record_type": "call"}});
+    axum::Json(data).into_response()
+}
+
+/// Vonage `POST /v1/calls` (create): recorded as action `create` under the uuid it gives.
+async fn vonage_create(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut g = inner.lock().unwrap();
+    let uuid = format!("63f61863-4a51-4f6b-86e1-46edebc{:05}", g.vonage_updates.len());
+    g.vonage_updates.push(CarrierAction {
+        call_control_id: uuid.clone(),
+        action: "create".into(),
+        authorization,
+        body,
+    });
+    g.arrived.notify_waiters();
+    let answer = serde_json::json!({"uuid": uuid, "status": "started", "direction": "outbound",
+        "conversation_uuid": "CON-f972836a-550f-45fa-956c-12a2ab5b7d22"});
+    (StatusCode::CREATED, axum::Json(answer)).into_response()
 }
 
 async fn vonage_update(

@@ -14,6 +14,7 @@
 //! settles the parked call. A call that ends on our side is hung up through
 //! Call Control (closing the stream does not end a Telnyx call).
 
+pub mod outbound;
 pub mod rest;
 
 use std::collections::{HashSet, VecDeque};
@@ -52,7 +53,15 @@ pub struct Telnyx {
     unsigned_ok: bool,
     seen: Mutex<Seen>,
     answered: Mutex<Answered>,
-    codec: String,
+    pub(super) codec: String,
+}
+
+impl Telnyx {
+    /// Remember answered call `ccid` (ours: `call`, of `tenant`) for the
+    /// recording Telnyx reports after it ended.
+    pub(super) fn remember(&self, ccid: String, call: crate::ids::CallId, tenant: Arc<crate::tenant::Tenant>) {
+        self.answered.lock().unwrap_or_else(|p| p.into_inner()).insert(ccid, call, tenant);
+    }
 }
 
 /// Our call and its tenant by Telnyx call_control_id, oldest first.
@@ -116,7 +125,10 @@ pub fn setup(
 ) -> Result<Setup, String> {
     let key = secrets.telnyx_public_key.as_deref().map(PublicKey::from_base64).transpose()?;
     let unsigned_ok = key.is_none() && super::unsigned_allowed(config, secrets);
-    let rest = Arc::new(rest::TelnyxRest::new(http.clone(), &config.telnyx.api_url, secrets.telnyx_api_key.clone()));
+    let rest = Arc::new(
+        rest::TelnyxRest::new(http.clone(), &config.telnyx.api_url, secrets.telnyx_api_key.clone())
+            .with_outbound(&config.telnyx.connection_id, &format!("{}/telnyx/webhook", config.public_http_url())),
+    );
     let telnyx = Arc::new(Telnyx {
         rest: rest.clone(),
         key,
@@ -152,7 +164,7 @@ struct Data {
 }
 
 #[derive(Deserialize, Default)]
-struct Payload {
+pub(super) struct Payload {
     #[serde(default)]
     call_control_id: String,
     #[serde(default)]
@@ -181,6 +193,9 @@ struct Payload {
     recording_started_at: Option<String>,
     #[serde(default)]
     recording_ended_at: Option<String>,
+    /// Machine detection's verdict (`human`, `machine`, `not_sure`; `beep_detected`, …).
+    #[serde(default)]
+    result: Option<String>,
 }
 
 fn refuse(reason: &'static str) -> Response {
@@ -221,6 +236,9 @@ pub async fn webhook(
     metrics::counter!(crate::metrics::CARRIER_WEBHOOKS, "carrier" => "telnyx", "outcome" => "accepted").increment(1);
     let signed = t.key.is_some();
     let p = env.data.payload;
+    if outbound::on_event(&s, &t, &env.data.event_type, &p) {
+        return StatusCode::OK.into_response();
+    }
     match env.data.event_type.as_str() {
         "call.initiated" if p.direction == "incoming" || p.direction.is_empty() => {
             tokio::spawn(answer_call(s, t, p, signed));
@@ -362,7 +380,7 @@ async fn answer_call(s: Arc<AppState>, t: Arc<Telnyx>, p: Payload, signed: bool)
     }
     let call_id = route.call_id;
     if let Some(tenant) = route.tenant.clone() {
-        t.answered.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), call_id, tenant);
+        t.remember(id.clone(), call_id, tenant);
     }
     let token = s.call.pending.insert("telnyx", &id, route);
     let stream_url = format!("{}/telnyx/stream", s.config.server.public_url.trim_end_matches('/'));

@@ -151,6 +151,10 @@ impl CarrierControl for TwilioRest {
         })
     }
 
+    fn dials(&self) -> bool {
+        self.auth.is_some() && self.account_sid.as_deref().is_some_and(|a| valid_sid(a, "AC"))
+    }
+
     fn dial<'a>(&'a self, call: &'a Dial) -> DialFuture<'a> {
         Box::pin(self.create_call(call))
     }
