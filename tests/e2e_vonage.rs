@@ -320,3 +320,108 @@ async fn the_plan_can_reject_or_forward_a_vonage_call() {
     assert_eq!(ended(&got), ["rejected", "forwarded"]);
     rig.srv.shutdown().await;
 }
+
+/// POST a signed JSON webhook to `path_and_query`, as Vonage does.
+async fn signed_post(rig: &Rig, path_and_query: &str, body: Value) -> (u16, Value) {
+    let raw = body.to_string();
+    let r = reqwest::Client::new()
+        .post(format!("http://{}{path_and_query}", rig.srv.addr))
+        .bearer_auth(sign_webhook(SIGNATURE_SECRET, raw.as_bytes(), now_s()))
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// `POST /v1/calls` as tenant A; returns (status, answer, the Voice API create body).
+async fn place(rig: &Rig, body: Value) -> (u16, Value, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/calls", rig.srv.addr))
+        .bearer_auth("tenant-a-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (st, answer) = (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null));
+    let create = rig.backend.vonage_updates().into_iter().rfind(|a| a.action == "create");
+    (st, answer, create.map_or(Value::Null, |c| c.body))
+}
+
+fn our_path(url: &Value) -> String {
+    url[0].as_str().unwrap().strip_prefix("https://cb.example.com").expect("our public base").to_string()
+}
+
+async fn ended_of(rig: &Rig, call_id: &Value) -> Value {
+    let events = rig
+        .backend
+        .wait_received(Duration::from_secs(5), |r| {
+            r.iter().any(|e| e.kind() == "call.ended" && &e.body["call_id"] == call_id)
+        })
+        .await;
+    events.into_iter().find(|e| e.kind() == "call.ended" && &e.body["call_id"] == call_id).unwrap().body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_vonage_calls_are_created_connected_or_reported() {
+    let rig = rig().await;
+    let (st, placed, create) = place(&rig, json!({"to": "+15557654321", "machine_detection": "hangup"})).await;
+    assert_eq!(st, 202, "{placed}");
+    assert_eq!(create["to"], json!([{"type": "phone", "number": "15557654321"}]));
+    assert_eq!(create["from"], json!({"type": "phone", "number": "15550001111"}));
+    assert_eq!((create["machine_detection"].as_str(), create["ringing_timer"].as_u64()), (Some("hangup"), Some(30)));
+    let uuid = placed["carrier_call_id"].as_str().unwrap().to_string();
+    let create_auth = rig.backend.vonage_updates()[0].authorization.clone();
+    assert!(create_auth.starts_with("Bearer ey"), "an RS256 application JWT");
+
+    // Answered: the answer URL gets the NCCO that connects the callee to our WebSocket.
+    let mut peer = VonagePeer::new(2, 16000);
+    peer.uuid = uuid.clone();
+    let answer = our_path(&create["answer_url"]);
+    let (st, ncco) = signed_post(
+        &rig,
+        &answer,
+        json!({"uuid": uuid, "conversation_uuid": "CON-2", "from": "15550001111", "to": "15557654321"}),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(ncco[0]["endpoint"][0]["headers"]["call_uuid"], uuid.as_str());
+    let mut ws = connect(&rig, &peer, &ncco).await;
+    let silence = vec![0xFFu8; 160];
+    let mut tick = interval(Duration::from_millis(20));
+    let mut greeting = 0;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while greeting < 10 && Instant::now() < deadline {
+        tick.tick().await;
+        greeting += loud(&frame(&mut ws, &peer, &silence).await);
+    }
+    assert!(greeting >= 10, "the callee hears the greeting ({greeting})");
+    ws.close(None).await.unwrap();
+    let end = ended_of(&rig, &placed["call_id"]).await;
+    assert_eq!((end["direction"].as_str(), end["carrier_call_id"].as_str()), (Some("outbound"), Some(uuid.as_str())));
+
+    // Busy, and a machine Vonage hung up on: each reported once, with its outcome.
+    for (status, reason) in [("busy", "busy"), ("machine", "machine"), ("timeout", "no_answer")] {
+        let (st, placed, create) = place(&rig, json!({"to": "+15557654321"})).await;
+        assert_eq!(st, 202);
+        let uuid = placed["carrier_call_id"].as_str().unwrap();
+        let events = our_path(&create["event_url"]);
+        let (st, _) = signed_post(&rig, &events, json!({"uuid": uuid, "status": "ringing"})).await;
+        assert_eq!(st, 204);
+        for _ in 0..2 {
+            signed_post(&rig, &events, json!({"uuid": uuid, "status": status})).await;
+        }
+        let end = ended_of(&rig, &placed["call_id"]).await;
+        assert_eq!(end["reason"], reason, "{status}");
+        let ends = rig
+            .backend
+            .received()
+            .iter()
+            .filter(|e| e.kind() == "call.ended" && e.body["call_id"] == placed["call_id"])
+            .count();
+        assert_eq!(ends, 1, "one call.ended for {status}");
+    }
+    rig.srv.shutdown().await;
+}

@@ -13,6 +13,7 @@
 //! with our call id. A call that ends on our side is hung up through the Voice
 //! API (closing the WebSocket leaves the caller's leg up).
 
+pub mod outbound;
 pub mod rest;
 
 use std::collections::HashMap;
@@ -80,6 +81,8 @@ pub fn routes(vonage: Arc<Vonage>) -> axum::Router<Arc<AppState>> {
         .route("/vonage/answer", axum::routing::get(answer).post(answer))
         .route("/vonage/event", axum::routing::post(event).get(event))
         .route("/vonage/stream", axum::routing::get(stream))
+        .route(outbound::ANSWER_PATH, axum::routing::post(outbound::answered).get(outbound::answered))
+        .route(outbound::EVENT_PATH, axum::routing::post(outbound::event).get(outbound::event))
         .layer(Extension(vonage))
 }
 
@@ -197,7 +200,14 @@ pub async fn answer(
             return ncco(json!([{"action": "connect", "from": from, "endpoint": [rest::endpoint(&target)]}]));
         }
     }
-    let token = s.call.pending.insert("vonage", &uuid, route);
+    connect_ncco(&s, &v, &uuid, route)
+}
+
+/// Keep `route` for the WebSocket of leg `uuid` and answer the NCCO that
+/// connects the leg to it, with the single-use token in its headers.
+fn connect_ncco(s: &AppState, v: &Vonage, uuid: &str, route: crate::runtime::admission::Route) -> Response {
+    let (from, to) = (route.from.clone(), route.to.clone());
+    let token = s.call.pending.insert("vonage", uuid, route);
     let uri = format!("{}/vonage/stream", s.config.server.public_url.trim_end_matches('/'));
     let event_url = format!("{}/vonage/event", s.config.public_http_url());
     ncco(json!([{
