@@ -337,6 +337,7 @@ async fn documents_are_served_and_the_schema_matches_every_event() {
     for p in ["/v1/numbers", "/v1/calls", "/v1/calls/{id}/say", "/v1/calls/{id}/transfer"] {
         assert!(openapi["paths"].get(p).is_some(), "{p} documented");
     }
+    assert!(openapi["paths"]["/v1/calls"]["post"]["responses"]["202"].is_object(), "outbound calls documented");
     let (st, schema) = api.req("GET", "/schema/callbacks.json", None, None).await;
     assert_eq!(st, StatusCode::OK);
 
@@ -389,9 +390,15 @@ async fn documents_are_served_and_the_schema_matches_every_event() {
         Event::CallEnded(CallSummary {
             latencies: vec![TurnLatency { turn: 1, ..Default::default() }],
             reason: "hangup".into(),
+            direction: "outbound".into(),
+            answered_by: "human".into(),
             ..Default::default()
         }),
     ];
+    let reasons = schema["$defs"]["call.ended"]["properties"]["reason"]["enum"].as_array().unwrap();
+    for r in ["busy", "no_answer", "failed", "canceled", "machine", "missed", "agent_hangup", "rejected"] {
+        assert!(reasons.iter().any(|x| x == r), "call.ended reason {r} is in the schema");
+    }
     let listed: Vec<&str> = schema["oneOf"]
         .as_array()
         .unwrap()

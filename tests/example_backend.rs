@@ -1,6 +1,7 @@
 //! The example Python backend (`examples/receptionist/`) against a real
 //! callbridge on 127.0.0.1: signature self-test, a call that uses its plan,
-//! events it stores, and a transfer it requests when the caller presses 0.
+//! events it stores, a transfer it requests when the caller presses 0, and a
+//! missed caller it calls back.
 //! Needs `python3` (CI installs it). The child process is killed on every path.
 
 mod common;
@@ -196,6 +197,54 @@ async fn the_example_as_the_brain_takes_a_booking_over_the_cascaded_engine() {
         .query_row("SELECT name, address, problem FROM bookings", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .unwrap();
     assert_eq!(booked, ("Dana Lopez".into(), "42 Maple Street".into(), "My kitchen sink is leaking".into()));
+    srv.shutdown().await;
+    drop(child);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_calls_back_a_missed_caller() {
+    let twilio = FakeBackend::start().await;
+    let twilio_base = format!("[twilio]\napi_base_url = \"{}\"\n", twilio.base());
+    let (port, dir, db, cfg) = example_config(&twilio_base);
+    let mut secrets = secrets();
+    secrets.twilio_account_sid = Some("AC0123456789abcdef0123456789abcdef".into());
+    let srv = TestServer::start_with(cfg, secrets).await;
+    let callbridge = format!("http://{}", srv.addr);
+    let child = receptionist(port, &db, &["--callbridge", &callbridge, "--call-back-missed"]);
+
+    // A caller rings and hangs up before the stream connects: Twilio says the stream stopped.
+    let peer = callbridge_testkit::twilio_peer::TwilioPeer::new(7);
+    let params: Vec<(String, String)> = [
+        ("AccountSid", peer.account_sid.as_str()),
+        ("CallSid", peer.call_sid.as_str()),
+        ("From", "+15557770000"),
+        ("To", NUMBER_A),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let (st, _) = webhook(&srv, &params, None).await;
+    assert_eq!(st, 200);
+    let stopped: Vec<(String, String)> = [("CallSid", peer.call_sid.as_str()), ("StreamEvent", "stream-stopped")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let url = "https://cb.example.com/twilio/stream-status";
+    let sig = callbridge::carrier::twilio::signature::compute(AUTH_TOKEN, url, &stopped);
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/twilio/stream-status", srv.addr))
+        .header("X-Twilio-Signature", sig)
+        .form(&stopped)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+
+    // The example hears `missed` and calls the caller back from the number.
+    let (_, form, _) = twilio.wait_twilio_create(Duration::from_secs(10)).await;
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or("");
+    assert_eq!((get("To"), get("From"), get("MachineDetection")), ("+15557770000", NUMBER_A, "DetectMessageEnd"));
     srv.shutdown().await;
     drop(child);
     let _ = std::fs::remove_dir_all(dir);

@@ -9,6 +9,9 @@ Standard library only. It
   * stores the conversation (turns, barge-ins, DTMF, bookings) in SQLite;
   * transfers the call to the on-call plumber when the caller says it is an
     emergency (transcript) or presses 0, through callbridge's control API;
+  * with --call-back-missed, calls back every caller who hung up before the
+    call was answered (call.ended reason "missed"), through POST /v1/calls,
+    leaving a message if voicemail picks up;
   * with --cascaded, is the brain itself: callbridge transcribes (Deepgram) and
     speaks (ElevenLabs), and every turn.user is answered here, streamed as
     application/x-ndjson, by a small script that asks for the problem, name,
@@ -132,11 +135,14 @@ class Store:
 
 
 class Receptionist:
-    def __init__(self, secret: bytes, store: Store, callbridge: str, api_token: str, on_call: str, cascaded=False):
+    def __init__(
+        self, secret: bytes, store: Store, callbridge: str, api_token: str, on_call: str, cascaded=False, call_back=False
+    ):
         self.secret, self.store = secret, store
         self.callbridge, self.api_token, self.on_call = callbridge.rstrip("/"), api_token, on_call
         self.transferred = set()
         self.cascaded = cascaded
+        self.call_back = call_back
         self.answers = {}  # call_id -> what the caller told us so far (cascaded)
         self.lock = threading.Lock()
 
@@ -175,7 +181,16 @@ class Receptionist:
             log(f"{event['call_id']}: caller heard only {event.get('heard_ms')} of {event.get('sent_ms')} ms")
         if kind == "call.ended":
             log(f"{event['call_id']} ended: {event.get('reason')}, {event.get('user_turns')} caller turns")
+            missed = event.get("reason") == "missed" and event.get("direction") != "outbound"
+            if missed and self.call_back and event.get("from") and self.api_token:
+                threading.Thread(target=self.call_back_now, args=(event["from"],), daemon=True).start()
         return {}
+
+    def call_back_now(self, number):
+        """Missed call -> call back: an outbound call with its own greeting."""
+        plan = dict(PLAN, greeting="Hi, this is Rapid Rooter Plumbing returning your call. How can we help?")
+        body = {"to": number, "plan": plan, "machine_detection": "leave_message"}
+        self.post("/v1/calls", body, f"call back {number}")
 
     def transfer_later(self, call_id):
         # Answer the callback first; transfer from another thread.
@@ -185,17 +200,21 @@ class Receptionist:
         threading.Thread(target=self.transfer, args=(call_id,), daemon=True).start()
 
     def transfer(self, call_id):
+        self.post(f"/v1/calls/{call_id}/transfer", {"to": self.on_call}, f"{call_id}: transfer to {self.on_call}")
+
+    def post(self, path, body, what):
+        """POST to callbridge's control API with the number's token; log how it went."""
         req = urllib.request.Request(
-            f"{self.callbridge}/v1/calls/{call_id}/transfer",
-            data=json.dumps({"to": self.on_call}).encode(),
+            f"{self.callbridge}{path}",
+            data=json.dumps(body).encode(),
             headers={"Authorization": f"Bearer {self.api_token}", "Content-Type": "application/json"},
             method="POST",
         )
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
-                log(f"{call_id}: transfer to {self.on_call}: HTTP {r.status}")
+                log(f"{what}: HTTP {r.status}")
         except Exception as e:  # noqa: BLE001 - an example: report and carry on
-            log(f"{call_id}: transfer failed: {e}")
+            log(f"{what}: failed: {e}")
 
 
 def log(msg):
@@ -259,6 +278,11 @@ def main():
         help="be the brain: plan the cascaded engine and answer every turn.user (needs DEEPGRAM_API_KEY and "
         "ELEVENLABS_API_KEY in callbridge's environment)",
     )
+    ap.add_argument(
+        "--call-back-missed",
+        action="store_true",
+        help="call back callers who hung up before the call was answered (POST /v1/calls)",
+    )
     a = ap.parse_args()
     if a.self_test:
         body = b'{"type":"call.started","call_id":"call_1","seq":1}'
@@ -273,7 +297,13 @@ def main():
     if len(secret) < 16:
         sys.exit("set RECEPTIONIST_SECRET (the secret registered with the number, 16+ characters)")
     app = Receptionist(
-        secret, Store(a.db), a.callbridge, os.environ.get("CALLBRIDGE_API_TOKEN", ""), a.on_call, a.cascaded
+        secret,
+        Store(a.db),
+        a.callbridge,
+        os.environ.get("CALLBRIDGE_API_TOKEN", ""),
+        a.on_call,
+        a.cascaded,
+        a.call_back_missed,
     )
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), make_handler(app))
     log(f"listening on http://127.0.0.1:{srv.server_address[1]}/")

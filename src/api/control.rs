@@ -223,9 +223,11 @@ pub async fn list_calls(State(s): State<Arc<AppState>>, headers: HeaderMap) -> R
     };
     let mut calls: Vec<_> = s.call.registry.of_tenant(&t.id).iter().map(|(id, d)| call_json(*id, d)).collect();
     // Outbound calls still ringing.
-    calls.extend(s.dialing.of_tenant(&t.id).into_iter().map(|(id, to, carrier_call_id)| {
-        json!({"call_id": id.to_string(), "from": t.number, "to": to, "carrier_call_id": carrier_call_id,
-            "state": "dialing"})
+    calls.extend(s.dialing.of_tenant(&t.id).into_iter().map(|(id, to, carrier, carrier_call_id, placed)| {
+        json!({"call_id": id.to_string(), "from": t.number, "to": to, "carrier": carrier,
+            "carrier_call_id": carrier_call_id, "engine": "", "state": "dialing",
+            "started_at_ms": placed.duration_since(UNIX_EPOCH).map_or(0, |t| t.as_millis() as u64),
+            "duration_ms": placed.elapsed().map_or(0, |e| e.as_millis() as u64)})
     }));
     Json(json!({ "calls": calls })).into_response()
 }

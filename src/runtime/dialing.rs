@@ -99,12 +99,16 @@ impl DialingCalls {
         self.map.remove(&id).map(|(_, d)| d)
     }
 
-    /// Calls dialled by tenant `tenant` (for listing).
-    pub fn of_tenant(&self, tenant: &str) -> Vec<(CallId, String, String)> {
+    /// Calls dialled by tenant `tenant` (for listing): id, callee, carrier,
+    /// the carrier's id, when placed.
+    pub fn of_tenant(&self, tenant: &str) -> Vec<(CallId, String, &'static str, String, std::time::SystemTime)> {
         self.map
             .iter()
             .filter(|e| e.route.tenant.as_ref().is_some_and(|t| t.id == tenant))
-            .map(|e| (*e.key(), e.route.to.clone(), e.route.carrier_call_id.clone()))
+            .map(|e| {
+                let r = &e.route;
+                (*e.key(), r.to.clone(), r.carrier, r.carrier_call_id.clone(), r.received_at)
+            })
             .collect()
     }
 

@@ -218,6 +218,21 @@ impl FakeBackend {
         self.inner.lock().unwrap().twilio_creates.clone()
     }
 
+    /// Wait (bounded) for the first call placed through the fake Twilio REST.
+    pub async fn wait_twilio_create(&self, within: Duration) -> TwilioCreate {
+        let deadline = tokio::time::Instant::now() + within;
+        let arrived = self.inner.lock().unwrap().arrived.clone();
+        loop {
+            let notified = arrived.notified();
+            if let Some(c) = self.twilio_creates().first().cloned() {
+                return c;
+            }
+            tokio::time::timeout_at(deadline, notified)
+                .await
+                .unwrap_or_else(|_| panic!("no call placed within {within:?}"));
+        }
+    }
+
     pub fn twilio_updates(&self) -> Vec<(String, String, HashMap<String, String>)> {
         self.inner.lock().unwrap().twilio_updates.clone()
     }
