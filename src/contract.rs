@@ -161,10 +161,12 @@ pub enum Event {
     #[serde(rename = "call.ended")]
     CallEnded(CallSummary),
     /// Where the call is (opt-in: the plan's `events` lists `call.status`):
-    /// `answered` (the media stream started), `transferring`.
+    /// `ringing` (the carrier's webhook, or an outbound call placed),
+    /// `answered` (the media stream started), `engine_connected`,
+    /// `transferring`, `ended` (just before `call.ended`).
     #[serde(rename = "call.status")]
     CallStatus {
-        /// `answered`, `transferring`.
+        /// `ringing`, `answered`, `engine_connected`, `transferring`, `ended`.
         status: String,
         /// ms since the call started.
         at_ms: u64,

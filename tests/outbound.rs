@@ -166,7 +166,14 @@ async fn an_answered_outbound_call_runs_like_an_inbound_one() {
     assert_eq!(end["carrier_call_id"], sid.as_str());
     assert!(end["user_turns"].as_u64().unwrap() >= 1);
     let events = backend.received();
-    assert!(events.iter().any(|e| e.kind() == "call.status" && e.body["status"] == "answered"), "answered status");
+    let mut by_seq: Vec<&Received> = events.iter().collect();
+    by_seq.sort_by_key(|e| e.body["seq"].as_u64());
+    let statuses: Vec<&str> =
+        by_seq.iter().filter(|e| e.kind() == "call.status").map(|e| e.body["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses.first(), Some(&"ringing"), "ringing while it rang: {statuses:?}");
+    assert!(statuses.contains(&"answered") && statuses.last() == Some(&"ended"), "{statuses:?}");
+    assert_eq!(by_seq[1].kind(), "call.status", "ringing right after call.started");
+    assert_eq!(by_seq[by_seq.len() - 2].body["status"], "ended", "ended right before call.ended");
     assert!(events.iter().any(|e| e.kind() == "turn.user"), "the conversation is reported as for an inbound call");
     srv.shutdown().await;
 }

@@ -113,3 +113,41 @@ async fn the_plans_time_limit_says_goodbye_and_ends_the_call() {
     assert_eq!(ended_reason(&backend, 1).await, "max_duration");
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_call_with_status_events_is_ringing_then_ended_then_missed() {
+    let backend = FakeBackend::start().await;
+    backend.set("call.started", Mode::Json(json!({"events": ["call.status"]})));
+    let srv = server(&backend, "").await;
+    let sid = "CA00000000000000000000000000000009";
+    let (st, _) = webhook(&srv, &params(sid, NUMBER_A), None).await;
+    assert_eq!(st, 200);
+    // The caller hangs up before the stream connects: Twilio says the stream stopped.
+    let stopped: Vec<(String, String)> = [("CallSid", sid), ("StreamEvent", "stream-stopped")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let sig = callbridge::carrier::twilio::signature::compute(
+        AUTH_TOKEN,
+        "https://cb.example.com/twilio/stream-status",
+        &stopped,
+    );
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/twilio/stream-status", srv.addr))
+        .header("X-Twilio-Signature", sig)
+        .form(&stopped)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(ended_reason(&backend, 1).await, "missed");
+    let mut events = backend.received();
+    events.sort_by_key(|e| e.body["seq"].as_u64());
+    let seen: Vec<(String, String)> =
+        events.iter().map(|e| (e.kind().to_string(), e.body["status"].as_str().unwrap_or("").to_string())).collect();
+    let want = [("call.started", ""), ("call.status", "ringing"), ("call.status", "ended"), ("call.ended", "")];
+    assert_eq!(seen, want.map(|(a, b)| (a.to_string(), b.to_string())), "in order, one sequence");
+    let seqs: Vec<u64> = events.iter().map(|e| e.body["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    srv.shutdown().await;
+}

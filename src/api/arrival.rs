@@ -111,7 +111,32 @@ pub async fn route_call(s: &Arc<AppState>, a: &Arrival) -> Result<Route, Refusal
     route.carrier = a.carrier;
     route.carrier_call_id = a.carrier_call_id.clone();
     ask_plan(s, &mut route, a).await;
+    ringing(&s.call, &mut route);
     Ok(route)
+}
+
+/// `call.status` `ringing`, when the plan asks for status events: the call's
+/// event stream begins here — at the carrier's webhook, or as an outbound
+/// call is placed — and the call task carries it on (`at_ms` 0: the
+/// envelope's `timestamp` says when).
+pub fn ringing(ctx: &crate::runtime::call_task::CallContext, route: &mut Route) {
+    let Some(t) = &route.tenant else { return };
+    if !crate::session::agent::LiveEvents::from_names(&route.plan.events).status {
+        return;
+    }
+    let target = Target { url: t.callback_url.clone(), secret: t.secret.clone() };
+    let id = route.call_id.to_string();
+    let mut events = crate::callback::delivery::EventSender::spawn(
+        ctx.client.clone(),
+        target,
+        ctx.delivery,
+        &id,
+        route.seq_used,
+        &ctx.deliveries,
+    )
+    .with_store(ctx.store.clone());
+    events.send(Event::CallStatus { status: "ringing".into(), at_ms: 0 });
+    route.early = Some(events);
 }
 
 /// Tell the route's backend the call exists (`call.started`, within the

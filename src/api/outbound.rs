@@ -152,6 +152,7 @@ pub async fn create_call(
     if let Some(plan) = req.plan {
         (route.plan, route.plan_failed) = (plan, false);
     }
+    super::arrival::ringing(&s.call, &mut route);
     if route.plan.reject.is_some() {
         settle(&s, route, "rejected");
         return error(StatusCode::CONFLICT, "rejected", "the backend's plan rejected the call");

@@ -37,6 +37,9 @@ pub struct Route {
     pub slot: Option<Arc<crate::runtime::capacity::Slot>>,
     /// A call coming back from a failed transfer: its event stream goes on.
     pub resume: Option<crate::callback::delivery::EventSender>,
+    /// The call's event stream, when it began before the media stream
+    /// (`call.status` `ringing`); the call task carries it on.
+    pub early: Option<crate::callback::delivery::EventSender>,
     /// The carrier the call came through ("" until known).
     pub carrier: &'static str,
     /// The carrier's id of the call.
@@ -62,6 +65,7 @@ impl Route {
             seq_used: 0,
             slot: None,
             resume: None,
+            early: None,
             carrier: "",
             carrier_call_id: String::new(),
             received_at: std::time::SystemTime::now(),

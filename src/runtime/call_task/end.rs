@@ -109,6 +109,13 @@ pub(super) fn count(carrier: &'static str, id: impl std::fmt::Display, reason: &
     info!(call = %id, carrier, reason, "call ended");
 }
 
+/// `call.status` `ended` just before `call.ended`, when the plan asks for status events.
+fn status_ended(events: &mut crate::callback::delivery::EventSender, plan: &crate::contract::CallPlan, at_ms: u64) {
+    if crate::session::agent::LiveEvents::from_names(&plan.events).status {
+        events.send(Event::CallStatus { status: "ended".into(), at_ms });
+    }
+}
+
 /// The report of a call whose `call.started` went out but which never became a
 /// live call (its stream never came, or failed before it could start):
 /// `call.ended` with `reason`, and its row in the store.
@@ -117,6 +124,7 @@ pub fn report_unconnected(ctx: &CallContext, mut route: crate::runtime::admissio
     metrics::counter!(crate::metrics::CALLS_ENDED, "reason" => reason, "carrier" => "none").increment(1);
     if let Some(mut events) = route.resume.take() {
         // Back from a failed transfer and the new stream never came: its own stream ends it.
+        status_ended(&mut events, &route.plan, 0);
         let conversation = events.take_log();
         let summary = crate::contract::CallSummary {
             reason: reason.into(),
@@ -158,15 +166,19 @@ pub fn report_unconnected(ctx: &CallContext, mut route: crate::runtime::admissio
         return;
     };
     let target = crate::callback::client::Target { url: t.callback_url.clone(), secret: t.secret.clone() };
-    let mut events = crate::callback::delivery::EventSender::spawn(
-        ctx.client.clone(),
-        target,
-        ctx.delivery,
-        &id,
-        route.seq_used,
-        &ctx.deliveries,
-    )
-    .with_store(ctx.store.clone());
+    let mut events = match route.early.take() {
+        Some(e) => e,
+        None => crate::callback::delivery::EventSender::spawn(
+            ctx.client.clone(),
+            target,
+            ctx.delivery,
+            &id,
+            route.seq_used,
+            &ctx.deliveries,
+        )
+        .with_store(ctx.store.clone()),
+    };
+    status_ended(&mut events, &route.plan, 0);
     let summary = crate::contract::CallSummary {
         reason: reason.into(),
         carrier: route.carrier.into(),
@@ -225,6 +237,7 @@ pub fn end_parked(
     if let Some(ev) = before {
         p.events.send(ev);
     }
+    status_ended(&mut p.events, &p.plan, p.summary.duration_ms);
     p.summary.reason = reason.into();
     p.summary.events_dropped = p.events.dropped();
     p.summary.conversation = p.events.take_log();
@@ -254,6 +267,9 @@ pub(super) fn report(ctx: &CallContext, call: &Call, io: &mut ShellIo, reason: &
         r.status().loss()
     });
     summary.recording_loss = loss.clone();
+    if let Some(r) = &io.route {
+        status_ended(&mut io.events, &r.plan, summary.duration_ms);
+    }
     summary.conversation = io.events.take_log();
     summary.transcript = crate::contract::plain_transcript(&summary.conversation);
     io.events.send(Event::CallEnded(summary));

@@ -261,8 +261,8 @@ pub(super) fn admit(
             recording_loss: None,
         });
     }
-    io.events = match (route.resume.take(), target) {
-        // Back from a failed transfer: the same event stream goes on.
+    io.events = match (route.resume.take().or_else(|| route.early.take()), target) {
+        // Back from a failed transfer, or begun while it rang: the same event stream goes on.
         (Some(events), _) => events,
         (None, Some(t)) => {
             EventSender::spawn(ctx.client.clone(), t, ctx.delivery, &id_s, route.seq_used, &ctx.deliveries)
