@@ -226,20 +226,8 @@ async fn the_example_calls_back_a_missed_caller() {
     .collect();
     let (st, _) = webhook(&srv, &params, None).await;
     assert_eq!(st, 200);
-    let stopped: Vec<(String, String)> = [("CallSid", peer.call_sid.as_str()), ("StreamEvent", "stream-stopped")]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let url = "https://cb.example.com/twilio/stream-status";
-    let sig = callbridge::carrier::twilio::signature::compute(AUTH_TOKEN, url, &stopped);
-    let r = reqwest::Client::new()
-        .post(format!("http://{}/twilio/stream-status", srv.addr))
-        .header("X-Twilio-Signature", sig)
-        .form(&stopped)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 204);
+    let stopped = [("CallSid", peer.call_sid.as_str()), ("StreamEvent", "stream-stopped")];
+    assert_eq!(twilio_post(&srv, "/twilio/stream-status", &stopped).await.0, 204);
 
     // The example hears `missed` and calls the caller back from the number.
     let (_, form, _) = twilio.wait_twilio_create(Duration::from_secs(10)).await;

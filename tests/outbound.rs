@@ -8,7 +8,6 @@ mod common;
 
 use std::time::Duration;
 
-use callbridge::carrier::twilio::signature as twsig;
 use callbridge::config::Secrets;
 use common::backend::{FakeBackend, Mode, Received};
 use common::calls::*;
@@ -40,20 +39,6 @@ async fn place_as(srv: &TestServer, token: &str, body: Value) -> (u16, Value) {
         .await
         .unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
-/// POST a Twilio webhook to `path_and_query`, signed as Twilio signs it.
-async fn twilio_post(srv: &TestServer, path_and_query: &str, params: &[(&str, &str)]) -> (u16, String) {
-    let params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let sig = twsig::compute(AUTH_TOKEN, &format!("https://cb.example.com{path_and_query}"), &params);
-    let r = reqwest::Client::new()
-        .post(format!("http://{}{path_and_query}", srv.addr))
-        .header("X-Twilio-Signature", sig)
-        .form(&params)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
 }
 
 fn form_values<'a>(form: &'a [(String, String)], key: &str) -> Vec<&'a str> {

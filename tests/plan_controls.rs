@@ -123,23 +123,8 @@ async fn a_missed_call_with_status_events_is_ringing_then_ended_then_missed() {
     let (st, _) = webhook(&srv, &params(sid, NUMBER_A), None).await;
     assert_eq!(st, 200);
     // The caller hangs up before the stream connects: Twilio says the stream stopped.
-    let stopped: Vec<(String, String)> = [("CallSid", sid), ("StreamEvent", "stream-stopped")]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let sig = callbridge::carrier::twilio::signature::compute(
-        AUTH_TOKEN,
-        "https://cb.example.com/twilio/stream-status",
-        &stopped,
-    );
-    let r = reqwest::Client::new()
-        .post(format!("http://{}/twilio/stream-status", srv.addr))
-        .header("X-Twilio-Signature", sig)
-        .form(&stopped)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 204);
+    let stopped = [("CallSid", sid), ("StreamEvent", "stream-stopped")];
+    assert_eq!(twilio_post(&srv, "/twilio/stream-status", &stopped).await.0, 204);
     assert_eq!(ended_reason(&backend, 1).await, "missed");
     let mut events = backend.received();
     events.sort_by_key(|e| e.body["seq"].as_u64());

@@ -9,7 +9,6 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use callbridge::carrier::twilio::signature as twsig;
 use callbridge::config::{Config, Secrets};
 use callbridge_testkit::fake_realtime::{FakeRealtime, FakeRealtimeConfig};
 use callbridge_testkit::twilio_peer::ServerMessage;
@@ -424,17 +423,9 @@ async fn the_engine_transfers_with_transfer_call_to_a_named_destination_only() {
     tw.send(stop).await;
     srv.wait_no_calls().await;
     let id = backend.received()[0].body["call_id"].as_str().unwrap().to_string();
-    let params = vec![("CallSid".to_string(), tw.peer.call_sid.clone()), ("DialCallStatus".into(), "completed".into())];
-    let url = format!("https://cb.example.com/twilio/transfer-status?call={id}");
-    let sig = twsig::compute(AUTH_TOKEN, &url, &params);
-    let r = reqwest::Client::new()
-        .post(format!("http://{}/twilio/transfer-status?call={id}", srv.addr))
-        .header("X-Twilio-Signature", sig)
-        .form(&params)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let outcome = [("CallSid", tw.peer.call_sid.as_str()), ("DialCallStatus", "completed")];
+    let (st, _) = twilio_post(&srv, &format!("/twilio/transfer-status?call={id}"), &outcome).await;
+    assert_eq!(st, 200);
     let events = backend.wait_for("call.ended", Duration::from_secs(5)).await;
     assert!(events.iter().any(|e| e.kind() == "transfer.completed" && e.body["to"] == "+15557654321"));
     assert_eq!(events.last().unwrap().body["reason"], "transferred");

@@ -124,17 +124,7 @@ pub fn ringing(ctx: &crate::runtime::call_task::CallContext, route: &mut Route) 
     if !crate::session::agent::LiveEvents::from_names(&route.plan.events).status {
         return;
     }
-    let target = Target { url: t.callback_url.clone(), secret: t.secret.clone() };
-    let id = route.call_id.to_string();
-    let mut events = crate::callback::delivery::EventSender::spawn(
-        ctx.client.clone(),
-        target,
-        ctx.delivery,
-        &id,
-        route.seq_used,
-        &ctx.deliveries,
-    )
-    .with_store(ctx.store.clone());
+    let mut events = ctx.event_stream(t, &route.call_id.to_string(), route.seq_used);
     events.send(Event::CallStatus { status: "ringing".into(), at_ms: 0 });
     route.early = Some(events);
 }

@@ -117,6 +117,21 @@ pub async fn webhook(srv: &TestServer, params: &[(String, String)], signature: O
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// POST one of Twilio's webhooks to `path_and_query` (the voice URL, a status
+/// callback, a `<Dial action>`), signed as Twilio signs it over our public URL.
+pub async fn twilio_post(srv: &TestServer, path_and_query: &str, params: &[(&str, &str)]) -> (u16, String) {
+    let params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let sig = twsig::compute(AUTH_TOKEN, &format!("https://cb.example.com{path_and_query}"), &params);
+    let r = reqwest::Client::new()
+        .post(format!("http://{}{path_and_query}", srv.addr))
+        .header("X-Twilio-Signature", sig)
+        .form(&params)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
 pub fn token_of(twiml: &str) -> String {
     let i = twiml.find(r#"name="cb_token" value=""#).expect("token parameter") + 23;
     twiml[i..i + 64].to_string()

@@ -111,6 +111,36 @@ fn check(
     }
 }
 
+/// Why a webhook is not read.
+enum Unread {
+    /// Its signature did not verify (the code says how).
+    Unverified(&'static str),
+    /// Its body is not the JSON object Vonage sends.
+    Malformed,
+}
+
+impl IntoResponse for Unread {
+    fn into_response(self) -> Response {
+        match self {
+            Unread::Unverified(why) => refuse(why),
+            Unread::Malformed => malformed(),
+        }
+    }
+}
+
+/// A webhook verified, then read: its fields (query and JSON body).
+fn read(
+    v: &Vonage,
+    method: &Method,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<HashMap<String, String>, Unread> {
+    check(v, method, uri, headers, body).map_err(Unread::Unverified)?;
+    fields(method, query.clone(), body).ok_or(Unread::Malformed)
+}
+
 /// A webhook's fields: the query (GET) or the JSON body (POST).
 fn fields(method: &Method, query: HashMap<String, String>, body: &[u8]) -> Option<HashMap<String, String>> {
     if *method == Method::GET || body.is_empty() {
@@ -146,10 +176,10 @@ pub async fn answer(
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    if let Err(why) = check(&v, &method, &uri, &headers, &body) {
-        return refuse(why);
-    }
-    let Some(f) = fields(&method, query, &body) else { return malformed() };
+    let f = match read(&v, &method, &uri, &headers, &query, &body) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
     let get = |k: &str| f.get(k).cloned().unwrap_or_default();
     let uuid = get("uuid");
     if !crate::carrier::vonage::valid_uuid(&uuid) {
@@ -234,11 +264,11 @@ pub async fn event(
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    if let Err(why) = check(&v, &method, &uri, &headers, &body) {
-        return refuse(why);
-    }
+    let f = match read(&v, &method, &uri, &headers, &query, &body) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
     let transfer = query.get("transfer").and_then(|t| t.parse::<crate::ids::CallId>().ok());
-    let Some(f) = fields(&method, query, &body) else { return malformed() };
     let status = f.get("status").map(String::as_str).unwrap_or("");
     let uuid = f.get("uuid").map(String::as_str).unwrap_or("");
     let ended = matches!(status, "completed" | "busy" | "failed" | "timeout" | "rejected" | "cancelled" | "unanswered");

@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tracing::info;
 
-use super::{Vonage, check, connect_ncco, fields, malformed, ncco, refuse};
+use super::{Vonage, connect_ncco, ncco, read};
 use crate::api::AppState;
 use crate::ids::CallId;
 use crate::runtime::dialing::{Dialing, answered_by};
@@ -66,10 +66,10 @@ pub async fn answered(
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    if let Err(why) = check(&v, &method, &uri, &headers, &body) {
-        return refuse(why);
-    }
-    let Some(f) = fields(&method, query.clone(), &body) else { return malformed() };
+    let f = match read(&v, &method, &uri, &headers, &query, &body) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
     let Some(d) = take(&s, &query, &f) else {
         return ncco(json!([{"action": "talk", "text": "Goodbye."}]));
     };
@@ -90,10 +90,10 @@ pub async fn event(
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    if let Err(why) = check(&v, &method, &uri, &headers, &body) {
-        return refuse(why);
-    }
-    let Some(f) = fields(&method, query.clone(), &body) else { return malformed() };
+    let f = match read(&v, &method, &uri, &headers, &query, &body) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
     let status = f.get("status").map(String::as_str).unwrap_or("");
     if status == "human"
         && let Some(id) = query.get("call").and_then(|c| c.parse::<CallId>().ok())

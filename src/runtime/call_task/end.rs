@@ -165,18 +165,9 @@ pub fn report_unconnected(ctx: &CallContext, mut route: crate::runtime::admissio
         }
         return;
     };
-    let target = crate::callback::client::Target { url: t.callback_url.clone(), secret: t.secret.clone() };
     let mut events = match route.early.take() {
         Some(e) => e,
-        None => crate::callback::delivery::EventSender::spawn(
-            ctx.client.clone(),
-            target,
-            ctx.delivery,
-            &id,
-            route.seq_used,
-            &ctx.deliveries,
-        )
-        .with_store(ctx.store.clone()),
+        None => ctx.event_stream(t, &id, route.seq_used),
     };
     status_ended(&mut events, &route.plan, 0);
     let summary = crate::contract::CallSummary {

@@ -100,6 +100,29 @@ pub struct CallContext {
     pub carriers: Vec<Arc<dyn crate::api::carrier_control::CarrierControl>>,
 }
 
+impl CallContext {
+    /// The ordered event stream of call `call_id` to `tenant`'s backend, its
+    /// first event numbered `seq_used + 1`, kept in the call store too.
+    pub fn event_stream(
+        &self,
+        tenant: &crate::tenant::Tenant,
+        call_id: &str,
+        seq_used: u64,
+    ) -> crate::callback::delivery::EventSender {
+        let target =
+            crate::callback::client::Target { url: tenant.callback_url.clone(), secret: tenant.secret.clone() };
+        crate::callback::delivery::EventSender::spawn(
+            self.client.clone(),
+            target,
+            self.delivery,
+            call_id,
+            seq_used,
+            &self.deliveries,
+        )
+        .with_store(self.store.clone())
+    }
+}
+
 /// Answers that come back to a call task: the backend's replies and the
 /// end-of-turn model's verdicts.
 #[derive(Debug)]

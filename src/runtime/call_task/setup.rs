@@ -231,7 +231,7 @@ pub(super) fn admit(
     let (reply_tx, replies) = mpsc::channel(8);
     let requests = Requests {
         client: ctx.client.clone(),
-        target: target.clone(),
+        target,
         budget: std::time::Duration::from_millis(ctx.callbacks.blocking_timeout_ms),
         replies: reply_tx,
     };
@@ -261,13 +261,10 @@ pub(super) fn admit(
             recording_loss: None,
         });
     }
-    io.events = match (route.resume.take().or_else(|| route.early.take()), target) {
+    io.events = match (route.resume.take().or_else(|| route.early.take()), &route.tenant) {
         // Back from a failed transfer, or begun while it rang: the same event stream goes on.
         (Some(events), _) => events,
-        (None, Some(t)) => {
-            EventSender::spawn(ctx.client.clone(), t, ctx.delivery, &id_s, route.seq_used, &ctx.deliveries)
-                .with_store(ctx.store.clone())
-        }
+        (None, Some(t)) => ctx.event_stream(t, &id_s, route.seq_used),
         (None, None) => EventSender::disabled(&id_s).with_store(ctx.store.clone()),
     };
     io.route = Some(RouteInfo {
