@@ -40,6 +40,19 @@ pub enum ControlError {
     Unsupported(&'static str),
 }
 
+impl ControlError {
+    /// What went wrong without the carrier's own words (which may quote the
+    /// numbers dialled): for logs.
+    pub fn summary(&self) -> String {
+        match self {
+            ControlError::Refused { status, .. } => format!("the carrier answered HTTP {status}"),
+            ControlError::Unreachable(_) => "the carrier is unreachable".into(),
+            ControlError::BadAnswer(_) => "the carrier's answer was not understood".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Send one carrier REST request (10 s budget) and map its outcome: 2xx is
 /// done; `gone(status, body)` says the call no longer exists; anything else
 /// is refused with `message(body)` (cut to 300 characters). URLs never reach
@@ -139,5 +152,17 @@ pub trait CarrierControl: Send + Sync {
     /// and by whom it was answered. Returns the carrier's id of the call.
     fn dial<'a>(&'a self, _call: &'a Dial) -> DialFuture<'a> {
         Box::pin(async { Err(ControlError::Unsupported("this carrier cannot place outbound calls yet")) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_for_logs_drops_the_carriers_words() {
+        let e = ControlError::Refused { status: 400, message: "The 'To' number +15557654321 is not valid".into() };
+        assert_eq!(e.summary(), "the carrier answered HTTP 400");
+        assert!(e.to_string().contains("+15557654321"), "the API caller still gets the carrier's reason");
     }
 }

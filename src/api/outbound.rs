@@ -170,7 +170,7 @@ pub async fn create_call(
             (StatusCode::ACCEPTED, Json(body)).into_response()
         }
         Err(e) => {
-            warn!(call = %call_id, error = %e, "the carrier did not place the outbound call");
+            warn!(call = %call_id, error = %e.summary(), "the carrier did not place the outbound call");
             if let Some(d) = s.dialing.remove(call_id) {
                 crate::runtime::call_task::report_unconnected(&s.call, d.route, "failed");
             }

@@ -98,7 +98,7 @@ fn connect(s: &Arc<AppState>, t: &Arc<Telnyx>, id: CallId, p: &Payload) {
     tokio::spawn(async move {
         if let Err(e) = t.rest.stream(&ccid, &stream_url, &t.codec, &client_state(&token)).await {
             metrics::counter!(crate::metrics::CALL_ERRORS, "source" => "carrier_answer").increment(1);
-            warn!(call = %id, error = %e, "Telnyx streaming_start failed");
+            warn!(call = %id, error = %e.summary(), "Telnyx streaming_start failed");
             if let Some(route) = s.call.pending.take("telnyx", &ccid) {
                 crate::runtime::call_task::report_unconnected(&s.call, route, "carrier_error");
             }
