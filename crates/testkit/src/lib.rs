@@ -20,6 +20,7 @@
 pub mod fake_deepgram;
 pub mod fake_elevenlabs;
 pub mod fake_realtime;
+pub mod fuzz;
 pub mod harness;
 pub mod mem_call;
 pub mod mutate;

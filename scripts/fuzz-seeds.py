@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Write the seed corpora of the fuzz targets (fuzz/corpus/<target>/seed-*)
+from the golden fixtures and the vendors' documented message shapes.
+
+One seed per message, and one whole session per target (messages joined by
+newlines, the way the fuzz bodies split them: crates/testkit/src/fuzz.rs).
+Binary messages start with a 0x00 byte. Run from the repository root."""
+import base64, json, os, pathlib, struct
+
+root = pathlib.Path("fuzz/corpus")
+
+
+def write(target, seeds):
+    d = root / target
+    d.mkdir(parents=True, exist_ok=True)
+    for i, s in enumerate(seeds):
+        (d / f"seed-{i:02}").write_bytes(s if isinstance(s, bytes) else s.encode())
+    (d / "seed-session").write_bytes(b"\n".join(s if isinstance(s, bytes) else s.encode() for s in seeds))
+
+
+def golden(path):
+    out = []
+    for line in open(path):
+        if line.strip():
+            d = json.loads(line)
+            raw = d["raw"]
+            out.append(b"\x00" + bytes.fromhex(raw) if d.get("kind") == "binary" else raw.encode())
+    return out
+
+
+write("twilio_stream", golden("fixtures/twilio/inbound.jsonl"))
+write("telnyx_stream", golden("fixtures/telnyx/inbound.jsonl"))
+write("vonage_stream", golden("fixtures/vonage/inbound.jsonl"))
+
+ulaw = base64.b64encode(bytes([0x55, 0xD5] * 80)).decode()
+write("realtime_events", [json.dumps(m) for m in [
+    {"type": "session.created", "session": {"id": "sess_1", "model": "gpt-realtime"}},
+    {"type": "session.updated", "session": {"id": "sess_1"}},
+    {"type": "input_audio_buffer.speech_started", "audio_start_ms": 100, "item_id": "item_u"},
+    {"type": "input_audio_buffer.committed", "item_id": "item_u"},
+    {"type": "conversation.item.input_audio_transcription.completed", "item_id": "item_u", "content_index": 0,
+     "transcript": "my sink is leaking"},
+    {"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}},
+    {"type": "response.output_item.added", "response_id": "resp_1",
+     "item": {"id": "item_1", "type": "message", "role": "assistant"}},
+    {"type": "response.output_audio.delta", "response_id": "resp_1", "item_id": "item_1", "output_index": 0,
+     "content_index": 0, "delta": ulaw},
+    {"type": "response.output_audio_transcript.delta", "response_id": "resp_1", "item_id": "item_1",
+     "delta": "I can book that."},
+    {"type": "response.function_call_arguments.done", "response_id": "resp_1", "item_id": "item_fc",
+     "call_id": "call_1", "name": "book", "arguments": "{\"when\":\"tomorrow\"}"},
+    {"type": "response.done", "response": {"id": "resp_1", "status": "completed",
+     "usage": {"input_tokens": 10, "output_tokens": 20, "total_tokens": 30}}},
+    {"type": "error", "error": {"type": "invalid_request_error", "code": "response_cancel_not_active",
+     "message": "no active response"}},
+]])
+
+write("deepgram_events", [json.dumps(m) for m in [
+    {"type": "Metadata", "request_id": "r1", "created": "2026-12-02T00:00:00Z", "duration": 0, "channels": 1},
+    {"type": "SpeechStarted", "channel": [0], "timestamp": 0.5},
+    {"type": "Results", "channel_index": [0, 1], "start": 0.0, "duration": 1.2, "is_final": False,
+     "speech_final": False, "channel": {"alternatives": [{"transcript": "my kitchen", "confidence": 0.9,
+     "words": [{"word": "my", "start": 0.1, "end": 0.3}]}]}},
+    {"type": "Results", "channel_index": [0, 1], "start": 0.0, "duration": 2.0, "is_final": True,
+     "speech_final": True, "from_finalize": False, "channel": {"alternatives": [{"transcript":
+     "my kitchen sink is leaking", "confidence": 0.98, "words": []}]}},
+    {"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": 2.0},
+]])
+
+write("elevenlabs_events", [json.dumps(m) for m in [
+    {"audio": base64.b64encode(bytes([0x55] * 400)).decode(), "contextId": "r1", "isFinal": None,
+     "alignment": {"chars": list("Thanks"), "charStartTimesMs": [0, 50, 100, 150, 200, 250],
+                   "charDurationsMs": [50] * 6}, "normalizedAlignment": None},
+    {"isFinal": True, "contextId": "r1"},
+    {"error": "quota_exceeded", "message": "quota"},
+]])
+
+plan = {"engine": "local", "instructions": "You are the receptionist.", "greeting": "Thanks for calling.",
+        "voice": "alloy", "tools": [{"name": "book", "description": "Book", "parameters": {"type": "object"}}],
+        "record": True, "turn": {"endpoint_silence_ms": 600, "detector": "smart"}, "events": ["call.status"],
+        "max_duration_s": 600, "silence_timeout_s": 30, "forward": "+15557654321",
+        "builtin_tools": ["end_call", "transfer_call", "send_dtmf"],
+        "transfer_destinations": [{"name": "on_call", "to": "sip:desk@pbx.example.com"}],
+        "reject": {"reason": "busy", "say": "closed"}, "greeting_interruptible": False}
+write("callback_replies", [json.dumps(plan), json.dumps({"result": {"booked": True}}),
+                           json.dumps({"reply": "Sure.", "action": {"type": "transfer", "to": "+15557654321"}}),
+                           json.dumps({"reply_delta": "Great. "}), json.dumps({"action": {"type": "hangup"}})])
+
+
+def wav(rate, n, channels=1, bits=16):
+    data = b"".join(struct.pack("<h", (i * 37) % 2000 - 1000) for i in range(n * channels))
+    fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * channels * bits // 8, channels * bits // 8, bits)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+d = root / "wav_clip"
+d.mkdir(parents=True, exist_ok=True)
+for name, b in [("seed-8k", wav(8000, 400)), ("seed-16k-stereo", wav(16000, 300, 2)), ("seed-44k", wav(44100, 500))]:
+    (d / name).write_bytes(b)
+
+write("signatures", ["t=1700000000,v1=34337189cda1d344c6595cf0e67b0df5c0e70362313ed63674f67d580336aed4\n"
+                     '{"type":"call.started","call_id":"call_1","seq":1}',
+                     "1700000000|c2lnbmF0dXJl\n{\"data\":{}}",
+                     "Bearer eyJhbGciOiJIUzI1NiJ9.eyJpYXQiOjE3MDAwMDAwMDB9.c2ln\nto=1555&from=1444"])
+print("seeds written under", root)

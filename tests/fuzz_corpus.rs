@@ -1,0 +1,64 @@
+//! The fuzz targets on the stable toolchain: every file of each target's
+//! corpus (`fuzz/corpus/<target>/`: seeds from `scripts/fuzz-seeds.py` and
+//! what libFuzzer kept from its runs) and of `fuzz/regressions/<target>/`
+//! (inputs that once crashed) goes through the same body as
+//! `cargo +nightly fuzz run <target>` — then a bounded run of byte-level
+//! mutations of it from a fixed-seed generator. A body returns for every
+//! input; a panic fails the test with the input that caused it.
+
+use std::path::Path;
+
+use callbridge_testkit::fuzz::TARGETS;
+use callbridge_testkit::mutate::{Rng, mutate};
+
+/// Mutations per target on top of the corpus (bounded: the whole test takes seconds).
+const MUTATIONS: usize = 3000;
+
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out: Vec<_> = rd
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_file())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+fn run(target: &str, body: fn(&[u8]), name: &str, input: &[u8]) {
+    if std::panic::catch_unwind(|| body(input)).is_err() {
+        let keep = std::env::temp_dir().join(format!("fuzz-{target}-{name}"));
+        let _ = std::fs::write(&keep, input);
+        panic!("{target}: input {name} panics (saved to {})", keep.display());
+    }
+}
+
+#[test]
+fn every_corpus_input_and_its_mutations_pass_every_target() {
+    let mut seen = 0;
+    for (target, body) in TARGETS {
+        let corpus = files(&Path::new("fuzz/corpus").join(target));
+        assert!(!corpus.is_empty(), "{target} has a corpus (scripts/fuzz-seeds.py)");
+        let regressions = files(&Path::new("fuzz/regressions").join(target));
+        for (name, input) in corpus.iter().chain(&regressions) {
+            run(target, *body, name, input);
+        }
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ target.len() as u64);
+        for i in 0..MUTATIONS {
+            let (_, base) = &corpus[rng.below(corpus.len())];
+            let input = mutate(&mut rng, base);
+            run(target, *body, &format!("mutation-{i}"), &input);
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 9, "every target ran");
+}
+
+#[test]
+fn each_fuzz_target_has_its_libfuzzer_entry() {
+    for (target, _) in TARGETS {
+        let src = std::fs::read_to_string(format!("fuzz/fuzz_targets/{target}.rs"))
+            .unwrap_or_else(|_| panic!("fuzz/fuzz_targets/{target}.rs"));
+        assert!(src.contains(&format!("callbridge_testkit::fuzz::{target}(data)")), "{target} calls its body");
+    }
+}
