@@ -103,4 +103,41 @@ write("signatures", ["t=1700000000,v1=34337189cda1d344c6595cf0e67b0df5c0e7036231
                      '{"type":"call.started","call_id":"call_1","seq":1}',
                      "1700000000|c2lnbmF0dXJl\n{\"data\":{}}",
                      "Bearer eyJhbGciOiJIUzI1NiJ9.eyJpYXQiOjE3MDAwMDAwMDB9.c2ln\nto=1555&from=1444"])
+
+# webhooks: first byte = route (crates/testkit/src/fuzz.rs WEBHOOK_ROUTES), first line = query, rest = body.
+from urllib.parse import urlencode
+tw = {"CallSid": "CA0123", "AccountSid": "AC0000", "From": "+15557770000", "To": "+15550001111",
+      "CallStatus": "ringing", "Direction": "inbound", "CallerName": "Ann"}
+tx = lambda kind, p: json.dumps({"data": {"id": "ev-" + kind, "event_type": kind, "record_type": "event",
+                                          "payload": dict({"call_control_id": "v3:abc", "connection_id": "c1",
+                                                           "from": "+15557770000", "to": "+15550001111",
+                                                           "direction": "incoming", "client_state": None}, **p)}})
+vq = {"to": "15550001111", "from": "15557770000", "uuid": "uu-1", "conversation_uuid": "CON-1"}
+hooks = [
+    (0, "", urlencode(tw)),
+    (1, "", urlencode({"StreamSid": "MZ1", "CallSid": "CA0123", "StreamEvent": "stream-stopped",
+                       "StreamError": "x", "Timestamp": "2026-01-01T00:00:00Z"})),
+    (2, "call=c_0123", urlencode({"CallSid": "CA0123", "DialCallStatus": "completed", "DialCallSid": "CA9"})),
+    (3, "call=c_0123", urlencode(dict(tw, AnsweredBy="machine_end_beep", Direction="outbound-api"))),
+    (4, "call=c_0123", urlencode(dict(tw, CallStatus="busy"))),
+    (5, "", tx("call.initiated", {})),
+    (5, "", tx("call.hangup", {"hangup_cause": "normal_clearing", "hangup_source": "caller"})),
+    (5, "", tx("call.machine.detection.ended", {"result": "machine", "client_state": "b3V0OmNfMDEyMw=="})),
+    (5, "", tx("call.recording.saved", {"recording_urls": {"mp3": "https://x/r.mp3"}, "channels": "dual",
+                                        "recording_started_at": "2026-01-01T00:00:00Z"})),
+    (6, urlencode(vq), ""),
+    (7, "", json.dumps(vq)),
+    (8, "", json.dumps(dict(vq, status="completed", direction="inbound", timestamp="2026-01-01T00:00:00.000Z"))),
+    (9, urlencode(dict(vq, status="answered")) + "&transfer=c_0123", ""),
+    (10, "call=c_0123", json.dumps(vq)),
+    (11, "call=c_0123", json.dumps(dict(vq, status="machine", sub_state="beep_start"))),
+    (12, "", json.dumps({"to": "+15557770000", "from": "+15550001111", "machine_detection": "leave_message",
+                         "ring_timeout_s": 20, "plan": {"greeting": "Hi"}})),
+    (13, "c_0123", json.dumps({"text": "Hello there", "interruptible": False})),
+    (14, "c_0123", json.dumps({"to": "+15557654321"})),
+]
+d = root / "webhooks"
+d.mkdir(parents=True, exist_ok=True)
+for i, (route, query, body) in enumerate(hooks):
+    (d / f"seed-{i:02}").write_bytes(bytes([route]) + query.encode() + b"\n" + body.encode())
 print("seeds written under", root)

@@ -25,6 +25,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("callback_replies", callback_replies),
     ("wav_clip", wav_clip),
     ("signatures", signatures),
+    ("webhooks", webhooks),
 ];
 
 fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -214,4 +215,104 @@ pub fn signatures(data: &[u8]) {
     }
     let _ = callbridge::carrier::vonage::jwt::verify_webhook("vonage-secret", &head, body, SystemTime::now());
     let _ = callbridge::carrier::vonage::jwt::query_payload(&String::from_utf8_lossy(body));
+}
+
+/// The routes [`webhooks`] picks from with its first byte: the carriers'
+/// webhooks (form, JSON envelope, query fields) and the tenants' JSON API.
+const WEBHOOK_ROUTES: &[(&str, &str, &str)] = &[
+    ("POST", "/twilio/voice", "application/x-www-form-urlencoded"),
+    ("POST", "/twilio/stream-status", "application/x-www-form-urlencoded"),
+    ("POST", "/twilio/transfer-status", "application/x-www-form-urlencoded"),
+    ("POST", "/twilio/outbound", "application/x-www-form-urlencoded"),
+    ("POST", "/twilio/outbound-status", "application/x-www-form-urlencoded"),
+    ("POST", "/telnyx/webhook", "application/json"),
+    ("GET", "/vonage/answer", ""),
+    ("POST", "/vonage/answer", "application/json"),
+    ("POST", "/vonage/event", "application/json"),
+    ("GET", "/vonage/event", ""),
+    ("POST", "/vonage/outbound", "application/json"),
+    ("POST", "/vonage/outbound-event", "application/json"),
+    ("POST", "/v1/calls", "application/json"),
+    ("POST", "/v1/calls/{q}/say", "application/json"),
+    ("POST", "/v1/calls/{q}/transfer", "application/json"),
+];
+
+/// One server for the whole fuzz run: the public router of a real state
+/// (unsigned carrier webhooks allowed, as on a loopback listener, so inputs
+/// reach the parsers behind the signature checks; one tenant whose callback
+/// the network policy refuses at once), driven in process on one thread.
+fn webhook_server() -> &'static (tokio::runtime::Runtime, axum::Router) {
+    static SERVER: std::sync::OnceLock<(tokio::runtime::Runtime, axum::Router)> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let cfg = callbridge::config::Config::from_toml(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+public_url = "wss://cb.example.com"
+validate_twilio_signatures = false
+allow_unsigned_tenant_calls = true
+[storage]
+database = ""
+memory_max_calls = 100
+[engine.local]
+greeting_wav = ""
+[[numbers]]
+number = "+15550001111"
+callback_url = "http://127.0.0.1:9/never"
+secret = "whsec_fuzz_0123456789"
+api_token = "tenant-token"
+"#,
+            "fuzz",
+        )
+        .expect("fuzz config");
+        let secrets = callbridge::config::Secrets::default();
+        let router = rt.block_on(async {
+            let state = callbridge::server::build_state(cfg, secrets).expect("state");
+            callbridge::api::router(state)
+        });
+        (rt, router)
+    })
+}
+
+/// A carrier's webhook or a tenant's API request through the real router:
+/// the first byte picks the route, the first line after it is the query
+/// (and `{q}` in the path), the rest is the body. Every request must be
+/// answered (any status) without a panic; the answer is read to its end.
+pub fn webhooks(data: &[u8]) {
+    let _ = webhook_status(data);
+}
+
+/// [`webhooks`], with the answer's status and body (`None` for an input that
+/// makes no request).
+pub fn webhook_status(data: &[u8]) -> Option<(u16, Vec<u8>)> {
+    use tower::ServiceExt;
+    let (&pick, rest) = data.split_first()?;
+    let (method, path, content_type) = WEBHOOK_ROUTES[pick as usize % WEBHOOK_ROUTES.len()];
+    let (query, body) = match rest.iter().position(|&b| b == b'\n') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (&[][..], rest),
+    };
+    let query: String =
+        String::from_utf8_lossy(query).chars().filter(|c| c.is_ascii_graphic() && !matches!(c, '#' | '/')).collect();
+    let path = path.replace("{q}", if query.is_empty() { "x" } else { &query });
+    let uri = if query.is_empty() { path } else { format!("{path}?{query}") };
+    let Ok(mut req) = axum::http::Request::builder()
+        .method(method)
+        .uri(&uri)
+        .header("authorization", "Bearer tenant-token")
+        .body(axum::body::Body::from(body.to_vec()))
+    else {
+        return None;
+    };
+    if !content_type.is_empty() {
+        req.headers_mut().insert("content-type", axum::http::HeaderValue::from_static(content_type));
+    }
+    let (rt, router) = webhook_server();
+    rt.block_on(async {
+        let resp = router.clone().oneshot(req).await.expect("the router is infallible");
+        let status = resp.status().as_u16();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.map(|b| b.to_vec()).unwrap_or_default();
+        Some((status, body))
+    })
 }
