@@ -425,6 +425,9 @@ pub struct OpenAiRealtimeConfig {
     pub connect_timeout_ms: u64,
     /// Messages queued towards the engine per call before audio is dropped.
     pub max_queued_messages: usize,
+    /// A response asked for with nothing from the engine for this long is
+    /// given up (the caller hears the fallback; the call goes on).
+    pub answer_timeout_ms: u64,
 }
 
 /// `[engine.local]`

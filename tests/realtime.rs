@@ -294,6 +294,42 @@ async fn an_engine_drop_reconnects_once_with_an_apology_then_fails_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_gone_silent_is_given_up_the_caller_hears_the_fallback_and_the_next_turn_is_answered() {
+    // Fault: the engine's socket stays open but it never answers the first turn.
+    let mut fc = FakeRealtimeConfig::new(reply());
+    fc.ignore_creates = 1;
+    let fake = FakeRealtime::start(fc).await.unwrap();
+    let srv = rt_server(&fake, "[engine.openai_realtime]\ngreeting = \"\"\nanswer_timeout_ms = 1000\n").await;
+    let failed = |srv: &TestServer| srv.metric("callbridge_engine_errors_total", &[("kind", "response_failed")]);
+    let before = failed(&srv);
+    let mut tw = FakeTwilio::connect(&srv.url(), 1).await;
+    tw.start().await;
+    let speech = ulaw_fixture("caller_short_8k.wav");
+    // The turn ends in the fixture's trailing silence; 2.5 s more of silence covers the 1 s watchdog.
+    let got = talk(&mut tw, &speech, 125).await;
+    let heard = media_bytes(&got);
+    let fallback: Vec<u8> = {
+        let pcm = callbridge::engine::local::load_clip("builtin:fallback").unwrap();
+        let mut u = vec![0u8; pcm.len()];
+        callbridge::audio::g711::ulaw_encode(&pcm, &mut u);
+        u
+    };
+    assert!(heard.len() >= 4000, "the caller is not left in silence ({} bytes)", heard.len());
+    assert!(canon(&heard) == canon(&fallback[..heard.len().min(fallback.len())]), "what plays is the fallback");
+    assert_eq!(failed(&srv), before + 1.0, "counted as a failed response");
+    let cancels = fake.of_type("response.cancel");
+    assert_eq!(cancels.len(), 1, "the silent response is cancelled on the engine's side");
+    until_quiet(&mut tw, Duration::from_secs(8)).await;
+    // The call goes on: the next turn is answered by the engine as usual.
+    let got = talk(&mut tw, &speech, 100).await;
+    let heard = media_bytes(&got);
+    assert!(heard.len() > 4000, "answered after the silence ({} bytes)", heard.len());
+    assert!(canon(&heard) == canon(&reply()[..heard.len()]), "with the engine's reply");
+    assert_eq!(fake.of_type("response.create").len(), 2, "one request per turn, none lost or doubled");
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_greeting_is_spoken_first() {
     let fake = FakeRealtime::start(FakeRealtimeConfig::new(reply())).await.unwrap();
     let srv = rt_server(&fake, "").await;

@@ -44,6 +44,9 @@ pub struct FakeRealtimeConfig {
     /// Server VAD: emit `input_audio_buffer.speech_started` when loud caller
     /// audio starts (once per run of loud appends).
     pub server_vad: bool,
+    /// Say nothing at all (socket open, no `response.created`, no error) to
+    /// this many `response.create`s after caller audio: an engine gone silent.
+    pub ignore_creates: u32,
 }
 
 impl FakeRealtimeConfig {
@@ -58,6 +61,7 @@ impl FakeRealtimeConfig {
             refuse_reconnect: false,
             refuse_status: None,
             server_vad: false,
+            ignore_creates: 0,
         }
     }
 }
@@ -70,6 +74,7 @@ struct Shared {
     connections: AtomicU32,
     headers: Mutex<Vec<(String, Option<String>)>>,
     responses: AtomicU32,
+    ignored: AtomicU32,
     tool_used: Mutex<bool>,
 }
 
@@ -246,6 +251,11 @@ async fn serve(ws: WebSocket, cfg: Arc<FakeRealtimeConfig>, shared: Arc<Shared>,
                 c.send(json!({"type": "conversation.item.truncated", "item_id": v["item_id"],
                     "content_index": 0, "audio_end_ms": v["audio_end_ms"]}))
                     .await
+            }
+            "response.create" if since_commit && shared.ignored.load(Ordering::Relaxed) < cfg.ignore_creates => {
+                shared.ignored.fetch_add(1, Ordering::Relaxed);
+                since_commit = false;
+                true
             }
             "response.create" => {
                 let r = shared.responses.fetch_add(1, Ordering::Relaxed) + 1;

@@ -87,6 +87,7 @@ pub fn realtime_events(data: &[u8]) {
         silence_duration_ms: 500,
         connect_timeout: Duration::from_secs(5),
         max_queued: 64,
+        answer_timeout: Duration::from_secs(5),
     });
     for m in lines(data) {
         let Ok(text) = std::str::from_utf8(m) else { continue };

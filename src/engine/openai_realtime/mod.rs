@@ -112,6 +112,9 @@ pub struct RealtimeConfig {
     pub connect_timeout: Duration,
     /// Messages queued towards the socket before audio is dropped.
     pub max_queued: usize,
+    /// A response asked for (or under way) with nothing from the engine for
+    /// this long is given up: the caller hears the fallback, the call goes on.
+    pub answer_timeout: Duration,
 }
 
 impl std::fmt::Debug for RealtimeConfig {
@@ -203,6 +206,14 @@ pub struct RealtimeEngine {
     creates_sent: u64,
     /// Sum of every `response.done.usage` (input, output, total tokens).
     usage: [u64; 3],
+    /// The latest `now` we were driven with.
+    now: Option<Instant>,
+    /// When the engine last sent anything (the answer watchdog counts from here
+    /// while a response is asked for or active).
+    last_heard: Option<Instant>,
+    /// Responses given up on before their `response.created`: when one still
+    /// arrives it is cancelled, never played.
+    abandoned_creates: u32,
 }
 
 /// Errors that mean the session cannot go on (auth, quota, bad config).
@@ -236,7 +247,51 @@ impl RealtimeEngine {
             waiting: VecDeque::new(),
             creates_sent: 0,
             usage: [0; 3],
+            now: None,
+            last_heard: None,
+            abandoned_creates: 0,
         }
+    }
+
+    /// When the answer watchdog fires, if a response is awaited.
+    fn answer_deadline(&self) -> Option<Instant> {
+        if self.creating.is_none() && !self.active {
+            return None;
+        }
+        Some(self.last_heard? + self.cfg.answer_timeout)
+    }
+
+    /// The engine said nothing for `answer_timeout` while a response was asked
+    /// for or under way: give it up (cancel it on the engine's side, finish it
+    /// here so nothing later plays), fail it to the session (which plays the
+    /// fallback) unless the caller had already cut it off, and let the next
+    /// request go out.
+    fn give_up_answer(&mut self, now: Instant) {
+        let waited = now.saturating_duration_since(self.last_heard.unwrap_or(now));
+        self.send(json!({"type": "response.cancel"}));
+        let mut failed = None;
+        for r in self.responses.iter_mut().filter(|r| !r.done) {
+            if !r.cancelled {
+                failed = Some(r.ours);
+            }
+            (r.done, r.cancelled) = (true, true);
+            self.events.push_back(EngineEvent::ResponseDone(r.ours));
+        }
+        let was_creating = self.creating.take().is_some();
+        if was_creating {
+            self.abandoned_creates += 1;
+        }
+        self.active = false;
+        self.waiting.clear();
+        if failed.is_some() || was_creating {
+            let response = failed.unwrap_or_else(|| self.alloc());
+            self.events.push_back(EngineEvent::ResponseFailed {
+                response,
+                code: "engine_silent".into(),
+                message: format!("the engine sent nothing for {} ms while answering", waited.as_millis()),
+            });
+        }
+        self.last_heard = Some(now);
     }
 
     /// The configuration.
@@ -276,6 +331,7 @@ impl RealtimeEngine {
         }
         self.send(msg);
         self.creating = Some(Creating { event_id, body });
+        self.last_heard = self.now;
     }
 
     /// The active response is over: send the next one waiting.
@@ -409,6 +465,26 @@ impl RealtimeEngine {
         match m.kind {
             "response.created" => {
                 let id = m.response.as_ref().and_then(|r| r["id"].as_str()).unwrap_or_default().to_string();
+                if self.creating.is_none() && self.abandoned_creates > 0 {
+                    // The answer to a request we gave up on: never play it.
+                    self.abandoned_creates -= 1;
+                    self.send(json!({"type": "response.cancel", "response_id": id}));
+                    // Known (so its later events find it) but never started: the session never hears of it.
+                    let ours = self.alloc();
+                    if self.responses.len() >= 16 {
+                        self.responses.pop_front();
+                    }
+                    self.responses.push_back(Resp {
+                        ours,
+                        theirs: id,
+                        item: None,
+                        samples: 0,
+                        cancelled: true,
+                        done: true,
+                        truncated: true,
+                    });
+                    return Ok(());
+                }
                 self.creating = None;
                 self.active = true;
                 self.resp_for(&id);
@@ -518,7 +594,10 @@ impl RealtimeEngine {
                         message,
                     });
                 }
-                self.response_finished();
+                // One we gave up on (finished here already) frees nothing: another may be active now.
+                if !(was_done && cancelled) {
+                    self.response_finished();
+                }
             }
             "error" => {
                 let e = m.error.unwrap_or_default();
@@ -621,6 +700,7 @@ impl super::registry::EngineFactory for RealtimeFactory {
             silence_duration_ms: rc.silence_duration_ms,
             connect_timeout: Duration::from_millis(rc.connect_timeout_ms),
             max_queued: rc.max_queued_messages,
+            answer_timeout: Duration::from_millis(rc.answer_timeout_ms),
         })))
     }
 }
@@ -668,7 +748,8 @@ impl Engine for RealtimeEngine {
         }]
     }
 
-    fn handle_command(&mut self, _now: Instant, cmd: EngineCommand<'_>) {
+    fn handle_command(&mut self, now: Instant, cmd: EngineCommand<'_>) {
+        self.now = Some(now);
         match cmd {
             EngineCommand::Start => {
                 if let Some(g) = self.cfg.greeting.clone().filter(|g| !g.trim().is_empty()) {
@@ -694,7 +775,11 @@ impl Engine for RealtimeEngine {
         }
     }
 
-    fn handle_link(&mut self, _now: Instant, _link: usize, ev: LinkEvent<'_>) {
+    fn handle_link(&mut self, now: Instant, _link: usize, ev: LinkEvent<'_>) {
+        self.now = Some(now);
+        if matches!(ev, LinkEvent::Text(_) | LinkEvent::Up { .. }) {
+            self.last_heard = Some(now);
+        }
         match ev {
             LinkEvent::Up { reconnected: true } => self.on_reconnect(),
             LinkEvent::Up { reconnected: false } => self.events.push_back(EngineEvent::Connected),
@@ -722,5 +807,16 @@ impl Engine for RealtimeEngine {
 
     fn poll_transmit(&mut self) -> Option<(usize, LinkMsg)> {
         self.out.pop_front().map(|m| (0, LinkMsg::Text(m)))
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.answer_deadline()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.now = Some(now);
+        if self.answer_deadline().is_some_and(|d| now >= d) {
+            self.give_up_answer(now);
+        }
     }
 }

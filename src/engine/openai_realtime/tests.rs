@@ -19,6 +19,7 @@ fn cfg(turn: TurnMode) -> RealtimeConfig {
         silence_duration_ms: 500,
         connect_timeout: Duration::from_secs(5),
         max_queued: 64,
+        answer_timeout: Duration::from_secs(5),
     }
 }
 
@@ -333,4 +334,101 @@ fn the_report_sums_every_responses_token_usage() {
     let r = c.report();
     assert_eq!((r.model.as_str(), r.voice.as_str()), ("gpt-realtime", "alloy"));
     assert_eq!(r.usage, Some(json!({"input_tokens": 100, "output_tokens": 50, "total_tokens": 150})));
+}
+
+fn link(c: &mut RealtimeEngine, at: Instant, m: &str) {
+    c.handle_link(at, 0, LinkEvent::Text(m));
+}
+
+fn failed_silent(evs: &[EngineEvent]) -> usize {
+    evs.iter().filter(|e| matches!(e, EngineEvent::ResponseFailed { code, .. } if code == "engine_silent")).count()
+}
+
+#[test]
+fn an_engine_that_never_answers_is_given_up_and_its_late_answer_never_plays() {
+    let t0 = now();
+    let mut c = RealtimeEngine::new(cfg(TurnMode::Local));
+    c.handle_link(t0, 0, LinkEvent::Up { reconnected: false });
+    c.handle_command(t0, EngineCommand::Audio(AudioRef::Encoded(&[0x55; 160])));
+    c.handle_command(t0, EngineCommand::EndOfTurn);
+    assert_eq!(types(&mut c), ["input_audio_buffer.append", "input_audio_buffer.commit", "response.create"]);
+    let _ = outputs(&mut c);
+    let deadline = c.poll_timeout().expect("a response is awaited");
+    assert_eq!(deadline, t0 + Duration::from_secs(5));
+    // Before the deadline nothing happens.
+    c.handle_timeout(deadline - Duration::from_millis(1));
+    assert!(outputs(&mut c).is_empty());
+    c.handle_timeout(deadline);
+    assert_eq!(failed_silent(&outputs(&mut c)), 1, "the session is told, and plays the fallback");
+    assert_eq!(types(&mut c), ["response.cancel"]);
+    assert_eq!(c.poll_timeout(), None, "nothing awaited any more");
+    // The answer turns up after all: cancelled, never started, its audio dropped.
+    let late = t0 + Duration::from_secs(6);
+    link(&mut c, late, r#"{"type":"response.created","response":{"id":"resp_late"}}"#);
+    link(&mut c, late, r#"{"type":"response.output_audio.delta","response_id":"resp_late","delta":"VVVV"}"#);
+    let evs = outputs(&mut c);
+    assert!(!evs.iter().any(|e| matches!(e, EngineEvent::ResponseStarted(_) | EngineEvent::Audio(_))), "{evs:?}");
+    let cancel = drain(&mut c);
+    assert_eq!(cancel[0]["type"], "response.cancel");
+    assert_eq!(cancel[0]["response_id"], "resp_late");
+    // The next turn is asked for as usual and plays.
+    c.handle_command(late, EngineCommand::EndOfTurn);
+    assert_eq!(types(&mut c), ["response.create"]);
+    link(&mut c, late, r#"{"type":"response.created","response":{"id":"resp_2"}}"#);
+    link(&mut c, late, r#"{"type":"response.output_audio.delta","response_id":"resp_2","delta":"VVVV"}"#);
+    let evs = outputs(&mut c);
+    assert!(matches!(evs[0], EngineEvent::ResponseStarted(_)), "{evs:?}");
+    assert!(evs.iter().any(|e| matches!(e, EngineEvent::Audio(_))));
+    // The abandoned one's `response.done` does not end the active one: a
+    // further request still waits for resp_2 (one active response at a time).
+    link(&mut c, late, r#"{"type":"response.done","response":{"id":"resp_late","status":"cancelled"}}"#);
+    c.handle_command(late, EngineCommand::EndOfTurn);
+    assert!(types(&mut c).is_empty(), "waits for resp_2");
+    link(&mut c, late, r#"{"type":"response.done","response":{"id":"resp_2","status":"completed"}}"#);
+    assert_eq!(types(&mut c), ["response.create"]);
+}
+
+#[test]
+fn a_response_that_stalls_midway_is_given_up_but_a_slow_steady_one_is_not() {
+    let t0 = now();
+    let mut c = RealtimeEngine::new(cfg(TurnMode::Local));
+    c.handle_command(t0, EngineCommand::EndOfTurn);
+    let _ = drain(&mut c);
+    // Steady: something every 4 s for 20 s keeps it alive.
+    link(&mut c, t0, r#"{"type":"response.created","response":{"id":"resp_1"}}"#);
+    for i in 1..=5u64 {
+        let at = t0 + Duration::from_secs(4 * i);
+        c.handle_timeout(at);
+        link(&mut c, at, r#"{"type":"response.output_audio.delta","response_id":"resp_1","delta":"VVVV"}"#);
+    }
+    assert_eq!(failed_silent(&outputs(&mut c)), 0, "an engine that keeps talking is not silent");
+    // Then it stops mid-response.
+    let last = t0 + Duration::from_secs(20);
+    assert_eq!(c.poll_timeout(), Some(last + Duration::from_secs(5)));
+    c.handle_timeout(last + Duration::from_secs(5));
+    let evs = outputs(&mut c);
+    assert!(evs.iter().any(|e| matches!(e, EngineEvent::ResponseDone(_))), "its playback is finished: {evs:?}");
+    assert_eq!(failed_silent(&evs), 1);
+    link(
+        &mut c,
+        last + Duration::from_secs(6),
+        r#"{"type":"response.output_audio.delta","response_id":"resp_1","delta":"VVVV"}"#,
+    );
+    assert!(!outputs(&mut c).iter().any(|e| matches!(e, EngineEvent::Audio(_))), "late audio is dropped");
+}
+
+#[test]
+fn a_response_the_caller_cut_off_is_finished_quietly_when_the_engine_goes_silent() {
+    let t0 = now();
+    let mut c = RealtimeEngine::new(cfg(TurnMode::Local));
+    c.handle_command(t0, EngineCommand::EndOfTurn);
+    link(&mut c, t0, r#"{"type":"response.created","response":{"id":"resp_1"}}"#);
+    let id = match outputs(&mut c).first() {
+        Some(EngineEvent::ResponseStarted(id)) => *id,
+        other => panic!("{other:?}"),
+    };
+    c.handle_command(t0, EngineCommand::Cancel { response: id, heard_ms: 0 });
+    c.handle_timeout(t0 + Duration::from_secs(5));
+    assert_eq!(failed_silent(&outputs(&mut c)), 0, "no fallback over a caller who barged in");
+    assert_eq!(c.poll_timeout(), None);
 }
