@@ -64,18 +64,16 @@ fn each_fuzz_target_has_its_libfuzzer_entry() {
 }
 
 #[test]
-fn the_webhook_seeds_reach_the_handlers_behind_the_routes() {
+fn every_webhook_route_the_harness_picks_reaches_its_handler() {
     // The harness is only worth its run time if its inputs get past routing:
-    // no seed may meet the router's own empty 404 or a 405 (a handler's 404
-    // says what it did not find), and the plain Twilio voice webhook for a
-    // number with no tenant is answered with the embedded default's TwiML.
-    for (name, input) in files(Path::new("fuzz/corpus/webhooks")).iter().filter(|(n, _)| n.starts_with("seed-")) {
-        let (status, body) = callbridge_testkit::fuzz::webhook_status(input).expect("a request");
-        assert!(
-            !(status == 404 && body.is_empty()) && status != 405,
-            "{name}: {status} {}",
-            String::from_utf8_lossy(&body)
-        );
+    // whatever route the first byte picks must not meet the router's own
+    // empty 404 or a 405 (a handler's 404 says what it did not find), and a
+    // plain Twilio voice webhook for the tenant's number (unsigned, as the
+    // harness allows) is answered with a stream.
+    for route in 0..=255u8 {
+        let input = [route, b'c', b'a', b'l', b'l', b'=', b'c', b'_', b'1', b'\n', b'{', b'}'];
+        let (status, body) = callbridge_testkit::fuzz::webhook_status(&input).expect("a request");
+        assert!(!(status == 404 && body.is_empty()) && status != 405, "route {route}: {status}");
     }
     let voice = b"\x00\nCallSid=CA1&AccountSid=AC1&From=%2B15557770000&To=%2B15550001111&CallStatus=ringing";
     let (status, body) = callbridge_testkit::fuzz::webhook_status(voice).unwrap();
