@@ -192,7 +192,7 @@ fn realtime_bench(c: &mut Criterion) {
         silence_duration_ms: 500,
         connect_timeout: std::time::Duration::from_secs(5),
         max_queued: 64,
-        answer_timeout: Duration::from_secs(5),
+        answer_timeout: std::time::Duration::from_secs(5),
     };
     let mut engine = RealtimeEngine::new(cfg);
     engine.on_message(r#"{"type":"response.created","response":{"id":"resp_1"}}"#).unwrap();

@@ -197,6 +197,31 @@ impl CallStore {
         .optional()?)
     }
 
+    /// Calls with no end: what a process that died (`kill -9`, power loss)
+    /// left behind, for [`crate::runtime::recovery`] at the next start
+    /// (blocking; oldest first).
+    pub fn unfinished(&self) -> Result<Vec<CallRow>, StoreError> {
+        let c = self.read.lock().expect("store lock");
+        let mut st = c.prepare(
+            "SELECT call_id, tenant, from_number, to_number, started_at, recording, recording_loss
+             FROM calls WHERE ended_at IS NULL ORDER BY started_at",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(CallRow {
+                call_id: r.get(0)?,
+                tenant: r.get(1)?,
+                from: r.get(2)?,
+                to: r.get(3)?,
+                started_at: r.get(4)?,
+                ended_at: None,
+                reason: None,
+                recording: r.get(5)?,
+                recording_loss: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// One call's events in `seq` order (blocking).
     pub fn events(&self, call_id: &str) -> Result<Vec<Value>, StoreError> {
         let c = self.read.lock().expect("store lock");

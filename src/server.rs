@@ -205,6 +205,8 @@ pub async fn serve(
         header_read_timeout: Duration::from_millis(l.header_read_timeout_ms),
         send_buffer: state.config.server.socket_send_buffer_bytes,
     };
+    // Calls a process that died left open are ended before any new one comes.
+    crate::runtime::recovery::recover(&state.call, &state.tenants);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut served =
         vec![tokio::spawn(crate::listener::run(listeners.public, router(state.clone()), limits, stop_rx.clone()))];

@@ -9,6 +9,7 @@ pub mod capacity;
 pub mod dialing;
 pub mod engine_link;
 pub mod parked;
+pub mod recovery;
 pub mod registry;
 pub mod transport;
 pub mod turn_pool;

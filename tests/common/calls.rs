@@ -104,11 +104,20 @@ pub fn voice_params(tw: &FakeTwilio, to: &str) -> Vec<(String, String)> {
 
 /// POST the voice webhook as Twilio would (signed unless `signature` is given).
 pub async fn webhook(srv: &TestServer, params: &[(String, String)], signature: Option<&str>) -> (u16, String) {
+    webhook_at(srv.addr, params, signature).await
+}
+
+/// [`webhook`] to a server at `addr` (a spawned binary, say).
+pub async fn webhook_at(
+    addr: std::net::SocketAddr,
+    params: &[(String, String)],
+    signature: Option<&str>,
+) -> (u16, String) {
     let sig = signature
         .map(str::to_string)
         .unwrap_or_else(|| twsig::compute(AUTH_TOKEN, "https://cb.example.com/twilio/voice", params));
     let r = reqwest::Client::new()
-        .post(format!("http://{}/twilio/voice", srv.addr))
+        .post(format!("http://{addr}/twilio/voice"))
         .header("X-Twilio-Signature", sig)
         .form(params)
         .send()
@@ -143,8 +152,14 @@ pub fn stream_signature() -> String {
 
 /// Place a call to `to` through the webhook and open its signed stream.
 pub async fn call(srv: &TestServer, n: u64, to: &str) -> FakeTwilio {
-    let mut tw = FakeTwilio::connect_signed(&srv.url(), n, Some(&stream_signature())).await.expect("upgrade");
-    let (status, twiml) = webhook(srv, &voice_params(&tw, to), None).await;
+    call_at(srv.addr, n, to).await
+}
+
+/// [`call`] to a server at `addr`.
+pub async fn call_at(addr: std::net::SocketAddr, n: u64, to: &str) -> FakeTwilio {
+    let url = format!("ws://{addr}/twilio/stream");
+    let mut tw = FakeTwilio::connect_signed(&url, n, Some(&stream_signature())).await.expect("upgrade");
+    let (status, twiml) = webhook_at(addr, &voice_params(&tw, to), None).await;
     assert_eq!(status, 200, "{twiml}");
     let token = token_of(&twiml);
     tw.start_with(&[("from", "+15557770000"), ("to", to), ("cb_token", &token)]).await;

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod binary;
 pub mod calls;
 pub mod net;
 

@@ -1,0 +1,122 @@
+//! The real `callbridge` binary in a child process on 127.0.0.1, for tests
+//! that signal it (SIGTERM, SIGKILL) or restart it: a config in a temporary
+//! folder with tenant A's callback, database and recordings; killed and
+//! reaped on drop, folder removed.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::calls::*;
+
+pub struct Binary {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+/// A fresh folder for one test's config, database and recordings.
+pub fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cb-{name}-{}", callbridge::signature::random_hex()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A validating config with tenant A (callback at `callback_url`, API token
+/// `tenant-a-token`), the SQLite store and recordings under `dir`, then `extra`.
+pub fn tenant_config(dir: &Path, callback_url: &str, extra: &str) -> String {
+    let base = format!(
+        r#"
+[server]
+public_url = "{PUBLIC}"
+validate_twilio_signatures = true
+[engine.local]
+greeting_wav = ""
+[storage]
+database = "{db}"
+[recording]
+enabled = true
+dir = "{rec}"
+[callbacks]
+allow_private_networks = ["127.0.0.0/8"]
+[[numbers]]
+number = "{NUMBER_A}"
+callback_url = "{callback_url}"
+secret = "{SECRET_A}"
+api_token = "tenant-a-token"
+"#,
+        db = dir.join("cb.db").display(),
+        rec = dir.join("rec").display(),
+    );
+    merge_toml(&base, extra)
+}
+
+impl Binary {
+    /// Start the binary on `config` (written to `dir/cb.toml`) and wait until
+    /// `/healthz` answers.
+    pub async fn start(dir: &Path, config: &str) -> Self {
+        let cfg = dir.join("cb.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_callbridge"))
+            .args(["serve", "--config", cfg.to_str().unwrap(), "--listen", &addr.to_string()])
+            .env("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let b = Self { addr, child };
+        let t0 = std::time::Instant::now();
+        while b.get("/healthz", None).await != 200 {
+            assert!(t0.elapsed() < Duration::from_secs(20), "server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        b
+    }
+
+    /// GET `path`; the status (0 if it did not answer).
+    pub async fn get(&self, path: &str, token: Option<&str>) -> u16 {
+        let mut r = reqwest::Client::new().get(format!("http://{}{path}", self.addr));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+    }
+
+    /// Send `signal` (`TERM`, `KILL`) to the process.
+    pub fn signal(&self, signal: &str) {
+        Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
+    }
+
+    /// Wait for the process to exit (bounded).
+    pub fn wait_exit(&mut self, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A WAV whose header counts every sample in the file, and its length in
+/// seconds (stereo 16-bit: caller and bot).
+pub fn valid_wav_secs(path: &Path) -> f64 {
+    let size = std::fs::metadata(path).unwrap().len();
+    let rd = hound::WavReader::open(path).unwrap();
+    let spec = rd.spec();
+    let bytes_per_frame = spec.channels as u64 * spec.bits_per_sample as u64 / 8;
+    let frames = rd.duration() as u64;
+    assert_eq!(44 + frames * bytes_per_frame, size, "{}: the header counts every sample", path.display());
+    frames as f64 / spec.sample_rate as f64
+}
