@@ -26,6 +26,10 @@ use serde_json::Value;
 const MAX_QUEUED_EVENTS: usize = 65_536;
 /// Messages written per transaction at most.
 const BATCH: usize = 512;
+/// Rows kept while the database refuses writes; beyond it the oldest are lost (counted).
+const BACKLOG_MAX: usize = 200_000;
+/// While the database refuses writes, try it again at most this often.
+const BACKLOG_RETRY: Duration = Duration::from_secs(1);
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms(t: SystemTime) -> i64 {
@@ -57,11 +61,31 @@ pub struct CallRow {
 
 enum Msg {
     Started(CallRow),
-    Event { call_id: String, seq: u64, kind: String, body: String },
-    Ended { call_id: String, ended_at: i64, reason: String, recording_loss: Option<String> },
-    Delete { call_id: String, ack: Sender<Result<bool, StoreError>> },
-    DeleteTenant { tenant: String, ack: Sender<Result<usize, StoreError>> },
+    Event {
+        call_id: String,
+        seq: u64,
+        kind: String,
+        body: String,
+    },
+    Ended {
+        call_id: String,
+        ended_at: i64,
+        reason: String,
+        recording_loss: Option<String>,
+    },
+    Delete {
+        call_id: String,
+        ack: Sender<Result<bool, StoreError>>,
+    },
+    DeleteTenant {
+        tenant: String,
+        ack: Sender<Result<usize, StoreError>>,
+    },
     Sync(Sender<()>),
+    /// Tests: make the writer's connection refuse writes (`PRAGMA query_only`),
+    /// as a database turned read-only does.
+    #[cfg(test)]
+    ReadOnly(bool, Sender<()>),
 }
 
 /// Errors of the call store.
@@ -104,6 +128,11 @@ const SCHEMA: &str = "
 
 struct Writer {
     conn: Connection,
+    /// Rows the database refused (read-only, disk full, locked): kept, oldest
+    /// first, and written once it takes writes again (bounded: [`BACKLOG_MAX`]).
+    backlog: Vec<Msg>,
+    /// When the backlog was last tried.
+    backlog_tried: Option<std::time::Instant>,
     queued_events: Arc<AtomicUsize>,
     /// In-memory store: evict the oldest ended calls past this many.
     memory_max: Option<usize>,
@@ -130,6 +159,8 @@ impl CallStore {
         let queued_events = Arc::new(AtomicUsize::new(0));
         let mut writer = Writer {
             conn: w,
+            backlog: Vec::new(),
+            backlog_tried: None,
             queued_events: queued_events.clone(),
             memory_max: path.is_empty().then_some(memory_max_calls.max(1)),
             started_since_evict: 0,
@@ -297,7 +328,20 @@ fn delete_call(c: &Connection, call_id: &str) -> Result<bool, rusqlite::Error> {
 
 impl Writer {
     fn run(&mut self, rx: Receiver<Msg>) {
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = if self.backlog.is_empty() {
+                rx.recv().ok()
+            } else {
+                match rx.recv_timeout(BACKLOG_RETRY) {
+                    Ok(m) => Some(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.commit(Vec::new());
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                }
+            };
+            let Some(first) = first else { break };
             let mut batch = vec![first];
             while batch.len() < BATCH {
                 match rx.try_recv() {
@@ -306,6 +350,15 @@ impl Writer {
                 }
             }
             self.write(batch);
+        }
+        if !self.backlog.is_empty() {
+            self.backlog_tried = None;
+            self.commit(Vec::new());
+            if !self.backlog.is_empty() {
+                metrics::counter!(crate::metrics::STORE_FAILED, "kind" => "write_failed")
+                    .increment(self.backlog.len() as u64);
+                tracing::error!(lost = self.backlog.len(), "call store closed with records the database refused");
+            }
         }
     }
 
@@ -330,29 +383,54 @@ impl Writer {
         self.commit(rows);
     }
 
+    /// Write `rows` after any backlog, in one transaction (retried). Rows the
+    /// database refuses are kept in the backlog, never dropped unless it
+    /// overflows; while it is failing it is tried at most every [`BACKLOG_RETRY`].
     fn commit(&mut self, rows: Vec<Msg>) {
-        if rows.is_empty() {
+        if rows.is_empty() && self.backlog.is_empty() {
             return;
         }
         let events = rows.iter().filter(|m| matches!(m, Msg::Event { .. })).count();
+        self.queued_events.fetch_sub(events, Ordering::AcqRel);
+        let started = rows.iter().filter(|m| matches!(m, Msg::Started(_))).count();
+        let failing = !self.backlog.is_empty();
+        if failing && self.backlog_tried.is_some_and(|t| t.elapsed() < BACKLOG_RETRY) {
+            self.keep(rows);
+            return;
+        }
+        let mut all = std::mem::take(&mut self.backlog);
+        all.extend(rows);
+        let attempts = if failing { 1 } else { 3 };
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
-            match self.transaction(&rows) {
+            match self.transaction(&all) {
                 Ok(()) => break Ok(()),
-                Err(e) if attempt < 3 => {
+                Err(e) if attempt < attempts => {
                     tracing::debug!(error = %e, attempt, "call store write failed; retrying");
                     std::thread::sleep(Duration::from_millis(50 * attempt));
                 }
                 Err(e) => break Err(e),
             }
         };
-        self.queued_events.fetch_sub(events, Ordering::AcqRel);
-        if let Err(e) = result {
-            metrics::counter!(crate::metrics::STORE_FAILED, "kind" => "write_failed").increment(rows.len() as u64);
-            tracing::warn!(error = %e, lost = rows.len(), "call store write failed; records lost");
+        match result {
+            Ok(()) if failing => {
+                self.backlog_tried = None;
+                tracing::warn!(
+                    written = all.len(),
+                    "call store takes writes again; the records it refused are written"
+                );
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, kept = all.len(), "call store write failed; records kept and retried");
+                }
+                metrics::counter!(crate::metrics::STORE_FAILED, "kind" => "write_deferred").increment(all.len() as u64);
+                self.backlog_tried = Some(std::time::Instant::now());
+                self.keep(all);
+            }
         }
-        let started = rows.iter().filter(|m| matches!(m, Msg::Started(_))).count();
         self.started_since_evict += started;
         if let Some(max) = self.memory_max
             && self.started_since_evict >= 100.min(max)
@@ -362,6 +440,26 @@ impl Writer {
                 tracing::warn!(error = %e, "in-memory call store eviction failed");
             }
         }
+    }
+
+    /// Add refused rows to the backlog; past [`BACKLOG_MAX`] the oldest go (counted).
+    fn keep(&mut self, rows: Vec<Msg>) {
+        self.backlog.extend(rows);
+        let over = self.backlog.len().saturating_sub(BACKLOG_MAX);
+        if over > 0 {
+            self.backlog.drain(..over);
+            metrics::counter!(crate::metrics::STORE_FAILED, "kind" => "write_failed").increment(over as u64);
+            tracing::error!(lost = over, "call store refuses writes and its backlog is full; oldest records lost");
+        }
+    }
+
+    /// Forget backlog rows of deleted calls (a deletion must not come back).
+    fn purge(&mut self, deleted: &dyn Fn(&str) -> bool) {
+        self.backlog.retain(|m| match m {
+            Msg::Started(r) => !deleted(&r.call_id),
+            Msg::Event { call_id, .. } | Msg::Ended { call_id, .. } => !deleted(call_id),
+            _ => true,
+        });
     }
 
     fn transaction(&mut self, rows: &[Msg]) -> Result<(), rusqlite::Error> {
@@ -396,10 +494,13 @@ impl Writer {
     fn answer(&mut self, m: Msg) {
         match m {
             Msg::Delete { call_id, ack } => {
-                let _ = ack.send(delete_call(&self.conn, &call_id).map_err(StoreError::from));
+                let kept = self.backlog.len();
+                self.purge(&|id| id == call_id);
+                let r = delete_call(&self.conn, &call_id).map(|n| n || self.backlog.len() < kept);
+                let _ = ack.send(r.map_err(StoreError::from));
             }
             Msg::DeleteTenant { tenant, ack } => {
-                let r = (|| {
+                let r: Result<Vec<String>, StoreError> = (|| {
                     let ids: Vec<String> = {
                         let mut st = self.conn.prepare("SELECT call_id FROM calls WHERE tenant = ?1")?;
                         st.query_map(params![tenant], |r| r.get(0))?.collect::<Result<_, _>>()?
@@ -407,11 +508,28 @@ impl Writer {
                     for id in &ids {
                         delete_call(&self.conn, id)?;
                     }
-                    Ok(ids.len())
+                    Ok(ids)
                 })();
-                let _ = ack.send(r);
+                // Its calls' rows still waiting in the backlog go too (stored or not).
+                let mut theirs: std::collections::HashSet<String> =
+                    r.as_ref().map(|ids| ids.iter().cloned().collect()).unwrap_or_default();
+                let stored = theirs.len();
+                for m in &self.backlog {
+                    if let Msg::Started(row) = m
+                        && row.tenant.as_deref() == Some(tenant.as_str())
+                    {
+                        theirs.insert(row.call_id.clone());
+                    }
+                }
+                self.purge(&|id| theirs.contains(id));
+                let _ = ack.send(r.map(|_| stored.max(theirs.len())));
             }
             Msg::Sync(ack) => {
+                let _ = ack.send(());
+            }
+            #[cfg(test)]
+            Msg::ReadOnly(on, ack) => {
+                self.conn.pragma_update(None, "query_only", on).expect("pragma");
                 let _ = ack.send(());
             }
             _ => {}
@@ -552,6 +670,49 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM calls WHERE reason = 'hangup'", [], |r| r.get(0))
             .unwrap();
         assert_eq!(ended, 10_000);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn records_the_database_refuses_are_kept_and_written_once_it_takes_writes_again() {
+        let dir = std::env::temp_dir().join(format!("cb-store-ro-{}", crate::signature::random_hex()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cb.db");
+        let s = CallStore::open(path.to_str().unwrap(), 10).unwrap();
+        let read_only = |on: bool| {
+            let (tx, rx) = mpsc::channel();
+            s.send(Msg::ReadOnly(on, tx));
+            rx.recv().unwrap();
+        };
+        s.started(row("c1", "t1", None));
+        s.sync();
+        read_only(true);
+        // Refused: the rows of a live call (c2), the end of c1, and a call (c3)
+        // deleted before the database recovers.
+        s.started(row("c2", "t1", None));
+        for seq in 1..=50 {
+            s.event("c2", seq, "turn.user", format!(r#"{{"seq":{seq}}}"#));
+        }
+        s.ended("c1", "caller_hangup", None);
+        s.started(row("c3", "t2", None));
+        s.event("c3", 1, "turn.user", "{}".into());
+        s.sync();
+        assert_eq!(s.call("c2").unwrap(), None, "not written while refused");
+        assert_eq!(s.call("c1").unwrap().unwrap().ended_at, None);
+        // The database refuses the deletion too (the caller is told, and may
+        // retry), but the rows still waiting never reach it.
+        assert!(s.delete("c3").is_err(), "a refused deletion says so");
+        read_only(false);
+        // Retried on the writer's next beat (≤ BACKLOG_RETRY), no new record needed.
+        let t0 = std::time::Instant::now();
+        while s.call("c2").unwrap().is_none() {
+            assert!(t0.elapsed() < Duration::from_secs(5), "the kept records were written");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(s.events("c2").unwrap().len(), 50, "every event, none lost");
+        assert_eq!(s.call("c1").unwrap().unwrap().reason.as_deref(), Some("caller_hangup"));
+        assert_eq!(s.call("c3").unwrap(), None, "the deleted call did not come back");
+        assert!(s.events("c3").unwrap().is_empty());
         let _ = std::fs::remove_dir_all(dir);
     }
 }
