@@ -316,6 +316,7 @@ pub struct TurnLatency {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct CallSummary {
     /// Why it ended: `caller_hangup`, `hangup`, `transferred`, `shutdown`,
+    /// `interrupted` (reported at the next start after the process died),
     /// `engine_error`, `protocol_error`, `slow_consumer`, `idle_timeout`, `transport_error`, `unauthorized`;
     /// for an outbound call that never connected: `busy`, `no_answer`, `failed`, `canceled`, `machine`.
     pub reason: String,
