@@ -29,7 +29,7 @@ struct Cli {
     /// Steady state after the ramp (e.g. 60s).
     #[arg(long, default_value = "30s", value_parser = parse_dur)]
     duration: Duration,
-    /// Scenario or weighted mix: talk, barge-in, silence, dtmf, hangup-mid-reply; e.g. `talk=3,barge-in=1`.
+    /// Scenario or weighted mix: talk, barge-in, silence, dtmf, hangup-mid-reply, short; e.g. `talk=3,barge-in=1`.
     #[arg(long, default_value = "talk")]
     scenario: Mix,
     /// Server pid: sample its CPU and RSS from /proc.
@@ -74,6 +74,10 @@ struct Cli {
     /// The number called through `--webhook`.
     #[arg(long, default_value = "+15550100001")]
     to: String,
+    /// Place at most this many calls in all (with `short` or `hangup-mid-reply`,
+    /// which call again after each hang-up); the run ends early once they are done.
+    #[arg(long)]
+    total_calls: Option<u64>,
 }
 
 fn parse_dur(s: &str) -> Result<Duration, String> {
@@ -126,6 +130,7 @@ fn main() -> anyhow::Result<()> {
         progress: !cli.quiet,
         carrier: cli.carrier,
         webhook: cli.webhook.map(|url| loadtest::run::Webhook { url, to: cli.to, http: reqwest::Client::new() }),
+        total_calls: cli.total_calls,
     };
     if opts.webhook.is_some() && opts.carrier != loadtest::run::CarrierKind::Twilio {
         anyhow::bail!("--webhook places Twilio calls only");

@@ -43,6 +43,9 @@ pub struct Options {
     pub carrier: CarrierKind,
     /// Place Twilio calls through the voice webhook first.
     pub webhook: Option<Webhook>,
+    /// Stop placing calls after this many in all (re-calling scenarios:
+    /// `short`, `hangup-mid-reply`); the run ends when the last one does.
+    pub total_calls: Option<u64>,
 }
 
 /// A Twilio voice webhook to place calls through (so they reach a number's backend).
@@ -188,6 +191,8 @@ pub struct Live {
     pub turns: AtomicU64,
     /// failures
     pub failures: AtomicU64,
+    /// calls placed so far (for `total_calls`)
+    pub placed: AtomicU64,
 }
 
 /// What one call (connection) produced.
@@ -261,7 +266,7 @@ pub async fn run(opts: Options) -> anyhow::Result<RunData> {
     // Sample the server once a second while the calls run.
     let mut samples = Vec::new();
     let mut sec = tokio::time::interval_at(t0 + Duration::from_secs(1), Duration::from_secs(1));
-    while Instant::now() < t_end {
+    while Instant::now() < t_end && !handles.iter().all(|h| h.is_finished()) {
         sec.tick().await;
         let t = (Instant::now() - t0).as_secs_f64();
         if let Some(r) = &mut reader
@@ -309,16 +314,20 @@ pub struct RunData {
     pub generator: Vec<ProcSample>,
 }
 
-/// One simulated caller slot: calls (and calls again after a hang-up) until `t_end`.
+/// One simulated caller slot: calls (and calls again after a hang-up) until
+/// `t_end`, or until the run has placed `total_calls`.
 async fn call_loop(i: u64, o: Options, t0: Instant, t_end: Instant, live: Arc<Live>) -> Vec<CallOutcome> {
     let scenario = o.mix.pick(i);
     let mut out = Vec::new();
     let mut attempt = 0u64;
     while Instant::now() + Duration::from_millis(500) < t_end {
-        let id = i * 1_000 + attempt;
+        if o.total_calls.is_some_and(|n| live.placed.fetch_add(1, Ordering::Relaxed) >= n) {
+            break;
+        }
+        let id = i * 100_000 + attempt;
         attempt += 1;
         let outcome = one_call(id, scenario, &o, t0, t_end, &live).await;
-        let again = scenario == Scenario::HangupMidReply && outcome.connect_ms.is_some();
+        let again = matches!(scenario, Scenario::HangupMidReply | Scenario::Short) && outcome.connect_ms.is_some();
         out.push(outcome);
         if !again {
             break;

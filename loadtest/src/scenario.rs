@@ -19,12 +19,21 @@ pub enum Scenario {
     Dtmf,
     /// Hang up while the bot is answering, then call again.
     HangupMidReply,
+    /// One turn, the whole answer heard, hang up, then call again (churn:
+    /// thousands of short calls in sequence, for leaks).
+    Short,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 5] =
-        [Scenario::Talk, Scenario::BargeIn, Scenario::Silence, Scenario::Dtmf, Scenario::HangupMidReply];
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Talk,
+        Scenario::BargeIn,
+        Scenario::Silence,
+        Scenario::Dtmf,
+        Scenario::HangupMidReply,
+        Scenario::Short,
+    ];
 
     /// CLI name.
     pub fn name(&self) -> &'static str {
@@ -34,6 +43,7 @@ impl Scenario {
             Scenario::Silence => "silence",
             Scenario::Dtmf => "dtmf",
             Scenario::HangupMidReply => "hangup-mid-reply",
+            Scenario::Short => "short",
         }
     }
 }
@@ -50,7 +60,7 @@ impl FromStr for Scenario {
         Scenario::ALL
             .into_iter()
             .find(|x| x.name() == s)
-            .ok_or_else(|| format!("unknown scenario {s:?} (talk, barge-in, silence, dtmf, hangup-mid-reply)"))
+            .ok_or_else(|| format!("unknown scenario {s:?} (talk, barge-in, silence, dtmf, hangup-mid-reply, short)"))
     }
 }
 

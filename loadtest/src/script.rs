@@ -225,6 +225,17 @@ impl Script {
                         self.start_speaking(false);
                     }
                 }
+                Scenario::Short => {
+                    let quiet = !self.bot_playing(now) && quiet_for >= self.timing.quiet_before_speaking_ms;
+                    if self.book.turns == 0 {
+                        if quiet || (!self.heard_any_bot && now - since >= 1000.0) {
+                            self.start_speaking(false);
+                        }
+                    } else if self.awaiting_reply.is_none() && quiet {
+                        // Answered and heard in full (or given up on: counted as no_reply).
+                        self.phase = Phase::Done;
+                    }
+                }
                 Scenario::Silence | Scenario::Dtmf => {}
             }
         }

@@ -29,6 +29,7 @@ async fn a_few_calls_talk_and_barge_in_against_a_real_server() {
         progress: false,
         carrier: Default::default(),
         webhook: None,
+        total_calls: None,
     };
     let data = run(opts.clone()).await.unwrap();
     let report = Report::build(&opts, data);
