@@ -88,6 +88,24 @@ enum Msg {
     ReadOnly(bool, Sender<()>),
 }
 
+/// The columns [`call_row`] reads, in its order.
+const ROW_COLUMNS: &str =
+    "call_id, tenant, from_number, to_number, started_at, ended_at, reason, recording, recording_loss";
+
+fn call_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CallRow> {
+    Ok(CallRow {
+        call_id: r.get(0)?,
+        tenant: r.get(1)?,
+        from: r.get(2)?,
+        to: r.get(3)?,
+        started_at: r.get(4)?,
+        ended_at: r.get(5)?,
+        reason: r.get(6)?,
+        recording: r.get(7)?,
+        recording_loss: r.get(8)?,
+    })
+}
+
 /// Errors of the call store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -207,25 +225,8 @@ impl CallStore {
     /// One call's row (blocking).
     pub fn call(&self, call_id: &str) -> Result<Option<CallRow>, StoreError> {
         let c = self.read.lock().expect("store lock");
-        Ok(c.query_row(
-            "SELECT call_id, tenant, from_number, to_number, started_at, ended_at, reason, recording, recording_loss
-             FROM calls WHERE call_id = ?1",
-            params![call_id],
-            |r| {
-                Ok(CallRow {
-                    call_id: r.get(0)?,
-                    tenant: r.get(1)?,
-                    from: r.get(2)?,
-                    to: r.get(3)?,
-                    started_at: r.get(4)?,
-                    ended_at: r.get(5)?,
-                    reason: r.get(6)?,
-                    recording: r.get(7)?,
-                    recording_loss: r.get(8)?,
-                })
-            },
-        )
-        .optional()?)
+        Ok(c.query_row(&format!("SELECT {ROW_COLUMNS} FROM calls WHERE call_id = ?1"), params![call_id], call_row)
+            .optional()?)
     }
 
     /// Calls with no end: what a process that died (`kill -9`, power loss)
@@ -233,23 +234,9 @@ impl CallStore {
     /// (blocking; oldest first).
     pub fn unfinished(&self) -> Result<Vec<CallRow>, StoreError> {
         let c = self.read.lock().expect("store lock");
-        let mut st = c.prepare(
-            "SELECT call_id, tenant, from_number, to_number, started_at, recording, recording_loss
-             FROM calls WHERE ended_at IS NULL ORDER BY started_at",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok(CallRow {
-                call_id: r.get(0)?,
-                tenant: r.get(1)?,
-                from: r.get(2)?,
-                to: r.get(3)?,
-                started_at: r.get(4)?,
-                ended_at: None,
-                reason: None,
-                recording: r.get(5)?,
-                recording_loss: r.get(6)?,
-            })
-        })?;
+        let mut st =
+            c.prepare(&format!("SELECT {ROW_COLUMNS} FROM calls WHERE ended_at IS NULL ORDER BY started_at"))?;
+        let rows = st.query_map([], call_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -234,7 +234,7 @@ async fn a_carrier_that_vanishes_mid_reply_ends_the_call_with_what_the_caller_he
     assert_eq!(agent["interrupted"], true, "{agent}");
     let id = ended.body["call_id"].as_str().unwrap();
     srv.wait_no_calls().await;
-    valid_wav_secs(&dir.join("rec").join(format!("{id}.wav")));
+    finished_wav_secs(&dir.join("rec").join(format!("{id}.wav")), Duration::from_secs(5)).await;
     srv.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }

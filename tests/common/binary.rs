@@ -120,3 +120,22 @@ pub fn valid_wav_secs(path: &Path) -> f64 {
     assert_eq!(44 + frames * bytes_per_frame, size, "{}: the header counts every sample", path.display());
     frames as f64 / spec.sample_rate as f64
 }
+
+/// [`valid_wav_secs`] once the recording's writer (a thread of its own) has
+/// finished the file: polled, bounded.
+pub async fn finished_wav_secs(path: &Path, within: Duration) -> f64 {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let done = (|| {
+            let size = std::fs::metadata(path).ok()?.len();
+            let rd = hound::WavReader::open(path).ok()?;
+            let spec = rd.spec();
+            let frame = spec.channels as u64 * spec.bits_per_sample as u64 / 8;
+            (44 + rd.duration() as u64 * frame == size).then_some(())
+        })();
+        if done.is_some() || std::time::Instant::now() >= deadline {
+            return valid_wav_secs(path);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
