@@ -7,6 +7,8 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use callbridge::audio::g711;
 use callbridge::audio::vad::EnergyGate;
 use callbridge::audio::wav::read_wav_mono_i16;
@@ -21,6 +23,8 @@ pub struct Clip {
     pub name: String,
     /// µ-law frames of 160 bytes.
     pub frames: Vec<[u8; 160]>,
+    /// The same frames base64-encoded once, for carriers that send them so.
+    pub b64: Vec<String>,
     /// Index of the first speech frame.
     pub speech_start: usize,
     /// Index of the last speech frame.
@@ -46,7 +50,8 @@ impl Clip {
             bail!("{name}: no speech found");
         };
         let speech_end = levels.iter().rposition(|&l| l > SPEECH_DBFS).unwrap_or(speech_start);
-        Ok(Self { name: name.to_string(), frames, speech_start, speech_end, complete: true })
+        let b64 = frames.iter().map(|f| B64.encode(f)).collect();
+        Ok(Self { name: name.to_string(), frames, b64, speech_start, speech_end, complete: true })
     }
 
     /// Load an 8 kHz mono 16-bit WAV.
@@ -129,6 +134,7 @@ mod tests {
         assert_eq!(c.tail_frames(), 3);
         assert!(Clip::from_pcm("s", &[0; 800]).is_err());
         assert!(is_sound(&c.frames[4]));
+        assert_eq!(B64.decode(&c.b64[4]).unwrap(), c.frames[4]);
         assert!(!is_sound(&c.frames[0]));
     }
 

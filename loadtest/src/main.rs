@@ -57,7 +57,7 @@ struct Cli {
     /// Barge-in scenario: interrupt after this much bot audio (ms).
     #[arg(long, default_value_t = 1000)]
     barge_after_ms: u64,
-    /// Tokio worker threads for the generator.
+    /// Generator threads (tokio workers), each with its own frame ticker.
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// The callers' carrier protocol: twilio, telnyx or vonage (point --url at its stream path).
@@ -131,6 +131,7 @@ fn main() -> anyhow::Result<()> {
         carrier: cli.carrier,
         webhook: cli.webhook.map(|url| loadtest::run::Webhook { url, to: cli.to, http: reqwest::Client::new() }),
         total_calls: cli.total_calls,
+        tickers: cli.threads,
     };
     if opts.webhook.is_some() && opts.carrier != loadtest::run::CarrierKind::Twilio {
         anyhow::bail!("--webhook places Twilio calls only");

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::procstat::ProcSample;
 use crate::run::{Options, RunData, failures_by_kind};
 use crate::stats::Summary;
+use crate::ticker::LagSummary;
 
 /// Everything measured.
 #[derive(Debug, Serialize)]
@@ -61,6 +62,9 @@ pub struct Report {
     pub generator_cpu_percent: Summary,
     /// The generator's own CPU samples.
     pub generator_samples: Vec<ProcSample>,
+    /// How late the generator's ticker sent frames after their slot (if p99
+    /// nears the 20 ms frame period, the generator, not the server, was late).
+    pub generator_send_lag: LagSummary,
     /// (seconds since start, response latency ms)
     pub response_series: Vec<(f64, f64)>,
     /// (seconds since start, barge-in latency ms)
@@ -98,7 +102,7 @@ pub struct ServerStats {
 impl Report {
     /// Build from outcomes.
     pub fn build(opts: &Options, data: RunData) -> Self {
-        let RunData { outcomes, server: samples, idle_rss, generator } = data;
+        let RunData { outcomes, server: samples, idle_rss, generator, send_lag } = data;
         let outcomes = &outcomes[..];
         let mut resp = Vec::new();
         let mut barge = Vec::new();
@@ -189,6 +193,7 @@ impl Report {
                     .collect::<Vec<_>>(),
             ),
             generator_samples: generator,
+            generator_send_lag: send_lag,
             response_series: resp,
             barge_in_series: barge,
         }
@@ -241,11 +246,18 @@ impl Report {
         } else {
             let _ = writeln!(t, "failures: {:?}", self.failures);
         }
+        let lag = &self.generator_send_lag;
         let _ = writeln!(
             t,
-            "generator: steady CPU p50 {}% (p95 {}%) of its core",
+            "generator: steady CPU p50 {}% (p95 {}%) of its core; send lag p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms, {} of {} frames ≥ 5 ms late",
             f(self.generator_cpu_percent.p50),
-            f(self.generator_cpu_percent.p95)
+            f(self.generator_cpu_percent.p95),
+            lag.p50_ms,
+            lag.p99_ms,
+            lag.p999_ms,
+            lag.max_ms,
+            lag.late_5ms,
+            lag.frames
         );
         if let Some(s) = &self.server {
             let _ = writeln!(

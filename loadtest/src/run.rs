@@ -2,21 +2,20 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use callbridge_testkit::telnyx_peer::TelnyxPeer;
-use callbridge_testkit::twilio_peer::{PeerError, ServerMessage, TwilioPeer};
-use callbridge_testkit::vonage_peer::VonagePeer;
-use futures_util::{SinkExt, StreamExt};
-use tokio::time::{Instant, MissedTickBehavior, interval_at};
-use tokio_tungstenite::tungstenite::Message;
+use callbridge_testkit::twilio_peer::TwilioPeer;
+use tokio::time::Instant;
 
+use crate::caller::{CallSpec, run_call, slot_of};
 use crate::clip::Clip;
+use crate::peer::Peer;
 use crate::procstat::{ProcReader, ProcSample};
 use crate::scenario::{Mix, Scenario};
 use crate::script::{CallBook, Script, ScriptTiming};
+use crate::ticker::{LagHistogram, LagSummary, TickerHandle};
 
 /// Everything a run needs.
 #[derive(Debug, Clone)]
@@ -46,6 +45,8 @@ pub struct Options {
     /// Stop placing calls after this many in all (re-calling scenarios:
     /// `short`, `hangup-mid-reply`); the run ends when the last one does.
     pub total_calls: Option<u64>,
+    /// Frame tickers (one per generator thread).
+    pub tickers: usize,
 }
 
 /// A Twilio voice webhook to place calls through (so they reach a number's backend).
@@ -99,85 +100,6 @@ impl std::str::FromStr for CarrierKind {
             "telnyx" => Ok(CarrierKind::Telnyx),
             "vonage" => Ok(CarrierKind::Vonage),
             other => Err(format!("unknown carrier {other:?} (twilio, telnyx or vonage)")),
-        }
-    }
-}
-
-/// One simulated caller's side of its carrier's protocol.
-enum Peer {
-    Twilio(TwilioPeer),
-    Telnyx(TelnyxPeer),
-    Vonage(VonagePeer),
-}
-
-impl Peer {
-    fn new(kind: CarrierKind, id: u64) -> Self {
-        match kind {
-            CarrierKind::Twilio => Peer::Twilio(TwilioPeer::new(id)),
-            CarrierKind::Telnyx => Peer::Telnyx(TelnyxPeer::new(id)),
-            CarrierKind::Vonage => Peer::Vonage(VonagePeer::new(id, 16000)),
-        }
-    }
-    fn hello(&mut self, routed: Option<(&str, &str)>) -> Vec<Message> {
-        match self {
-            Peer::Twilio(p) => {
-                let start = match routed {
-                    Some((token, to)) => {
-                        p.start(&[("loadtest", "1"), ("cb_token", token), ("to", to), ("from", "+15550100000")])
-                    }
-                    None => p.start(&[("loadtest", "1")]),
-                };
-                vec![Message::text(p.connected()), Message::text(start)]
-            }
-            Peer::Telnyx(p) => {
-                vec![Message::text(p.connected()), Message::text(p.start("+15550100000", "+15550100001", ""))]
-            }
-            Peer::Vonage(p) => {
-                let uuid = p.uuid.clone();
-                vec![Message::text(p.connected(&[("call_uuid", uuid.as_str()), ("loadtest", "1")]))]
-            }
-        }
-    }
-    fn media(&mut self, ulaw: &[u8], ts: u64) -> Message {
-        match self {
-            Peer::Twilio(p) => Message::text(p.media(ulaw, ts)),
-            Peer::Telnyx(p) => Message::text(p.media(ulaw, ts).1),
-            Peer::Vonage(p) => Message::binary(p.media(ulaw)),
-        }
-    }
-    fn dtmf(&mut self, d: char) -> Message {
-        Message::text(match self {
-            Peer::Twilio(p) => p.dtmf(d),
-            Peer::Telnyx(p) => p.dtmf(d),
-            Peer::Vonage(p) => p.dtmf(d),
-        })
-    }
-    fn mark(&mut self, name: &str) -> Message {
-        Message::text(match self {
-            Peer::Twilio(p) => p.mark(name),
-            Peer::Telnyx(p) => p.mark(name),
-            Peer::Vonage(p) => p.mark(name),
-        })
-    }
-    /// The carrier's goodbye before closing (Vonage just closes).
-    fn stop(&mut self) -> Option<Message> {
-        match self {
-            Peer::Twilio(p) => Some(Message::text(p.stop())),
-            Peer::Telnyx(p) => Some(Message::text(p.stop())),
-            Peer::Vonage(_) => None,
-        }
-    }
-    fn parse(&self, text: &str) -> Result<ServerMessage, PeerError> {
-        match self {
-            Peer::Twilio(p) => p.parse(text),
-            Peer::Telnyx(p) => p.parse(text),
-            Peer::Vonage(p) => p.parse(text),
-        }
-    }
-    fn parse_binary(&self, data: &[u8]) -> Result<ServerMessage, PeerError> {
-        match self {
-            Peer::Vonage(p) => p.parse_binary(data),
-            _ => Err(PeerError::Invalid("binary message".into())),
         }
     }
 }
@@ -249,6 +171,8 @@ pub async fn run(opts: Options) -> anyhow::Result<RunData> {
         );
         b
     });
+    let stop = Arc::new(AtomicBool::new(false));
+    let tickers: Vec<_> = (0..opts.tickers.max(1)).map(|_| crate::ticker::spawn(t0, stop.clone())).collect();
     let mut handles = Vec::with_capacity(opts.calls as usize);
     for i in 0..opts.calls {
         // Spread calls over the ramp and over the 20 ms frame phase, as real
@@ -258,9 +182,10 @@ pub async fn run(opts: Options) -> anyhow::Result<RunData> {
         let start = t0 + opts.ramp.mul_f64(i as f64 / opts.calls.max(1) as f64) + phase;
         let o = opts.clone();
         let live = live.clone();
+        let ticker = tickers[i as usize % tickers.len()].0.clone();
         handles.push(tokio::spawn(async move {
             tokio::time::sleep_until(start).await;
-            call_loop(i, o, t0, t_end, live).await
+            call_loop(i, slot_of(phase), o, t0, t_end, live, ticker).await
         }));
     }
     // Sample the server once a second while the calls run.
@@ -295,10 +220,17 @@ pub async fn run(opts: Options) -> anyhow::Result<RunData> {
             outcomes.append(&mut v);
         }
     }
+    stop.store(true, Ordering::Relaxed);
+    let mut lag = LagHistogram::default();
+    for (_, t) in tickers {
+        if let Ok(h) = t.await {
+            lag.merge(&h);
+        }
+    }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    Ok(RunData { outcomes, server: samples, idle_rss, generator })
+    Ok(RunData { outcomes, server: samples, idle_rss, generator, send_lag: lag.summary() })
 }
 
 /// Everything a run collected.
@@ -312,11 +244,21 @@ pub struct RunData {
     pub idle_rss: Option<u64>,
     /// The generator's own CPU samples.
     pub generator: Vec<ProcSample>,
+    /// How late the generator sent its frames.
+    pub send_lag: LagSummary,
 }
 
 /// One simulated caller slot: calls (and calls again after a hang-up) until
 /// `t_end`, or until the run has placed `total_calls`.
-async fn call_loop(i: u64, o: Options, t0: Instant, t_end: Instant, live: Arc<Live>) -> Vec<CallOutcome> {
+async fn call_loop(
+    i: u64,
+    slot: usize,
+    o: Options,
+    t0: Instant,
+    t_end: Instant,
+    live: Arc<Live>,
+    ticker: TickerHandle,
+) -> Vec<CallOutcome> {
     let scenario = o.mix.pick(i);
     let mut out = Vec::new();
     let mut attempt = 0u64;
@@ -326,7 +268,7 @@ async fn call_loop(i: u64, o: Options, t0: Instant, t_end: Instant, live: Arc<Li
         }
         let id = i * 100_000 + attempt;
         attempt += 1;
-        let outcome = one_call(id, scenario, &o, t0, t_end, &live).await;
+        let outcome = one_call(id, scenario, slot, &o, t0, t_end, &live, &ticker).await;
         let again = matches!(scenario, Scenario::HangupMidReply | Scenario::Short) && outcome.connect_ms.is_some();
         out.push(outcome);
         if !again {
@@ -336,137 +278,40 @@ async fn call_loop(i: u64, o: Options, t0: Instant, t_end: Instant, live: Arc<Li
     out
 }
 
-async fn one_call(id: u64, scenario: Scenario, o: &Options, t0: Instant, t_end: Instant, live: &Live) -> CallOutcome {
+/// One call: placed through the webhook when the run has one, then streamed.
+#[allow(clippy::too_many_arguments)]
+async fn one_call(
+    id: u64,
+    scenario: Scenario,
+    slot: usize,
+    o: &Options,
+    t0: Instant,
+    t_end: Instant,
+    live: &Arc<Live>,
+    ticker: &TickerHandle,
+) -> CallOutcome {
     let started = Instant::now();
-    // The script's clock: ms since this call began (the outcome records when that was).
-    let ms = |t: Instant| (t - started).as_secs_f64() * 1000.0;
-    let mut outcome = CallOutcome {
+    let peer = Peer::new(o.carrier, id);
+    let mut script = Script::new(scenario, o.clips.clone(), id as usize, o.timing);
+    let mut routed = None;
+    if let (Some(w), Some(p)) = (&o.webhook, peer.twilio()) {
+        match w.place(p).await {
+            Some(token) => routed = Some((token, w.to.clone())),
+            None => {
+                script.book.failures.push("webhook");
+                live.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    let spec = CallSpec { url: o.url.clone(), peer, script, slot, routed, started, t_end };
+    let r = run_call(spec, ticker, live.clone(), id).await;
+    CallOutcome {
         scenario,
         started_ms: (started - t0).as_secs_f64() * 1000.0,
-        connect_ms: None,
-        book: CallBook::default(),
-        protocol_errors: 0,
-    };
-    // tungstenite zero-fills its whole read buffer on every read: 128 KiB by
-    // default, which alone cost the generator a third of its CPU.
-    let ws_cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
-    let connect = tokio_tungstenite::connect_async_with_config(&o.url, Some(ws_cfg), true);
-    let ws = match tokio::time::timeout(Duration::from_secs(10), connect).await {
-        Ok(Ok((ws, _))) => ws,
-        Ok(Err(_)) | Err(_) => {
-            outcome.book.failures.push("connect");
-            live.failures.fetch_add(1, Ordering::Relaxed);
-            return outcome;
-        }
-    };
-    outcome.connect_ms = Some((Instant::now() - started).as_secs_f64() * 1000.0);
-    live.active.fetch_add(1, Ordering::Relaxed);
-    let (mut tx, mut rx) = ws.split();
-    let mut peer = Peer::new(o.carrier, id);
-    let mut script = Script::new(scenario, o.clips.clone(), id as usize, o.timing);
-    let mut ts = 0u64;
-    let mut turns_seen = 0;
-    let failed = |kind: &'static str, book: &mut CallBook| {
-        book.failures.push(kind);
-        live.failures.fetch_add(1, Ordering::Relaxed);
-    };
-    let token = match (&o.webhook, &peer) {
-        (Some(w), Peer::Twilio(p)) => match w.place(p).await {
-            Some(t) => Some(t),
-            None => {
-                failed("webhook", &mut script.book);
-                None
-            }
-        },
-        _ => None,
-    };
-    let routed = token.as_deref().zip(o.webhook.as_ref().map(|w| w.to.as_str()));
-    let hello = peer.hello(routed);
-    for m in hello {
-        if tx.send(m).await.is_err() {
-            failed("send", &mut script.book);
-        }
+        connect_ms: r.connect_ms,
+        book: r.book,
+        protocol_errors: r.protocol_errors,
     }
-    let mut tick = interval_at(Instant::now() + Duration::from_millis(20), Duration::from_millis(20));
-    // Twilio's stream is clocked: ticks stay on the 20 ms grid (no drift after a
-    // late one), and a tick missed entirely is skipped rather than sent in a burst.
-    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let now = Instant::now();
-                if now >= t_end {
-                    break;
-                }
-                let t = ms(now);
-                let tk = script.on_tick(t);
-                let mut msgs = Vec::with_capacity(2 + tk.marks.len());
-                msgs.push(peer.media(tk.frame, ts));
-                ts += 20;
-                if let Some(d) = tk.dtmf {
-                    msgs.push(peer.dtmf(d));
-                }
-                for m in &tk.marks {
-                    msgs.push(peer.mark(m));
-                }
-                let hangup = tk.hangup;
-                let mut ok = true;
-                for m in msgs {
-                    if tx.feed(m).await.is_err() {
-                        ok = false;
-                        break;
-                    }
-                }
-                if !ok || tx.flush().await.is_err() {
-                    failed("send", &mut script.book);
-                    break;
-                }
-                if script.book.turns > turns_seen {
-                    live.turns.fetch_add((script.book.turns - turns_seen) as u64, Ordering::Relaxed);
-                    turns_seen = script.book.turns;
-                }
-                if hangup {
-                    break;
-                }
-            }
-            msg = rx.next() => {
-                let parsed = match msg {
-                    Some(Ok(Message::Text(text))) => peer.parse(text.as_str()),
-                    Some(Ok(Message::Binary(b))) => peer.parse_binary(&b),
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        failed("closed_by_server", &mut script.book);
-                        break;
-                    }
-                    Some(Ok(_)) => continue,
-                };
-                match parsed {
-                    Ok(m) => {
-                        let t = ms(Instant::now());
-                        let echoes = script.on_server(t, m);
-                        for e in echoes {
-                            let m = peer.mark(&e);
-                            if tx.send(m).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                    Err(_) => outcome.protocol_errors += 1,
-                }
-            }
-        }
-    }
-    // Hang up like the carrier: stop, then close.
-    let stop = peer.stop();
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        if let Some(stop) = stop {
-            let _ = tx.send(stop).await;
-        }
-        let _ = tx.close().await;
-    })
-    .await;
-    live.active.fetch_sub(1, Ordering::Relaxed);
-    outcome.book = script.book;
-    outcome
 }
 
 /// Failures by kind over all calls.

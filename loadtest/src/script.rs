@@ -24,6 +24,15 @@ use crate::scenario::Scenario;
 /// µ-law silence frame.
 pub const SILENCE: [u8; 160] = [0xFF; 160];
 
+/// `SILENCE` in base64.
+pub fn silence_b64() -> &'static str {
+    static S: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(SILENCE)
+    });
+    &S
+}
+
 /// Timing knobs.
 #[derive(Debug, Clone, Copy)]
 pub struct ScriptTiming {
@@ -66,6 +75,8 @@ impl Default for ScriptTiming {
 pub struct Tick<'a> {
     /// The media frame (always one: Twilio streams continuously).
     pub frame: &'a [u8; 160],
+    /// The same frame in base64 when it went out as recorded (no echo mixed in).
+    pub b64: Option<&'a str>,
     /// A DTMF key to send after it.
     pub dtmf: Option<char>,
     /// Mark names to echo now.
@@ -259,11 +270,18 @@ impl Script {
                 } else {
                     Phase::Speaking { clip, pos: pos + 1, barge }
                 };
+                if self.timing.echo_db.is_none() {
+                    let c = &self.clips[clip];
+                    return Tick { frame: &c.frames[pos], b64: Some(&c.b64[pos]), dtmf, marks, hangup: false };
+                }
                 let frame = self.clips[clip].frames[pos];
-                Tick { frame: self.with_echo(&frame), dtmf, marks, hangup: false }
+                Tick { frame: self.with_echo(&frame), b64: None, dtmf, marks, hangup: false }
             }
-            Phase::Listening { .. } => Tick { frame: self.with_echo(&SILENCE), dtmf, marks, hangup: false },
-            Phase::Done => Tick { frame: &SILENCE, dtmf: None, marks, hangup: true },
+            Phase::Listening { .. } if self.timing.echo_db.is_none() => {
+                Tick { frame: &SILENCE, b64: Some(silence_b64()), dtmf, marks, hangup: false }
+            }
+            Phase::Listening { .. } => Tick { frame: self.with_echo(&SILENCE), b64: None, dtmf, marks, hangup: false },
+            Phase::Done => Tick { frame: &SILENCE, b64: Some(silence_b64()), dtmf: None, marks, hangup: true },
         }
     }
 

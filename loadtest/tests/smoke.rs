@@ -30,6 +30,7 @@ async fn a_few_calls_talk_and_barge_in_against_a_real_server() {
         carrier: Default::default(),
         webhook: None,
         total_calls: None,
+        tickers: 1,
     };
     let data = run(opts.clone()).await.unwrap();
     let report = Report::build(&opts, data);
@@ -43,6 +44,10 @@ async fn a_few_calls_talk_and_barge_in_against_a_real_server() {
     assert!(report.by_scenario["barge-in"].barge_in_latency_ms.n >= 1, "barge-ins measured");
     assert!(report.marks_echoed > 0);
     assert!(report.server.is_some(), "server samples taken from /proc");
+    // The ticker counted every frame it sent: 4 calls × ~9 s at 50 frames a second.
+    let lag = &report.generator_send_lag;
+    assert!((1200..2000).contains(&lag.frames), "frames sent {}", lag.frames);
+    assert!(lag.p50_ms <= lag.p99_ms && lag.p99_ms <= lag.max_ms, "{lag:?}");
     let dir = std::env::temp_dir().join(format!("cb-loadtest-{}", std::process::id()));
     report.write(&dir).unwrap();
     let json: serde_json::Value =
@@ -50,6 +55,49 @@ async fn a_few_calls_talk_and_barge_in_against_a_real_server() {
     assert_eq!(json["calls"], 4);
     assert!(std::fs::read_to_string(dir.join("report.html")).unwrap().contains("<svg"));
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), join).await;
+}
+
+/// Telnyx and Vonage callers through the same generator: the frames they send
+/// (pre-encoded base64 JSON, binary 16 kHz PCM) are read and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telnyx_and_vonage_callers_are_answered() {
+    let cfg = callbridge::config::Config::from_toml(
+        "[engine.local]\ngreeting_wav = \"\"\n[storage]\ndatabase = \"\"\n",
+        "test",
+    )
+    .unwrap();
+    let (srv, stop, join) = callbridge::server::spawn(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let fixtures = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/audio"));
+    let clips = Arc::new(loadtest::clip::load_caller_clips(fixtures).unwrap());
+    let one = |carrier: &'static str| {
+        let opts = Options {
+            url: format!("ws://{}/{carrier}/stream", srv.addr),
+            calls: 2,
+            ramp: Duration::from_millis(200),
+            duration: Duration::from_secs(9),
+            mix: "talk".parse().unwrap(),
+            server_pid: None,
+            clips: clips.clone(),
+            timing: ScriptTiming::default(),
+            progress: false,
+            carrier: carrier.parse().unwrap(),
+            webhook: None,
+            total_calls: None,
+            tickers: 1,
+        };
+        async move { (carrier, Report::build(&opts, run(opts.clone()).await.unwrap())) }
+    };
+    // Both at once, on one server.
+    let (a, b) = tokio::join!(one("telnyx"), one("vonage"));
+    for (carrier, report) in [a, b] {
+        println!("{}", report.table());
+        assert_eq!(report.connections, 2, "{carrier}");
+        assert_eq!(report.failure_count(), 0, "{carrier}: {:?}", report.failures);
+        assert!(report.response_latency_ms.n >= 2, "{carrier}: every call answered");
+        assert!(report.bot_frames > 50, "{carrier}: bot audio received");
+    }
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), join).await;
 }

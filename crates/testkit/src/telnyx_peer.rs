@@ -73,13 +73,28 @@ impl TelnyxPeer {
     /// The next `media` frame carrying `ulaw`, and its chunk number (frames
     /// may then be sent in any order).
     pub fn media(&mut self, ulaw: &[u8], timestamp_ms: u64) -> (u64, String) {
+        let mut out = Vec::with_capacity(200 + ulaw.len() * 4 / 3);
+        self.media_b64_into(&B64.encode(ulaw), timestamp_ms, &mut out);
+        (self.chunk, String::from_utf8(out).unwrap_or_default())
+    }
+
+    /// The next `media` frame whose payload is already base64, appended to
+    /// `out` without allocating (the load generator's per-frame path).
+    pub fn media_b64_into(&mut self, b64: &str, timestamp_ms: u64, out: &mut Vec<u8>) {
         let seq = self.next_seq();
         self.chunk += 1;
-        let msg = serde_json::json!({"event": "media", "sequence_number": seq.to_string(), "stream_id": self.stream_id,
-            "media": {"track": "inbound", "chunk": self.chunk.to_string(), "timestamp": timestamp_ms.to_string(),
-                "payload": B64.encode(ulaw)}})
-        .to_string();
-        (self.chunk, msg)
+        let mut n = itoa::Buffer::new();
+        out.extend_from_slice(br#"{"event":"media","sequence_number":""#);
+        out.extend_from_slice(n.format(seq).as_bytes());
+        out.extend_from_slice(br#"","stream_id":""#);
+        out.extend_from_slice(self.stream_id.as_bytes());
+        out.extend_from_slice(br#"","media":{"track":"inbound","chunk":""#);
+        out.extend_from_slice(n.format(self.chunk).as_bytes());
+        out.extend_from_slice(br#"","timestamp":""#);
+        out.extend_from_slice(n.format(timestamp_ms).as_bytes());
+        out.extend_from_slice(br#"","payload":""#);
+        out.extend_from_slice(b64.as_bytes());
+        out.extend_from_slice(br#""}}"#);
     }
 
     /// `dtmf`.

@@ -112,21 +112,30 @@ impl TwilioPeer {
 
     /// `media` carrying µ-law bytes, at `timestamp_ms` since the stream began.
     pub fn media(&mut self, ulaw: &[u8], timestamp_ms: u64) -> String {
+        let mut b64 = String::with_capacity(ulaw.len() * 4 / 3 + 4);
+        B64.encode_string(ulaw, &mut b64);
+        let mut out = Vec::with_capacity(200 + b64.len());
+        self.media_b64_into(&b64, timestamp_ms, &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// `media` whose payload is already base64 (`b64`), appended to `out`
+    /// without allocating: the load generator's per-frame path.
+    pub fn media_b64_into(&mut self, b64: &str, timestamp_ms: u64, out: &mut Vec<u8>) {
         let seq = self.next_seq();
         self.chunk += 1;
-        let mut s = String::with_capacity(200 + ulaw.len() * 4 / 3);
-        s.push_str(r#"{"event":"media","sequenceNumber":""#);
-        s.push_str(&seq.to_string());
-        s.push_str(r#"","streamSid":""#);
-        s.push_str(&self.stream_sid);
-        s.push_str(r#"","media":{"track":"inbound","chunk":""#);
-        s.push_str(&self.chunk.to_string());
-        s.push_str(r#"","timestamp":""#);
-        s.push_str(&timestamp_ms.to_string());
-        s.push_str(r#"","payload":""#);
-        B64.encode_string(ulaw, &mut s);
-        s.push_str(r#""}}"#);
-        s
+        let mut n = itoa::Buffer::new();
+        out.extend_from_slice(br#"{"event":"media","sequenceNumber":""#);
+        out.extend_from_slice(n.format(seq).as_bytes());
+        out.extend_from_slice(br#"","streamSid":""#);
+        out.extend_from_slice(self.stream_sid.as_bytes());
+        out.extend_from_slice(br#"","media":{"track":"inbound","chunk":""#);
+        out.extend_from_slice(n.format(self.chunk).as_bytes());
+        out.extend_from_slice(br#"","timestamp":""#);
+        out.extend_from_slice(n.format(timestamp_ms).as_bytes());
+        out.extend_from_slice(br#"","payload":""#);
+        out.extend_from_slice(b64.as_bytes());
+        out.extend_from_slice(br#""}}"#);
     }
 
     /// `dtmf` for one key.

@@ -47,10 +47,21 @@ impl VonagePeer {
 
     /// One binary audio message: 20 ms of µ-law at 8 kHz as the stream's PCM.
     pub fn media(&self, ulaw: &[u8]) -> Vec<u8> {
-        let mut pcm = vec![0i16; ulaw.len()];
-        g711::ulaw_decode(ulaw, &mut pcm);
+        let mut out = Vec::with_capacity(ulaw.len() * (self.rate / 8000) as usize * 2);
+        for frame in ulaw.chunks(160) {
+            self.media_into(frame, &mut out);
+        }
+        out
+    }
+
+    /// The same message appended to `out`, without allocating (µ-law frames
+    /// of at most 160 bytes: the load generator's per-frame path).
+    pub fn media_into(&self, ulaw: &[u8], out: &mut Vec<u8>) {
+        let mut pcm = [0i16; 160];
+        let n = ulaw.len().min(160);
+        g711::ulaw_decode(&ulaw[..n], &mut pcm[..n]);
+        let pcm = &pcm[..n];
         let widen = (self.rate / 8000) as usize;
-        let mut out = Vec::with_capacity(pcm.len() * widen * 2);
         for (i, &s) in pcm.iter().enumerate() {
             let next = pcm.get(i + 1).copied().unwrap_or(s);
             for k in 0..widen {
@@ -58,7 +69,6 @@ impl VonagePeer {
                 out.extend_from_slice(&(v as i16).to_le_bytes());
             }
         }
-        out
     }
 
     /// `websocket:dtmf`.
