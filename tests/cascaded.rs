@@ -32,6 +32,10 @@ struct Rig {
 }
 
 async fn rig(dg: FakeDeepgramConfig, el: FakeElevenLabsConfig, turn: Mode) -> Rig {
+    rig_with(dg, el, turn, "").await
+}
+
+async fn rig_with(dg: FakeDeepgramConfig, el: FakeElevenLabsConfig, turn: Mode, toml: &str) -> Rig {
     let dg = FakeDeepgram::start(dg).await.unwrap();
     let el = FakeElevenLabs::start(el).await.unwrap();
     let backend = FakeBackend::start().await;
@@ -46,7 +50,7 @@ async fn rig(dg: FakeDeepgramConfig, el: FakeElevenLabsConfig, turn: Mode) -> Ri
         },
         ..secrets()
     };
-    let srv = server_with(&backend, "[engine.cascaded]\ngreeting = \"\"\n", secrets).await;
+    let srv = server_with(&backend, &format!("[engine.cascaded]\ngreeting = \"\"\n{toml}"), secrets).await;
     Rig { dg, el, backend, srv }
 }
 
@@ -224,7 +228,7 @@ async fn the_stt_socket_drops_mid_sentence_and_no_words_are_lost() {
 async fn a_voice_slower_than_real_time_is_counted_and_nothing_is_lost() {
     let reply = "Sure. I can send a plumber tomorrow morning.";
     // 600 ms of audio every 900 ms.
-    let el = FakeElevenLabsConfig { ms_per_char: 60, chars_per_chunk: 10, chunk_delay_ms: 900 };
+    let el = FakeElevenLabsConfig { ms_per_char: 60, chars_per_chunk: 10, chunk_delay_ms: 900, mute: false };
     let r = rig(script(), el, Mode::Json(json!({"reply": reply}))).await;
     let mut tw = call(&r.srv, 1, NUMBER_A).await;
     let mut got = talk(&mut tw, &ulaw_fixture("caller_short_8k.wav"), 0).await;
@@ -254,6 +258,25 @@ async fn a_backend_that_never_answers_gets_the_filler_then_the_fallback() {
     let frames: usize = media(&got).iter().map(|(_, p)| p.len()).sum::<usize>() / 160;
     let (filler, fallback) = (clip("builtin:filler"), clip("builtin:fallback"));
     assert!(frames + 4 >= filler + fallback, "{frames} frames: filler {filler} + fallback {fallback}");
+    r.srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voice_gone_silent_is_given_up_and_the_caller_hears_the_fallback() {
+    let el = FakeElevenLabsConfig { mute: true, ..FakeElevenLabsConfig::default() };
+    let toml = "[engine.cascaded.elevenlabs]\nanswer_timeout_ms = 1000\n";
+    let r = rig_with(script(), el, Mode::Json(json!({"reply": "Sure, Tuesday at nine."})), toml).await;
+    let mut tw = call(&r.srv, 1, NUMBER_A).await;
+    let mut got = talk(&mut tw, &ulaw_fixture("caller_short_8k.wav"), 0).await;
+    // End of turn (0.8 s), the reply sent to a voice that never speaks, given up 1 s later.
+    got.extend(listen(&mut tw, 400).await);
+    let events = r.backend.wait_for("error", Duration::from_secs(5)).await;
+    let err = one(&events, "error");
+    assert_eq!((err["source"].as_str(), err["code"].as_str()), (Some("engine"), Some("engine_silent")), "{err}");
+    let fallback = callbridge::engine::local::load_clip("builtin:fallback").unwrap().len() / 160;
+    let frames: usize = media(&got).iter().map(|(_, p)| p.len()).sum::<usize>() / 160;
+    assert!(frames + 4 >= fallback, "{frames} frames heard, the fallback is {fallback}");
+    assert!(r.el.received().iter().any(|m| m["text"] == "Sure, Tuesday at nine. "), "the reply was sent to be spoken");
     r.srv.shutdown().await;
 }
 

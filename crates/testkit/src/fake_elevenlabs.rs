@@ -34,11 +34,13 @@ pub struct FakeElevenLabsConfig {
     /// Wait before each audio message (0: as fast as it can; above
     /// `ms_per_char * chars_per_chunk`: slower than real time).
     pub chunk_delay_ms: u64,
+    /// Take every message and never speak (a voice gone silent).
+    pub mute: bool,
 }
 
 impl Default for FakeElevenLabsConfig {
     fn default() -> Self {
-        Self { ms_per_char: 60, chars_per_chunk: 10, chunk_delay_ms: 0 }
+        Self { ms_per_char: 60, chars_per_chunk: 10, chunk_delay_ms: 0, mute: false }
     }
 }
 
@@ -152,6 +154,9 @@ async fn serve(socket: WebSocket, cfg: Arc<FakeElevenLabsConfig>, shared: Arc<Sh
         shared.received.lock().expect("lock").push(v.clone());
         if v["close_socket"] == true {
             break;
+        }
+        if cfg.mute {
+            continue;
         }
         let id = v["context_id"].as_str().unwrap_or("default").to_string();
         let (jobs, buffered) = contexts.entry(id.clone()).or_insert_with(|| {

@@ -144,6 +144,7 @@ pub fn elevenlabs_events(data: &[u8]) {
         voice_settings: serde_json::Value::Null,
         chunk_length_schedule: vec![50, 120, 160, 250],
         keepalive: Duration::from_secs(15),
+        answer_timeout: Duration::from_secs(5),
         reconnects: 3,
         connect_timeout: Duration::from_secs(5),
     });

@@ -76,6 +76,8 @@ pub struct ElevenLabsConfig {
     pub chunk_length_schedule: Vec<u32>,
     /// Keep the open context alive this often between turns (server closes at 180 s here).
     pub keepalive: Duration,
+    /// Text waiting to be voiced with no audio this long: the response is given up.
+    pub answer_timeout: Duration,
     /// Reconnects allowed per call.
     pub reconnects: u32,
     /// Connect deadline.
@@ -134,6 +136,9 @@ pub enum TtsEvent {
     FirstAudio(Duration),
     /// All of a response's audio has arrived.
     Done(ResponseId),
+    /// ElevenLabs left a response's text unvoiced for the answer timeout: it
+    /// is given up (follows its `Done`).
+    Silent(ResponseId, String),
     /// ElevenLabs cannot be reached any more.
     Down(String),
 }
@@ -159,6 +164,11 @@ struct Context {
     close_sent: bool,
     done: bool,
     reopened: u32,
+    /// Flushed text is waiting for its audio (or a closed context for its
+    /// `isFinal`) since then; the watchdog's clock.
+    waiting_since: Option<Instant>,
+    /// The watchdog gave it up: nothing more of it is passed on.
+    given_up: bool,
 }
 
 /// One call's speech.
@@ -240,6 +250,8 @@ impl Tts {
             close_sent: false,
             done: false,
             reopened: 0,
+            waiting_since: None,
+            given_up: false,
         });
     }
 
@@ -308,6 +320,7 @@ impl Tts {
             let mut m = json!({"text": text, "context_id": c.id});
             if flush {
                 m["flush"] = json!(true);
+                c.waiting_since.get_or_insert(now);
             }
             msgs.push(m);
         }
@@ -346,6 +359,9 @@ impl Tts {
             return Ok(()); // a context we no longer track: nothing of it can play
         };
         let response = c.response;
+        if c.given_up {
+            return Ok(()); // late audio of a response already replaced by the fallback
+        }
         if let Some(b64) = v["audio"].as_str().filter(|a| !a.is_empty()) {
             let bytes = B64.decode(b64).map_err(|_| "elevenlabs audio is not valid base64".to_string())?;
             let pcm: Vec<i16> = match self.cfg.audio {
@@ -360,6 +376,7 @@ impl Tts {
                     self.events.push_back(TtsEvent::FirstAudio(now.saturating_duration_since(t)));
                 }
             }
+            let aligned = v.get("alignment").is_some_and(|a| a.is_object());
             if let Some(al) = v.get("alignment").filter(|a| a.is_object()) {
                 let chars: String = al["chars"].as_array().into_iter().flatten().filter_map(|c| c.as_str()).collect();
                 let starts: Vec<u32> = al["charStartTimesMs"]
@@ -386,6 +403,16 @@ impl Tts {
                     self.events.push_back(TtsEvent::Alignment(response, chars, starts));
                 }
             }
+            // The watchdog restarts with each chunk; it rests once everything
+            // sent is voiced (known from alignment), except that a closed
+            // context still owes its `isFinal`.
+            c.waiting_since = if c.close_sent && c.complete {
+                Some(now)
+            } else if !aligned || c.unvoiced.trim().is_empty() {
+                None
+            } else {
+                Some(now)
+            };
             self.events.push_back(TtsEvent::Audio(response, pcm));
         }
         if v["isFinal"].as_bool() == Some(true) || v["is_final"].as_bool() == Some(true) {
@@ -424,6 +451,7 @@ impl Tts {
         }
         if let Some(c) = self.contexts.back_mut() {
             c.reopened += 1;
+            c.waiting_since = None;
             c.id = format!("r{}.{}", c.response.0, c.reopened);
             c.opened = false;
             c.close_sent = false;
@@ -446,9 +474,44 @@ impl Tts {
         self.closed = true;
     }
 
-    /// Next keep-alive.
+    /// Next keep-alive, or the watchdog of a response waiting for audio.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.last_sent.filter(|_| !self.closed && !self.lost).map(|t| t + self.cfg.keepalive)
+        if self.closed || self.lost {
+            return None;
+        }
+        let keepalive = self.last_sent.map(|t| t + self.cfg.keepalive);
+        let watchdog = self.watched().filter_map(|c| c.waiting_since).min().map(|t| t + self.cfg.answer_timeout);
+        keepalive.into_iter().chain(watchdog).min()
+    }
+
+    fn watched(&self) -> impl Iterator<Item = &Context> {
+        self.contexts.iter().filter(|c| !c.cancelled && !c.done)
+    }
+
+    /// Give up responses whose text has waited the answer timeout for audio.
+    fn watchdog(&mut self, now: Instant) {
+        let timeout = self.cfg.answer_timeout;
+        let mut closes = Vec::new();
+        for c in self.contexts.iter_mut().filter(|c| !c.cancelled && !c.done) {
+            let Some(since) = c.waiting_since.filter(|&t| now >= t + timeout) else { continue };
+            c.cancelled = true;
+            c.given_up = true;
+            c.waiting_since = None;
+            if c.opened && !c.close_sent {
+                closes.push(c.id.clone());
+            }
+            c.close_sent = true;
+            let what = if c.got_audio { "the rest of its audio" } else { "any audio" };
+            let ms = now.saturating_duration_since(since).as_millis();
+            self.events.push_back(TtsEvent::Done(c.response));
+            self.events.push_back(TtsEvent::Silent(
+                c.response,
+                format!("elevenlabs sent no audio for {ms} ms ({what} missing)"),
+            ));
+        }
+        for id in closes {
+            self.send(now, json!({"context_id": id, "close_context": true}));
+        }
     }
 
     /// A deadline passed: keep the socket alive between turns. Responses'
@@ -456,7 +519,11 @@ impl Tts {
     /// (`keepalive`, opened with a single space, never given words) is kept
     /// alive with an empty text.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.closed || self.lost || self.last_sent.is_none_or(|t| now < t + self.cfg.keepalive) {
+        if self.closed || self.lost {
+            return;
+        }
+        self.watchdog(now);
+        if self.last_sent.is_none_or(|t| now < t + self.cfg.keepalive) {
             return;
         }
         if !self.keepalive_open {

@@ -91,6 +91,9 @@ pub struct ElevenLabsSettings {
     pub chunk_length_schedule: Vec<u32>,
     /// Keep-alive period between turns.
     pub keepalive_s: u32,
+    /// Text sent to be spoken with no audio for it this long: the response is
+    /// given up (`engine_silent`) and the caller hears the fallback.
+    pub answer_timeout_ms: u64,
 }
 
 impl Default for CascadedSettings {
@@ -128,6 +131,7 @@ impl Default for ElevenLabsSettings {
             model_id: "eleven_flash_v2_5".into(),
             chunk_length_schedule: vec![50, 120, 160, 250],
             keepalive_s: 15,
+            answer_timeout_ms: 5000,
         }
     }
 }
@@ -217,6 +221,9 @@ impl CascadedEngine {
                 TtsEvent::Text(id, text) => EngineEvent::AgentText(id, text),
                 TtsEvent::FirstAudio(latency) => EngineEvent::Stage { stage: "tts_first_audio", latency },
                 TtsEvent::Done(id) => EngineEvent::ResponseDone(id),
+                TtsEvent::Silent(response, message) => {
+                    EngineEvent::ResponseFailed { response, code: "engine_silent".into(), message }
+                }
                 TtsEvent::Down(message) => EngineEvent::Error { fatal: true, code: "tts_unavailable".into(), message },
             });
         }
@@ -459,6 +466,7 @@ impl EngineFactory for CascadedFactory {
             voice_settings: tts_plan.voice_settings.unwrap_or(serde_json::Value::Null),
             chunk_length_schedule: el.chunk_length_schedule.iter().map(|&n| n.clamp(50, 500)).collect(),
             keepalive: Duration::from_secs(el.keepalive_s.max(1).into()),
+            answer_timeout: Duration::from_millis(el.answer_timeout_ms.max(100)),
             reconnects: s.reconnects,
             connect_timeout,
         };

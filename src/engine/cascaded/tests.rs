@@ -39,6 +39,7 @@ fn el() -> ElevenLabsConfig {
         voice_settings: Value::Null,
         chunk_length_schedule: vec![50, 120, 160, 250],
         keepalive: Duration::from_secs(15),
+        answer_timeout: Duration::from_secs(5),
         reconnects: 3,
         connect_timeout: Duration::from_secs(5),
     }
@@ -300,6 +301,70 @@ fn a_barge_in_closes_the_context_and_its_late_audio_stays_stale() {
     assert_eq!(sent[0]["context_id"], "r3");
     e.handle_link(t0, TTS_LINK, LinkEvent::Text(r#"{"isFinal": true, "contextId": "r2"}"#));
     assert!(!drain_ev(&mut e).contains(&EngineEvent::ResponseDone(ResponseId(2))));
+}
+
+#[test]
+fn a_reply_the_voice_never_speaks_is_given_up_after_the_answer_timeout() {
+    let t0 = Instant::now();
+    let mut e = CascadedEngine::new(dg(), el(), None);
+    e.handle_link(t0, TTS_LINK, LinkEvent::Up { reconnected: false });
+    e.handle_command(t0, EngineCommand::Reply { text: "Sure, Tuesday at nine.".into(), done: true });
+    drain_tx(&mut e);
+    drain_ev(&mut e);
+    // The watchdog is the next deadline (the keep-alive is 15 s away).
+    assert_eq!(e.poll_timeout(), Some(t0 + Duration::from_secs(5)));
+    e.handle_timeout(t0 + Duration::from_millis(4900));
+    assert!(drain_ev(&mut e).is_empty(), "not yet");
+    e.handle_timeout(t0 + Duration::from_secs(5));
+    let ev = drain_ev(&mut e);
+    assert_eq!(ev[0], EngineEvent::ResponseDone(ResponseId(1)), "playback stops waiting for it");
+    assert!(
+        matches!(&ev[1], EngineEvent::ResponseFailed { response: ResponseId(1), code, message }
+            if code == "engine_silent" && message.contains("5000 ms")),
+        "{ev:?}"
+    );
+    // Its late audio never plays; the next reply is spoken as usual.
+    e.handle_link(t0 + Duration::from_secs(6), TTS_LINK, LinkEvent::Text(&audio_msg("r1", 160, "Sure", &[0, 1, 2, 3])));
+    assert!(drain_ev(&mut e).is_empty(), "a given-up response stays silent");
+    e.handle_command(t0 + Duration::from_secs(7), EngineCommand::Reply { text: "Okay.".into(), done: true });
+    assert_eq!(texts(&drain_tx(&mut e), TTS_LINK)[0]["context_id"], "r2");
+    e.handle_link(
+        t0 + Duration::from_secs(7),
+        TTS_LINK,
+        LinkEvent::Text(&audio_msg("r2", 160, "Okay.", &[0, 1, 2, 3, 4])),
+    );
+    assert!(drain_ev(&mut e).iter().any(|x| matches!(x, EngineEvent::Audio(c) if c.response == ResponseId(2))));
+}
+
+#[test]
+fn a_voice_waiting_for_the_backend_s_next_words_is_not_given_up() {
+    let t0 = Instant::now();
+    let mut e = CascadedEngine::new(dg(), el(), None);
+    e.handle_link(t0, TTS_LINK, LinkEvent::Up { reconnected: false });
+    e.handle_command(t0, EngineCommand::Reply { text: "Sure. I can".into(), done: false });
+    drain_tx(&mut e);
+    // The flushed sentence is voiced in full (alignment says so) …
+    e.handle_link(t0, TTS_LINK, LinkEvent::Text(&audio_msg("r1", 800, "Sure.", &[0, 10, 20, 30, 40])));
+    drain_ev(&mut e);
+    // … so a backend slow with the rest is not the voice's silence.
+    assert_eq!(e.poll_timeout(), Some(t0 + Duration::from_secs(15)), "only the keep-alive is due");
+    e.handle_timeout(t0 + Duration::from_secs(10));
+    assert!(!drain_ev(&mut e).iter().any(|x| matches!(x, EngineEvent::ResponseFailed { .. })));
+    // A closed reply whose audio stops before `isFinal` is ended by the watchdog.
+    let t1 = t0 + Duration::from_secs(10);
+    e.handle_command(t1, EngineCommand::Reply { text: " send someone today.".into(), done: true });
+    drain_tx(&mut e);
+    e.handle_link(
+        t1,
+        TTS_LINK,
+        LinkEvent::Text(&audio_msg("r1", 800, " I can send", &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10])),
+    );
+    drain_ev(&mut e);
+    e.handle_timeout(t1 + Duration::from_secs(5));
+    let ev = drain_ev(&mut e);
+    assert!(ev.contains(&EngineEvent::ResponseDone(ResponseId(1))), "{ev:?}");
+    assert!(ev.iter().any(|x| matches!(x, EngineEvent::ResponseFailed { code, message, .. }
+        if code == "engine_silent" && message.contains("the rest of its audio"))));
 }
 
 #[test]
