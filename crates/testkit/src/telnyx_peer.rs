@@ -8,6 +8,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 
+use crate::twilio_peer::{MediaKeys, media_json};
 pub use crate::twilio_peer::{PeerError, ServerMessage};
 
 /// A simulated Telnyx stream's ids and counters.
@@ -83,18 +84,8 @@ impl TelnyxPeer {
     pub fn media_b64_into(&mut self, b64: &str, timestamp_ms: u64, out: &mut Vec<u8>) {
         let seq = self.next_seq();
         self.chunk += 1;
-        let mut n = itoa::Buffer::new();
-        out.extend_from_slice(br#"{"event":"media","sequence_number":""#);
-        out.extend_from_slice(n.format(seq).as_bytes());
-        out.extend_from_slice(br#"","stream_id":""#);
-        out.extend_from_slice(self.stream_id.as_bytes());
-        out.extend_from_slice(br#"","media":{"track":"inbound","chunk":""#);
-        out.extend_from_slice(n.format(self.chunk).as_bytes());
-        out.extend_from_slice(br#"","timestamp":""#);
-        out.extend_from_slice(n.format(timestamp_ms).as_bytes());
-        out.extend_from_slice(br#"","payload":""#);
-        out.extend_from_slice(b64.as_bytes());
-        out.extend_from_slice(br#""}}"#);
+        let keys = MediaKeys { seq: "sequence_number", stream: "stream_id" };
+        media_json(out, keys, seq, &self.stream_id, self.chunk, timestamp_ms, b64);
     }
 
     /// `dtmf`.

@@ -124,18 +124,8 @@ impl TwilioPeer {
     pub fn media_b64_into(&mut self, b64: &str, timestamp_ms: u64, out: &mut Vec<u8>) {
         let seq = self.next_seq();
         self.chunk += 1;
-        let mut n = itoa::Buffer::new();
-        out.extend_from_slice(br#"{"event":"media","sequenceNumber":""#);
-        out.extend_from_slice(n.format(seq).as_bytes());
-        out.extend_from_slice(br#"","streamSid":""#);
-        out.extend_from_slice(self.stream_sid.as_bytes());
-        out.extend_from_slice(br#"","media":{"track":"inbound","chunk":""#);
-        out.extend_from_slice(n.format(self.chunk).as_bytes());
-        out.extend_from_slice(br#"","timestamp":""#);
-        out.extend_from_slice(n.format(timestamp_ms).as_bytes());
-        out.extend_from_slice(br#"","payload":""#);
-        out.extend_from_slice(b64.as_bytes());
-        out.extend_from_slice(br#""}}"#);
+        let keys = MediaKeys { seq: "sequenceNumber", stream: "streamSid" };
+        media_json(out, keys, seq, &self.stream_sid, self.chunk, timestamp_ms, b64);
     }
 
     /// `dtmf` for one key.
@@ -181,6 +171,26 @@ impl TwilioPeer {
             other => Err(PeerError::Unsupported(other.to_string())),
         }
     }
+}
+
+/// The top-level key names of a carrier's `media` message.
+#[derive(Clone, Copy)]
+pub(crate) struct MediaKeys {
+    /// The sequence number's key.
+    pub seq: &'static str,
+    /// The stream id's key.
+    pub stream: &'static str,
+}
+
+/// A `media` message in the shape Twilio and Telnyx share (numbers as
+/// strings, `media.track/chunk/timestamp/payload`), appended to `out`.
+pub(crate) fn media_json(out: &mut Vec<u8>, keys: MediaKeys, seq: u64, stream: &str, chunk: u64, ts: u64, b64: &str) {
+    let mut n = itoa::Buffer::new();
+    let mut put = |parts: &[&[u8]]| parts.iter().for_each(|p| out.extend_from_slice(p));
+    put(&[br#"{"event":"media",""#, keys.seq.as_bytes(), br#"":""#, n.format(seq).as_bytes()]);
+    put(&[br#"",""#, keys.stream.as_bytes(), br#"":""#, stream.as_bytes()]);
+    put(&[br#"","media":{"track":"inbound","chunk":""#, n.format(chunk).as_bytes()]);
+    put(&[br#"","timestamp":""#, n.format(ts).as_bytes(), br#"","payload":""#, b64.as_bytes(), br#""}}"#]);
 }
 
 /// Twilio's playback of what we send: audio plays at real time, a mark is
