@@ -3,6 +3,7 @@
 # the load generator to CPU 1, both on loopback. Stops the server when done.
 #   scripts/load.sh CALLS [SCENARIO] [DURATION] [REPORT_DIR] [EXTRA_SERVER_TOML]
 # Extra loadtest flags can be passed in LOADTEST_ARGS (e.g. --clips caller_leak_8k.wav).
+# STORE_DB=PATH keeps the call store in that SQLite file (default: in memory, "").
 # CARRIER=telnyx plays Telnyx callers on /telnyx/stream (default twilio).
 # ENGINE=openai_realtime runs the FAKE Realtime server (loadtest's fake_realtime, on CPU 1
 # with the generator) and points callbridge's OpenAI Realtime engine at it.
@@ -20,7 +21,7 @@ port=$((18000 + RANDOM % 1000))
 cfg=$(mktemp)
 server_extra=""
 [ "${ENGINE:-local}" = cascaded ] && server_extra='allow_unsigned_tenant_calls = true'
-printf '[server]\nlisten = "127.0.0.1:%s"\nworker_threads = 1\n%s\n[storage]\ndatabase = ""\n%s\n' "$port" "$server_extra" "$extra" > "$cfg"
+printf '[server]\nlisten = "127.0.0.1:%s"\nworker_threads = 1\n%s\n[storage]\ndatabase = "%s"\n%s\n' "$port" "$server_extra" "${STORE_DB:-}" "$extra" > "$cfg"
 cargo build --release -q -p callbridge -p loadtest
 fake_pid=""
 if [ "${ENGINE:-local}" = openai_realtime ]; then

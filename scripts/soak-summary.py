@@ -44,3 +44,12 @@ else:
 series = [l for l in metrics if l and not l.startswith("#")]
 active = [l for l in series if l.startswith("callbridge_calls_active")]
 print(f"after the run: {active[0] if active else 'callbridge_calls_active ?'}; metric series {len(series)}")
+# Frames the server dropped (queue full, stale audio) and how calls ended.
+for prefix in ["callbridge_dropped_frames_total", "callbridge_calls_ended_total", "callbridge_playback_underruns_total"]:
+    for l in series:
+        if l.startswith(prefix):
+            print(l)
+lag = r.get("generator_send_lag")
+if lag:
+    print(f"generator send lag p50 {lag['p50_ms']} ms p99 {lag['p99_ms']} ms max {lag['max_ms']} ms, "
+          f"{lag['late_5ms']} of {lag['frames']} frames >= 5 ms late")

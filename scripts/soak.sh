@@ -13,7 +13,11 @@ mode=${1:?long or short}
 case "$mode" in
   long)
     calls=${2:-250}; duration=${3:-10m}; out=${4:-reports/soak-long}
-    scripts/load.sh "$calls" "talk=3,barge-in=1,dtmf=1" "$duration" "$out"
+    # The call store on disk, as deployed: an in-memory store would hold every live
+    # call's whole conversation in RSS, which is not a leak but would look like one.
+    db=$(mktemp -d)
+    trap 'rm -rf "$db"' EXIT
+    STORE_DB="$db/calls.db" scripts/load.sh "$calls" "talk=3,barge-in=1,dtmf=1" "$duration" "$out"
     ;;
   short)
     total=${2:-10000}; slots=${3:-250}; out=${4:-reports/soak-short}

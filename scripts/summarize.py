@@ -27,11 +27,11 @@ if base.exists():
     b = json.loads(base.read_text())
     print(f"baseline (2 calls, 60 s): response p50 {b['response_latency_ms']['p50']:.1f} p99 {b['response_latency_ms']['p99']:.1f} ms; "
           f"talk p99 {get(b, 'by_scenario', 'talk', 'response_latency_ms', 'p99')}; barge-in p95 {b['barge_in_latency_ms']['p95']}")
-print("| calls | runs | talk response p50 ms | talk response p99 ms | all response p99 ms | barge-in p95 ms | underruns | failures | server CPU % | CPU %/call | RSS KiB/call | generator CPU % |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| calls | runs | talk response p50 ms | talk response p99 ms | all response p99 ms | barge-in p95 ms | underruns | failures | server CPU % | CPU %/call | RSS KiB/call | generator CPU % | generator send lag p99 ms |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for n in sorted(runs):
     rs = runs[n]
-    print("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+    print("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
         n, len(rs),
         cell([get(r, "by_scenario", "talk", "response_latency_ms", "p50") for r in rs]),
         cell([get(r, "by_scenario", "talk", "response_latency_ms", "p99") for r in rs]),
@@ -43,4 +43,5 @@ for n in sorted(runs):
         cell([get(r, "server", "cpu_percent_per_call") for r in rs], "{:.3f}"),
         cell([get(r, "server", "rss_kib_per_call") for r in rs], "{:.0f}"),
         cell([get(r, "generator_cpu_percent", "p50") for r in rs]),
+        cell([get(r, "generator_send_lag", "p99_ms") for r in rs]),
     ))
