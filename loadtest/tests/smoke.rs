@@ -7,8 +7,13 @@ use loadtest::report::Report;
 use loadtest::run::{Options, run};
 use loadtest::script::ScriptTiming;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_few_calls_talk_and_barge_in_against_a_real_server() {
+/// An in-process server (local engine, no greeting, memory store) and the caller clips.
+async fn server_and_clips() -> (
+    callbridge::server::Running,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), callbridge::server::ServerError>>,
+    Vec<loadtest::clip::Clip>,
+) {
     let cfg = callbridge::config::Config::from_toml(
         "[engine.local]\ngreeting_wav = \"\"\n[storage]\ndatabase = \"\"\n",
         "test",
@@ -16,7 +21,12 @@ async fn a_few_calls_talk_and_barge_in_against_a_real_server() {
     .unwrap();
     let (srv, stop, join) = callbridge::server::spawn(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let fixtures = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/audio"));
-    let clips = loadtest::clip::load_caller_clips(fixtures).unwrap();
+    (srv, stop, join, loadtest::clip::load_caller_clips(fixtures).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_few_calls_talk_and_barge_in_against_a_real_server() {
+    let (srv, stop, join, clips) = server_and_clips().await;
     let opts = Options {
         url: format!("ws://{}/twilio/stream", srv.addr),
         calls: 4,
@@ -63,14 +73,8 @@ async fn a_few_calls_talk_and_barge_in_against_a_real_server() {
 /// (pre-encoded base64 JSON, binary 16 kHz PCM) are read and answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telnyx_and_vonage_callers_are_answered() {
-    let cfg = callbridge::config::Config::from_toml(
-        "[engine.local]\ngreeting_wav = \"\"\n[storage]\ndatabase = \"\"\n",
-        "test",
-    )
-    .unwrap();
-    let (srv, stop, join) = callbridge::server::spawn(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let fixtures = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/audio"));
-    let clips = Arc::new(loadtest::clip::load_caller_clips(fixtures).unwrap());
+    let (srv, stop, join, clips) = server_and_clips().await;
+    let clips = Arc::new(clips);
     let one = |carrier: &'static str| {
         let opts = Options {
             url: format!("ws://{}/{carrier}/stream", srv.addr),
