@@ -70,6 +70,8 @@ pub struct Secrets {
     pub vonage_private_key_path: Option<String>,
     /// `DEEPGRAM_API_KEY`, `DEEPGRAM_URL`, `ELEVENLABS_API_KEY`, `ELEVENLABS_URL` (cascaded engine).
     pub cascaded: crate::engine::cascaded::CascadedEnv,
+    /// `CALLBRIDGE_TURN_CREDENTIAL`: the password for `webrtc.ice_username` on the TURN servers.
+    pub turn_credential: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -88,6 +90,7 @@ impl std::fmt::Debug for Secrets {
             .field("vonage_private_key_path", &self.vonage_private_key_path)
             .field("deepgram_api_key", &self.cascaded.deepgram_key.as_ref().map(|_| "<set>"))
             .field("elevenlabs_api_key", &self.cascaded.elevenlabs_key.as_ref().map(|_| "<set>"))
+            .field("turn_credential", &self.turn_credential.as_ref().map(|_| "<set>"))
             .finish()
     }
 }
@@ -119,6 +122,7 @@ impl Secrets {
                 elevenlabs_key: var("ELEVENLABS_API_KEY"),
                 elevenlabs_url: var("ELEVENLABS_URL"),
             },
+            turn_credential: var("CALLBRIDGE_TURN_CREDENTIAL"),
         }
     }
 }
@@ -157,6 +161,9 @@ pub struct Config {
     /// Vonage Voice API (`[vonage]`).
     #[serde(default)]
     pub vonage: VonageConfig,
+    /// Browser calls over WebRTC (`[webrtc]`).
+    #[serde(default)]
+    pub webrtc: WebRtcConfig,
     /// Limits per tenant and on the HTTP server (`[limits]`).
     pub limits: LimitsConfig,
     /// Numbers declared in the file (`[[numbers]]`); more are registered over the API.
@@ -311,6 +318,43 @@ pub struct VonageConfig {
 impl Default for VonageConfig {
     fn default() -> Self {
         Self { api_url: "https://api.nexmo.com".into(), rate: 16000 }
+    }
+}
+
+/// `[webrtc]`: browser calls (`POST /webrtc/offer`, the `/phone` page).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebRtcConfig {
+    /// Take browser calls at all.
+    pub enabled: bool,
+    /// Local addresses the per-call UDP sockets bind (port 0: any free port;
+    /// each address gives one host candidate). Loopback by default: a real
+    /// deployment lists its public interface, e.g. `["0.0.0.0:0"]`.
+    pub udp_addrs: Vec<String>,
+    /// Public addresses to advertise in place of the bound ones (a host
+    /// behind 1:1 NAT, e.g. a cloud VM's public IP); empty: the bound ones.
+    pub public_ips: Vec<String>,
+    /// STUN/TURN server URLs offered to ICE (`stun:host:port`, `turn:host:port`).
+    pub ice_servers: Vec<String>,
+    /// Username for the TURN servers ("" = none).
+    pub ice_username: String,
+    /// How long to wait for ICE candidate gathering before answering, ms.
+    pub gather_timeout_ms: u64,
+    /// Opus encoder bitrate for the agent's voice, bit/s.
+    pub opus_bitrate: i32,
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            udp_addrs: vec!["127.0.0.1:0".into()],
+            public_ips: Vec::new(),
+            ice_servers: Vec::new(),
+            ice_username: String::new(),
+            gather_timeout_ms: 2000,
+            opus_bitrate: 32_000,
+        }
     }
 }
 
@@ -595,7 +639,7 @@ mod tests {
     #[test]
     fn embedded_default_parses_and_matches_struct_defaults() {
         let c = Config::embedded();
-        assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.server.listen, "127.0.0.1:8080".parse::<std::net::SocketAddr>().unwrap());
         assert_eq!(c.engine.kind, "local");
         // default.toml mirrors every default in code
         assert_eq!(c.turn, crate::session::turn::TurnConfig::default());

@@ -64,7 +64,11 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         vec![twilio.control, telnyx.control, vonage.control];
     let carrier_routes = crate::api::twilio::routes()
         .merge(crate::api::telnyx::routes(telnyx.telnyx))
-        .merge(crate::api::vonage::routes(vonage.vonage));
+        .merge(crate::api::vonage::routes(vonage.vonage))
+        .merge(crate::api::webrtc::routes(crate::api::webrtc::WebRtc::new(
+            &config.webrtc,
+            secrets.turn_credential.as_deref(),
+        )));
     let clips = LocalClips::load(&config.engine.local.greeting_wav, &config.engine.local.reply_wav)?;
     // Engines by name: one registration line each.
     let mut engines = EngineRegistry::new(&config.engine.kind, "local");

@@ -85,9 +85,12 @@ pub async fn route_call(s: &Arc<AppState>, a: &Arrival) -> Result<Route, Refusal
         info!(carrier = a.carrier, "call to an unregistered number refused");
         return Err(refused(Refusal::NotInService));
     }
+    // A browser call (the `/phone` page, its tenant's token checked) may try
+    // any of its numbers, whichever carrier the number is with.
     if let Some(t) = &tenant
         && !t.carrier.is_empty()
         && t.carrier != a.carrier
+        && a.carrier != crate::carrier::webrtc::NAME
     {
         warn!(carrier = a.carrier, registered = %t.carrier, "call refused: the number is registered with another carrier");
         return Err(refused(Refusal::WrongCarrier));

@@ -10,6 +10,7 @@ pub mod rate;
 pub mod telnyx;
 pub mod twilio;
 pub mod vonage;
+pub mod webrtc;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

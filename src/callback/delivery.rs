@@ -112,6 +112,9 @@ pub struct EventSender {
     /// The conversation as JSON text, one event each: a `serde_json::Value`
     /// per event held 2–3 times the memory over a long call (heaptrack, BENCHMARKS §8).
     log: Vec<Box<str>>,
+    /// A live copy of every event as envelope JSON (the `/phone` page's feed);
+    /// never waits: a full tap loses the event, not the call.
+    tap: Option<mpsc::Sender<Arc<str>>>,
 }
 
 impl EventSender {
@@ -125,6 +128,7 @@ impl EventSender {
             dropped: Arc::new(AtomicU64::new(0)),
             store: None,
             log: Vec::new(),
+            tap: None,
         }
     }
 
@@ -148,7 +152,7 @@ impl EventSender {
             let _running = running;
             deliver(client, target, cfg, rx, counted).await
         });
-        Self { call_id: call_id.into(), seq: first_seq, tx: Some(tx), dropped, store: None, log: Vec::new() }
+        Self { call_id: call_id.into(), seq: first_seq, tx: Some(tx), dropped, store: None, log: Vec::new(), tap: None }
     }
 
     /// Also keep every event in the call store (the transcript).
@@ -157,9 +161,14 @@ impl EventSender {
         self
     }
 
-    /// Whether events go anywhere (a callback or the store).
+    /// Also copy every event, as envelope JSON, to `tap`.
+    pub fn set_tap(&mut self, tap: mpsc::Sender<Arc<str>>) {
+        self.tap = Some(tap);
+    }
+
+    /// Whether events go anywhere (a callback, the store or a tap).
     pub fn active(&self) -> bool {
-        self.tx.is_some() || self.store.is_some()
+        self.tx.is_some() || self.store.is_some() || self.tap.is_some()
     }
 
     /// Keep a record in the transcript only (not a callback event), e.g. a
@@ -233,6 +242,11 @@ impl EventSender {
             }
         } else {
             self.store_envelope(&env);
+        }
+        if let Some(tap) = &self.tap
+            && let Ok(text) = serde_json::to_string(&env)
+        {
+            let _ = tap.try_send(Arc::from(text));
         }
         let Some(tx) = self.tx.as_ref() else { return true };
         let last = matches!(env.event, Event::CallEnded(_));

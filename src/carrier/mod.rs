@@ -18,6 +18,7 @@ mod json;
 pub mod telnyx;
 pub mod twilio;
 pub mod vonage;
+pub mod webrtc;
 mod wire;
 
 use std::time::Instant;

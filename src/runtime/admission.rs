@@ -50,6 +50,8 @@ pub struct Route {
     pub direction: &'static str,
     /// Who answered an outbound call (the carrier's machine detection), if it said.
     pub answered_by: String,
+    /// A live copy of the call's events (a browser call's page).
+    pub tap: Option<tokio::sync::mpsc::Sender<Arc<str>>>,
 }
 
 impl Route {
@@ -71,6 +73,7 @@ impl Route {
             received_at: std::time::SystemTime::now(),
             direction: "",
             answered_by: String::new(),
+            tap: None,
         }
     }
 }

@@ -13,3 +13,4 @@ pub mod recovery;
 pub mod registry;
 pub mod transport;
 pub mod turn_pool;
+pub mod webrtc;

@@ -24,6 +24,8 @@ pub enum Text {
     Axum(axum::extract::ws::Utf8Bytes),
     /// From tungstenite's.
     Tungstenite(tungstenite::Utf8Bytes),
+    /// Made by a shell that is not a WebSocket (WebRTC's start message).
+    Owned(Box<str>),
 }
 
 impl Text {
@@ -32,6 +34,7 @@ impl Text {
         match self {
             Text::Axum(t) => t.as_str(),
             Text::Tungstenite(t) => t.as_str(),
+            Text::Owned(t) => t,
         }
     }
 }

@@ -6,6 +6,7 @@
 //!   and how it reads ours).
 //! - [`telnyx_peer`]: Telnyx's side of media streaming.
 //! - [`vonage_peer`]: Vonage's side of the Voice API WebSocket.
+//! - [`webrtc_peer`]: a browser's side of a WebRTC call (the `webrtc` crate as the client).
 //! - [`mutate`]: deterministic mutation of real messages (garbage-input tests).
 //! - [`fake_realtime`]: a FAKE OpenAI Realtime server on loopback.
 //! - [`fake_deepgram`]: a FAKE Deepgram live-transcription server on loopback.
@@ -28,3 +29,4 @@ pub mod telnyx_peer;
 pub mod turn_eval;
 pub mod twilio_peer;
 pub mod vonage_peer;
+pub mod webrtc_peer;

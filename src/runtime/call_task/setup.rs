@@ -173,7 +173,7 @@ pub(super) fn admit(
         engine = ctx.engines.build(Some("local"), &request).engine;
     }
     let record = route.plan.record.unwrap_or(ctx.record_by_default) && ctx.recordings.is_some();
-    let events_on = route.tenant.is_some() || ctx.store.is_some();
+    let events_on = route.tenant.is_some() || ctx.store.is_some() || route.tap.is_some();
     let cfg = SessionConfig {
         turn: {
             let mut t = route.plan.turn.apply(&ctx.session.turn);
@@ -267,6 +267,9 @@ pub(super) fn admit(
         (None, Some(t)) => ctx.event_stream(t, &id_s, route.seq_used),
         (None, None) => EventSender::disabled(&id_s).with_store(ctx.store.clone()),
     };
+    if let Some(tap) = route.tap.take() {
+        io.events.set_tap(tap);
+    }
     io.route = Some(RouteInfo {
         tenant: route.tenant.clone(),
         plan: route.plan.clone(),
