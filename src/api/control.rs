@@ -53,7 +53,8 @@ pub fn error(status: StatusCode, code: &'static str, message: impl Into<String>)
     api_error(status, code, message).into_response()
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The request's bearer token, if it has one.
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())

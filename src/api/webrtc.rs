@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 use super::AppState;
 use super::arrival::{Arrival, Disposition, Refusal, disposition, route_call, settle};
-use super::control::{ApiError, api_error, error};
+use super::control::{ApiError, api_error, bearer, error};
 use crate::carrier::webrtc::{NAME, StartMessage, WebRtcCodec};
 use crate::ids::CallId;
 use crate::runtime::webrtc::{OfferError, PeerSettings, answer};
@@ -92,12 +92,6 @@ pub struct OfferQuery {
     number: String,
     #[serde(default)]
     from: String,
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// `POST /webrtc/offer`.
