@@ -33,6 +33,7 @@ pub mod ids;
 pub mod listener;
 pub mod metrics;
 pub mod netguard;
+pub mod procstat;
 pub mod recording;
 pub mod runtime;
 pub mod server;

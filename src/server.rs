@@ -128,6 +128,7 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         public_http: config.public_http_url(),
         turn_pool,
         carriers: carriers.clone(),
+        dashboard: crate::runtime::dashboard::Dashboard::new(),
     });
     let metrics = crate::metrics::install();
     for c in &carriers {
@@ -245,6 +246,7 @@ pub async fn serve(
             st.rate.sweep(std::time::Instant::now());
         }
     });
+    let dashboard = tokio::spawn(state.call.dashboard.clone().run(state.call.registry.clone()));
     // Retention: delete call data older than `storage.retention_days`, hourly.
     let retention = (state.config.storage.retention_days > 0).then(|| {
         let days = state.config.storage.retention_days as i64;
@@ -271,6 +273,7 @@ pub async fn serve(
         let _ = s.await;
     }
     upkeep.abort();
+    dashboard.abort();
     if let Some(r) = retention {
         r.abort();
     }

@@ -16,7 +16,7 @@
 pub mod caller;
 pub mod clip;
 pub mod peer;
-pub mod procstat;
+pub use callbridge::procstat;
 pub mod report;
 pub mod run;
 pub mod scenario;

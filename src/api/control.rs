@@ -22,6 +22,7 @@ use super::AppState;
 use super::carrier_control::ControlError;
 use crate::destination::TransferTarget;
 use crate::ids::CallId;
+use crate::runtime::dashboard::CallState;
 use crate::runtime::registry::{CallControl, CallDetails};
 use crate::session::{ControlCommand, Say};
 use crate::tenant::{Tenant, TenantError};
@@ -60,7 +61,7 @@ pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn is_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn is_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(admin) = s.secrets.admin_token.as_deref() else {
         return Err(api_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -177,7 +178,7 @@ pub async fn delete_number(State(s): State<Arc<AppState>>, headers: HeaderMap, P
     let Some(t) = s.tenants.get(&number) else {
         return error(StatusCode::NOT_FOUND, "not_found", "number not registered");
     };
-    if !s.call.registry.of_tenant(&t.id).is_empty() {
+    if !s.call.registry.live_calls(Some(&t.id)).is_empty() {
         return error(StatusCode::CONFLICT, "calls_live", "the number has live calls; hang them up first");
     }
     let store = s.tenants.clone();
@@ -202,7 +203,8 @@ pub async fn delete_number(State(s): State<Arc<AppState>>, headers: HeaderMap, P
     }
 }
 
-fn call_json(id: CallId, d: &CallDetails) -> serde_json::Value {
+/// A live call as the control API and the dashboard show it.
+pub(super) fn call_json(id: CallId, d: &CallDetails, state: CallState) -> serde_json::Value {
     let started = d.started_at.duration_since(UNIX_EPOCH).map_or(0, |t| t.as_millis() as u64);
     json!({
         "call_id": id.to_string(),
@@ -213,6 +215,7 @@ fn call_json(id: CallId, d: &CallDetails) -> serde_json::Value {
         "engine": d.engine,
         "started_at_ms": started,
         "duration_ms": d.started_at.elapsed().map_or(0, |e| e.as_millis() as u64),
+        "state": state.label(),
     })
 }
 
@@ -222,7 +225,8 @@ pub async fn list_calls(State(s): State<Arc<AppState>>, headers: HeaderMap) -> R
         Ok(t) => t,
         Err(r) => return r.into_response(),
     };
-    let mut calls: Vec<_> = s.call.registry.of_tenant(&t.id).iter().map(|(id, d)| call_json(*id, d)).collect();
+    let mut calls: Vec<_> =
+        s.call.registry.live_calls(Some(&t.id)).iter().map(|(id, d, state)| call_json(*id, d, *state)).collect();
     // Outbound calls still ringing.
     calls.extend(s.dialing.of_tenant(&t.id).into_iter().map(|(id, to, carrier, carrier_call_id, placed)| {
         json!({"call_id": id.to_string(), "from": t.number, "to": to, "carrier": carrier,
@@ -258,7 +262,7 @@ fn own_call(
 /// `GET /v1/calls/{id}` (tenant).
 pub async fn get_call(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     match own_call(&s, &headers, &id) {
-        Ok((_, cid, _, d)) => Json(call_json(cid, &d)).into_response(),
+        Ok((_, cid, h, d)) => Json(call_json(cid, &d, h.live.state())).into_response(),
         Err(r) => r.into_response(),
     }
 }

@@ -5,6 +5,7 @@
 pub mod arrival;
 pub mod carrier_control;
 pub mod control;
+pub mod dashboard;
 pub mod outbound;
 pub mod rate;
 pub mod telnyx;
@@ -114,6 +115,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/calls/{id}/transfer", post(control::transfer))
         .route("/openapi.json", get(control::openapi))
         .route("/schema/callbacks.json", get(control::callbacks_schema))
+        .merge(dashboard_routes())
         .merge(state.carrier_routes.clone());
     if !admin_apart {
         r = r.merge(admin_routes()).route("/metrics", get(public_metrics));
@@ -128,7 +130,14 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .merge(admin_routes())
+        .merge(dashboard_routes())
         .with_state(state)
+}
+
+/// The live dashboard (a token is needed for its feed): on the public
+/// listener, and on the admin listener too when it is apart.
+fn dashboard_routes() -> Router<Arc<AppState>> {
+    Router::new().route("/dashboard", get(dashboard::page)).route("/v1/dashboard/events", get(dashboard::events))
 }
 
 fn admin_routes() -> Router<Arc<AppState>> {

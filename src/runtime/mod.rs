@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod call_task;
 pub mod capacity;
+pub mod dashboard;
 pub mod dialing;
 pub mod engine_link;
 pub mod parked;

@@ -14,6 +14,7 @@ use dashmap::DashMap;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::ids::CallId;
+use crate::runtime::dashboard::{CallState, LiveCall};
 use crate::session::{ControlCommand, Say};
 
 /// A command from outside a call to its task.
@@ -70,6 +71,8 @@ pub struct CallHandle {
     pub carrier: &'static str,
     /// Known once the stream started (and was admitted).
     pub details: Option<Arc<CallDetails>>,
+    /// What the call is doing (set by its task).
+    pub live: Arc<LiveCall>,
 }
 
 /// How long ended calls are remembered.
@@ -91,9 +94,10 @@ impl Registry {
 
     /// Add a call; it is removed when the returned guard drops.
     pub fn register(self: &Arc<Self>, id: CallId, handle: CallHandle) -> Registration {
+        let live = handle.live.clone();
         self.calls.insert(id, handle);
         crate::metrics::calls_active().increment(1.0);
-        Registration { registry: self.clone(), id }
+        Registration { registry: self.clone(), id, live }
     }
 
     /// Number of live calls.
@@ -111,17 +115,26 @@ impl Registry {
         self.calls.get(&id).map(|h| h.clone())
     }
 
-    /// Live calls of `tenant` (with details).
-    pub fn of_tenant(&self, tenant: &str) -> Vec<(CallId, Arc<CallDetails>)> {
+    /// Every admitted call's details and state, in no order.
+    pub fn for_each_live(&self, mut f: impl FnMut(&CallDetails, CallState)) {
+        for e in self.calls.iter() {
+            if let Some(d) = &e.details {
+                f(d, e.live.state());
+            }
+        }
+    }
+
+    /// Admitted calls of `tenant` (all calls for `None`), oldest first.
+    pub fn live_calls(&self, tenant: Option<&str>) -> Vec<(CallId, Arc<CallDetails>, CallState)> {
         let mut v: Vec<_> = self
             .calls
             .iter()
             .filter_map(|e| {
                 let d = e.details.as_ref()?;
-                (d.tenant.as_deref() == Some(tenant)).then(|| (*e.key(), d.clone()))
+                (tenant.is_none() || d.tenant.as_deref() == tenant).then(|| (*e.key(), d.clone(), e.live.state()))
             })
             .collect();
-        v.sort_by_key(|(_, d)| d.started_at);
+        v.sort_by_key(|(_, d, _)| d.started_at);
         v
     }
 
@@ -158,12 +171,18 @@ impl Registry {
 pub struct Registration {
     registry: Arc<Registry>,
     id: CallId,
+    live: Arc<LiveCall>,
 }
 
 impl Registration {
     /// The registered call.
     pub fn id(&self) -> CallId {
         self.id
+    }
+
+    /// The call's live state (its task sets it).
+    pub fn live(&self) -> &Arc<LiveCall> {
+        &self.live
     }
 
     /// Re-key the call (its id was assigned by the webhook) and publish its details.
@@ -211,7 +230,8 @@ mod tests {
     async fn guard_removes_and_wait_empty_returns() {
         let r = Registry::new();
         let (tx, mut rx) = mpsc::channel(1);
-        let g = r.register(CallId(1), CallHandle { control: tx, carrier: "fake", details: None });
+        let g =
+            r.register(CallId(1), CallHandle { control: tx, carrier: "fake", details: None, live: LiveCall::new() });
         assert_eq!(r.len(), 1);
         assert_eq!(r.broadcast(ControlCommand::Shutdown), 1);
         assert!(matches!(rx.recv().await, Some(CallControl::Session(ControlCommand::Shutdown))));
@@ -226,13 +246,17 @@ mod tests {
     async fn admitted_calls_are_listed_per_tenant_and_remembered_when_ended() {
         let r = Registry::new();
         let (tx, _rx) = mpsc::channel(1);
-        let mut g = r.register(CallId(1), CallHandle { control: tx.clone(), carrier: "fake", details: None });
-        let _other = r.register(CallId(2), CallHandle { control: tx, carrier: "fake", details: None });
-        assert!(r.of_tenant("+15550001111").is_empty());
+        let mut g = r.register(
+            CallId(1),
+            CallHandle { control: tx.clone(), carrier: "fake", details: None, live: LiveCall::new() },
+        );
+        let _other =
+            r.register(CallId(2), CallHandle { control: tx, carrier: "fake", details: None, live: LiveCall::new() });
+        assert!(r.live_calls(Some("+15550001111")).is_empty());
         g.admit(CallId(9), details("+15550001111"));
         assert!(r.get(CallId(1)).is_none());
-        assert_eq!(r.of_tenant("+15550001111").len(), 1);
-        assert!(r.of_tenant("+15550002222").is_empty());
+        assert_eq!(r.live_calls(Some("+15550001111")).len(), 1);
+        assert!(r.live_calls(Some("+15550002222")).is_empty());
         drop(g);
         assert!(r.ended_recently(CallId(9), "+15550001111"));
         assert!(!r.ended_recently(CallId(9), "+15550002222"));

@@ -88,6 +88,8 @@ pub(super) struct ShellIo {
     pub transfer_to: Option<String>,
     /// The end-of-turn model's workers and this call's smart settings.
     pub turn_pool: Option<(std::sync::Arc<crate::runtime::turn_pool::TurnPool>, crate::session::turn::SmartConfig)>,
+    /// The call's end of the live dashboard.
+    pub feed: Option<crate::runtime::dashboard::CallFeed>,
 }
 
 impl ShellIo {
@@ -114,6 +116,7 @@ impl ShellIo {
             route: None,
             transfer_to: None,
             turn_pool: None,
+            feed: None,
         }
     }
 
@@ -309,7 +312,12 @@ impl CallIo for ShellIo {
 
     fn output(&mut self, out: Output<'_>) {
         match out {
-            Output::Telemetry(t) => telemetry::record(&self.metrics, self.id, self.engine_frame, t),
+            Output::Telemetry(t) => {
+                if let Some(f) = &self.feed {
+                    f.observe(&t);
+                }
+                telemetry::record(&self.metrics, self.id, self.engine_frame, t)
+            }
             Output::Event(e) => {
                 self.events.send(e);
             }
@@ -338,10 +346,16 @@ impl CallIo for ShellIo {
 
     fn frames_out(&mut self, n: u64) {
         self.metrics.frames_out.increment(n);
+        if let Some(f) = &self.feed {
+            f.speaking();
+        }
     }
 
     fn frames_dropped(&mut self, n: u64) {
         self.metrics.dropped_queue.increment(n);
+        if let Some(f) = &self.feed {
+            f.dropped(n);
+        }
     }
 
     fn protocol_error(&mut self, code: &'static str, error: &CarrierError) {

@@ -37,6 +37,7 @@ use crate::config::CallbacksConfig;
 use crate::engine::registry::EngineRegistry;
 use crate::ids::CallId;
 use crate::runtime::admission::PendingCalls;
+use crate::runtime::dashboard::LiveCall;
 use crate::runtime::engine_link::LinkEvents;
 use crate::runtime::registry::{CallControl, CallHandle, Registry};
 use crate::runtime::transport::{Received, Transport, WriteError};
@@ -98,6 +99,8 @@ pub struct CallContext {
     pub turn_pool: Option<Arc<crate::runtime::turn_pool::TurnPool>>,
     /// Carriers' call control (a backend's reply may transfer the call).
     pub carriers: Vec<Arc<dyn crate::api::carrier_control::CarrierControl>>,
+    /// The live dashboard's feed.
+    pub dashboard: Arc<crate::runtime::dashboard::Dashboard>,
 }
 
 impl CallContext {
@@ -162,8 +165,10 @@ pub async fn run_call<T: Transport>(
     let provisional = CallId::random();
     let label = carrier.name();
     let (control_tx, mut control) = mpsc::channel(16);
-    let mut registration =
-        ctx.registry.register(provisional, CallHandle { control: control_tx, carrier: label, details: None });
+    let mut registration = ctx.registry.register(
+        provisional,
+        CallHandle { control: control_tx, carrier: label, details: None, live: LiveCall::new() },
+    );
     metrics::counter!(crate::metrics::CALLS_TOTAL, "carrier" => label).increment(1);
     let admitted = match setup::await_start(&mut transport, carrier.as_mut(), &mut control, &ctx).await {
         Ok(info) => setup::admit(&ctx, info, carrier, &mut registration),

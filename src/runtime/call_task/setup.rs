@@ -238,6 +238,7 @@ pub(super) fn admit(
     let wire = WireOut::new(ctx.limits.max_queued_messages, crate::carrier::ARENA_BYTES);
     let mut io = ShellIo::new(id, label, wire, CallMetrics::new(label, engine.label()), requests);
     io.turn_pool = ctx.turn_pool.clone().map(|p| (p, session_turn.clone()));
+    io.feed = Some(ctx.dashboard.feed(registration.live().clone(), route.tenant.as_ref().map(|t| t.id.as_str())));
     io.transfers = ctx
         .carriers
         .iter()

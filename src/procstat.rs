@@ -1,4 +1,5 @@
-//! Server CPU and RSS from /proc (Linux), sampled once a second.
+//! A process's CPU and RSS from /proc (Linux), sampled once a second: the
+//! loadtest samples the server with it, the dashboard samples itself.
 
 use serde::Serialize;
 
