@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use callbridge::audio::resample::Resampler;
+use callbridge_testkit::webdriver::{Browser, available};
 use common::net::TestServer;
-use common::webdriver::{Browser, available};
 
 /// The fake microphone's WAV (16 kHz mono 16-bit).
 fn microphone_wav() -> PathBuf {
@@ -66,7 +66,7 @@ async fn the_phone_page_calls_the_agent_in_chromium() {
     }
     let srv = TestServer::start("").await;
     let wav = microphone_wav();
-    let browser = Browser::start(&wav).await;
+    let browser = Browser::start(Some(&wav)).await;
     browser.goto(&format!("http://{}/phone", srv.addr)).await;
     assert_eq!(browser.eval("return document.title").await, "callbridge phone");
     browser.eval("document.getElementById('call').click(); return true;").await;

@@ -5,7 +5,6 @@ pub mod backend;
 pub mod binary;
 pub mod calls;
 pub mod net;
-pub mod webdriver;
 
 #[allow(unused_imports)]
 pub use callbridge_testkit::harness::*;

@@ -13,6 +13,7 @@
 //! - [`fake_elevenlabs`]: a FAKE ElevenLabs multi-context TTS server on loopback.
 //! - [`harness`]: the real call loop driven in virtual time over a FAKE carrier.
 //! - [`mem_call`]: a Twilio call through the real call loop over an in-memory WebSocket.
+//! - [`webdriver`]: just enough WebDriver to drive Debian's headless Chromium (browser tests).
 //! - [`turn_eval`]: recorded caller turns through the real call loop: premature answers and response times.
 //!
 //! Every fake here is named a fake: it speaks the real wire protocol and
@@ -29,4 +30,5 @@ pub mod telnyx_peer;
 pub mod turn_eval;
 pub mod twilio_peer;
 pub mod vonage_peer;
+pub mod webdriver;
 pub mod webrtc_peer;

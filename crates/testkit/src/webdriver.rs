@@ -52,8 +52,9 @@ fn free_port() -> u16 {
 }
 
 impl Browser {
-    /// Start chromedriver and a headless Chromium whose microphone plays `wav` (looped).
-    pub async fn start(wav: &Path) -> Self {
+    /// Start chromedriver and a headless Chromium whose microphone plays `wav`
+    /// (looped), or a fake tone without one.
+    pub async fn start(wav: Option<&Path>) -> Self {
         let port = free_port();
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
@@ -77,7 +78,7 @@ impl Browser {
         }
         let profile = std::env::temp_dir().join(format!("cb-chromium-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&profile).unwrap();
-        let args = vec![
+        let mut args = vec![
             "--headless=new".to_string(),
             "--no-sandbox".into(),
             "--disable-gpu".into(),
@@ -85,12 +86,14 @@ impl Browser {
             "--no-first-run".into(),
             "--use-fake-ui-for-media-stream".into(),
             "--use-fake-device-for-media-stream".into(),
-            format!("--use-file-for-fake-audio-capture={}", wav.display()),
             "--autoplay-policy=no-user-gesture-required".into(),
             "--allow-loopback-in-peer-connection".into(),
             "--window-size=1000,900".into(),
             format!("--user-data-dir={}", profile.display()),
         ];
+        if let Some(wav) = wav {
+            args.push(format!("--use-file-for-fake-audio-capture={}", wav.display()));
+        }
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args}
