@@ -9,7 +9,14 @@
 //!   the whole outbound path (resample → µ-law → base64 → JSON), and one frame
 //!   in + one frame out through a real `Session` including WebSocket framing
 //!   (tungstenite server side, 8 KiB read buffer), for one call and cycling
-//!   over 1,000 call states.
+//!   over 1,000 call states;
+//! - `resample` also holds the 48 kHz legs of a browser call (FIR and rubato);
+//! - `webrtc`: Opus decode and encode of one 20 ms speech frame at 48 kHz
+//!   (libopus through audiopus, VoIP mode, in-band FEC, 32 kbit/s; encode at
+//!   complexities 10, 7, 5 and 3), and one frame in +
+//!   one frame out of a browser call through the real `Call` (WebRTC codec,
+//!   session, local engine) — the shell's RTP/SRTP/ICE work in the `webrtc`
+//!   crate is not in it (the loadtest's WebRTC mode measures the whole).
 
 use std::hint::black_box;
 
@@ -57,6 +64,9 @@ fn resample_bench(c: &mut Criterion) {
         (16000, 24000),
         (24000, 16000),
     ];
+    // A browser call's legs: Opus is 48 kHz; the session runs at the
+    // carrier's rate and engines want 8, 16 or 24 kHz.
+    let rates = rates.into_iter().chain([(16000, 48000), (48000, 16000), (24000, 48000), (48000, 24000)]);
     for (from, to) in rates {
         let n_in = from as usize / 50;
         let input: Vec<i16> = (0..n_in).map(|i| ((i * 37) % 2000) as i16 - 1000).collect();
@@ -68,7 +78,18 @@ fn resample_bench(c: &mut Criterion) {
     // rubato's FFT resampler, f32 (what it processes natively), 4 sub-chunks.
     use rubato::audioadapter_buffers::direct::InterleavedSlice;
     use rubato::{Fft, FixedSync, Resampler as _};
-    for (from, to) in [(8000usize, 16000usize), (16000, 8000), (8000, 24000), (24000, 8000)] {
+    for (from, to) in [
+        (8000usize, 16000usize),
+        (16000, 8000),
+        (8000, 24000),
+        (24000, 8000),
+        (8000, 48000),
+        (48000, 8000),
+        (16000, 48000),
+        (48000, 16000),
+        (24000, 48000),
+        (48000, 24000),
+    ] {
         let n_in = from / 50;
         let mut r =
             Fft::<f32>::new_custom(from, to, n_in, 4, 1, rubato::WindowFunction::BlackmanHarris2, FixedSync::Both)
@@ -222,5 +243,116 @@ fn realtime_bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, g711_bench, resample_bench, vad_bench, path_bench, realtime_bench);
+/// The browser call's Opus and its whole in/out path (see the module doc).
+fn webrtc_bench(c: &mut Criterion) {
+    use audiopus::coder::{Decoder, Encoder};
+    use audiopus::{Application, Bitrate, Channels, SampleRate};
+    use callbridge::call::Call;
+    use callbridge::carrier::webrtc::{FRAME, KIND_OPUS, StartMessage, WebRtcCodec};
+    use callbridge::carrier::{Carrier as _, WireIn};
+    use callbridge::engine::Engine as _;
+    use callbridge::engine::local::{LocalClips, LocalEngine};
+    use callbridge::session::{Session, SessionConfig};
+    use callbridge_testkit::mem_call::CountingIo;
+
+    // The speech fixture at 48 kHz, and its 20 ms Opus packets.
+    let speech = speech_8k();
+    let mut up = Resampler::new(8000, 48000, 160).unwrap();
+    let mut pcm48 = Vec::new();
+    let mut buf = vec![0i16; up.output_len(160)];
+    for f in speech.chunks_exact(160) {
+        let n = up.process(f, &mut buf);
+        pcm48.extend_from_slice(&buf[..n]);
+    }
+    let mut enc = Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip).unwrap();
+    enc.set_inband_fec(true).unwrap();
+    enc.set_bitrate(Bitrate::BitsPerSecond(32_000)).unwrap();
+    let mut packet = vec![0u8; 1275];
+    let packets: Vec<Vec<u8>> = pcm48
+        .chunks_exact(FRAME)
+        .map(|f| {
+            let n = enc.encode(f, &mut packet).unwrap();
+            packet[..n].to_vec()
+        })
+        .collect();
+    let loud = 22;
+    let frame48 = &pcm48[loud * FRAME..(loud + 1) * FRAME];
+    let mut g = c.benchmark_group("webrtc");
+    eprintln!("libopus default complexity: {}", enc.complexity().unwrap());
+    for cx in [10u8, 7, 5, 3] {
+        enc.set_complexity(cx).unwrap();
+        g.bench_function(format!("opus_encode_20ms_48k_complexity_{cx}"), |b| {
+            b.iter(|| enc.encode(black_box(frame48), &mut packet).unwrap())
+        });
+    }
+    let mut dec = Decoder::new(SampleRate::Hz48000, Channels::Mono).unwrap();
+    let mut out = vec![0i16; 5760];
+    g.bench_function("opus_decode_20ms_48k", |b| {
+        b.iter(|| {
+            let pkt = audiopus::packet::Packet::try_from(black_box(&packets[loud][..])).unwrap();
+            let sig = audiopus::MutSignals::try_from(&mut out[..]).unwrap();
+            dec.decode(Some(pkt), sig, false).unwrap()
+        })
+    });
+
+    // One frame in and one out through the real call: binary message → Opus
+    // decode → session (48 → 8 kHz for the local engine, VAD, turns) → local
+    // engine → playback (8 → 48 kHz) → Opus encode → the shell's message.
+    let msgs: Vec<Vec<u8>> = packets
+        .iter()
+        .map(|p| {
+            let mut m = vec![KIND_OPUS, 0, 0, 0, 0];
+            m.extend_from_slice(p);
+            m
+        })
+        .collect();
+    let mut codec = WebRtcCodec::new()
+        .unwrap()
+        .with_complexity(callbridge::config::WebRtcConfig::default().opus_complexity)
+        .unwrap();
+    let start = serde_json::to_string(&StartMessage::new("wr_bench", "browser", "", None, false)).unwrap();
+    let now0 = std::time::Instant::now();
+    let info = match codec.decode(now0, WireIn::Text(&start)).unwrap() {
+        CarrierEvent::Start(i) => i,
+        _ => unreachable!(),
+    };
+    // The agent speaks real speech (Opus's cost depends on the signal).
+    let greeting: Vec<i16> = speech.iter().copied().cycle().take(8000 * 600).collect();
+    let clips =
+        LocalClips { greeting: Some(std::sync::Arc::from(greeting)), reply: std::sync::Arc::from(vec![1i16; 160]) };
+    let engine = LocalEngine::new(clips);
+    let mut cfg = SessionConfig::default();
+    cfg.turn.barge_in_min_speech_ms = u32::MAX;
+    let session = Session::new(cfg, codec.capabilities(), engine.format(), now0).unwrap();
+    let mut call = Call::new(session, Box::new(codec), Box::new(engine), 20);
+    let mut io = CountingIo { wire: WireOut::new(512, callbridge::carrier::ARENA_BYTES), sent: 0, barge_ins: 0 };
+    call.start(now0, info, &mut io);
+    let mut now = now0;
+    let mut i = 0usize;
+    let mut ts = 0u32;
+    let mut msg = Vec::with_capacity(1400);
+    g.bench_function("in_out_call_20ms", |b| {
+        b.iter(|| {
+            now += std::time::Duration::from_millis(20);
+            ts = ts.wrapping_add(FRAME as u32);
+            msg.clear();
+            msg.extend_from_slice(&msgs[i]);
+            msg[1..5].copy_from_slice(&ts.to_be_bytes());
+            i = (i + 1) % msgs.len();
+            call.on_wire(now, WireIn::Binary(&msg), &mut io).unwrap();
+            if call.poll_timeout().is_some_and(|t| t <= now) {
+                call.on_timeout(now, &mut io);
+            }
+            while let Some(m) = io.wire.pop() {
+                black_box(m.data.len());
+                io.sent += 1;
+            }
+            io.wire.reclaim();
+        })
+    });
+    g.finish();
+    assert!(io.sent > 0, "the agent's audio went out");
+}
+
+criterion_group!(benches, g711_bench, resample_bench, vad_bench, path_bench, realtime_bench, webrtc_bench);
 criterion_main!(benches);

@@ -331,6 +331,13 @@ pub struct WebRtcConfig {
     /// each address gives one host candidate). Loopback by default: a real
     /// deployment lists its public interface, e.g. `["0.0.0.0:0"]`.
     pub udp_addrs: Vec<String>,
+    /// With `udp_port_max`: the UDP ports calls' sockets take (one per call,
+    /// on every address of `udp_addrs` whose port is 0), so a firewall can
+    /// open one range; the range bounds concurrent browser calls. 0 and 0:
+    /// any port the OS gives.
+    pub udp_port_min: u16,
+    /// Last port of the range (inclusive).
+    pub udp_port_max: u16,
     /// Public addresses to advertise in place of the bound ones (a host
     /// behind 1:1 NAT, e.g. a cloud VM's public IP); empty: the bound ones.
     pub public_ips: Vec<String>,
@@ -342,6 +349,10 @@ pub struct WebRtcConfig {
     pub gather_timeout_ms: u64,
     /// Opus encoder bitrate for the agent's voice, bit/s.
     pub opus_bitrate: i32,
+    /// Opus encoder complexity, 0–10: libopus's default (10) costs ≈ 2.5×
+    /// the CPU of 5 per frame for a voice that sounds the same on a call
+    /// (BENCHMARKS.md §9).
+    pub opus_complexity: u8,
 }
 
 impl Default for WebRtcConfig {
@@ -349,11 +360,14 @@ impl Default for WebRtcConfig {
         Self {
             enabled: true,
             udp_addrs: vec!["127.0.0.1:0".into()],
+            udp_port_min: 0,
+            udp_port_max: 0,
             public_ips: Vec::new(),
             ice_servers: Vec::new(),
             ice_username: String::new(),
             gather_timeout_ms: 2000,
             opus_bitrate: 32_000,
+            opus_complexity: 5,
         }
     }
 }
@@ -550,6 +564,16 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         self.turn.validate().map_err(ConfigError::Invalid)?;
+        let w = &self.webrtc;
+        if (w.udp_port_min == 0) != (w.udp_port_max == 0) || w.udp_port_min > w.udp_port_max {
+            return bad("webrtc.udp_port_min and udp_port_max: both 0 (any port) or a range min <= max");
+        }
+        if w.opus_complexity > 10 {
+            return bad("webrtc.opus_complexity: 0 to 10");
+        }
+        if w.udp_addrs.iter().any(|a| a.parse::<std::net::SocketAddr>().is_err()) {
+            return bad("webrtc.udp_addrs: each must be ip:port (port 0: any, or from the port range)");
+        }
         if self.turn.detector == crate::session::turn::Detector::Smart
             && (self.turn_model.model.is_empty() || self.turn_model.runtime.is_empty())
         {

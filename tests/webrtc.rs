@@ -219,3 +219,32 @@ carrier = "twilio"
     peer.close().await;
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_udp_port_range_holds_one_port_per_call_and_a_full_range_refuses() {
+    // One free port: the range holds one call.
+    let port = (45_000u16..55_000)
+        .step_by(101)
+        .find(|p| std::net::UdpSocket::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free UDP port");
+    let srv = TestServer::start(&format!("[webrtc]\nudp_port_min = {port}\nudp_port_max = {port}\n")).await;
+    let base = format!("http://{}", srv.addr);
+    let peer = WebRtcPeer::call(&base, "", None).await.expect("the first call gets the port");
+    assert!(peer.connected(Duration::from_secs(10)).await);
+    assert!(std::net::UdpSocket::bind(("127.0.0.1", port)).is_err(), "the call's socket holds port {port}");
+    match WebRtcPeer::call(&base, "", None).await {
+        Err(callbridge_testkit::webrtc_peer::PeerError::Refused { status, body }) => {
+            assert_eq!(status, 503, "{body}");
+            assert!(body.contains("UDP port"), "{body}");
+        }
+        other => panic!("a second call with the range full: {:?}", other.err()),
+    }
+    assert_eq!(peer.hang_up().await.unwrap(), 204);
+    peer.close().await;
+    srv.wait_no_calls().await;
+    let again = WebRtcPeer::call(&base, "", None).await.expect("the port is free again once the call ended");
+    assert!(again.connected(Duration::from_secs(10)).await);
+    assert_eq!(again.hang_up().await.unwrap(), 204);
+    again.close().await;
+    srv.shutdown().await;
+}

@@ -23,4 +23,5 @@ pub mod scenario;
 pub mod script;
 pub mod stats;
 pub mod ticker;
+pub mod webrtc;
 pub mod wire;

@@ -60,9 +60,11 @@ struct Cli {
     /// Generator threads (tokio workers), each with its own frame ticker.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// The callers' carrier protocol: twilio, telnyx or vonage (point --url at its stream path).
+    /// The callers' carrier protocol: twilio, telnyx or vonage (point --url at
+    /// its stream path), or webrtc (browser calls through `POST /webrtc/offer`
+    /// on --url's host; each caller barges in and talks, see `loadtest::webrtc`).
     #[arg(long, default_value = "twilio")]
-    carrier: loadtest::run::CarrierKind,
+    carrier: String,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -113,6 +115,10 @@ fn main() -> anyhow::Result<()> {
             .map(|n| loadtest::clip::Clip::load(&cli.fixtures.join(n)))
             .collect::<anyhow::Result<Vec<_>>>()?
     };
+    if cli.carrier == "webrtc" {
+        return webrtc(cli, clips);
+    }
+    let carrier: loadtest::run::CarrierKind = cli.carrier.parse().map_err(|e: String| anyhow::anyhow!(e))?;
     let opts = Options {
         url: cli.url,
         calls: cli.calls,
@@ -128,7 +134,7 @@ fn main() -> anyhow::Result<()> {
             ..ScriptTiming::default()
         },
         progress: !cli.quiet,
-        carrier: cli.carrier,
+        carrier,
         webhook: cli.webhook.map(|url| loadtest::run::Webhook { url, to: cli.to, http: reqwest::Client::new() }),
         total_calls: cli.total_calls,
         tickers: cli.threads,
@@ -136,15 +142,45 @@ fn main() -> anyhow::Result<()> {
     if opts.webhook.is_some() && opts.carrier != loadtest::run::CarrierKind::Twilio {
         anyhow::bail!("--webhook places Twilio calls only");
     }
-    let rt = if cli.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(cli.threads).enable_all().build()?
-    };
+    let rt = runtime(cli.threads)?;
     let data = rt.block_on(run(opts.clone()))?;
     let report = Report::build(&opts, data);
     print!("{}", report.table());
     report.write(&cli.report_dir)?;
     println!("reports: {}/report.json, {}/report.html", cli.report_dir.display(), cli.report_dir.display());
     Ok(())
+}
+
+/// `--carrier webrtc`: browser calls against `--url`'s host.
+fn webrtc(cli: Cli, clips: Vec<loadtest::clip::Clip>) -> anyhow::Result<()> {
+    let mut u = url::Url::parse(&cli.url).context("--url")?;
+    let scheme = if u.scheme() == "wss" || u.scheme() == "https" { "https" } else { "http" };
+    u.set_scheme(scheme).map_err(|_| anyhow::anyhow!("--url: cannot use {scheme}"))?;
+    u.set_path("");
+    let opts = loadtest::webrtc::WebRtcOptions {
+        base: u.as_str().trim_end_matches('/').to_string(),
+        calls: cli.calls,
+        ramp: cli.ramp,
+        duration: cli.duration,
+        barge_after: Duration::from_millis(cli.barge_after_ms),
+        server_pid: cli.server_pid,
+        clips: Arc::new(clips),
+    };
+    let rt = runtime(cli.threads)?;
+    let report = rt.block_on(loadtest::webrtc::run(opts))?;
+    print!("{}", report.table());
+    std::fs::create_dir_all(&cli.report_dir)?;
+    let path = cli.report_dir.join("webrtc.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+    println!("report: {}", path.display());
+    Ok(())
+}
+
+/// The generator's runtime: one thread, or `threads` workers.
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    }
 }

@@ -51,6 +51,7 @@ struct Entry {
 pub struct WebRtc {
     settings: PeerSettings,
     opus_bitrate: i32,
+    opus_complexity: u8,
     sessions: DashMap<String, Arc<Entry>>,
 }
 
@@ -60,6 +61,7 @@ impl WebRtc {
         Arc::new(Self {
             settings: PeerSettings::from_config(config, turn_credential),
             opus_bitrate: config.opus_bitrate,
+            opus_complexity: config.opus_complexity,
             sessions: DashMap::new(),
         })
     }
@@ -163,14 +165,15 @@ pub async fn offer(
             return error(StatusCode::CONFLICT, "forwarded", "the plan forwards the call; a browser cannot follow");
         }
     }
-    let codec = match WebRtcCodec::new().and_then(|c| c.with_bitrate(w.opus_bitrate)) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(error = %e, "cannot set up Opus");
-            crate::runtime::call_task::report_unconnected(&s.call, route, "protocol_error");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "opus", "the Opus codec is unavailable");
-        }
-    };
+    let codec =
+        match WebRtcCodec::new().and_then(|c| c.with_bitrate(w.opus_bitrate)?.with_complexity(w.opus_complexity)) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot set up Opus");
+                crate::runtime::call_task::report_unconnected(&s.call, route, "protocol_error");
+                return error(StatusCode::INTERNAL_SERVER_ERROR, "opus", "the Opus codec is unavailable");
+            }
+        };
     let (tap_tx, tap_rx) = mpsc::channel(TAP_QUEUE);
     route.tap = Some(tap_tx);
     let call_id = route.call_id;
@@ -185,6 +188,7 @@ pub async fn offer(
             }
             let status = match e {
                 OfferError::GatherTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                OfferError::NoPort => StatusCode::SERVICE_UNAVAILABLE,
                 OfferError::Stack(_) | OfferError::NoOpus => StatusCode::BAD_REQUEST,
             };
             return error(status, "offer_failed", e.to_string());

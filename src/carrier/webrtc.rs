@@ -154,6 +154,13 @@ impl WebRtcCodec {
         })
     }
 
+    /// Set the encoder's complexity (0–10: CPU for quality; see
+    /// `webrtc.opus_complexity`).
+    pub fn with_complexity(mut self, complexity: u8) -> Result<Self, audiopus::Error> {
+        self.encoder.set_complexity(complexity)?;
+        Ok(self)
+    }
+
     /// Set the agent voice's bitrate (bit/s).
     pub fn with_bitrate(mut self, bps: i32) -> Result<Self, audiopus::Error> {
         self.encoder.set_bitrate(audiopus::Bitrate::BitsPerSecond(bps))?;

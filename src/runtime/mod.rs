@@ -14,4 +14,5 @@ pub mod recovery;
 pub mod registry;
 pub mod transport;
 pub mod turn_pool;
+pub mod udp_ports;
 pub mod webrtc;

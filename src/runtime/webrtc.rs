@@ -64,6 +64,9 @@ pub enum OfferError {
     /// ICE gathering did not finish in time.
     #[error("ICE gathering did not complete in {0:?}")]
     GatherTimeout(Duration),
+    /// Every UDP port of `webrtc.udp_port_min..=udp_port_max` is in use.
+    #[error("no UDP port of the configured range is free")]
+    NoPort,
 }
 
 impl From<webrtc::error::Error> for OfferError {
@@ -83,6 +86,8 @@ pub struct PeerSettings {
     pub public_ips: Vec<String>,
     /// Bound on ICE gathering before answering.
     pub gather_timeout: Duration,
+    /// The UDP port range calls lease from.
+    pub ports: Arc<crate::runtime::udp_ports::UdpPorts>,
 }
 
 impl PeerSettings {
@@ -102,6 +107,7 @@ impl PeerSettings {
             ice_servers,
             public_ips: c.public_ips.clone(),
             gather_timeout: Duration::from_millis(c.gather_timeout_ms),
+            ports: crate::runtime::udp_ports::UdpPorts::new(c.udp_port_min, c.udp_port_max),
         }
     }
 }
@@ -225,6 +231,7 @@ pub async fn answer(
         setting =
             setting.with_nat_1to1_ips(settings.public_ips.clone(), webrtc::peer_connection::RTCIceCandidateType::Host);
     }
+    let (udp_addrs, port) = settings.ports.lease(&settings.udp_addrs).ok_or(OfferError::NoPort)?;
     let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE + 2);
     let (gather_tx, mut gather_rx) = mpsc::channel(1);
     let dropped = Arc::new(AtomicU64::new(0));
@@ -236,7 +243,7 @@ pub async fn answer(
         .with_setting_engine(setting.build())
         .with_interceptor_registry(registry)
         .with_handler(events.clone())
-        .with_udp_addrs(settings.udp_addrs.clone())
+        .with_udp_addrs(udp_addrs)
         .build()
         .await?;
     let peer: Arc<dyn PeerConnection> = Arc::new(peer);
@@ -295,6 +302,7 @@ pub async fn answer(
         rtp: RtpClock::new(ssrc, neg.opus, rand_u32() as u16, rand_u32()),
         dropped_in: dropped,
         dropped_out: 0,
+        _port: port,
     };
     Ok((local.sdp, transport))
 }
@@ -373,6 +381,8 @@ pub struct WebRtcTransport {
     rtp: RtpClock,
     dropped_in: Arc<AtomicU64>,
     dropped_out: u64,
+    /// The call's UDP port, held until the transport drops.
+    _port: Option<crate::runtime::udp_ports::PortLease>,
 }
 
 impl WebRtcTransport {

@@ -38,6 +38,19 @@ pub struct Heard {
     pub rms: f32,
 }
 
+/// A summary of agent packets over a stretch of time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Loudness {
+    /// Packets heard.
+    pub packets: usize,
+    /// Of which loud.
+    pub loud: usize,
+    /// First loud packet's arrival.
+    pub first_loud: Option<Instant>,
+    /// Last loud packet's arrival.
+    pub last_loud: Option<Instant>,
+}
+
 /// What the peer shares with its tasks.
 #[derive(Debug, Default)]
 pub struct Shared {
@@ -135,7 +148,8 @@ impl PeerConnectionEventHandler for Handler {
 pub struct WebRtcPeer {
     pc: Arc<dyn PeerConnection>,
     track: Arc<TrackLocalStaticRTP>,
-    encoder: Encoder,
+    /// Behind a lock only so the peer is `Sync` (libopus's state is not).
+    encoder: Mutex<Encoder>,
     packet: Vec<u8>,
     ssrc: u32,
     seq: u16,
@@ -224,7 +238,7 @@ impl WebRtcPeer {
         Ok(Self {
             pc,
             track,
-            encoder,
+            encoder: Mutex::new(encoder),
             packet: vec![0; 1500],
             ssrc,
             seq: 1,
@@ -252,8 +266,16 @@ impl WebRtcPeer {
 
     /// Send one 20 ms frame of 48 kHz caller audio (the caller paces).
     pub async fn send_frame(&mut self, frame: &[i16]) -> Result<(), PeerError> {
-        let n = self.encoder.encode(frame, &mut self.packet)?;
+        let n = self.encoder.get_mut().expect("encoder").encode(frame, &mut self.packet)?;
         self.write(OPUS_PT, bytes::Bytes::copy_from_slice(&self.packet[..n]), self.ts).await?;
+        self.ts = self.ts.wrapping_add(FRAME as u32);
+        Ok(())
+    }
+
+    /// Send one pre-encoded 20 ms Opus packet (a load generator encodes its
+    /// clips once).
+    pub async fn send_packet(&mut self, opus: &bytes::Bytes) -> Result<(), PeerError> {
+        self.write(OPUS_PT, opus.clone(), self.ts).await?;
         self.ts = self.ts.wrapping_add(FRAME as u32);
         Ok(())
     }
@@ -286,6 +308,27 @@ impl WebRtcPeer {
     /// Agent packets heard so far.
     pub fn heard(&self) -> Vec<Heard> {
         self.shared.lock().expect("peer state").heard.clone()
+    }
+
+    /// Agent packets heard at or after `since`: how many, how many above
+    /// `loud`, and when the first and the last loud one arrived.
+    pub fn loudness_since(&self, since: Instant, loud: f32) -> Loudness {
+        let s = self.shared.lock().expect("peer state");
+        let start = s.heard.partition_point(|h| h.at < since);
+        let mut l = Loudness { packets: s.heard.len() - start, ..Loudness::default() };
+        for h in &s.heard[start..] {
+            if h.rms > loud {
+                l.loud += 1;
+                l.first_loud.get_or_insert(h.at);
+                l.last_loud = Some(h.at);
+            }
+        }
+        l
+    }
+
+    /// Whether the connection failed or closed.
+    pub fn ended(&self) -> bool {
+        self.shared.lock().expect("peer state").ended
     }
 
     /// `DELETE` the session (hang up); the HTTP status.
