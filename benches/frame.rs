@@ -13,7 +13,8 @@
 //! - `resample` also holds the 48 kHz legs of a browser call (FIR and rubato);
 //! - `webrtc`: Opus decode and encode of one 20 ms speech frame at 48 kHz
 //!   (libopus through audiopus, VoIP mode, in-band FEC, 32 kbit/s; encode at
-//!   complexities 10, 7, 5 and 3), and one frame in +
+//!   complexities 10, 9 — libopus's default — and 5; each iteration the next
+//!   frame of the speech fixture), and one frame in +
 //!   one frame out of a browser call through the real `Call` (WebRTC codec,
 //!   session, local engine) — the shell's RTP/SRTP/ICE work in the `webrtc`
 //!   crate is not in it (the loadtest's WebRTC mode measures the whole).
@@ -24,7 +25,7 @@ use callbridge::audio::g711;
 use callbridge::audio::resample::Resampler;
 use callbridge::audio::vad::{VadConfig, VadKind, VoiceDetector};
 use callbridge::carrier::twilio::{TwilioCodec, TwilioLimits};
-use callbridge::carrier::{CarrierEvent, WireOut};
+use callbridge::carrier::{CarrierEvent, WireIn, WireOut};
 use callbridge_testkit::mem_call::{MemCall, client_frames};
 use callbridge_testkit::twilio_peer::TwilioPeer;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -180,6 +181,11 @@ fn path_bench(c: &mut Criterion) {
     // through the same call loop the server runs.
     let frames = client_frames(&msgs);
     let mut one = MemCall::talking(frames.clone(), &start);
+    // The bot must really be talking: 100 frames in, ≈ 50 messages (40 ms each) out.
+    for _ in 0..100 {
+        one.cycle();
+    }
+    assert!(one.io.sent >= 45, "bot audio flows: {} messages in 100 frames", one.io.sent);
     g.bench_function("in_out_session_with_ws_framing", |b| b.iter(|| one.cycle()));
 
     let mut many: Vec<MemCall> = (0..1000).map(|_| MemCall::talking(frames.clone(), &start)).collect();
@@ -243,115 +249,168 @@ fn realtime_bench(c: &mut Criterion) {
     g.finish();
 }
 
-/// The browser call's Opus and its whole in/out path (see the module doc).
-fn webrtc_bench(c: &mut Criterion) {
-    use audiopus::coder::{Decoder, Encoder};
-    use audiopus::{Application, Bitrate, Channels, SampleRate};
-    use callbridge::call::Call;
-    use callbridge::carrier::webrtc::{FRAME, KIND_OPUS, StartMessage, WebRtcCodec};
-    use callbridge::carrier::{Carrier as _, WireIn};
-    use callbridge::engine::Engine as _;
-    use callbridge::engine::local::{LocalClips, LocalEngine};
-    use callbridge::session::{Session, SessionConfig};
-    use callbridge_testkit::mem_call::CountingIo;
-
-    // The speech fixture at 48 kHz, and its 20 ms Opus packets.
+/// The speech fixture at `rate` (FIR-resampled from 8 kHz).
+fn speech_at(rate: u32) -> Vec<i16> {
     let speech = speech_8k();
-    let mut up = Resampler::new(8000, 48000, 160).unwrap();
-    let mut pcm48 = Vec::new();
+    if rate == 8000 {
+        return speech;
+    }
+    let mut up = Resampler::new(8000, rate, 160).unwrap();
+    let mut out = Vec::new();
     let mut buf = vec![0i16; up.output_len(160)];
     for f in speech.chunks_exact(160) {
         let n = up.process(f, &mut buf);
-        pcm48.extend_from_slice(&buf[..n]);
+        out.extend_from_slice(&buf[..n]);
     }
-    let mut enc = Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip).unwrap();
+    out
+}
+
+/// An Opus encoder as the WebRTC codec makes it (VoIP, FEC, 32 kbit/s).
+fn opus_encoder(rate: u32) -> audiopus::coder::Encoder {
+    use audiopus::{Application, Bitrate, Channels, SampleRate};
+    let mut enc =
+        audiopus::coder::Encoder::new(SampleRate::try_from(rate as i32).unwrap(), Channels::Mono, Application::Voip)
+            .unwrap();
     enc.set_inband_fec(true).unwrap();
     enc.set_bitrate(Bitrate::BitsPerSecond(32_000)).unwrap();
+    enc
+}
+
+/// A browser call through the real `Call` at `rate`, its agent talking
+/// without end (real speech: Opus's cost depends on the signal); `cycle`
+/// feeds the next of the browser's packets, 20 ms later.
+struct BrowserCall {
+    call: callbridge::call::Call,
+    io: callbridge_testkit::mem_call::CountingIo,
+    talk: std::sync::Arc<[i16]>,
+    msgs: Vec<Vec<u8>>,
+    msg: Vec<u8>,
+    now: std::time::Instant,
+    next: usize,
+    ts: u32,
+}
+
+impl BrowserCall {
+    fn new(rate: u32, browser_packets: &[Vec<u8>]) -> Self {
+        use callbridge::carrier::Carrier as _;
+        use callbridge::carrier::webrtc::{KIND_OPUS, StartMessage, WebRtcCodec};
+        use callbridge::engine::Engine as _;
+        use callbridge::engine::local::{LocalClips, LocalEngine};
+        use callbridge::session::{Session, SessionConfig};
+        let msgs = browser_packets
+            .iter()
+            .map(|p| {
+                let mut m = vec![KIND_OPUS, 0, 0, 0, 0];
+                m.extend_from_slice(p);
+                m
+            })
+            .collect();
+        let complexity = callbridge::config::WebRtcConfig::default().opus_complexity;
+        let mut codec = WebRtcCodec::new(rate).unwrap().with_complexity(complexity).unwrap();
+        let start = serde_json::to_string(&StartMessage::new("wr_bench", "browser", "", None, false)).unwrap();
+        let now = std::time::Instant::now();
+        let CarrierEvent::Start(info) = codec.decode(now, WireIn::Text(&start)).unwrap() else { unreachable!() };
+        // 100 s (the playback queue holds 120 s at most), said again whenever it ends.
+        let talk: std::sync::Arc<[i16]> = speech_8k().into_iter().cycle().take(8000 * 100).collect::<Vec<_>>().into();
+        let engine =
+            LocalEngine::new(LocalClips { greeting: Some(talk.clone()), reply: std::sync::Arc::from(vec![1i16; 160]) });
+        let mut cfg = SessionConfig::default();
+        cfg.turn.barge_in_min_speech_ms = u32::MAX;
+        let session = Session::new(cfg, codec.capabilities(), engine.format(), now).unwrap();
+        let mut call = callbridge::call::Call::new(session, Box::new(codec), Box::new(engine), 20);
+        let mut io = callbridge_testkit::mem_call::CountingIo {
+            wire: WireOut::new(512, callbridge::carrier::ARENA_BYTES),
+            sent: 0,
+            barge_ins: 0,
+        };
+        call.start(now, info, &mut io);
+        let mut c = Self { call, io, talk, msgs, msg: Vec::with_capacity(1400), now, next: 0, ts: 0 };
+        // The agent must really be talking: one Opus packet out per frame in.
+        for _ in 0..100 {
+            c.cycle();
+        }
+        assert!(c.io.sent >= 95, "agent audio flows at {rate} Hz: {} packets in 100 frames", c.io.sent);
+        c
+    }
+
+    fn cycle(&mut self) {
+        use callbridge::carrier::webrtc::RTP_FRAME;
+        self.now += std::time::Duration::from_millis(20);
+        self.ts = self.ts.wrapping_add(RTP_FRAME);
+        self.msg.clear();
+        self.msg.extend_from_slice(&self.msgs[self.next]);
+        self.msg[1..5].copy_from_slice(&self.ts.to_be_bytes());
+        self.next = (self.next + 1) % self.msgs.len();
+        let now = self.now;
+        self.call.on_wire(now, WireIn::Binary(&self.msg), &mut self.io).unwrap();
+        if self.call.poll_timeout().is_some_and(|t| t <= now) {
+            self.call.on_timeout(now, &mut self.io);
+        }
+        if !self.call.session().bot_playing(now) {
+            let _ = self.call.say(now, callbridge::session::Say::Clip(self.talk.clone()), false, false, &mut self.io);
+        }
+        while let Some(m) = self.io.wire.pop() {
+            black_box(m.data.len());
+            self.io.sent += 1;
+        }
+        self.io.wire.reclaim();
+    }
+}
+
+/// The browser call's Opus and its whole in/out path (see the module doc).
+fn webrtc_bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("webrtc");
+    // What a browser sends: 48 kHz Opus packets of the speech.
+    let browser = opus_encoder(48_000);
     let mut packet = vec![0u8; 1275];
-    let packets: Vec<Vec<u8>> = pcm48
-        .chunks_exact(FRAME)
+    let packets: Vec<Vec<u8>> = speech_at(48_000)
+        .chunks_exact(960)
         .map(|f| {
-            let n = enc.encode(f, &mut packet).unwrap();
+            let n = browser.encode(f, &mut packet).unwrap();
             packet[..n].to_vec()
         })
         .collect();
-    let loud = 22;
-    let frame48 = &pcm48[loud * FRAME..(loud + 1) * FRAME];
-    let mut g = c.benchmark_group("webrtc");
-    eprintln!("libopus default complexity: {}", enc.complexity().unwrap());
-    for cx in [10u8, 7, 5, 3] {
-        enc.set_complexity(cx).unwrap();
-        g.bench_function(format!("opus_encode_20ms_48k_complexity_{cx}"), |b| {
-            b.iter(|| enc.encode(black_box(frame48), &mut packet).unwrap())
+    eprintln!("libopus default complexity: {}", browser.complexity().unwrap());
+    // Each iteration encodes the next frame of the speech (one frame over and
+    // over is not what an encoder sees, and libopus's cost depends on it).
+    for (rate, complexities) in [(48_000u32, &[10u8, 9, 5][..]), (16_000, &[9, 5][..])] {
+        let pcm = speech_at(rate);
+        let frames: Vec<&[i16]> = pcm.chunks_exact(rate as usize / 50).collect();
+        let mut enc = opus_encoder(rate);
+        for &cx in complexities {
+            enc.set_complexity(cx).unwrap();
+            let mut k = 0usize;
+            g.bench_function(format!("opus_encode_20ms_{}k_complexity_{cx}", rate / 1000), |b| {
+                b.iter(|| {
+                    k = (k + 1) % frames.len();
+                    enc.encode(black_box(frames[k]), &mut packet).unwrap()
+                })
+            });
+        }
+    }
+    for rate in [48_000u32, 16_000] {
+        use audiopus::coder::Decoder;
+        let mut dec =
+            Decoder::new(audiopus::SampleRate::try_from(rate as i32).unwrap(), audiopus::Channels::Mono).unwrap();
+        let mut out = vec![0i16; 5760];
+        let mut k = 0usize;
+        g.bench_function(format!("opus_decode_20ms_to_{}k", rate / 1000), |b| {
+            b.iter(|| {
+                k = (k + 1) % packets.len();
+                let pkt = audiopus::packet::Packet::try_from(black_box(&packets[k][..])).unwrap();
+                dec.decode(Some(pkt), audiopus::MutSignals::try_from(&mut out[..]).unwrap(), false).unwrap()
+            })
         });
     }
-    let mut dec = Decoder::new(SampleRate::Hz48000, Channels::Mono).unwrap();
-    let mut out = vec![0i16; 5760];
-    g.bench_function("opus_decode_20ms_48k", |b| {
-        b.iter(|| {
-            let pkt = audiopus::packet::Packet::try_from(black_box(&packets[loud][..])).unwrap();
-            let sig = audiopus::MutSignals::try_from(&mut out[..]).unwrap();
-            dec.decode(Some(pkt), sig, false).unwrap()
-        })
-    });
-
     // One frame in and one out through the real call: binary message → Opus
-    // decode → session (48 → 8 kHz for the local engine, VAD, turns) → local
-    // engine → playback (8 → 48 kHz) → Opus encode → the shell's message.
-    let msgs: Vec<Vec<u8>> = packets
-        .iter()
-        .map(|p| {
-            let mut m = vec![KIND_OPUS, 0, 0, 0, 0];
-            m.extend_from_slice(p);
-            m
-        })
-        .collect();
-    let mut codec = WebRtcCodec::new()
-        .unwrap()
-        .with_complexity(callbridge::config::WebRtcConfig::default().opus_complexity)
-        .unwrap();
-    let start = serde_json::to_string(&StartMessage::new("wr_bench", "browser", "", None, false)).unwrap();
-    let now0 = std::time::Instant::now();
-    let info = match codec.decode(now0, WireIn::Text(&start)).unwrap() {
-        CarrierEvent::Start(i) => i,
-        _ => unreachable!(),
-    };
-    // The agent speaks real speech (Opus's cost depends on the signal).
-    let greeting: Vec<i16> = speech.iter().copied().cycle().take(8000 * 600).collect();
-    let clips =
-        LocalClips { greeting: Some(std::sync::Arc::from(greeting)), reply: std::sync::Arc::from(vec![1i16; 160]) };
-    let engine = LocalEngine::new(clips);
-    let mut cfg = SessionConfig::default();
-    cfg.turn.barge_in_min_speech_ms = u32::MAX;
-    let session = Session::new(cfg, codec.capabilities(), engine.format(), now0).unwrap();
-    let mut call = Call::new(session, Box::new(codec), Box::new(engine), 20);
-    let mut io = CountingIo { wire: WireOut::new(512, callbridge::carrier::ARENA_BYTES), sent: 0, barge_ins: 0 };
-    call.start(now0, info, &mut io);
-    let mut now = now0;
-    let mut i = 0usize;
-    let mut ts = 0u32;
-    let mut msg = Vec::with_capacity(1400);
-    g.bench_function("in_out_call_20ms", |b| {
-        b.iter(|| {
-            now += std::time::Duration::from_millis(20);
-            ts = ts.wrapping_add(FRAME as u32);
-            msg.clear();
-            msg.extend_from_slice(&msgs[i]);
-            msg[1..5].copy_from_slice(&ts.to_be_bytes());
-            i = (i + 1) % msgs.len();
-            call.on_wire(now, WireIn::Binary(&msg), &mut io).unwrap();
-            if call.poll_timeout().is_some_and(|t| t <= now) {
-                call.on_timeout(now, &mut io);
-            }
-            while let Some(m) = io.wire.pop() {
-                black_box(m.data.len());
-                io.sent += 1;
-            }
-            io.wire.reclaim();
-        })
-    });
+    // decode → session (→ 8 kHz for the local engine, VAD, turns) → local
+    // engine → playback (8 kHz → the call's rate) → Opus encode → the
+    // shell's message; at the default 16 kHz and at 48 kHz.
+    for rate in [16_000u32, 48_000] {
+        let mut call = BrowserCall::new(rate, &packets);
+        g.bench_function(format!("in_out_call_20ms_{}k", rate / 1000), |b| b.iter(|| call.cycle()));
+    }
     g.finish();
-    assert!(io.sent > 0, "the agent's audio went out");
 }
 
 criterion_group!(benches, g711_bench, resample_bench, vad_bench, path_bench, realtime_bench, webrtc_bench);

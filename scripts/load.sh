@@ -4,7 +4,9 @@
 #   scripts/load.sh CALLS [SCENARIO] [DURATION] [REPORT_DIR] [EXTRA_SERVER_TOML]
 # Extra loadtest flags can be passed in LOADTEST_ARGS (e.g. --clips caller_leak_8k.wav).
 # STORE_DB=PATH keeps the call store in that SQLite file (default: in memory, "").
-# CARRIER=telnyx plays Telnyx callers on /telnyx/stream (default twilio).
+# CARRIER=telnyx plays Telnyx callers on /telnyx/stream (default twilio); CARRIER=webrtc places
+# browser calls through POST /webrtc/offer (real WebRTC peers; the scenario is then fixed:
+# barge into each answer, talk into the quiet line, see loadtest::webrtc).
 # ENGINE=openai_realtime runs the FAKE Realtime server (loadtest's fake_realtime, on CPU 1
 # with the generator) and points callbridge's OpenAI Realtime engine at it.
 # ENGINE=cascaded runs loadtest's fake_cascade (FAKE Deepgram, ElevenLabs and backend, on

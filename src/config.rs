@@ -349,6 +349,11 @@ pub struct WebRtcConfig {
     pub gather_timeout_ms: u64,
     /// Opus encoder bitrate for the agent's voice, bit/s.
     pub opus_bitrate: i32,
+    /// The call's PCM rate: libopus decodes to it and encodes from it (8000,
+    /// 12000, 16000, 24000 or 48000). 16 kHz (wideband) by default: the
+    /// engines take 8–24 kHz, and 48 kHz doubles the encoder's cost
+    /// (BENCHMARKS.md §9).
+    pub audio_rate: u32,
     /// Opus encoder complexity, 0–10: libopus's default (10) costs ≈ 2.5×
     /// the CPU of 5 per frame for a voice that sounds the same on a call
     /// (BENCHMARKS.md §9).
@@ -367,6 +372,7 @@ impl Default for WebRtcConfig {
             ice_username: String::new(),
             gather_timeout_ms: 2000,
             opus_bitrate: 32_000,
+            audio_rate: crate::carrier::webrtc::DEFAULT_RATE,
             opus_complexity: 5,
         }
     }
@@ -567,6 +573,9 @@ impl Config {
         let w = &self.webrtc;
         if (w.udp_port_min == 0) != (w.udp_port_max == 0) || w.udp_port_min > w.udp_port_max {
             return bad("webrtc.udp_port_min and udp_port_max: both 0 (any port) or a range min <= max");
+        }
+        if ![8000, 12000, 16000, 24000, 48000].contains(&w.audio_rate) {
+            return bad("webrtc.audio_rate: 8000, 12000, 16000, 24000 or 48000");
         }
         if w.opus_complexity > 10 {
             return bad("webrtc.opus_complexity: 0 to 10");

@@ -52,6 +52,7 @@ pub struct WebRtc {
     settings: PeerSettings,
     opus_bitrate: i32,
     opus_complexity: u8,
+    audio_rate: u32,
     sessions: DashMap<String, Arc<Entry>>,
 }
 
@@ -62,6 +63,7 @@ impl WebRtc {
             settings: PeerSettings::from_config(config, turn_credential),
             opus_bitrate: config.opus_bitrate,
             opus_complexity: config.opus_complexity,
+            audio_rate: config.audio_rate,
             sessions: DashMap::new(),
         })
     }
@@ -165,15 +167,16 @@ pub async fn offer(
             return error(StatusCode::CONFLICT, "forwarded", "the plan forwards the call; a browser cannot follow");
         }
     }
-    let codec =
-        match WebRtcCodec::new().and_then(|c| c.with_bitrate(w.opus_bitrate)?.with_complexity(w.opus_complexity)) {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "cannot set up Opus");
-                crate::runtime::call_task::report_unconnected(&s.call, route, "protocol_error");
-                return error(StatusCode::INTERNAL_SERVER_ERROR, "opus", "the Opus codec is unavailable");
-            }
-        };
+    let codec = match WebRtcCodec::new(w.audio_rate)
+        .and_then(|c| c.with_bitrate(w.opus_bitrate)?.with_complexity(w.opus_complexity))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "cannot set up Opus");
+            crate::runtime::call_task::report_unconnected(&s.call, route, "protocol_error");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "opus", "the Opus codec is unavailable");
+        }
+    };
     let (tap_tx, tap_rx) = mpsc::channel(TAP_QUEUE);
     route.tap = Some(tap_tx);
     let call_id = route.call_id;

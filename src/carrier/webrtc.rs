@@ -10,9 +10,16 @@
 //! - then binary messages `[kind][RTP timestamp, u32 BE][payload]`, `kind`
 //!   [`KIND_OPUS`] (an Opus packet) or [`KIND_DTMF`] (a telephone-event).
 //!
-//! Outbound, `Audio` (48 kHz PCM) is cut into 20 ms frames and each becomes
-//! one Opus packet, one binary message `[KIND_OPUS][packet]`; the shell puts
-//! it in an RTP packet. A tail shorter than 20 ms waits for the next `Audio`.
+//! Outbound, `Audio` is cut into 20 ms frames and each becomes one Opus
+//! packet, one binary message `[KIND_OPUS][packet]`; the shell puts it in an
+//! RTP packet. A tail shorter than 20 ms waits for the next `Audio`.
+//!
+//! The call's audio rate is chosen at construction (`webrtc.audio_rate`,
+//! 16 kHz by default): libopus decodes to it and encodes from it directly,
+//! so no 48 kHz leg is resampled. RTP timestamps stay on Opus's 48 kHz
+//! clock whatever the rate ([`RTP_FRAME`] per 20 ms). The default is
+//! measured (BENCHMARKS.md §9): at 48 kHz the Opus encoder alone costs about
+//! twice as much per frame, and the engines take 8–24 kHz anyway.
 //!
 //! The browser has no buffer of ours to clear: the capabilities say
 //! `far_end_buffer: false`, so the session keeps one frame of lead and a
@@ -36,10 +43,12 @@ use super::{
 
 /// Carrier label.
 pub const NAME: &str = "webrtc";
-/// Opus's clock and our decode rate.
-pub const RATE: u32 = 48_000;
-/// Samples in 20 ms at 48 kHz.
-pub const FRAME: usize = 960;
+/// Opus's RTP clock.
+pub const RTP_RATE: u32 = 48_000;
+/// RTP timestamp units per 20 ms packet.
+pub const RTP_FRAME: u32 = 960;
+/// The call's audio rate unless configured (`webrtc.audio_rate`).
+pub const DEFAULT_RATE: u32 = 16_000;
 /// Binary message kind: an Opus packet.
 pub const KIND_OPUS: u8 = 1;
 /// Binary message kind: an RFC 4733 telephone-event payload.
@@ -111,6 +120,10 @@ impl From<WebRtcError> for CarrierError {
 
 /// The codec of one browser call.
 pub struct WebRtcCodec {
+    /// PCM rate in and out (8, 12, 16, 24 or 48 kHz).
+    rate: u32,
+    /// Samples per 20 ms at `rate`.
+    frame: usize,
     started: bool,
     dtmf: bool,
     decoder: Decoder,
@@ -134,21 +147,25 @@ impl std::fmt::Debug for WebRtcCodec {
 }
 
 impl WebRtcCodec {
-    /// A codec with its Opus decoder and encoder (mono, 48 kHz, VoIP tuning,
-    /// in-band FEC on).
-    pub fn new() -> Result<Self, audiopus::Error> {
-        let decoder = Decoder::new(SampleRate::Hz48000, Channels::Mono)?;
-        let mut encoder = Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip)?;
+    /// A codec with its Opus decoder and encoder at `rate` (mono, VoIP
+    /// tuning, in-band FEC on). `rate` must be one Opus takes: 8, 12, 16, 24
+    /// or 48 kHz.
+    pub fn new(rate: u32) -> Result<Self, audiopus::Error> {
+        let sr = SampleRate::try_from(rate as i32)?;
+        let decoder = Decoder::new(sr, Channels::Mono)?;
+        let mut encoder = Encoder::new(sr, Channels::Mono, Application::Voip)?;
         encoder.set_inband_fec(true)?;
         encoder.set_packet_loss_perc(5)?;
         Ok(Self {
+            rate,
+            frame: rate as usize / 50,
             started: false,
             dtmf: false,
             decoder,
             encoder,
-            pcm: vec![0; FRAME * MAX_CONCEALED_FRAMES as usize + MAX_PACKET_SAMPLES].into_boxed_slice(),
+            pcm: vec![0; RTP_FRAME as usize * MAX_CONCEALED_FRAMES as usize + MAX_PACKET_SAMPLES].into_boxed_slice(),
             raw: Vec::with_capacity(MAX_PACKET_BYTES * 2),
-            tail: Vec::with_capacity(FRAME),
+            tail: Vec::with_capacity(rate as usize / 50),
             next_ts: None,
             last_dtmf: None,
         })
@@ -186,7 +203,7 @@ impl WebRtcCodec {
             token: m.token,
             parameters: Vec::new(),
             carrier_ids: Vec::new(),
-            format: AudioFormat { encoding: AudioEncoding::Opus, rate: RATE },
+            format: AudioFormat { encoding: AudioEncoding::Opus, rate: self.rate },
         }))
     }
 
@@ -211,10 +228,10 @@ impl WebRtcCodec {
                 // Older than what we already played out: too late to use.
                 return Ok(CarrierEvent::Ignored);
             }
-            let lost = ahead / FRAME as u32;
+            let lost = ahead / RTP_FRAME;
             if lost > 0 && lost <= MAX_CONCEALED_FRAMES {
                 for _ in 0..lost {
-                    let out = &mut self.pcm[filled..filled + FRAME];
+                    let out = &mut self.pcm[filled..filled + self.frame];
                     filled += self.decoder.decode(None, out.try_into()?, false)?;
                 }
             }
@@ -227,7 +244,7 @@ impl WebRtcCodec {
         let out = &mut self.pcm[filled..filled + MAX_PACKET_SAMPLES];
         let n = self.decoder.decode(Some(packet), out.try_into()?, false)?;
         filled += n;
-        self.next_ts = Some(ts.wrapping_add(n as u32));
+        self.next_ts = Some(ts.wrapping_add(n as u32 * (RTP_RATE / self.rate)));
         self.raw.clear();
         self.raw.extend_from_slice(payload);
         Ok(CarrierEvent::Audio(AudioIn { pcm: &self.pcm[..filled], encoded: &self.raw, timestamp_ms: None }))
@@ -253,11 +270,11 @@ impl WebRtcCodec {
 
     fn encode_audio(&mut self, mut pcm: &[i16], out: &mut WireOut) -> Result<(), WebRtcError> {
         if !self.tail.is_empty() {
-            let need = FRAME - self.tail.len();
+            let need = self.frame - self.tail.len();
             let take = need.min(pcm.len());
             self.tail.extend_from_slice(&pcm[..take]);
             pcm = &pcm[take..];
-            if self.tail.len() < FRAME {
+            if self.tail.len() < self.frame {
                 return Ok(());
             }
             let frame = std::mem::take(&mut self.tail);
@@ -266,7 +283,7 @@ impl WebRtcCodec {
             self.tail.clear();
             r?;
         }
-        let mut frames = pcm.chunks_exact(FRAME);
+        let mut frames = pcm.chunks_exact(self.frame);
         for frame in &mut frames {
             self.encode_frame(frame, out)?;
         }
@@ -300,7 +317,7 @@ impl Carrier for WebRtcCodec {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            format: AudioFormat { encoding: AudioEncoding::Opus, rate: RATE },
+            format: AudioFormat { encoding: AudioEncoding::Opus, rate: self.rate },
             far_end_buffer: false,
             clear: false,
             marks: false,

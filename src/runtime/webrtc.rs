@@ -38,7 +38,7 @@ use webrtc::peer_connection::{
     SettingEngineBuilder, register_default_interceptors,
 };
 
-use crate::carrier::webrtc::{FRAME, KIND_DTMF, KIND_OPUS, StartMessage};
+use crate::carrier::webrtc::{KIND_DTMF, KIND_OPUS, RTP_FRAME, StartMessage};
 use crate::carrier::{MsgKind, WireOut};
 use crate::runtime::transport::{Received, Text, Transport, WriteError};
 
@@ -349,7 +349,7 @@ impl RtpClock {
                 let gap = now.saturating_duration_since(last);
                 if gap > SPURT_GAP {
                     let frames = (gap.as_micros() / 20_000) as u32;
-                    self.ts = self.ts.wrapping_add(frames.saturating_sub(1) * FRAME as u32);
+                    self.ts = self.ts.wrapping_add(frames.saturating_sub(1) * RTP_FRAME);
                     true
                 } else {
                     false
@@ -367,7 +367,7 @@ impl RtpClock {
             ..Default::default()
         };
         self.seq = self.seq.wrapping_add(1);
-        self.ts = self.ts.wrapping_add(FRAME as u32);
+        self.ts = self.ts.wrapping_add(RTP_FRAME);
         h
     }
 }
@@ -474,10 +474,10 @@ mod tests {
         let b = c.next(t0 + Duration::from_millis(20));
         assert!(a.marker && !b.marker);
         assert_eq!((a.sequence_number, b.sequence_number), (65_535, 0));
-        assert_eq!(b.timestamp - a.timestamp, FRAME as u32);
+        assert_eq!(b.timestamp - a.timestamp, RTP_FRAME);
         // 1 s of silence, then the next spurt: the timestamp moves on by the pause.
         let d = c.next(t0 + Duration::from_millis(1020));
         assert!(d.marker);
-        assert_eq!(d.timestamp - b.timestamp, 50 * FRAME as u32);
+        assert_eq!(d.timestamp - b.timestamp, 50 * RTP_FRAME);
     }
 }

@@ -13,7 +13,7 @@ use callbridge::carrier::{Carrier, CarrierEvent, MsgKind, WireIn, WireOut};
 use callbridge::engine::Engine;
 use callbridge::engine::LinkMsg;
 use callbridge::engine::local::{LocalClips, LocalEngine};
-use callbridge::session::{Output, Session, SessionConfig, Telemetry};
+use callbridge::session::{Output, Say, Session, SessionConfig, Telemetry};
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
@@ -95,6 +95,8 @@ pub struct MemCall {
     pub io: CountingIo,
     /// Virtual now.
     pub now: Instant,
+    /// Said again whenever the bot falls quiet ([`MemCall::talking`]).
+    talk: Option<Arc<[i16]>>,
 }
 
 impl MemCall {
@@ -112,19 +114,24 @@ impl MemCall {
         let mut call = Call::new(session, Box::new(codec), Box::new(engine), 20);
         let mut io = CountingIo { wire: WireOut::new(512, callbridge::carrier::ARENA_BYTES), sent: 0, barge_ins: 0 };
         call.start(now, info, &mut io);
-        let mut s = Self { ws, call, io, now };
+        let mut s = Self { ws, call, io, now, talk: None };
         s.flush();
         s
     }
 
-    /// A call whose bot talks for ten minutes and cannot be interrupted: every
-    /// cycle reads one frame and writes one message (the per-frame benchmark).
+    /// A call whose bot talks without end and cannot be interrupted: every
+    /// cycle reads one frame and writes one message (the per-frame
+    /// benchmark). The bot speaks a 100 s clip (the playback queue holds at
+    /// most `max_queued_ms`, 120 s: a longer clip would be refused whole) and
+    /// [`MemCall::cycle`] says it again whenever it ends.
     pub fn talking(inbound_frames: Vec<u8>, start: &str) -> Self {
-        let clips =
-            LocalClips { greeting: Some(Arc::from(vec![1000i16; 8000 * 600])), reply: Arc::from(vec![1i16; 160]) };
+        let clip: Arc<[i16]> = Arc::from(vec![1000i16; 8000 * 100]);
+        let clips = LocalClips { greeting: Some(clip.clone()), reply: Arc::from(vec![1i16; 160]) };
         let mut cfg = SessionConfig::default();
         cfg.turn.barge_in_min_speech_ms = u32::MAX;
-        Self::new(inbound_frames, start, cfg, clips)
+        let mut s = Self::new(inbound_frames, start, cfg, clips);
+        s.talk = Some(clip);
+        s
     }
 
     fn flush(&mut self) {
@@ -152,6 +159,11 @@ impl MemCall {
         }
         if self.call.poll_timeout().is_some_and(|t| t <= now) {
             self.call.on_timeout(now, &mut self.io);
+        }
+        if let Some(clip) = &self.talk
+            && !self.call.session().bot_playing(now)
+        {
+            let _ = self.call.say(now, Say::Clip(clip.clone()), false, false, &mut self.io);
         }
         self.flush();
     }

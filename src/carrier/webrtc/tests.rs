@@ -1,10 +1,14 @@
 use std::time::Instant;
 
 use super::*;
+
+/// Most tests run the codec at Opus's own rate.
+const RATE: u32 = 48_000;
+const FRAME: usize = 960;
 use crate::carrier::{CarrierEvent, WireIn, WireOut};
 
 fn started(dtmf: bool) -> WebRtcCodec {
-    let mut c = WebRtcCodec::new().expect("opus");
+    let mut c = WebRtcCodec::new(RATE).expect("opus");
     let start =
         serde_json::to_string(&StartMessage::new("s1", "browser", "+15550100", Some("tok".into()), dtmf)).unwrap();
     match c.decode(Instant::now(), WireIn::Text(&start)).unwrap() {
@@ -119,7 +123,7 @@ fn a_key_press_is_reported_once_for_its_repeated_packets() {
 
 #[test]
 fn bad_input_is_an_error_of_the_right_weight() {
-    let mut c = WebRtcCodec::new().unwrap();
+    let mut c = WebRtcCodec::new(RATE).unwrap();
     let e = c.decode(Instant::now(), WireIn::Binary(&media(KIND_OPUS, 0, &[1, 2, 3]))).unwrap_err();
     assert!(e.is_fatal(), "media before start ends the call");
     assert!(c.decode(Instant::now(), WireIn::Text("{nope")).unwrap_err().is_fatal());
@@ -129,4 +133,35 @@ fn bad_input_is_an_error_of_the_right_weight() {
         assert!(!e.is_fatal(), "one bad packet is skipped: {e}");
     }
     assert!(!c.capabilities().far_end_buffer && !c.capabilities().clear && !c.capabilities().marks);
+}
+
+#[test]
+fn at_16_khz_frames_are_320_samples_on_the_48_khz_rtp_clock() {
+    let start = serde_json::to_string(&StartMessage::new("s16", "browser", "", None, false)).unwrap();
+    let open = || {
+        let mut c = WebRtcCodec::new(16_000).unwrap();
+        assert!(
+            matches!(c.decode(Instant::now(), WireIn::Text(&start)).unwrap(), CarrierEvent::Start(i) if i.format.rate == 16_000)
+        );
+        c
+    };
+    let (mut tx, mut rx) = (open(), open());
+    assert_eq!(tx.capabilities().format.rate, 16_000);
+    // 440 Hz at 16 kHz, 10 frames: 10 packets.
+    let pcm: Vec<i16> =
+        (0..3200).map(|i| ((i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 16_000.0).sin() * 8000.0) as i16).collect();
+    let pk = packets(&mut tx, &pcm);
+    assert_eq!(pk.len(), 10);
+    let n = |ev: CarrierEvent<'_>| match ev {
+        CarrierEvent::Audio(a) => a.pcm.len(),
+        CarrierEvent::Ignored => 0,
+        other => panic!("unexpected {other:?}"),
+    };
+    // RTP timestamps advance 960 per packet whatever the PCM rate.
+    let at = |i: u32| i * RTP_FRAME + 5_000;
+    assert_eq!(n(rx.decode(Instant::now(), WireIn::Binary(&media(KIND_OPUS, at(0), &pk[0]))).unwrap()), 320);
+    assert_eq!(n(rx.decode(Instant::now(), WireIn::Binary(&media(KIND_OPUS, at(1), &pk[1]))).unwrap()), 320);
+    // One packet lost: one concealed 320-sample frame before packet 3.
+    assert_eq!(n(rx.decode(Instant::now(), WireIn::Binary(&media(KIND_OPUS, at(3), &pk[3]))).unwrap()), 640);
+    assert!(WebRtcCodec::new(44_100).is_err(), "a rate Opus does not take");
 }
