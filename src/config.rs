@@ -351,12 +351,11 @@ pub struct WebRtcConfig {
     pub opus_bitrate: i32,
     /// The call's PCM rate: libopus decodes to it and encodes from it (8000,
     /// 12000, 16000, 24000 or 48000). 16 kHz (wideband) by default: the
-    /// engines take 8–24 kHz, and 48 kHz doubles the encoder's cost
-    /// (BENCHMARKS.md §9).
+    /// engines take 8–24 kHz, and a frame in and out costs ≈ 1.6× as much at
+    /// 48 kHz (BENCHMARKS.md §9).
     pub audio_rate: u32,
-    /// Opus encoder complexity, 0–10: libopus's default (10) costs ≈ 2.5×
-    /// the CPU of 5 per frame for a voice that sounds the same on a call
-    /// (BENCHMARKS.md §9).
+    /// Opus encoder complexity, 0–10 (libopus's own default is 9, which
+    /// costs about twice what 5 does per frame; BENCHMARKS.md §9).
     pub opus_complexity: u8,
 }
 
@@ -580,8 +579,22 @@ impl Config {
         if w.opus_complexity > 10 {
             return bad("webrtc.opus_complexity: 0 to 10");
         }
-        if w.udp_addrs.iter().any(|a| a.parse::<std::net::SocketAddr>().is_err()) {
+        let Ok(addrs) = w.udp_addrs.iter().map(|a| a.parse::<std::net::SocketAddr>()).collect::<Result<Vec<_>, _>>()
+        else {
             return bad("webrtc.udp_addrs: each must be ip:port (port 0: any, or from the port range)");
+        };
+        if w.udp_port_min != 0 {
+            // Every call binds the leased port on each address: each must take it, and two
+            // addresses of one family must not overlap (a wildcard covers the others).
+            if addrs.iter().any(|a| a.port() != 0) {
+                return bad("webrtc.udp_addrs: with a port range, every address needs port 0");
+            }
+            for fam in [true, false] {
+                let same: Vec<_> = addrs.iter().filter(|a| a.is_ipv4() == fam).collect();
+                if same.len() > 1 && same.iter().any(|a| a.ip().is_unspecified()) {
+                    return bad("webrtc.udp_addrs: a wildcard address overlaps the family's other addresses");
+                }
+            }
         }
         if self.turn.detector == crate::session::turn::Detector::Smart
             && (self.turn_model.model.is_empty() || self.turn_model.runtime.is_empty())
@@ -678,6 +691,24 @@ mod tests {
         assert_eq!(c.turn, crate::session::turn::TurnConfig::default());
         assert_eq!(c.vad, crate::audio::vad::VadConfig::default());
         assert_eq!(c.playback, crate::session::playback::PlaybackConfig::default());
+        assert_eq!(c.webrtc, WebRtcConfig::default());
+    }
+
+    #[test]
+    fn webrtc_settings_that_cannot_work_are_refused() {
+        let bad = |t: &str| Config::from_toml(&format!("[webrtc]\n{t}\n"), "t").unwrap_err().to_string();
+        assert!(bad("udp_port_min = 40000").contains("udp_port_min"));
+        assert!(bad("udp_port_min = 40010\nudp_port_max = 40000").contains("udp_port_min"));
+        assert!(bad("udp_port_min = 40000\nudp_port_max = 40010\nudp_addrs = [\"127.0.0.1:5000\"]").contains("port 0"));
+        assert!(
+            bad("udp_port_min = 40000\nudp_port_max = 40010\nudp_addrs = [\"0.0.0.0:0\", \"127.0.0.1:0\"]")
+                .contains("wildcard")
+        );
+        assert!(bad("udp_addrs = [\"localhost\"]").contains("ip:port"));
+        assert!(bad("audio_rate = 44100").contains("audio_rate"));
+        assert!(bad("opus_complexity = 11").contains("opus_complexity"));
+        let ok = "[webrtc]\nudp_port_min = 40000\nudp_port_max = 40010\nudp_addrs = [\"0.0.0.0:0\", \"[::]:0\"]\n";
+        assert!(Config::from_toml(ok, "t").is_ok(), "a wildcard per family is fine");
     }
 
     #[test]

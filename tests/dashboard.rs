@@ -110,11 +110,14 @@ async fn the_feed_shows_each_token_its_own_calls_and_a_turn_moves_the_numbers() 
     let t = a.until(8, with_response).await;
     let p50 = t["second"]["response"]["p50_ms"].as_f64().unwrap();
     assert!((300.0..3000.0).contains(&p50), "response p50 {p50} ms");
-    admin.until(8, with_response).await;
-    for _ in 0..3 {
-        let t = b.next().await.1;
-        assert_eq!(t["second"]["response"]["n"], 0, "B never sees A's figures: {t}");
-    }
+    let at = t["second"]["t_ms"].as_u64().unwrap();
+    let seen = admin.until(8, |t| t["second"]["t_ms"].as_u64() >= Some(at)).await;
+    assert_eq!(seen["second"]["t_ms"].as_u64(), Some(at), "the admin reads the same second");
+    assert!(seen["second"]["response"]["n"].as_u64() >= t["second"]["response"]["n"].as_u64());
+    // B's tick of that very second has none of A's figures.
+    let same = b.until(12, |t| t["second"]["t_ms"].as_u64() >= Some(at)).await;
+    assert_eq!(same["second"]["t_ms"].as_u64(), Some(at));
+    assert_eq!(same["second"]["response"]["n"], 0, "B never sees A's figures: {same}");
 
     drop(tw);
     admin.until(10, |t| t["calls_total"] == 0).await;

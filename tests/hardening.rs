@@ -174,6 +174,12 @@ async fn metrics_and_the_admin_api_move_to_the_admin_listener_or_need_a_token() 
     assert!(http(public, numbers).await.starts_with("HTTP/1.1 404"), "no admin API on the public listener");
     assert!(http(admin, numbers).await.starts_with("HTTP/1.1 404 Not Found\r\n"), "the admin API answers there");
     assert!(get(public, "/healthz").await.starts_with("HTTP/1.1 200"));
+    // The dashboard's admin view too; tenants still read theirs on the public listener.
+    let feed = |addr: std::net::SocketAddr, token: &'static str| {
+        reqwest::Client::new().get(format!("http://{addr}/v1/dashboard/events")).bearer_auth(token).send()
+    };
+    assert_eq!(feed(public, "admin-token").await.unwrap().status(), 401, "no admin view on the public listener");
+    assert_eq!(feed(admin, "admin-token").await.unwrap().status(), 200);
     let _ = stop.send(());
     let _ = join.await;
     // Without an admin listener: a metrics token, when set, is required.

@@ -100,6 +100,11 @@ fn parse_dur(s: &str) -> Result<Duration, String> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Checked before the clips load: a wrong name fails at once.
+    let carrier: Option<loadtest::run::CarrierKind> = match cli.carrier.as_str() {
+        "webrtc" => None,
+        other => Some(other.parse().map_err(|e: String| anyhow::anyhow!("--carrier: {e}, or webrtc"))?),
+    };
     let clips = if let Some(set) = &cli.fixture_set {
         let dir = if std::path::Path::new(set).join("turns.json").is_file() {
             PathBuf::from(set)
@@ -115,10 +120,9 @@ fn main() -> anyhow::Result<()> {
             .map(|n| loadtest::clip::Clip::load(&cli.fixtures.join(n)))
             .collect::<anyhow::Result<Vec<_>>>()?
     };
-    if cli.carrier == "webrtc" {
+    let Some(carrier) = carrier else {
         return webrtc(cli, clips);
-    }
-    let carrier: loadtest::run::CarrierKind = cli.carrier.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    };
     let opts = Options {
         url: cli.url,
         calls: cli.calls,
@@ -153,12 +157,14 @@ fn main() -> anyhow::Result<()> {
 
 /// `--carrier webrtc`: browser calls against `--url`'s host.
 fn webrtc(cli: Cli, clips: Vec<loadtest::clip::Clip>) -> anyhow::Result<()> {
-    let mut u = url::Url::parse(&cli.url).context("--url")?;
+    // The host of --url (a stream URL or the server's base), over HTTP.
+    let u = url::Url::parse(&cli.url).context("--url")?;
+    let host = u.host_str().context("--url: no host")?;
+    let port = u.port_or_known_default().context("--url: no port")?;
     let scheme = if u.scheme() == "wss" || u.scheme() == "https" { "https" } else { "http" };
-    u.set_scheme(scheme).map_err(|_| anyhow::anyhow!("--url: cannot use {scheme}"))?;
-    u.set_path("");
+    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
     let opts = loadtest::webrtc::WebRtcOptions {
-        base: u.as_str().trim_end_matches('/').to_string(),
+        base: format!("{scheme}://{host}:{port}"),
         calls: cli.calls,
         ramp: cli.ramp,
         duration: cli.duration,

@@ -4,10 +4,14 @@
 //!
 //! Each call: wait for the greeting, barge into it after `barge_after` of
 //! agent audio (barge-in latency: the caller's speech onset → the agent's
-//! last loud packet), let the caller's turn end (response latency: end of the
-//! caller's speech → the agent's first loud packet), let that answer play to
-//! the end, talk again into the quiet line (a second response), and repeat
-//! until the run ends; then hang up (`DELETE`) and close.
+//! last loud packet before its first silence of [`STOP_GAP`]), let the
+//! caller's turn end (response latency: the caller's last speech frame sent →
+//! the agent's first loud packet, as the Twilio mode measures it; an agent
+//! still talking then is a failure, `agent_still_speaking`), let that answer
+//! play to the end, talk again into the quiet line (a second response), and
+//! repeat; with no time left for a cycle the caller keeps the line open in
+//! silence until the run ends, so every call is live through the measured
+//! window; then it hangs up (`DELETE`) and closes.
 //!
 //! The caller clips are decoded, resampled to 48 kHz and Opus-encoded once;
 //! each call sends the same packets (no encoding per call). Each call paces
@@ -39,6 +43,10 @@ use crate::stats::Summary;
 const LOUD: f32 = 300.0;
 /// The agent counts as done speaking after this long without a loud packet.
 const QUIET: Duration = Duration::from_millis(600);
+/// A silence this long ends the agent's utterance (barge-in latency).
+const STOP_GAP: Duration = Duration::from_millis(200);
+/// Time a conversation cycle needs at most (barge-in, answer, talk, answer).
+const CYCLE: Duration = Duration::from_secs(6);
 
 /// What a WebRTC run needs.
 #[derive(Debug, Clone)]
@@ -59,6 +67,13 @@ pub struct WebRtcOptions {
     pub clips: Arc<Vec<Clip>>,
 }
 
+/// The caller's clips as a browser sends them, and a packet of silence.
+#[derive(Debug)]
+struct Voice {
+    clips: Vec<OpusClip>,
+    silence: Bytes,
+}
+
 /// A clip as a browser sends it.
 #[derive(Debug)]
 struct OpusClip {
@@ -67,16 +82,24 @@ struct OpusClip {
     speech_end: usize,
 }
 
-fn encode_clips(clips: &[Clip]) -> anyhow::Result<Vec<OpusClip>> {
+fn browser_encoder() -> anyhow::Result<Encoder> {
     let mut enc = Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip)?;
     enc.set_bitrate(Bitrate::BitsPerSecond(32_000))?;
     enc.set_inband_fec(true)?;
+    Ok(enc)
+}
+
+/// Each clip from its own encoder (its packets are decoded in sequence).
+fn encode_clips(clips: &[Clip]) -> anyhow::Result<Voice> {
+    let mut packet = vec![0u8; 1275];
+    let len = browser_encoder()?.encode(&[0i16; FRAME], &mut packet)?;
+    let silence = Bytes::copy_from_slice(&packet[..len]);
     let mut out = Vec::new();
     for c in clips {
+        let enc = browser_encoder()?;
         let mut up = Resampler::new(8000, 48000, 160)?;
         let mut pcm8 = [0i16; 160];
         let mut pcm48 = vec![0i16; up.output_len(160)];
-        let mut packet = vec![0u8; 1275];
         let mut packets = Vec::with_capacity(c.frames.len());
         for f in &c.frames {
             g711::ulaw_decode(f, &mut pcm8);
@@ -87,7 +110,7 @@ fn encode_clips(clips: &[Clip]) -> anyhow::Result<Vec<OpusClip>> {
         }
         out.push(OpusClip { packets, speech_start: c.speech_start, speech_end: c.speech_end });
     }
-    Ok(out)
+    Ok(Voice { clips: out, silence })
 }
 
 /// What one call measured.
@@ -106,6 +129,9 @@ pub struct WebRtcReport {
     pub calls: u64,
     /// Calls whose media came up.
     pub connected: u64,
+    /// Calls still live (connected, not failed) when the run ended: the
+    /// divisor of the per-call figures.
+    pub live_at_end: u64,
     /// Failures by kind.
     pub failures: BTreeMap<String, u64>,
     /// End of the caller's speech → the agent's first loud packet, ms.
@@ -125,13 +151,13 @@ pub struct WebRtcReport {
 impl WebRtcReport {
     /// Server CPU per call, % of one core.
     pub fn cpu_per_call(&self) -> Option<f64> {
-        Some(self.server_cpu_mean? / self.connected.max(1) as f64)
+        Some(self.server_cpu_mean? / self.live_at_end.max(1) as f64)
     }
 
     /// Server memory per call, KiB.
     pub fn rss_per_call_kib(&self) -> Option<f64> {
         let (a, b) = self.server_rss_kib?;
-        Some(b.saturating_sub(a) as f64 / self.connected.max(1) as f64)
+        Some(b.saturating_sub(a) as f64 / self.live_at_end.max(1) as f64)
     }
 
     /// A one-row Markdown table.
@@ -177,11 +203,13 @@ pub fn check_loopback(base: &str) -> anyhow::Result<()> {
 pub async fn run(opts: WebRtcOptions) -> anyhow::Result<WebRtcReport> {
     check_loopback(&opts.base)?;
     let clips = Arc::new(encode_clips(&opts.clips)?);
-    anyhow::ensure!(!clips.is_empty(), "no caller clips");
+    anyhow::ensure!(!clips.clips.is_empty(), "no caller clips");
     let started = Instant::now();
     let end = started + opts.ramp + opts.duration;
+    // Measured: from a little after the last call started to a second before
+    // any hangs up (every call stays live until `end`).
     let steady = started + opts.ramp + Duration::from_secs(3).min(opts.duration / 4);
-    let sampler = tokio::spawn(sample(opts.server_pid, steady, end));
+    let sampler = tokio::spawn(sample(opts.server_pid, steady, end.checked_sub(Duration::from_secs(1)).unwrap_or(end)));
     let mut calls = Vec::new();
     for i in 0..opts.calls {
         let at = started + opts.ramp.mul_f64(i as f64 / opts.calls.max(1) as f64);
@@ -209,6 +237,7 @@ pub async fn run(opts: WebRtcOptions) -> anyhow::Result<WebRtcReport> {
     Ok(WebRtcReport {
         calls: opts.calls,
         connected: results.iter().filter(|r| r.connected).count() as u64,
+        live_at_end: results.iter().filter(|r| r.connected && r.failure.is_none()).count() as u64,
         failures,
         response_latency_ms: Summary::of(&all(|r| &r.response_ms)),
         barge_in_latency_ms: Summary::of(&all(|r| &r.barge_in_ms)),
@@ -259,7 +288,7 @@ async fn sample(server: Option<u32>, steady: Instant, end: Instant) -> Samples {
 }
 
 /// One browser call to its end.
-async fn one_call(base: &str, clips: &[OpusClip], n: usize, barge_after: Duration, end: Instant) -> CallResult {
+async fn one_call(base: &str, voice: &Voice, n: usize, barge_after: Duration, end: Instant) -> CallResult {
     let mut r = CallResult::default();
     let mut peer = match WebRtcPeer::call(base, "from=loadtest", None).await {
         Ok(p) => p,
@@ -277,7 +306,7 @@ async fn one_call(base: &str, clips: &[OpusClip], n: usize, barge_after: Duratio
         return r;
     }
     r.connected = true;
-    if let Err(kind) = converse(&mut peer, clips, n, barge_after, end, &mut r).await {
+    if let Err(kind) = converse(&mut peer, voice, n, barge_after, end, &mut r).await {
         r.failure = Some(kind.into());
     }
     let _ = peer.hang_up().await;
@@ -285,14 +314,9 @@ async fn one_call(base: &str, clips: &[OpusClip], n: usize, barge_after: Duratio
     r
 }
 
-/// Silence packets are a clip's own leading silence.
-fn silence(clips: &[OpusClip]) -> Bytes {
-    clips[0].packets[0].clone()
-}
-
 async fn converse(
     peer: &mut WebRtcPeer,
-    clips: &[OpusClip],
+    voice: &Voice,
     n: usize,
     barge_after: Duration,
     end: Instant,
@@ -300,51 +324,54 @@ async fn converse(
 ) -> Result<(), &'static str> {
     let mut tick = interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    let quiet = silence(clips);
+    let (clips, quiet) = (&voice.clips, &voice.silence);
     let mut turn = n;
     // The greeting, first.
     let t0 = Instant::now();
-    let spoke = wait_for(peer, &mut tick, &quiet, Duration::from_secs(5), |p| {
+    let spoke = wait_for(peer, &mut tick, quiet, Duration::from_secs(5), |p| {
         p.loudness_since(t0, LOUD).first_loud.is_some_and(|f| f.elapsed() >= barge_after)
     })
     .await?;
     if !spoke {
         return Err("no_greeting");
     }
-    while Instant::now() + Duration::from_secs(6) < end {
+    while Instant::now() + CYCLE < end {
         // Barge into the agent, then let the turn end.
         let clip = &clips[turn % clips.len()];
         turn += 1;
         let (onset, speech_end) = play(peer, &mut tick, clip).await?;
         // No loud packet after the onset: the agent had paused already (not a measurement).
-        if let Some(stopped) = peer.loudness_since(onset, LOUD).last_loud {
+        if let Some(stopped) = peer.voice_stopped(onset, LOUD, STOP_GAP) {
             r.barge_in_ms.push(stopped.duration_since(onset).as_secs_f64() * 1000.0);
         }
-        let answered = response(peer, &mut tick, &quiet, speech_end).await?;
+        let answered = response(peer, &mut tick, quiet, speech_end).await?;
         r.response_ms.push(answered);
         // Let the answer play out, then talk into the quiet line.
-        let done = wait_for(peer, &mut tick, &quiet, Duration::from_secs(20), |p| {
+        let done = wait_for(peer, &mut tick, quiet, Duration::from_secs(20), |p| {
             p.loudness_since(Instant::now() - QUIET, LOUD).loud == 0
         })
         .await?;
         if !done {
             return Err("agent_never_quiet");
         }
-        if Instant::now() + Duration::from_secs(6) >= end {
+        if Instant::now() + CYCLE >= end {
             break;
         }
         let clip = &clips[turn % clips.len()];
         turn += 1;
         let (_, speech_end) = play(peer, &mut tick, clip).await?;
-        let answered = response(peer, &mut tick, &quiet, speech_end).await?;
+        let answered = response(peer, &mut tick, quiet, speech_end).await?;
         r.response_ms.push(answered);
         // The answer plays for `barge_after`: the next cycle barges into it.
         let from = Instant::now();
-        let _ = wait_for(peer, &mut tick, &quiet, Duration::from_secs(5), |p| {
+        let _ = wait_for(peer, &mut tick, quiet, Duration::from_secs(5), |p| {
             p.loudness_since(from, LOUD).first_loud.is_some_and(|f| f.elapsed() >= barge_after)
         })
         .await?;
     }
+    // Keep the line open until the run ends: every call is live while measured.
+    let left = end.saturating_duration_since(Instant::now());
+    wait_for(peer, &mut tick, quiet, left, |_| false).await?;
     Ok(())
 }
 
@@ -370,7 +397,8 @@ async fn wait_for(
     Ok(false)
 }
 
-/// Play a clip; when its speech began and ended (sent).
+/// Play a clip; when its speech began (its first speech frame sent) and
+/// ended (its last speech frame sent).
 async fn play(
     peer: &mut WebRtcPeer,
     tick: &mut tokio::time::Interval,
@@ -383,19 +411,26 @@ async fn play(
         if i == clip.speech_start {
             onset = Instant::now();
         }
+        if i == clip.speech_end {
+            speech_end = Instant::now();
+        }
         peer.send_packet(p).await.map_err(|_| "send_failed")?;
-        speech_end = Instant::now() + Duration::from_millis(20);
     }
     Ok((onset, speech_end))
 }
 
-/// Silence after the caller's speech until the agent answers; the latency, ms.
+/// Silence after the caller's speech until the agent answers; the latency,
+/// ms. The agent must have been quiet since before the caller's speech
+/// ended (else its "answer" is the audio a barge-in failed to stop).
 async fn response(
     peer: &mut WebRtcPeer,
     tick: &mut tokio::time::Interval,
     quiet: &Bytes,
     speech_end: Instant,
 ) -> Result<f64, &'static str> {
+    if peer.loudness_since(speech_end - STOP_GAP, LOUD).loud > 0 {
+        return Err("agent_still_speaking");
+    }
     let answered = wait_for(peer, tick, quiet, Duration::from_secs(5), |p| {
         p.loudness_since(speech_end, LOUD).first_loud.is_some()
     })

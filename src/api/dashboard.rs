@@ -3,7 +3,9 @@
 //!
 //! The feed needs a bearer token: the admin token sees every call and the
 //! process (CPU, memory); a tenant's token sees that tenant's calls and
-//! figures only, never another's, nor the process. The page asks for the
+//! figures only, never another's, nor the process. With `server.admin_listen`
+//! set, the admin view is served on the admin listener only (as `/metrics`
+//! and `/v1/numbers` are); the public listener then takes tenants' tokens. The page asks for the
 //! token and sends it in the `Authorization` header (never in a URL, which
 //! would reach access logs).
 //!
@@ -37,8 +39,8 @@ enum Scope {
 }
 
 impl Scope {
-    fn of(s: &AppState, headers: &HeaderMap) -> Option<Self> {
-        if is_admin(s, headers).is_ok() {
+    fn of(s: &AppState, headers: &HeaderMap, admin_here: bool) -> Option<Self> {
+        if admin_here && is_admin(s, headers).is_ok() {
             return Some(Self::Admin);
         }
         tenant(s, headers).ok().map(|t| Self::Tenant(t.id.clone()))
@@ -87,12 +89,25 @@ fn tick_json(s: &AppState, scope: &Scope, t: &Tick) -> String {
     .to_string()
 }
 
-/// `GET /v1/dashboard/events`: the feed, for the admin or a tenant.
+/// `GET /v1/dashboard/events` on the public listener: the feed for a
+/// tenant, or for the admin unless the admin listener is apart.
 pub async fn events(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let Some(scope) = Scope::of(&s, &headers) else {
+    let admin_here = s.config.server.admin_listen.trim().is_empty();
+    feed(s, headers, admin_here)
+}
+
+/// The same on the admin listener: the admin token is taken.
+pub async fn admin_events(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    feed(s, headers, true)
+}
+
+fn feed(s: Arc<AppState>, headers: HeaderMap, admin_here: bool) -> Response {
+    let Some(scope) = Scope::of(&s, &headers, admin_here) else {
         return error(StatusCode::UNAUTHORIZED, "unauthorized", "the admin token or a tenant's token is required");
     };
     let (history, rx) = s.call.dashboard.subscribe();
+    // A tick published between the subscription and the history's copy is in both.
+    let last = history.last().map_or(0, |t| t.all.t_ms);
     let first = json!({
         "scope": if scope.tenant().is_some() { "tenant" } else { "admin" },
         "seconds": history.iter().map(|t| scope.second(t)).collect::<Vec<_>>(),
@@ -101,11 +116,17 @@ pub async fn events(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     let first = futures_util::stream::once(async move {
         Ok::<_, std::convert::Infallible>(Event::default().event("history").data(first))
     });
-    let ticks = futures_util::stream::unfold((rx, s, scope), |(mut rx, s, scope)| async move {
-        rx.changed().await.ok()?;
-        let tick = rx.borrow_and_update().clone()?;
+    let ticks = futures_util::stream::unfold((rx, s, scope, last), |(mut rx, s, scope, mut last)| async move {
+        let tick = loop {
+            rx.changed().await.ok()?;
+            let tick = rx.borrow_and_update().clone()?;
+            if tick.all.t_ms > last {
+                break tick;
+            }
+        };
+        last = tick.all.t_ms;
         let body = tick_json(&s, &scope, &tick);
-        Some((Ok(Event::default().event("tick").data(body)), (rx, s, scope)))
+        Some((Ok(Event::default().event("tick").data(body)), (rx, s, scope, last)))
     });
     use futures_util::StreamExt as _;
     Sse::new(first.chain(ticks)).keep_alive(KeepAlive::default()).into_response()

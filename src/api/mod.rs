@@ -130,12 +130,13 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .merge(admin_routes())
-        .merge(dashboard_routes())
+        .route("/dashboard", get(dashboard::page))
+        .route("/v1/dashboard/events", get(dashboard::admin_events))
         .with_state(state)
 }
 
-/// The live dashboard (a token is needed for its feed): on the public
-/// listener, and on the admin listener too when it is apart.
+/// The live dashboard on the public listener (a token is needed for its
+/// feed; the admin's only while the admin listener is not apart).
 fn dashboard_routes() -> Router<Arc<AppState>> {
     Router::new().route("/dashboard", get(dashboard::page)).route("/v1/dashboard/events", get(dashboard::events))
 }

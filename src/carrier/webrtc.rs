@@ -18,8 +18,8 @@
 //! 16 kHz by default): libopus decodes to it and encodes from it directly,
 //! so no 48 kHz leg is resampled. RTP timestamps stay on Opus's 48 kHz
 //! clock whatever the rate ([`RTP_FRAME`] per 20 ms). The default is
-//! measured (BENCHMARKS.md §9): at 48 kHz the Opus encoder alone costs about
-//! twice as much per frame, and the engines take 8–24 kHz anyway.
+//! measured (BENCHMARKS.md §9): a frame in and out of a call costs ≈ 1.6×
+//! as much at 48 kHz, and the engines take 8–24 kHz anyway.
 //!
 //! The browser has no buffer of ours to clear: the capabilities say
 //! `far_end_buffer: false`, so the session keeps one frame of lead and a

@@ -119,15 +119,18 @@ impl CallFeed {
         }
     }
 
-    /// The session measured something.
-    pub fn observe(&self, t: &Telemetry) {
+    /// The session measured something (`engine_frame`: samples per 20 ms of
+    /// engine audio, the unit of `QueueOverflow`).
+    pub fn observe(&self, t: &Telemetry, engine_frame: usize) {
         let us = |d: Duration| d.as_micros().min(u32::MAX as u128) as u32;
         match t {
-            Telemetry::TurnStarted | Telemetry::TurnResumed { .. } => self.live.set(CallState::Listening),
-            Telemetry::TurnEnded { .. } => {
-                self.live.set(CallState::Thinking);
+            // Counted at the start, as Prometheus does: a resumed turn ends twice.
+            Telemetry::TurnStarted => {
+                self.live.set(CallState::Listening);
                 self.send(Kind::Turn, 1);
             }
+            Telemetry::TurnResumed { .. } => self.live.set(CallState::Listening),
+            Telemetry::TurnEnded { .. } => self.live.set(CallState::Thinking),
             Telemetry::ResponseLatency(d) => {
                 self.live.set(CallState::Speaking);
                 self.send(Kind::Response, us(*d));
@@ -137,7 +140,7 @@ impl CallFeed {
                 self.send(Kind::BargeIn, us(*latency));
             }
             Telemetry::ResponseFinished { .. } => self.live.set(CallState::Listening),
-            Telemetry::QueueOverflow(n) => self.dropped(*n as u64),
+            Telemetry::QueueOverflow(n) => self.dropped(n.div_ceil(engine_frame.max(1)) as u64),
             Telemetry::Underrun => self.send(Kind::Underrun, 1),
             _ => {}
         }
@@ -189,7 +192,7 @@ pub struct Second {
     pub t_ms: u64,
     /// Live calls at the tick.
     pub calls: u32,
-    /// Caller turns that ended.
+    /// Caller turns that began.
     pub turns: u32,
     /// End of the caller's turn → first agent audio.
     pub response: Latency,

@@ -27,6 +27,8 @@ use webrtc::peer_connection::{
 /// Samples in 20 ms at 48 kHz.
 pub const FRAME: usize = 960;
 const OPUS_PT: u8 = 111;
+/// Agent packets kept (50 a second: two minutes).
+const HEARD_KEPT: usize = 6000;
 const DTMF_PT: u8 = 110;
 
 /// One agent packet as the peer heard it.
@@ -132,6 +134,11 @@ impl PeerConnectionEventHandler for Handler {
                                 let sum: f64 = pcm[..n].iter().map(|&x| f64::from(x).powi(2)).sum();
                                 let rms = (sum / n.max(1) as f64).sqrt() as f32;
                                 s.heard.push(Heard { at: Instant::now(), rms });
+                                // Bounded: the last ~2 minutes are enough for any measurement.
+                                if s.heard.len() > HEARD_KEPT * 2 {
+                                    let drop = s.heard.len() - HEARD_KEPT;
+                                    s.heard.drain(..drop);
+                                }
                             }
                             Err(_) => s.bad += 1,
                         }
@@ -324,6 +331,22 @@ impl WebRtcPeer {
             }
         }
         l
+    }
+
+    /// When the agent's voice stopped after `since`: its last loud packet
+    /// before the first gap of `gap` without one (None: no loud packet).
+    /// Audio after that gap is a new utterance, not the one that stopped.
+    pub fn voice_stopped(&self, since: Instant, loud: f32, gap: Duration) -> Option<Instant> {
+        let s = self.shared.lock().expect("peer state");
+        let start = s.heard.partition_point(|h| h.at < since);
+        let mut last: Option<Instant> = None;
+        for h in s.heard[start..].iter().filter(|h| h.rms > loud) {
+            if last.is_some_and(|l| h.at.duration_since(l) >= gap) {
+                break;
+            }
+            last = Some(h.at);
+        }
+        last
     }
 
     /// Whether the connection failed or closed.

@@ -314,7 +314,7 @@ impl CallIo for ShellIo {
         match out {
             Output::Telemetry(t) => {
                 if let Some(f) = &self.feed {
-                    f.observe(&t);
+                    f.observe(&t, self.engine_frame);
                 }
                 telemetry::record(&self.metrics, self.id, self.engine_frame, t)
             }

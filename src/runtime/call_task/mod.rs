@@ -194,6 +194,9 @@ pub async fn run_call<T: Transport>(
     } else {
         end::report(&ctx, &call, &mut io, reason);
     }
+    // The transport's resources (a browser call's UDP port) go before the
+    // call leaves the registry: a caller who saw it gone may call again at once.
+    drop(transport);
     drop(registration);
     drop(slot);
     CallOutcome { reason, carrier_call_id: Some(carrier_call_id) }

@@ -35,21 +35,24 @@ fn a_call_walks_through_its_states() {
     let f = d.feed(live.clone(), None);
     assert_eq!(live.state(), CallState::Listening);
     let now = Instant::now();
-    f.observe(&Telemetry::TurnEnded { start: now, end: now, by: EndedBy::Silence });
+    f.observe(&Telemetry::TurnEnded { start: now, end: now, by: EndedBy::Silence }, 160);
     assert_eq!(live.state(), CallState::Thinking);
-    f.observe(&Telemetry::ResponseLatency(Duration::from_millis(510)));
+    f.observe(&Telemetry::ResponseLatency(Duration::from_millis(510)), 160);
     assert_eq!(live.state(), CallState::Speaking);
-    f.observe(&barge_in(60));
+    f.observe(&barge_in(60), 160);
     assert_eq!(live.state(), CallState::Listening, "a barge-in stops the agent");
     f.speaking();
     assert_eq!(live.state(), CallState::Speaking, "agent audio going out (a greeting) is speaking");
-    f.observe(&Telemetry::ResponseFinished {
-        response: ResponseId(2),
-        started: now,
-        sent_ms: 1000,
-        heard_ms: 1000,
-        interrupted: false,
-    });
+    f.observe(
+        &Telemetry::ResponseFinished {
+            response: ResponseId(2),
+            started: now,
+            sent_ms: 1000,
+            heard_ms: 1000,
+            interrupted: false,
+        },
+        160,
+    );
     assert_eq!(live.state(), CallState::Listening);
 }
 
@@ -70,12 +73,13 @@ fn a_tick_summarises_each_tenant_apart_and_the_server_as_a_whole() {
     }
     // Tenant A: responses 500, 520 and 900 ms, one barge-in; B: one response and two dropped frames.
     for ms in [500, 520, 900] {
-        calls[0].0.observe(&Telemetry::ResponseLatency(Duration::from_millis(ms)));
+        calls[0].0.observe(&Telemetry::ResponseLatency(Duration::from_millis(ms)), 160);
     }
-    calls[1].0.observe(&barge_in(61));
-    calls[2].0.observe(&Telemetry::ResponseLatency(Duration::from_millis(700)));
-    calls[2].0.observe(&Telemetry::QueueOverflow(2));
-    calls[3].0.observe(&Telemetry::Underrun);
+    calls[1].0.observe(&barge_in(61), 160);
+    calls[2].0.observe(&Telemetry::ResponseLatency(Duration::from_millis(700)), 160);
+    calls[2].0.observe(&Telemetry::QueueOverflow(320), 160); // samples: two frames
+    calls[2].0.observe(&Telemetry::TurnStarted, 160);
+    calls[3].0.observe(&Telemetry::Underrun, 160);
     let t = d.tick(&reg, 1000, Process::default());
     assert_eq!(t.all.calls, 4);
     assert_eq!(t.all.response.n, 4);
@@ -86,7 +90,7 @@ fn a_tick_summarises_each_tenant_apart_and_the_server_as_a_whole() {
     assert_eq!((a.calls, a.response.n, a.response.p50_ms, a.response.p95_ms), (2, 3, Some(520.0), Some(900.0)));
     assert_eq!((a.barge_in.n, a.barge_in.p95_ms, a.dropped_frames), (1, Some(61.0), 0));
     let b = t.of_tenant("B");
-    assert_eq!((b.calls, b.response.n, b.dropped_frames, b.underruns), (1, 1, 2, 0));
+    assert_eq!((b.calls, b.response.n, b.dropped_frames, b.underruns, b.turns), (1, 1, 2, 0, 1));
     assert_eq!(t.of_tenant("C"), Second { t_ms: 1000, ..Second::default() }, "a stranger sees nothing");
     // The next tick starts afresh: nothing is counted twice.
     let t2 = d.tick(&reg, 2000, Process::default());
@@ -106,7 +110,7 @@ fn a_full_queue_loses_samples_counted_and_never_blocks() {
     let d = Dashboard::new();
     let f = d.feed(LiveCall::new(), None);
     for _ in 0..QUEUE + 10 {
-        f.observe(&Telemetry::Underrun);
+        f.observe(&Telemetry::Underrun, 160);
     }
     let t = d.tick(&Registry::new(), 0, Process::default());
     assert_eq!(t.all.underruns, QUEUE as u64);
