@@ -72,6 +72,8 @@ pub struct Secrets {
     pub cascaded: crate::engine::cascaded::CascadedEnv,
     /// `CALLBRIDGE_TURN_CREDENTIAL`: the password for `webrtc.ice_username` on the TURN servers.
     pub turn_credential: Option<String>,
+    /// `CALLBRIDGE_REDIS_URL`: wins over `cluster.redis_url` (it may hold a password).
+    pub redis_url: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -91,6 +93,7 @@ impl std::fmt::Debug for Secrets {
             .field("deepgram_api_key", &self.cascaded.deepgram_key.as_ref().map(|_| "<set>"))
             .field("elevenlabs_api_key", &self.cascaded.elevenlabs_key.as_ref().map(|_| "<set>"))
             .field("turn_credential", &self.turn_credential.as_ref().map(|_| "<set>"))
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
             .finish()
     }
 }
@@ -123,6 +126,7 @@ impl Secrets {
                 elevenlabs_url: var("ELEVENLABS_URL"),
             },
             turn_credential: var("CALLBRIDGE_TURN_CREDENTIAL"),
+            redis_url: var("CALLBRIDGE_REDIS_URL"),
         }
     }
 }
@@ -164,6 +168,9 @@ pub struct Config {
     /// Browser calls over WebRTC (`[webrtc]`).
     #[serde(default)]
     pub webrtc: WebRtcConfig,
+    /// Several nodes sharing numbers, calls and control through Redis (`[cluster]`).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     /// Limits per tenant and on the HTTP server (`[limits]`).
     pub limits: LimitsConfig,
     /// Numbers declared in the file (`[[numbers]]`); more are registered over the API.
@@ -377,6 +384,60 @@ impl Default for WebRtcConfig {
     }
 }
 
+/// `[cluster]`: several nodes behind one load balancer, coordinated through
+/// Redis. Off (one node, everything in process) while `redis_url` is empty.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host:port[/db]` ("" = single node). The
+    /// environment's `CALLBRIDGE_REDIS_URL` wins over it (keeps a password
+    /// out of the file). Never logged.
+    pub redis_url: String,
+    /// This node's name in the cluster ("" = host name and a random suffix).
+    /// Unique per running process.
+    pub node_id: String,
+    /// Prefix of every Redis key and channel, so clusters can share a Redis.
+    pub key_prefix: String,
+    /// How often the node writes its live calls to Redis, ms.
+    pub heartbeat_ms: u64,
+    /// How long a call stays in the cluster view without a heartbeat, ms
+    /// (a killed node's calls vanish after this; at least 2 heartbeats).
+    pub call_ttl_ms: u64,
+    /// How long a control request routed to another node waits for its
+    /// answer, ms (a `say` with `audio_url` gets the audio fetch's 10 s on top).
+    pub route_timeout_ms: u64,
+    /// How long one Redis command may take before it counts as failed, ms.
+    pub command_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("ClusterConfig")
+            .field("redis_url", &if self.redis_url.is_empty() { "" } else { "<set>" })
+            .field("node_id", &self.node_id)
+            .field("key_prefix", &self.key_prefix)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("call_ttl_ms", &self.call_ttl_ms)
+            .field("route_timeout_ms", &self.route_timeout_ms)
+            .finish()
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            node_id: String::new(),
+            key_prefix: "callbridge:".into(),
+            heartbeat_ms: 1000,
+            call_ttl_ms: 5000,
+            route_timeout_ms: 3000,
+            command_timeout_ms: 500,
+        }
+    }
+}
+
 /// `[[numbers]]`: a number declared in the config file.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -545,6 +606,9 @@ impl Config {
     /// start-up log: numbers' signing secrets and API tokens).
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
+        if !c.cluster.redis_url.is_empty() {
+            c.cluster.redis_url = "<redacted>".into();
+        }
         for n in &mut c.numbers {
             for s in [&mut n.secret, &mut n.api_token] {
                 if !s.is_empty() {
@@ -578,6 +642,18 @@ impl Config {
         }
         if w.opus_complexity > 10 {
             return bad("webrtc.opus_complexity: 0 to 10");
+        }
+        let c = &self.cluster;
+        if c.heartbeat_ms == 0 || c.call_ttl_ms < 2 * c.heartbeat_ms {
+            return bad("cluster.call_ttl_ms must be at least twice cluster.heartbeat_ms (> 0)");
+        }
+        if c.route_timeout_ms == 0 || c.command_timeout_ms == 0 {
+            return bad("cluster.route_timeout_ms and command_timeout_ms must be > 0");
+        }
+        if c.key_prefix.is_empty() || c.node_id.contains([':', ' ', '*', '?', '[']) {
+            return bad(
+                "cluster.key_prefix must not be empty; cluster.node_id must not hold ':', spaces or glob characters",
+            );
         }
         let Ok(addrs) = w.udp_addrs.iter().map(|a| a.parse::<std::net::SocketAddr>()).collect::<Result<Vec<_>, _>>()
         else {

@@ -25,6 +25,7 @@ pub mod call;
 pub mod callback;
 pub mod callstore;
 pub mod carrier;
+pub mod cluster;
 pub mod config;
 pub mod contract;
 pub mod destination;

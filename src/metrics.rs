@@ -90,6 +90,8 @@ pub const STAGE_LATENCY: &str = "callbridge_stage_latency_seconds";
 pub const LINK_SEND_DELAY: &str = "callbridge_engine_link_send_delay_seconds";
 /// Playback ran dry inside a response (the engine was slower than real time).
 pub const PLAYBACK_UNDERRUNS: &str = "callbridge_playback_underruns_total";
+/// Control requests routed to the node holding the call, by `result`.
+pub const CLUSTER_ROUTED: &str = "callbridge_cluster_routed_requests_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -135,6 +137,7 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     describe_gauge!(CALLS_ACTIVE, "Calls in progress");
     describe_counter!(CALLS_TOTAL, "Calls accepted since start");
+    describe_counter!(CLUSTER_ROUTED, "Control requests routed to the node holding the call, by result");
     describe_counter!(CALLS_REJECTED, "Calls refused (capacity or shutdown)");
     describe_counter!(CALLS_ENDED, "Calls ended, by reason");
     describe_counter!(OUTBOUND_OUTCOMES, "Outbound calls placed through the control API, by outcome");

@@ -138,6 +138,19 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
     // 0 (no outbound calls at all) is refused by the handler before it reserves.
     let outbound_limit = config.limits.max_outbound_calls_per_tenant;
     let rate = crate::api::rate::RateLimiter::new(config.limits.api_requests_per_second, config.limits.api_burst);
+    // Cluster mode: the environment's URL wins (it may hold a password).
+    let redis_url = secrets.redis_url.clone().unwrap_or_else(|| config.cluster.redis_url.clone());
+    let (cluster, cluster_requests) = if redis_url.trim().is_empty() {
+        (None, None)
+    } else {
+        let (c, rx) = crate::cluster::Cluster::new(&config.cluster, redis_url.trim())
+            .map_err(|e| ServerError::Setup(e.to_string()))?;
+        // A little longer than this node waits for a stream, so its sweep finds the copy.
+        let ttl = Duration::from_millis(config.server.stream_wait_ms) + Duration::from_secs(5);
+        call.pending.share_through(c.clone(), ttl, tenants.clone());
+        info!(node = %c.node, "cluster mode: sharing numbers, calls and control through Redis");
+        (Some(c), Some(rx))
+    };
     Ok(Arc::new(AppState {
         config,
         secrets,
@@ -151,6 +164,8 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         accepting: AtomicBool::new(true),
         dialing: crate::runtime::dialing::DialingCalls::new(),
         outbound: crate::runtime::capacity::Capacity::new(usize::MAX, outbound_limit),
+        cluster,
+        cluster_requests: std::sync::Mutex::new(cluster_requests),
     }))
 }
 
@@ -230,8 +245,11 @@ pub async fn serve(
             }
             // Routes whose stream never came: the backend hears the call ended.
             let wait = Duration::from_millis(st.config.server.stream_wait_ms);
-            for route in st.call.pending.sweep(wait) {
-                crate::runtime::call_task::report_unconnected(&st.call, route, "no_stream");
+            for expired in st.call.pending.sweep_expired(wait) {
+                // Another node may have taken its stream (cluster mode): it reports the call then.
+                if st.call.pending.settle_expired(&expired).await {
+                    crate::runtime::call_task::report_unconnected(&st.call, expired.route, "no_stream");
+                }
             }
             st.call.registry.sweep_ended();
             // Outbound calls the carrier never reported on.
@@ -247,6 +265,17 @@ pub async fn serve(
         }
     });
     let dashboard = tokio::spawn(state.call.dashboard.clone().run(state.call.registry.clone()));
+    // Cluster mode: numbers and control requests from the other nodes, this node's calls to them.
+    let (beat_stop, beat_rx) = tokio::sync::watch::channel(false);
+    let mut cluster_tasks = Vec::new();
+    let mut heartbeat = None;
+    if let Some(c) = state.cluster.clone() {
+        cluster_tasks.push(tokio::spawn(c.clone().subscribe(state.tenants.clone())));
+        if let Some(rx) = state.cluster_requests.lock().expect("requests lock").take() {
+            cluster_tasks.push(tokio::spawn(crate::api::cluster_control::serve(state.clone(), c.clone(), rx)));
+        }
+        heartbeat = Some(tokio::spawn(crate::cluster::calls::heartbeat(c, state.call.registry.clone(), beat_rx)));
+    }
     // Retention: delete call data older than `storage.retention_days`, hourly.
     let retention = (state.config.storage.retention_days > 0).then(|| {
         let days = state.config.storage.retention_days as i64;
@@ -274,6 +303,14 @@ pub async fn serve(
     }
     upkeep.abort();
     dashboard.abort();
+    // The calls are over: take them out of the cluster view, then leave.
+    let _ = beat_stop.send(true);
+    if let Some(h) = heartbeat {
+        let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
+    }
+    for t in cluster_tasks {
+        t.abort();
+    }
     if let Some(r) = retention {
         r.abort();
     }

@@ -255,16 +255,17 @@ impl NumberStore {
         idx.by_number.get(number).cloned()
     }
 
-    /// Register a number; returns the tenant and its new API token (shown once).
-    /// Blocking (SQLite): call from a blocking thread.
-    pub fn register(
+    /// Check a registration and build its tenant and new API token (shown
+    /// once), without storing it: [`Self::register`] stores it here, a cluster
+    /// node in Redis first ([`Self::insert_shared`]).
+    pub fn prepare(
         &self,
         number: &str,
         callback_url: &str,
         secret: &str,
         transfer_allow: &[String],
         carrier: &str,
-    ) -> Result<(Arc<Tenant>, String), TenantError> {
+    ) -> Result<(Tenant, String), TenantError> {
         if !valid_carrier(carrier) {
             return Err(TenantError::Invalid(format!("carrier must be one of {CARRIERS:?} (or absent: any)")));
         }
@@ -296,6 +297,20 @@ impl NumberStore {
             transfer_allow: transfer_allow.to_vec(),
             carrier: carrier.into(),
         };
+        Ok((t, token))
+    }
+
+    /// Register a number; returns the tenant and its new API token (shown once).
+    /// Blocking (SQLite): call from a blocking thread.
+    pub fn register(
+        &self,
+        number: &str,
+        callback_url: &str,
+        secret: &str,
+        transfer_allow: &[String],
+        carrier: &str,
+    ) -> Result<(Arc<Tenant>, String), TenantError> {
+        let (t, token) = self.prepare(number, callback_url, secret, transfer_allow, carrier)?;
         if let Some(db) = &self.db {
             let conn = db.lock().expect("db lock");
             let allow = serde_json::to_string(&t.transfer_allow).expect("strings serialize");
@@ -328,6 +343,75 @@ impl NumberStore {
             conn.execute("DELETE FROM numbers WHERE number = ?1", params![number])?;
         }
         Ok(self.index.write().expect("index lock").remove(number))
+    }
+
+    /// A number registered through the cluster (Redis holds it): add or
+    /// replace it in the index. A number declared in this node's config keeps
+    /// its declaration.
+    pub fn insert_shared(&self, t: Tenant) -> Arc<Tenant> {
+        let mut idx = self.index.write().expect("index lock");
+        match idx.by_number.get(&t.number) {
+            Some(old) if old.source == Source::Config => old.clone(),
+            Some(old) if **old == t => old.clone(),
+            _ => {
+                idx.remove(&t.number);
+                let number = t.number.clone();
+                idx.insert(Tenant { source: Source::Api, ..t });
+                idx.by_number[&number].clone()
+            }
+        }
+    }
+
+    /// A number the cluster no longer holds: drop it from the index (config
+    /// numbers stay).
+    pub fn remove_shared(&self, number: &str) -> Option<Arc<Tenant>> {
+        let mut idx = self.index.write().expect("index lock");
+        match idx.by_number.get(number) {
+            Some(t) if t.source == Source::Api => idx.remove(number),
+            _ => None,
+        }
+    }
+
+    /// Make the API-registered numbers exactly `all` (a full resync from the
+    /// cluster); returns how many changed.
+    pub fn replace_shared(&self, all: Vec<Tenant>) -> usize {
+        let keep: std::collections::HashSet<String> = all.iter().map(|t| t.number.clone()).collect();
+        let gone: Vec<String> = {
+            let idx = self.index.read().expect("index lock");
+            idx.by_number
+                .values()
+                .filter(|t| t.source == Source::Api && !keep.contains(&t.number))
+                .map(|t| t.number.clone())
+                .collect()
+        };
+        let mut changed = gone.len();
+        for n in gone {
+            self.remove_shared(&n);
+        }
+        for t in all {
+            let before = self.get(&t.number);
+            let after = self.insert_shared(t);
+            if before.is_none_or(|b| !Arc::ptr_eq(&b, &after)) {
+                changed += 1;
+            }
+        }
+        changed
+    }
+
+    /// The numbers registered over the API (those a cluster shares).
+    pub fn api_tenants(&self) -> Vec<Arc<Tenant>> {
+        self.index.read().expect("index lock").by_number.values().filter(|t| t.source == Source::Api).cloned().collect()
+    }
+
+    /// Delete `numbers` from the database file, leaving the index (they moved
+    /// to the cluster). Blocking (SQLite).
+    pub fn forget_stored(&self, numbers: &[String]) -> Result<(), TenantError> {
+        let Some(db) = &self.db else { return Ok(()) };
+        let conn = db.lock().expect("db lock");
+        for n in numbers {
+            conn.execute("DELETE FROM numbers WHERE number = ?1", params![n])?;
+        }
+        Ok(())
     }
 
     /// Whether the database file still holds `number` (tests, diagnostics).

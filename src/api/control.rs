@@ -13,7 +13,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
@@ -139,6 +139,30 @@ pub async fn create_number(
     {
         return error(StatusCode::BAD_REQUEST, "invalid", format!("callback_url: {e}"));
     }
+    // Cluster mode: Redis holds the number, and one node wins it.
+    if let Some(c) = &s.cluster {
+        let (t, token) = match store.prepare(&n.number, &n.callback_url, &n.secret, &n.transfer_allow, &n.carrier) {
+            Ok(p) => p,
+            Err(e) => return tenant_error(e).into_response(),
+        };
+        return match c.create_number(&t).await {
+            Ok(true) => {
+                let t = store.insert_shared(t);
+                let mut v = number_json(&t);
+                v["api_token"] = json!(token);
+                (StatusCode::CREATED, Json(v)).into_response()
+            }
+            Ok(false) => tenant_error(TenantError::Exists(n.number)).into_response(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: number not registered");
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cluster_unavailable",
+                    "the cluster cannot register numbers right now; retry",
+                )
+            }
+        };
+    }
     let res = tokio::task::spawn_blocking(move || {
         store.register(&n.number, &n.callback_url, &n.secret, &n.transfer_allow, &n.carrier)
     })
@@ -178,8 +202,29 @@ pub async fn delete_number(State(s): State<Arc<AppState>>, headers: HeaderMap, P
     let Some(t) = s.tenants.get(&number) else {
         return error(StatusCode::NOT_FOUND, "not_found", "number not registered");
     };
+    if t.source == crate::tenant::Source::Config {
+        return tenant_error(TenantError::FromConfig(number)).into_response();
+    }
     if !s.call.registry.live_calls(Some(&t.id)).is_empty() {
         return error(StatusCode::CONFLICT, "calls_live", "the number has live calls; hang them up first");
+    }
+    // Cluster mode: no node may hold a call of it, and Redis lets it go first.
+    if let Some(c) = &s.cluster {
+        let gone = match c.remote_calls(&t.id).await {
+            Ok(calls) if !calls.is_empty() => {
+                return error(StatusCode::CONFLICT, "calls_live", "the number has live calls; hang them up first");
+            }
+            Ok(_) => c.delete_number(&number).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = gone {
+            tracing::warn!(error = %e, "cluster: number not deleted");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster_unavailable",
+                "the cluster cannot delete numbers right now; retry",
+            );
+        }
     }
     let store = s.tenants.clone();
     let calls = s.call.store.clone();
@@ -227,6 +272,20 @@ pub async fn list_calls(State(s): State<Arc<AppState>>, headers: HeaderMap) -> R
     };
     let mut calls: Vec<_> =
         s.call.registry.live_calls(Some(&t.id)).iter().map(|(id, d, state)| call_json(*id, d, *state)).collect();
+    // The other nodes' calls, in cluster mode; a view Redis could not give is marked partial.
+    let mut partial = false;
+    if let Some(c) = &s.cluster {
+        for call in &mut calls {
+            call["node"] = json!(c.node);
+        }
+        match c.remote_calls(&t.id).await {
+            Ok(remote) => calls.extend(remote.iter().map(|r| r.json())),
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: other nodes' calls not listed");
+                partial = true;
+            }
+        }
+    }
     // Outbound calls still ringing.
     calls.extend(s.dialing.of_tenant(&t.id).into_iter().map(|(id, to, carrier, carrier_call_id, placed)| {
         json!({"call_id": id.to_string(), "from": t.number, "to": to, "carrier": carrier,
@@ -234,22 +293,24 @@ pub async fn list_calls(State(s): State<Arc<AppState>>, headers: HeaderMap) -> R
             "started_at_ms": placed.duration_since(UNIX_EPOCH).map_or(0, |t| t.as_millis() as u64),
             "duration_ms": placed.elapsed().map_or(0, |e| e.as_millis() as u64)})
     }));
+    if partial {
+        return Json(json!({ "calls": calls, "partial": true })).into_response();
+    }
     Json(json!({ "calls": calls })).into_response()
 }
 
-/// A live call of the tenant, or the response to give.
+/// A live call of the tenant on this node, or the response to give.
 fn own_call(
     s: &AppState,
-    headers: &HeaderMap,
+    t: &Tenant,
     id: &str,
-) -> Result<(Arc<Tenant>, CallId, crate::runtime::registry::CallHandle, Arc<CallDetails>), ApiError> {
-    let t = tenant(s, headers)?;
+) -> Result<(CallId, crate::runtime::registry::CallHandle, Arc<CallDetails>), ApiError> {
     let not_found = || api_error(StatusCode::NOT_FOUND, "not_found", "no such call");
     let call_id = id.parse::<CallId>().map_err(|_| not_found())?;
     let handle = s.call.registry.get(call_id);
     match handle {
         Some(h) => match h.details.clone() {
-            Some(d) if d.tenant.as_deref() == Some(t.id.as_str()) => Ok((t, call_id, h, d)),
+            Some(d) if d.tenant.as_deref() == Some(t.id.as_str()) => Ok((call_id, h, d)),
             _ => Err(not_found()),
         },
         None if s.call.registry.ended_recently(call_id, &t.id) => {
@@ -259,12 +320,77 @@ fn own_call(
     }
 }
 
+/// What the control API does to one live call; in cluster mode it travels
+/// to the node holding the call as this JSON.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", content = "body", rename_all = "snake_case")]
+pub enum CallOp {
+    /// `GET /v1/calls/{id}`.
+    Get,
+    /// `POST …/interrupt`.
+    Interrupt,
+    /// `POST …/hangup`.
+    Hangup,
+    /// `POST …/say`.
+    Say(SayBody),
+    /// `POST …/transfer`.
+    Transfer(Transfer),
+}
+
+/// Do `op` to the tenant's call `id`: here if this node holds it, else (in
+/// cluster mode) on the node that does.
+async fn run(s: &Arc<AppState>, headers: &HeaderMap, id: &str, op: CallOp) -> Response {
+    let t = match tenant(s, headers) {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
+    };
+    match own_call(s, &t, id) {
+        Ok(call) => run_here(s, t, call, op).await,
+        Err(e) if e.status == StatusCode::NOT_FOUND && s.cluster.is_some() => {
+            super::cluster_control::route(s, &t, id, op).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Do `op` to call `id` if this node holds it (a request another node routed here).
+pub(super) async fn run_local(s: &Arc<AppState>, t: Arc<Tenant>, id: &str, op: CallOp) -> Response {
+    match own_call(s, &t, id) {
+        Ok(call) => run_here(s, t, call, op).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run_here(
+    s: &AppState,
+    t: Arc<Tenant>,
+    (call_id, h, d): (CallId, crate::runtime::registry::CallHandle, Arc<CallDetails>),
+    op: CallOp,
+) -> Response {
+    match op {
+        CallOp::Get => {
+            let mut v = call_json(call_id, &d, h.live.state());
+            if let Some(c) = &s.cluster {
+                v["node"] = json!(c.node);
+            }
+            Json(v).into_response()
+        }
+        CallOp::Interrupt => match send(&h, CallControl::Session(ControlCommand::Interrupt)).await {
+            Ok(()) => (StatusCode::ACCEPTED, Json(json!({"status": "interrupted"}))).into_response(),
+            Err(r) => r.into_response(),
+        },
+        CallOp::Hangup => match send(&h, CallControl::Session(ControlCommand::Hangup)).await {
+            Ok(()) => (StatusCode::ACCEPTED, Json(json!({"status": "hanging_up"}))).into_response(),
+            Err(r) => r.into_response(),
+        },
+        CallOp::Say(req) => say_here(s, &h, req).await,
+        CallOp::Transfer(req) => transfer_here(s, &t, call_id, &h, &d, req).await,
+    }
+}
+
 /// `GET /v1/calls/{id}` (tenant).
 pub async fn get_call(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    match own_call(&s, &headers, &id) {
-        Ok((_, cid, h, d)) => Json(call_json(cid, &d, h.live.state())).into_response(),
-        Err(r) => r.into_response(),
-    }
+    run(&s, &headers, &id, CallOp::Get).await
 }
 
 async fn send(h: &crate::runtime::registry::CallHandle, cmd: CallControl) -> Result<(), ApiError> {
@@ -278,28 +404,16 @@ async fn send(h: &crate::runtime::registry::CallHandle, cmd: CallControl) -> Res
 
 /// `POST /v1/calls/{id}/interrupt` (tenant).
 pub async fn interrupt(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    match own_call(&s, &headers, &id) {
-        Ok((_, _, h, _)) => match send(&h, CallControl::Session(ControlCommand::Interrupt)).await {
-            Ok(()) => (StatusCode::ACCEPTED, Json(json!({"status": "interrupted"}))).into_response(),
-            Err(r) => r.into_response(),
-        },
-        Err(r) => r.into_response(),
-    }
+    run(&s, &headers, &id, CallOp::Interrupt).await
 }
 
 /// `POST /v1/calls/{id}/hangup` (tenant).
 pub async fn hangup(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    match own_call(&s, &headers, &id) {
-        Ok((_, _, h, _)) => match send(&h, CallControl::Session(ControlCommand::Hangup)).await {
-            Ok(()) => (StatusCode::ACCEPTED, Json(json!({"status": "hanging_up"}))).into_response(),
-            Err(r) => r.into_response(),
-        },
-        Err(r) => r.into_response(),
-    }
+    run(&s, &headers, &id, CallOp::Hangup).await
 }
 
 /// `POST /v1/calls/{id}/say` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SayBody {
     text: Option<String>,
@@ -310,6 +424,13 @@ pub struct SayBody {
     /// The caller may talk over it (default true; false: a barge-in waits for its end).
     #[serde(default = "yes")]
     interruptible: bool,
+}
+
+impl SayBody {
+    /// Whether it says a clip fetched from a URL.
+    pub fn has_audio_url(&self) -> bool {
+        self.audio_url.is_some()
+    }
 }
 
 fn yes() -> bool {
@@ -363,19 +484,22 @@ pub async fn say(
     Path(id): Path<String>,
     body: Result<Json<SayBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let (_, _, h, _) = match own_call(&s, &headers, &id) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid", e.body_text()),
-    };
+    match body {
+        Ok(Json(b)) => run(&s, &headers, &id, CallOp::Say(b)).await,
+        // The caller is identified first: a stranger learns nothing from the body's errors.
+        Err(e) => match tenant(&s, &headers) {
+            Ok(_) => error(StatusCode::BAD_REQUEST, "invalid", e.body_text()),
+            Err(r) => r.into_response(),
+        },
+    }
+}
+
+async fn say_here(s: &AppState, h: &crate::runtime::registry::CallHandle, req: SayBody) -> Response {
     let what = match (req.text, &req.audio_url) {
         (None, None) | (Some(_), Some(_)) => {
             return error(StatusCode::BAD_REQUEST, "invalid", "give exactly one of text or audio_url");
         }
-        (_, Some(url)) => match fetch_audio(&s, url).await {
+        (_, Some(url)) => match fetch_audio(s, url).await {
             Ok(c) => Say::Clip(c),
             Err(r) => return r.into_response(),
         },
@@ -383,7 +507,7 @@ pub async fn say(
     };
     let (tx, rx) = oneshot::channel();
     if let Err(r) =
-        send(&h, CallControl::Say { what, interrupt: req.interrupt, interruptible: req.interruptible, reply: tx }).await
+        send(h, CallControl::Say { what, interrupt: req.interrupt, interruptible: req.interruptible, reply: tx }).await
     {
         return r.into_response();
     }
@@ -398,7 +522,7 @@ pub async fn say(
 }
 
 /// `POST /v1/calls/{id}/transfer` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Transfer {
     to: String,
@@ -411,14 +535,23 @@ pub async fn transfer(
     Path(id): Path<String>,
     body: Result<Json<Transfer>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let (t, call_id, h, d) = match own_call(&s, &headers, &id) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid", e.body_text()),
-    };
+    match body {
+        Ok(Json(b)) => run(&s, &headers, &id, CallOp::Transfer(b)).await,
+        Err(e) => match tenant(&s, &headers) {
+            Ok(_) => error(StatusCode::BAD_REQUEST, "invalid", e.body_text()),
+            Err(r) => r.into_response(),
+        },
+    }
+}
+
+async fn transfer_here(
+    s: &AppState,
+    t: &Tenant,
+    call_id: CallId,
+    h: &crate::runtime::registry::CallHandle,
+    d: &CallDetails,
+    req: Transfer,
+) -> Response {
     let target = match TransferTarget::parse(&req.to) {
         Ok(t) => t,
         Err(m) => return error(StatusCode::BAD_REQUEST, "invalid", m),
@@ -434,9 +567,9 @@ pub async fn transfer(
     let Some(carrier) = s.carrier_control(d.carrier) else {
         return error(StatusCode::CONFLICT, "unsupported", "this carrier cannot transfer calls");
     };
-    match carrier.transfer(call_id, &d, &target).await {
+    match carrier.transfer(call_id, d, &target).await {
         Ok(()) => {
-            let _ = send(&h, CallControl::Transferring { to: target.as_str().to_string() }).await;
+            let _ = send(h, CallControl::Transferring { to: target.as_str().to_string() }).await;
             (StatusCode::ACCEPTED, Json(json!({"status": "transferring", "to": req.to}))).into_response()
         }
         Err(e @ ControlError::NoCredentials(_)) => {

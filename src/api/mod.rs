@@ -4,6 +4,7 @@
 
 pub mod arrival;
 pub mod carrier_control;
+pub mod cluster_control;
 pub mod control;
 pub mod dashboard;
 pub mod outbound;
@@ -54,6 +55,10 @@ pub struct AppState {
     pub dialing: Arc<crate::runtime::dialing::DialingCalls>,
     /// Outbound calls per tenant (`limits.max_outbound_calls_per_tenant`).
     pub outbound: Arc<crate::runtime::capacity::Capacity>,
+    /// This node's link to the cluster (`[cluster]`), if configured.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Requests other nodes route here, until [`crate::server::serve`] takes them.
+    pub cluster_requests: std::sync::Mutex<Option<crate::cluster::Requests>>,
 }
 
 impl AppState {

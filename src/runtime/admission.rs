@@ -5,13 +5,20 @@
 //!
 //! Tokens are random, never derived from the call id, and a route is taken at
 //! most once: a replayed `start` (same call id, same token) finds nothing.
+//!
+//! In cluster mode each route is also shared through Redis, so its stream may
+//! connect to another node ([`crate::cluster::pending`]); [`PendingCalls::claim_shared`]
+//! settles who owns it before the stream claims it here.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use subtle::ConstantTimeEq;
 
+use crate::cluster::Cluster;
+use crate::cluster::pending::Owned;
 use crate::contract::CallPlan;
 use crate::ids::CallId;
 use crate::tenant::Tenant;
@@ -101,12 +108,24 @@ struct Waiting {
     route: Route,
     token: String,
     at: Instant,
+    /// The route's copy reached Redis (the cluster knows it).
+    shared: Arc<AtomicBool>,
 }
 
 /// Routes waiting for their stream.
 #[derive(Default)]
 pub struct PendingCalls {
     map: DashMap<(&'static str, String), Waiting>,
+    cluster: OnceLock<(Arc<Cluster>, Duration, Arc<crate::tenant::NumberStore>)>,
+}
+
+/// A route the sweep found expired, and whether the cluster knew it.
+#[derive(Debug)]
+pub struct Expired {
+    /// The route.
+    pub route: Route,
+    /// Carrier, carrier call id, token: set when a copy was shared.
+    pub shared: Option<(&'static str, String, String)>,
 }
 
 impl std::fmt::Debug for PendingCalls {
@@ -121,15 +140,83 @@ impl PendingCalls {
         Arc::new(Self::default())
     }
 
+    /// Share every route from now on through `cluster`, each for `ttl`
+    /// (browser calls stay local: their media comes to the node that answered
+    /// the offer).
+    pub fn share_through(&self, cluster: Arc<Cluster>, ttl: Duration, tenants: Arc<crate::tenant::NumberStore>) {
+        let _ = self.cluster.set((cluster, ttl, tenants));
+    }
+
     /// Keep `route` for the stream of `carrier_call_id` on `carrier`; returns
     /// the single-use token the stream must present.
     pub fn insert(&self, carrier: &'static str, carrier_call_id: &str, route: Route) -> String {
         let token = crate::signature::random_hex();
+        let shared = Arc::new(AtomicBool::new(false));
+        if let Some((c, ttl, _)) = self.cluster.get().filter(|_| carrier != "webrtc") {
+            let (c, ttl, json) = (c.clone(), *ttl, c.portable(&route));
+            let (id, tok, flag) = (carrier_call_id.to_string(), token.clone(), shared.clone());
+            tokio::spawn(async move {
+                match c.share_route(carrier, &id, &tok, json, ttl).await {
+                    Ok(()) => flag.store(true, Ordering::Release),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster: route not shared; its stream must come to this node")
+                    }
+                }
+            });
+        }
         self.map.insert(
             (carrier, carrier_call_id.to_string()),
-            Waiting { route, token: token.clone(), at: Instant::now() },
+            Waiting { route, token: token.clone(), at: Instant::now(), shared },
         );
         token
+    }
+
+    /// Settle, before the stream of `carrier_call_id` claims its route here,
+    /// which node owns it: a route this node keeps is made its own in Redis
+    /// (and dropped if another node took it first); one another node's webhook
+    /// shared is brought here under `token`. Without a cluster: nothing to do.
+    pub async fn claim_shared(&self, carrier: &'static str, carrier_call_id: &str, token: &str) {
+        let Some((c, _, tenants)) = self.cluster.get() else { return };
+        let key = (carrier, carrier_call_id.to_string());
+        let local = self
+            .map
+            .get(&key)
+            .map(|w| (w.shared.load(Ordering::Acquire), bool::from(w.token.as_bytes().ct_eq(token.as_bytes()))));
+        match local {
+            // Ours, and the cluster knows it: whoever deletes the copy owns it.
+            Some((true, true)) => {
+                if c.own_route(carrier, carrier_call_id, token).await == Owned::Lost {
+                    tracing::warn!(carrier, "cluster: the route was already taken on another node; refused here");
+                    self.map.remove(&key);
+                }
+            }
+            Some(_) => {}
+            None => {
+                // Another node's webhook; its copy may be a moment behind the carrier.
+                for attempt in 0..2 {
+                    match c.take_route(carrier, carrier_call_id, token, tenants).await {
+                        Ok(Some(route)) => {
+                            self.map.insert(
+                                key,
+                                Waiting {
+                                    route,
+                                    token: token.to_string(),
+                                    at: Instant::now(),
+                                    shared: Arc::new(AtomicBool::new(false)),
+                                },
+                            );
+                            return;
+                        }
+                        Ok(None) if attempt == 0 => tokio::time::sleep(Duration::from_millis(150)).await,
+                        Ok(None) => return,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cluster: shared route not taken");
+                            return;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Claim the route of `carrier_call_id` with `token` (once; a wrong token
@@ -158,8 +245,29 @@ impl PendingCalls {
     /// Drop routes older than `max_age`; returns them (their calls never
     /// arrived: the caller hung up first, or the stream failed).
     pub fn sweep(&self, max_age: Duration) -> Vec<Route> {
+        self.sweep_expired(max_age).into_iter().map(|e| e.route).collect()
+    }
+
+    /// [`Self::sweep`], saying which routes the cluster knew (another node may
+    /// have taken their stream: [`Self::settle_expired`]).
+    pub fn sweep_expired(&self, max_age: Duration) -> Vec<Expired> {
         let old: Vec<_> = self.map.iter().filter(|e| e.at.elapsed() >= max_age).map(|e| e.key().clone()).collect();
-        old.into_iter().filter_map(|k| self.map.remove(&k)).map(|(_, w)| w.route).collect()
+        old.into_iter()
+            .filter_map(|k| self.map.remove(&k))
+            .map(|((carrier, id), w)| Expired {
+                shared: w.shared.load(Ordering::Acquire).then(|| (carrier, id, w.token.clone())),
+                route: w.route,
+            })
+            .collect()
+    }
+
+    /// Whether an expired route is still this node's to report (`false`:
+    /// another node took its stream and reports the call).
+    pub async fn settle_expired(&self, e: &Expired) -> bool {
+        match (&e.shared, self.cluster.get()) {
+            (Some((carrier, id, token)), Some((c, _, _))) => c.own_route(carrier, id, token).await != Owned::Lost,
+            _ => true,
+        }
     }
 
     /// Routes waiting.

@@ -57,6 +57,11 @@ impl Binary {
     /// Start the binary on `config` (written to `dir/cb.toml`) and wait until
     /// `/healthz` answers.
     pub async fn start(dir: &Path, config: &str) -> Self {
+        Self::start_env(dir, config, &[]).await
+    }
+
+    /// [`Self::start`] with more environment variables (an admin token, say).
+    pub async fn start_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Self {
         let cfg = dir.join("cb.toml");
         std::fs::write(&cfg, config).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -64,9 +69,10 @@ impl Binary {
         let child = Command::new(env!("CARGO_BIN_EXE_callbridge"))
             .args(["serve", "--config", cfg.to_str().unwrap(), "--listen", &addr.to_string()])
             .env("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .env("RUST_LOG", std::env::var("CB_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .envs(env.iter().copied())
+            .stdout(if std::env::var_os("CB_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
+            .stderr(if std::env::var_os("CB_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
             .spawn()
             .unwrap();
         let b = Self { addr, child };

@@ -171,7 +171,12 @@ pub async fn run_call<T: Transport>(
     );
     metrics::counter!(crate::metrics::CALLS_TOTAL, "carrier" => label).increment(1);
     let admitted = match setup::await_start(&mut transport, carrier.as_mut(), &mut control, &ctx).await {
-        Ok(info) => setup::admit(&ctx, info, carrier, &mut registration),
+        Ok(info) => {
+            if let Some(token) = info.token.as_deref() {
+                ctx.pending.claim_shared(label, &info.call_id, token).await;
+            }
+            setup::admit(&ctx, info, carrier, &mut registration)
+        }
         Err(e) => Err(e),
     };
     let setup::Admitted { mut call, mut io, mut links, mut replies, info, slot } = match admitted {

@@ -1,0 +1,107 @@
+//! The control API across nodes: a request for a call this node does not
+//! hold goes to the node that does ([`crate::cluster::routing`]), and the
+//! requests other nodes route here run exactly as if taken here. The answer
+//! is the owner's status and body; when routing fails the error says why
+//! (`owner_gone` 503, `owner_timeout` 504, `cluster_unavailable` 503).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::control::{CallOp, error, run_local};
+use crate::cluster::routing::{Reply, Request, RouteError};
+use crate::cluster::{Cluster, Requests};
+use crate::ids::CallId;
+use crate::tenant::Tenant;
+
+/// Largest body a routed answer carries back.
+const MAX_REPLY_BYTES: usize = 64 * 1024;
+
+/// Send `op` for the tenant's call `id` to the node holding it.
+pub(super) async fn route(s: &Arc<AppState>, t: &Tenant, id: &str, op: CallOp) -> Response {
+    let c = s.cluster.as_ref().expect("routing runs in cluster mode");
+    let Ok(call) = id.parse::<CallId>() else {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such call");
+    };
+    // A read needs no owner: the call view has it.
+    if let CallOp::Get = op {
+        return match c.find_call(call).await {
+            Ok(Some(r)) if r.tenant == t.id => Json(r.json()).into_response(),
+            Ok(_) => error(StatusCode::NOT_FOUND, "not_found", "no such call"),
+            Err(e) => unavailable(&e.to_string()),
+        };
+    }
+    // A `say` with audio fetches it on the owner, within the fetch's own 10 s.
+    let budget = match &op {
+        CallOp::Say(b) if b.has_audio_url() => c.route_timeout + Duration::from_secs(10),
+        _ => c.route_timeout,
+    };
+    let json = serde_json::to_value(&op).expect("serializes");
+    match c.route(&t.id, &t.number, call, json, budget).await {
+        Ok(reply) => {
+            let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            (status, Json(reply.body)).into_response()
+        }
+        Err(RouteError::NotFound) => error(StatusCode::NOT_FOUND, "not_found", "no such call"),
+        Err(RouteError::OwnerGone) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "owner_gone",
+            "the node holding the call is gone; the call drops out of the cluster within its heartbeat TTL",
+        ),
+        Err(RouteError::Timeout) => {
+            error(StatusCode::GATEWAY_TIMEOUT, "owner_timeout", "the node holding the call did not answer in time")
+        }
+        Err(RouteError::Unavailable(e)) => unavailable(&e.to_string()),
+    }
+}
+
+fn unavailable(why: &str) -> Response {
+    tracing::warn!(error = %why, "cluster: request for another node's call not routed");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "cluster_unavailable",
+        "the cluster cannot reach the node holding this call right now; retry",
+    )
+}
+
+/// Run the requests other nodes route here, each in its own task, and
+/// answer them. Runs until the process ends.
+pub async fn serve(s: Arc<AppState>, cluster: Arc<Cluster>, mut requests: Requests) {
+    while let Some(req) = requests.recv().await {
+        let (s, c) = (s.clone(), cluster.clone());
+        tokio::spawn(async move {
+            let reply = answer(&s, &req).await;
+            if let Err(e) = c.reply(&req.reply_to, &reply).await {
+                tracing::warn!(error = %e, "cluster: answer to a routed request lost");
+            }
+        });
+    }
+}
+
+async fn answer(s: &Arc<AppState>, req: &Request) -> Reply {
+    let fail = |status: u16, code: &str, message: &str| Reply {
+        id: req.id,
+        status,
+        body: serde_json::json!({"error": code, "message": message}),
+    };
+    // The requesting node authenticated the tenant; the number must still be its here.
+    let Some(t) = s.tenants.get(&req.number).filter(|t| t.id == req.tenant) else {
+        return fail(404, "not_found", "no such call");
+    };
+    let op: CallOp = match serde_json::from_value(req.op.clone()) {
+        Ok(op) => op,
+        Err(e) => return fail(400, "invalid", &format!("routed request: {e}")),
+    };
+    let resp = run_local(s, t, &req.call, op).await;
+    let status = resp.status().as_u16();
+    let body = match axum::body::to_bytes(resp.into_body(), MAX_REPLY_BYTES).await {
+        Ok(b) if b.is_empty() => serde_json::Value::Null,
+        Ok(b) => serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::Value::Null,
+    };
+    Reply { id: req.id, status, body }
+}

@@ -1,0 +1,194 @@
+//! The cluster's view of live calls. Every heartbeat a node writes each of
+//! its live calls as `call:{id}` (JSON: owner node, tenant, carrier, from, to,
+//! started, state) with a TTL of `cluster.call_ttl_ms`, and scores it in the
+//! tenant's sorted set `calls:{tenant}` with the same expiry; calls that
+//! ended since the last beat are deleted. A node that dies simply stops
+//! beating: its calls drop out of the view within the TTL.
+//!
+//! One pipelined round trip per heartbeat per node, whatever the number of
+//! calls (2 commands per live call, 2 per ended call).
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use super::{Cluster, ClusterError, unix_ms};
+use crate::ids::CallId;
+use crate::runtime::registry::Registry;
+
+/// One live call as the cluster sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RemoteCall {
+    /// Our id.
+    pub call_id: String,
+    /// The node holding it.
+    pub node: String,
+    /// Owner's tenant id.
+    pub tenant: String,
+    /// Caller.
+    pub from: String,
+    /// Called number.
+    pub to: String,
+    /// Carrier label.
+    pub carrier: String,
+    /// The carrier's id of the call.
+    pub carrier_call_id: String,
+    /// Engine label.
+    pub engine: String,
+    /// Unix ms.
+    pub started_at_ms: u64,
+    /// `listening`, `thinking`, `speaking` at the last beat.
+    pub state: String,
+}
+
+impl RemoteCall {
+    /// The control API's JSON for it.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "call_id": self.call_id,
+            "from": self.from,
+            "to": self.to,
+            "carrier": self.carrier,
+            "carrier_call_id": self.carrier_call_id,
+            "engine": self.engine,
+            "started_at_ms": self.started_at_ms,
+            "duration_ms": unix_ms().saturating_sub(self.started_at_ms),
+            "state": self.state,
+            "node": self.node,
+        })
+    }
+}
+
+/// What the last heartbeat wrote: calls (and their tenants) to delete once
+/// they end.
+#[derive(Debug, Default)]
+pub struct Beats {
+    last: HashSet<(CallId, String)>,
+}
+
+impl Cluster {
+    /// Write this node's live calls, delete the ones that ended.
+    pub async fn beat(&self, registry: &Registry, beats: &mut Beats) -> Result<usize, ClusterError> {
+        let ttl = self.call_ttl.as_millis() as u64;
+        let expires = unix_ms() + ttl;
+        let mut now = HashSet::with_capacity(beats.last.len());
+        let mut p = redis::pipe();
+        for (id, d, state) in registry.live_calls(None) {
+            let Some(tenant) = d.tenant.clone() else { continue };
+            let call = RemoteCall {
+                call_id: id.to_string(),
+                node: self.node.clone(),
+                tenant: tenant.clone(),
+                from: d.from.clone(),
+                to: d.to.clone(),
+                carrier: d.carrier.into(),
+                carrier_call_id: d.carrier_call_id.clone(),
+                engine: d.engine.into(),
+                started_at_ms: d.started_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_millis() as u64),
+                state: state.label().into(),
+            };
+            let json = serde_json::to_vec(&call).expect("serializes");
+            p.cmd("SET").arg(self.key(&format!("call:{id}"))).arg(json).arg("PX").arg(ttl).ignore();
+            p.cmd("ZADD").arg(self.key(&format!("calls:{tenant}"))).arg(expires).arg(id.to_string()).ignore();
+            now.insert((id, tenant));
+        }
+        for (id, tenant) in beats.last.difference(&now) {
+            p.cmd("DEL").arg(self.key(&format!("call:{id}"))).ignore();
+            p.cmd("ZREM").arg(self.key(&format!("calls:{tenant}"))).arg(id.to_string()).ignore();
+        }
+        let live = now.len();
+        // A node's liveness, for diagnostics.
+        p.cmd("SET").arg(self.key(&format!("node:{}", self.node))).arg(unix_ms()).arg("PX").arg(ttl).ignore();
+        self.run(async move |c| p.query_async::<()>(c).await).await?;
+        beats.last = now;
+        Ok(live)
+    }
+
+    /// Remove every call this node wrote (a draining node leaves nothing behind).
+    pub async fn forget_calls(&self, beats: &mut Beats) -> Result<(), ClusterError> {
+        let mut p = redis::pipe();
+        for (id, tenant) in beats.last.drain() {
+            p.cmd("DEL").arg(self.key(&format!("call:{id}"))).ignore();
+            p.cmd("ZREM").arg(self.key(&format!("calls:{tenant}"))).arg(id.to_string()).ignore();
+        }
+        p.cmd("DEL").arg(self.key(&format!("node:{}", self.node))).ignore();
+        self.run(async move |c| p.query_async::<()>(c).await).await
+    }
+
+    /// The tenant's live calls on other nodes.
+    pub async fn remote_calls(&self, tenant: &str) -> Result<Vec<RemoteCall>, ClusterError> {
+        let set = self.key(&format!("calls:{tenant}"));
+        let now = unix_ms();
+        let ids: Vec<String> = self
+            .run(async move |c| {
+                let (ids,): (Vec<String>,) = redis::pipe()
+                    .cmd("ZREMRANGEBYSCORE")
+                    .arg(&set)
+                    .arg("-inf")
+                    .arg(now)
+                    .ignore()
+                    .cmd("ZRANGEBYSCORE")
+                    .arg(&set)
+                    .arg(now)
+                    .arg("+inf")
+                    .query_async(c)
+                    .await?;
+                Ok(ids)
+            })
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.key(&format!("call:{id}"))).collect();
+        let vals: Vec<Option<Vec<u8>>> =
+            self.run(async move |c| redis::cmd("MGET").arg(keys).query_async(c).await).await?;
+        Ok(vals
+            .into_iter()
+            .flatten()
+            .filter_map(|j| serde_json::from_slice::<RemoteCall>(&j).ok())
+            .filter(|c| c.tenant == tenant && c.node != self.node)
+            .collect())
+    }
+
+    /// The cluster's entry for call `id`, if a live node holds it.
+    pub async fn find_call(&self, id: CallId) -> Result<Option<RemoteCall>, ClusterError> {
+        let key = self.key(&format!("call:{id}"));
+        let json: Option<Vec<u8>> = self.run(async move |c| redis::cmd("GET").arg(key).query_async(c).await).await?;
+        json.map(|j| serde_json::from_slice(&j).map_err(|e| ClusterError::Data(e.to_string()))).transpose()
+    }
+}
+
+/// Beat every `cluster.heartbeat_ms` until `stop` turns true, then remove
+/// this node's calls from the view (a drained node leaves nothing behind).
+pub async fn heartbeat(
+    c: std::sync::Arc<Cluster>,
+    registry: std::sync::Arc<Registry>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut beats = Beats::default();
+    let mut tick = tokio::time::interval(c.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        match c.beat(&registry, &mut beats).await {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("cluster: heartbeat back");
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                failing = true;
+                warn!(error = %e, "cluster: heartbeat failed; this node's calls drop out of the cluster view until Redis is back");
+            }
+            Err(_) => {}
+        }
+    }
+    if let Err(e) = c.forget_calls(&mut beats).await {
+        warn!(error = %e, "cluster: this node's calls not removed from the view; they expire with their TTL");
+    }
+}

@@ -1,0 +1,303 @@
+//! Cluster mode from outside: two or three real `callbridge` binaries on
+//! 127.0.0.1 sharing one real `redis-server` (Debian's, started per test).
+//! A number registered on one node is answered on another; a call whose
+//! webhook hit node A and whose stream hit node B is listed on A and C, and
+//! `hangup` sent to C ends it on B; a killed node's calls leave the view
+//! within the TTL and routing to it says `owner_gone`; a Redis restart
+//! mid-call leaves the call running and the cluster recovers.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::backend::FakeBackend;
+use common::binary::*;
+use common::calls::*;
+use common::net::*;
+use common::redis::{RedisServer, available};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+const ADMIN: &str = "cluster-admin-token";
+
+/// A node of the cluster at `redis` named `name`, tenant A declared in its
+/// config, with fast heartbeats.
+async fn node(backend: &FakeBackend, redis: &RedisServer, name: &str) -> Binary {
+    let dir = test_dir(&format!("cluster-{name}"));
+    let extra = format!(
+        "[cluster]\nredis_url = \"{}\"\nnode_id = \"{name}\"\nheartbeat_ms = 200\ncall_ttl_ms = 1500\n",
+        redis.url()
+    );
+    Binary::start_env(&dir, &tenant_config(&dir, &backend.url(), &extra), &[("CALLBRIDGE_ADMIN_TOKEN", ADMIN)]).await
+}
+
+async fn get_json(addr: SocketAddr, path: &str, token: &str) -> (u16, Value) {
+    let r = reqwest::Client::new().get(format!("http://{addr}{path}")).bearer_auth(token).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn post_json(addr: SocketAddr, path: &str, token: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}{path}"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Poll `f` every 50 ms until it holds, for at most `within`; how long it took.
+async fn within<F: AsyncFnMut() -> bool>(within: Duration, what: &str, mut f: F) -> Duration {
+    let t0 = Instant::now();
+    while !f().await {
+        assert!(t0.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t0.elapsed()
+}
+
+/// The tenant's calls as node `addr` lists them.
+async fn listed(addr: SocketAddr, token: &str) -> Vec<Value> {
+    let (status, v) = get_json(addr, "/v1/calls", token).await;
+    assert_eq!(status, 200, "{v}");
+    v["calls"].as_array().cloned().unwrap_or_default()
+}
+
+/// The voice webhook on `webhook`, the media stream on `stream`.
+async fn call_across(webhook: SocketAddr, stream: SocketAddr, n: u64, to: &str) -> FakeTwilio {
+    let url = format!("ws://{stream}/twilio/stream");
+    let mut tw = FakeTwilio::connect_signed(&url, n, Some(&stream_signature())).await.expect("upgrade");
+    let (status, twiml) = webhook_at(webhook, &voice_params(&tw, to), None).await;
+    assert_eq!(status, 200, "{twiml}");
+    let token = token_of(&twiml);
+    tw.start_with(&[("from", "+15557770000"), ("to", to), ("cb_token", &token)]).await;
+    tw
+}
+
+/// Say a short sentence, then stream `frames` × 20 ms of silence; the number
+/// of bot media frames heard (the bot has no greeting: it answers speech).
+async fn keep_talking(tw: &mut FakeTwilio, frames: usize) -> usize {
+    media_count(&talk(tw, &ulaw_fixture("caller_short_8k.wav"), frames).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_registered_on_one_node_is_answered_on_the_others_and_its_deletion_reaches_them() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let backend = FakeBackend::start().await;
+    let a = node(&backend, &redis, "a").await;
+    let b = node(&backend, &redis, "b").await;
+    let (status, created) = post_json(
+        a.addr,
+        "/v1/numbers",
+        ADMIN,
+        json!({"number": NUMBER_B, "callback_url": backend.url(), "secret": "whsec_tenant_b_0123456789"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let token = created["api_token"].as_str().unwrap().to_string();
+    // Visible on B within a second: the admin sees it, its token works, its calls are answered.
+    let took = within(Duration::from_secs(1), "the number reaches node b", async || {
+        get_json(b.addr, &format!("/v1/numbers/{NUMBER_B}"), ADMIN).await.0 == 200
+    })
+    .await;
+    eprintln!("registration visible on the other node after {took:?}");
+    assert_eq!(get_json(b.addr, "/v1/calls", &token).await.0, 200, "the new token works on b");
+    let mut tw = call_across(b.addr, b.addr, 21, NUMBER_B).await;
+    assert!(keep_talking(&mut tw, 100).await > 0, "b answers the number a registered");
+    let started = backend.wait_received(Duration::from_secs(3), |r| r.iter().any(|e| e.kind() == "call.started")).await;
+    assert!(started.iter().any(|e| e.kind() == "call.started" && e.body["to"] == NUMBER_B), "b called its backend");
+    // The carrier ends the call (Twilio's `stop`).
+    let stop = tw.peer.stop();
+    tw.send(stop).await;
+    tw.closed(Duration::from_secs(5)).await;
+    // One node wins a number: b cannot register it again.
+    let (status, v) = post_json(
+        b.addr,
+        "/v1/numbers",
+        ADMIN,
+        json!({"number": NUMBER_B, "callback_url": backend.url(), "secret": "whsec_other_owner_01234567"}),
+    )
+    .await;
+    assert_eq!(status, 409, "{v}");
+    // A node that joins later finds it.
+    let c = node(&backend, &redis, "c").await;
+    within(Duration::from_secs(2), "a late node syncs the number", async || {
+        get_json(c.addr, &format!("/v1/numbers/{NUMBER_B}"), ADMIN).await.0 == 200
+    })
+    .await;
+    // Deleted on b (once its call is over): gone from a and c within a second.
+    within(Duration::from_secs(10), "the number is deleted on b", async || {
+        let r = reqwest::Client::new()
+            .delete(format!("http://{}/v1/numbers/{NUMBER_B}", b.addr))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap_or_default();
+        assert!(status == 204 || body.contains("calls_live"), "{status} {body}");
+        status == 204
+    })
+    .await;
+    for n in [&a, &c] {
+        within(Duration::from_secs(1), "the deletion reaches every node", async || {
+            get_json(n.addr, &format!("/v1/numbers/{NUMBER_B}"), ADMIN).await.0 == 404
+        })
+        .await;
+    }
+    assert_eq!(get_json(a.addr, "/v1/calls", &token).await.0, 401, "the old token is dead everywhere");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_taken_at_a_and_streamed_to_b_is_listed_on_a_and_c_and_hung_up_from_c() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let backend = FakeBackend::start().await;
+    let a = node(&backend, &redis, "a").await;
+    let b = node(&backend, &redis, "b").await;
+    let c = node(&backend, &redis, "c").await;
+    let tok = "tenant-a-token";
+    let mut tw = call_across(a.addr, b.addr, 31, NUMBER_A).await;
+    assert!(keep_talking(&mut tw, 60).await > 0, "b runs the call a's webhook decided");
+    // Listed on every node, owned by b.
+    let mut id = String::new();
+    for n in [&a, &c, &b] {
+        within(Duration::from_secs(2), "the call is listed", async || {
+            let calls = listed(n.addr, tok).await;
+            match calls.as_slice() {
+                [one] if one["node"] == "b" => {
+                    id = one["call_id"].as_str().unwrap().to_string();
+                    true
+                }
+                _ => false,
+            }
+        })
+        .await;
+    }
+    let (status, one) = get_json(c.addr, &format!("/v1/calls/{id}"), tok).await;
+    assert_eq!((status, one["node"].as_str()), (200, Some("b")), "{one}");
+    assert_eq!(one["to"], NUMBER_A);
+    // A token no tenant has reaches nothing.
+    assert_eq!(get_json(c.addr, &format!("/v1/calls/{id}"), "not-a-token").await.0, 401);
+    // The owner's answer comes back: a bad say is refused by b's own check, an interrupt accepted.
+    let (status, v) = post_json(c.addr, &format!("/v1/calls/{id}/say"), tok, json!({})).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid")), "{v}");
+    let (status, v) = post_json(c.addr, &format!("/v1/calls/{id}/interrupt"), tok, json!(null)).await;
+    assert_eq!((status, v["status"].as_str()), (202, Some("interrupted")), "{v}");
+    // Hang up from c: the stream on b closes, the backend hears the call ended.
+    let (status, v) = post_json(c.addr, &format!("/v1/calls/{id}/hangup"), tok, json!(null)).await;
+    assert_eq!((status, v["status"].as_str()), (202, Some("hanging_up")), "{v}");
+    tw.closed(Duration::from_secs(5)).await;
+    let ended = backend
+        .wait_received(Duration::from_secs(5), |r| {
+            r.iter().any(|e| e.kind() == "call.ended" && e.body["call_id"] == id)
+        })
+        .await;
+    let ended = ended.iter().find(|e| e.kind() == "call.ended").unwrap();
+    assert_eq!(ended.body["reason"], "hangup", "{}", ended.body);
+    // One event stream across the two nodes: call.started (from a) and b's events number on.
+    let seqs: Vec<u64> = backend
+        .received()
+        .iter()
+        .filter(|e| e.body["call_id"] == id)
+        .map(|e| e.body["seq"].as_u64().unwrap())
+        .collect();
+    let mut sorted = seqs.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted, (1..=sorted.len() as u64).collect::<Vec<_>>(), "one sequence, no gap or repeat: {seqs:?}");
+    // Gone from the view everywhere.
+    for n in [&a, &c] {
+        within(Duration::from_secs(2), "the ended call leaves the view", async || listed(n.addr, tok).await.is_empty())
+            .await;
+    }
+    // Commands for it now find nothing.
+    let (status, _) = post_json(a.addr, &format!("/v1/calls/{id}/hangup"), tok, json!(null)).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_calls_leave_the_view_within_the_ttl_and_routing_to_it_says_owner_gone() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let backend = FakeBackend::start().await;
+    let a = node(&backend, &redis, "a").await;
+    let mut b = node(&backend, &redis, "b").await;
+    let tok = "tenant-a-token";
+    let mut tw = call_across(b.addr, b.addr, 41, NUMBER_A).await;
+    assert!(keep_talking(&mut tw, 40).await > 0);
+    let mut id = String::new();
+    within(Duration::from_secs(2), "a lists b's call", async || {
+        let calls = listed(a.addr, tok).await;
+        if let [one] = calls.as_slice() {
+            id = one["call_id"].as_str().unwrap().to_string();
+        }
+        !id.is_empty()
+    })
+    .await;
+    b.signal("KILL");
+    b.wait_exit(Duration::from_secs(5));
+    let (status, v) = post_json(a.addr, &format!("/v1/calls/{id}/hangup"), tok, json!(null)).await;
+    assert_eq!((status, v["error"].as_str()), (503, Some("owner_gone")), "{v}");
+    let gone = within(Duration::from_secs(3), "the dead node's call leaves the view", async || {
+        listed(a.addr, tok).await.is_empty()
+    })
+    .await;
+    eprintln!("killed node's call left the view after {gone:?} (ttl 1.5 s)");
+    let (status, _) = post_json(a.addr, &format!("/v1/calls/{id}/hangup"), tok, json!(null)).await;
+    assert_eq!(status, 404, "after the TTL the call is simply unknown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_mid_call_leaves_the_call_running_and_the_cluster_recovers() {
+    if !available() {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let backend = FakeBackend::start().await;
+    let a = node(&backend, &redis, "a").await;
+    let b = node(&backend, &redis, "b").await;
+    let tok = "tenant-a-token";
+    let mut tw = call_across(a.addr, b.addr, 51, NUMBER_A).await;
+    assert!(keep_talking(&mut tw, 40).await > 0);
+    let mut id = String::new();
+    within(Duration::from_secs(2), "a lists b's call", async || {
+        if let [one] = listed(a.addr, tok).await.as_slice() {
+            id = one["call_id"].as_str().unwrap().to_string();
+        }
+        !id.is_empty()
+    })
+    .await;
+    redis.stop();
+    // The call goes on: b still answers the caller.
+    let heard = media_count(&talk(&mut tw, &ulaw_fixture("caller_short_8k.wav"), 150).await);
+    assert!(heard > 0, "the call kept running with Redis down");
+    // The cluster says what it cannot do, clearly.
+    let (status, v) = get_json(a.addr, "/v1/calls", tok).await;
+    assert_eq!((status, v["partial"].as_bool()), (200, Some(true)), "{v}");
+    let (status, v) = post_json(a.addr, &format!("/v1/calls/{id}/interrupt"), tok, json!(null)).await;
+    assert_eq!((status, v["error"].as_str()), (503, Some("cluster_unavailable")), "{v}");
+    assert_eq!(get_json(b.addr, &format!("/v1/calls/{id}"), tok).await.0, 200, "b still controls its own call");
+    // Redis back (empty): b's heartbeat rewrites the call, a routes to it again.
+    redis.restart();
+    let back = within(Duration::from_secs(6), "routing recovers", async || {
+        tw.frame(&[0xFF; 160]).await;
+        post_json(a.addr, &format!("/v1/calls/{id}/interrupt"), tok, json!(null)).await.0 == 202
+    })
+    .await;
+    eprintln!("routing recovered {back:?} after Redis came back");
+    let (status, v) = post_json(a.addr, &format!("/v1/calls/{id}/hangup"), tok, json!(null)).await;
+    assert_eq!(status, 202, "{v}");
+    tw.closed(Duration::from_secs(5)).await;
+}
