@@ -408,6 +408,10 @@ pub struct ClusterConfig {
     pub route_timeout_ms: u64,
     /// How long one Redis command may take before it counts as failed, ms.
     pub command_timeout_ms: u64,
+    /// Concurrent calls across the whole cluster (0 = no cluster-wide limit;
+    /// each node still has `server.max_calls`). `limits.max_calls_per_tenant`
+    /// counts across the cluster too.
+    pub max_calls: usize,
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -420,6 +424,8 @@ impl std::fmt::Debug for ClusterConfig {
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("call_ttl_ms", &self.call_ttl_ms)
             .field("route_timeout_ms", &self.route_timeout_ms)
+            .field("command_timeout_ms", &self.command_timeout_ms)
+            .field("max_calls", &self.max_calls)
             .finish()
     }
 }
@@ -434,6 +440,7 @@ impl Default for ClusterConfig {
             call_ttl_ms: 5000,
             route_timeout_ms: 3000,
             command_timeout_ms: 500,
+            max_calls: 0,
         }
     }
 }

@@ -24,9 +24,14 @@ const ADMIN: &str = "cluster-admin-token";
 /// A node of the cluster at `redis` named `name`, tenant A declared in its
 /// config, with fast heartbeats.
 async fn node(backend: &FakeBackend, redis: &RedisServer, name: &str) -> Binary {
+    node_with(backend, redis, name, "").await
+}
+
+/// [`node`] with more config.
+async fn node_with(backend: &FakeBackend, redis: &RedisServer, name: &str, more: &str) -> Binary {
     let dir = test_dir(&format!("cluster-{name}"));
     let extra = format!(
-        "[cluster]\nredis_url = \"{}\"\nnode_id = \"{name}\"\nheartbeat_ms = 200\ncall_ttl_ms = 1500\n",
+        "[cluster]\nredis_url = \"{}\"\nnode_id = \"{name}\"\nheartbeat_ms = 200\ncall_ttl_ms = 1500\n{more}",
         redis.url()
     );
     Binary::start_env(&dir, &tenant_config(&dir, &backend.url(), &extra), &[("CALLBRIDGE_ADMIN_TOKEN", ADMIN)]).await
@@ -300,4 +305,88 @@ async fn a_redis_restart_mid_call_leaves_the_call_running_and_the_cluster_recove
     let (status, v) = post_json(a.addr, &format!("/v1/calls/{id}/hangup"), tok, json!(null)).await;
     assert_eq!(status, 202, "{v}");
     tw.closed(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_across_nodes_and_a_dead_nodes_places_come_back_within_the_ttl() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let backend = FakeBackend::start().await;
+    let one_each = "[limits]\nmax_calls_per_tenant = 1\n";
+    let mut a = node_with(&backend, &redis, "a", one_each).await;
+    let b = node_with(&backend, &redis, "b", one_each).await;
+    // The tenant's one call runs on a (webhook and stream there).
+    let mut tw = call_across(a.addr, a.addr, 61, NUMBER_A).await;
+    assert!(keep_talking(&mut tw, 20).await > 0);
+    // A second call to the same tenant through b: busy, though b itself is empty.
+    let mut probe =
+        FakeTwilio::connect_signed(&format!("ws://{}/twilio/stream", b.addr), 62, Some(&stream_signature()))
+            .await
+            .expect("upgrade");
+    let (status, twiml) = webhook_at(b.addr, &voice_params(&probe, NUMBER_A), None).await;
+    assert_eq!(status, 200);
+    assert!(twiml.contains(r#"<Reject reason="busy"/>"#), "the tenant's limit counts a's call: {twiml}");
+    // a dies with the call: its place comes back within the TTL, and b takes a call again.
+    a.signal("KILL");
+    a.wait_exit(Duration::from_secs(5));
+    let mut answered = String::new();
+    let freed = within(Duration::from_secs(4), "the dead node's place is released", async || {
+        answered = webhook_at(b.addr, &voice_params(&probe, NUMBER_A), None).await.1;
+        answered.contains("cb_token")
+    })
+    .await;
+    eprintln!("a killed node's admission place came back after {freed:?} (ttl 1.5 s)");
+    // That call runs on b; when it ends its place comes back at once (no TTL wait).
+    let token = token_of(&answered);
+    probe.start_with(&[("from", "+15557770000"), ("to", NUMBER_A), ("cb_token", &token)]).await;
+    assert!(keep_talking(&mut probe, 20).await > 0);
+    let stop = probe.peer.stop();
+    probe.send(stop).await;
+    probe.closed(Duration::from_secs(5)).await;
+    let next = FakeTwilio::connect_signed(&format!("ws://{}/twilio/stream", b.addr), 64, Some(&stream_signature()))
+        .await
+        .expect("upgrade");
+    let after_end = within(Duration::from_secs(3), "an ended call's place is released", async || {
+        let (_, twiml) = webhook_at(b.addr, &voice_params(&next, NUMBER_A), None).await;
+        twiml.contains("cb_token")
+    })
+    .await;
+    assert!(after_end < Duration::from_millis(1500), "released by the call's end, not by the TTL: {after_end:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_takes_no_new_calls_finishes_its_own_and_leaves_nothing_in_redis() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let backend = FakeBackend::start().await;
+    let a = node(&backend, &redis, "a").await;
+    let mut b = node_with(&backend, &redis, "b", "[server]\nshutdown_grace_ms = 20000\n").await;
+    let tok = "tenant-a-token";
+    let mut tw = call_across(b.addr, b.addr, 71, NUMBER_A).await;
+    assert!(keep_talking(&mut tw, 20).await > 0);
+    within(Duration::from_secs(2), "a lists b's call", async || listed(a.addr, tok).await.len() == 1).await;
+    assert!(redis.command("KEYS *").unwrap().contains("callbridge:call:"), "the call is in the view");
+    b.signal("TERM");
+    // Draining: the load balancer sees b out, b takes no new call, its call goes on.
+    within(Duration::from_secs(2), "b reports draining", async || b.get("/healthz", None).await == 503).await;
+    let probe = FakeTwilio::connect_signed(&format!("ws://{}/twilio/stream", a.addr), 72, Some(&stream_signature()))
+        .await
+        .expect("upgrade");
+    let (_, twiml) = webhook_at(b.addr, &voice_params(&probe, NUMBER_A), None).await;
+    assert!(twiml.contains(r#"<Reject reason="busy"/>"#), "a draining node answers busy: {twiml}");
+    assert!(keep_talking(&mut tw, 10).await > 0, "the call goes on while b drains");
+    let calls = listed(a.addr, tok).await;
+    assert_eq!(calls.len(), 1, "still listed while it runs");
+    // The backend hangs up through a; b's last call is over, b exits: nothing of it stays in Redis.
+    let id = calls[0]["call_id"].as_str().unwrap();
+    assert_eq!(post_json(a.addr, &format!("/v1/calls/{id}/hangup"), tok, json!(null)).await.0, 202);
+    tw.closed(Duration::from_secs(8)).await;
+    b.wait_exit(Duration::from_secs(10));
+    let keys = redis.command("KEYS *").unwrap();
+    assert!(!keys.contains(":call:") && !keys.contains(":node:b") && !keys.contains(":slots"), "left behind: {keys}");
+    assert!(listed(a.addr, tok).await.is_empty());
 }

@@ -103,11 +103,24 @@ pub async fn route_call(s: &Arc<AppState>, a: &Arrival) -> Result<Route, Refusal
         );
         return Err(refused(Refusal::Unsigned));
     }
-    let slot = s.call.capacity.try_reserve(tenant.as_ref().map(|t| t.id.as_str())).map_err(|f| {
+    let busy = |f: crate::runtime::capacity::Full| {
         warn!(carrier = a.carrier, reason = f.code(), "call refused: busy");
         refused(Refusal::Busy(f))
-    })?;
+    };
+    let tenant_id = tenant.as_ref().map(|t| t.id.as_str());
+    let slot = s.call.capacity.try_reserve(tenant_id).map_err(busy)?;
     let call_id = CallId::random();
+    // Cluster mode: the cluster's limits too (atomically, across nodes).
+    let slot = match &s.cluster {
+        Some(c) => {
+            let lease = c
+                .reserve(call_id, tenant_id, s.config.cluster.max_calls, s.config.limits.max_calls_per_tenant)
+                .await
+                .map_err(busy)?;
+            slot.with_lease(lease)
+        }
+        None => slot,
+    };
     let mut route = Route::unannounced(call_id, &a.from, &a.to);
     route.tenant = tenant.clone();
     route.slot = Some(Arc::new(slot));

@@ -208,7 +208,9 @@ pub async fn delete_number(State(s): State<Arc<AppState>>, headers: HeaderMap, P
     if !s.call.registry.live_calls(Some(&t.id)).is_empty() {
         return error(StatusCode::CONFLICT, "calls_live", "the number has live calls; hang them up first");
     }
-    // Cluster mode: no node may hold a call of it, and Redis lets it go first.
+    // Cluster mode: no node may hold a call of it, and Redis lets it go first
+    // (its announcement may reach this node's index before the removal below).
+    let in_cluster = s.cluster.is_some();
     if let Some(c) = &s.cluster {
         let gone = match c.remote_calls(&t.id).await {
             Ok(calls) if !calls.is_empty() => {
@@ -229,7 +231,7 @@ pub async fn delete_number(State(s): State<Arc<AppState>>, headers: HeaderMap, P
     let store = s.tenants.clone();
     let calls = s.call.store.clone();
     let res = tokio::task::spawn_blocking(move || {
-        let removed = store.remove(&number)?;
+        let removed = store.remove(&number)?.or(in_cluster.then_some(t));
         let erased = match (&removed, calls) {
             (Some(t), Some(c)) => c.delete_tenant(&t.id).map_err(|e| TenantError::Invalid(e.to_string()))?,
             _ => 0,

@@ -135,6 +135,21 @@ pub async fn create_call(
         );
     };
     let call_id = CallId::random();
+    // Cluster mode: the cluster's limits too.
+    let slot = match &s.cluster {
+        Some(c) => match c
+            .reserve(call_id, Some(&t.id), s.config.cluster.max_calls, s.config.limits.max_calls_per_tenant)
+            .await
+        {
+            Ok(lease) => slot.with_lease(lease),
+            Err(f) => {
+                metrics::counter!(crate::metrics::CALLS_REJECTED, "reason" => f.code(), "carrier" => carrier.carrier())
+                    .increment(1);
+                return error(StatusCode::TOO_MANY_REQUESTS, f.code(), "at the concurrent-call limit; try again later");
+            }
+        },
+        None => slot,
+    };
     let mut route = Route::unannounced(call_id, &from, target.as_str());
     route.tenant = Some(t.clone());
     route.slot = Some(Arc::new(slot.holding(outbound)));

@@ -5,8 +5,12 @@
 //! ended since the last beat are deleted. A node that dies simply stops
 //! beating: its calls drop out of the view within the TTL.
 //!
+//! The same beat pushes on the expiry of the admission leases of the calls
+//! the node runs or holds routes for ([`super::admission`]), and removes the
+//! leases of the calls that ended.
+//!
 //! One pipelined round trip per heartbeat per node, whatever the number of
-//! calls (2 commands per live call, 2 per ended call).
+//! calls (4 commands per live call with a tenant, 4 per ended call).
 
 use std::collections::HashSet;
 
@@ -74,7 +78,24 @@ impl Cluster {
         let expires = unix_ms() + ttl;
         let mut now = HashSet::with_capacity(beats.last.len());
         let mut p = redis::pipe();
+        // Admission leases follow the calls: the ones this node runs, and the
+        // ones it took at a webhook whose stream has not come yet.
+        let slots = self.key("slots");
+        let mut leased = HashSet::new();
+        let mut lease = |p: &mut redis::Pipeline, id: CallId, tenant: Option<&str>| {
+            if !leased.insert(id) {
+                return;
+            }
+            p.cmd("ZADD").arg(&slots).arg("XX").arg(expires).arg(id.to_string()).ignore();
+            if let Some(t) = tenant {
+                p.cmd("ZADD").arg(self.key(&format!("slots:{t}"))).arg("XX").arg(expires).arg(id.to_string()).ignore();
+            }
+        };
+        for e in self.leases.iter() {
+            lease(&mut p, *e.key(), e.value().as_deref());
+        }
         for (id, d, state) in registry.live_calls(None) {
+            lease(&mut p, id, d.tenant.as_deref());
             let Some(tenant) = d.tenant.clone() else { continue };
             let call = RemoteCall {
                 call_id: id.to_string(),
@@ -96,6 +117,11 @@ impl Cluster {
         for (id, tenant) in beats.last.difference(&now) {
             p.cmd("DEL").arg(self.key(&format!("call:{id}"))).ignore();
             p.cmd("ZREM").arg(self.key(&format!("calls:{tenant}"))).arg(id.to_string()).ignore();
+            // Its admission lease ends with it, whichever node took it.
+            if !self.leases.contains_key(id) {
+                p.cmd("ZREM").arg(&slots).arg(id.to_string()).ignore();
+                p.cmd("ZREM").arg(self.key(&format!("slots:{tenant}"))).arg(id.to_string()).ignore();
+            }
         }
         let live = now.len();
         // A node's liveness, for diagnostics.
@@ -111,6 +137,15 @@ impl Cluster {
         for (id, tenant) in beats.last.drain() {
             p.cmd("DEL").arg(self.key(&format!("call:{id}"))).ignore();
             p.cmd("ZREM").arg(self.key(&format!("calls:{tenant}"))).arg(id.to_string()).ignore();
+            p.cmd("ZREM").arg(self.key("slots")).arg(id.to_string()).ignore();
+            p.cmd("ZREM").arg(self.key(&format!("slots:{tenant}"))).arg(id.to_string()).ignore();
+        }
+        // Leases of routes whose stream never came here.
+        for e in self.leases.iter() {
+            p.cmd("ZREM").arg(self.key("slots")).arg(e.key().to_string()).ignore();
+            if let Some(t) = e.value() {
+                p.cmd("ZREM").arg(self.key(&format!("slots:{t}"))).arg(e.key().to_string()).ignore();
+            }
         }
         p.cmd("DEL").arg(self.key(&format!("node:{}", self.node))).ignore();
         self.run(async move |c| p.query_async::<()>(c).await).await

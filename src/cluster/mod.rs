@@ -18,6 +18,7 @@
 //! operations fail fast while live calls go on untouched. The Redis URL is
 //! never logged (it may hold a password).
 
+pub mod admission;
 pub mod calls;
 pub mod numbers;
 pub mod pending;
@@ -78,6 +79,9 @@ pub struct Cluster {
     seeded: AtomicBool,
     next_request: AtomicU64,
     replies: DashMap<u64, oneshot::Sender<routing::Reply>>,
+    /// Leases this node took and has not given back (their expiry is pushed
+    /// on every heartbeat): call → tenant.
+    pub(crate) leases: DashMap<crate::ids::CallId, Option<String>>,
     /// Control requests for this node's calls, to the API layer.
     requests: mpsc::Sender<routing::Request>,
 }
@@ -119,6 +123,7 @@ impl Cluster {
             seeded: AtomicBool::new(false),
             next_request: AtomicU64::new(1),
             replies: DashMap::new(),
+            leases: DashMap::new(),
             requests: tx,
         });
         Ok((c, rx))

@@ -265,7 +265,14 @@ impl PendingCalls {
     /// another node took its stream and reports the call).
     pub async fn settle_expired(&self, e: &Expired) -> bool {
         match (&e.shared, self.cluster.get()) {
-            (Some((carrier, id, token)), Some((c, _, _))) => c.own_route(carrier, id, token).await != Owned::Lost,
+            (Some((carrier, id, token)), Some((c, _, _))) => {
+                let lost = c.own_route(carrier, id, token).await == Owned::Lost;
+                if lost && let Some(slot) = &e.route.slot {
+                    // The call runs on the node that took it; so does its cluster lease.
+                    slot.disarm_lease();
+                }
+                !lost
+            }
             _ => true,
         }
     }

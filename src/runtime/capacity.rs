@@ -20,6 +20,8 @@ pub enum Full {
     Server,
     /// The tenant's `limits.max_calls_per_tenant` reached.
     Tenant,
+    /// `cluster.max_calls` reached across the cluster.
+    Cluster,
 }
 
 impl Full {
@@ -28,6 +30,7 @@ impl Full {
         match self {
             Full::Server => "at_capacity",
             Full::Tenant => "tenant_limit",
+            Full::Cluster => "cluster_at_capacity",
         }
     }
 }
@@ -49,6 +52,8 @@ pub struct Slot {
     /// Another reservation held as long as this one (an outbound call's
     /// place under the tenant's outbound limit).
     linked: Option<Box<Slot>>,
+    /// The call's place under the cluster's limits (cluster mode).
+    lease: Option<crate::cluster::admission::Lease>,
 }
 
 impl Drop for Slot {
@@ -70,6 +75,19 @@ impl Slot {
         self.linked = Some(Box::new(other));
         self
     }
+
+    /// This slot, also holding the call's cluster-wide `lease`.
+    pub fn with_lease(mut self, lease: Option<crate::cluster::admission::Lease>) -> Slot {
+        self.lease = lease;
+        self
+    }
+
+    /// Another node runs the call now: its cluster lease is that node's to end.
+    pub fn disarm_lease(&self) {
+        if let Some(l) = &self.lease {
+            l.disarm();
+        }
+    }
 }
 
 impl Capacity {
@@ -83,7 +101,7 @@ impl Capacity {
         self.live
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1))
             .map_err(|_| Full::Server)?;
-        let server_only = Slot { cap: self.clone(), tenant: None, linked: None };
+        let server_only = Slot { cap: self.clone(), tenant: None, linked: None, lease: None };
         let Some(t) = tenant else { return Ok(server_only) };
         if self.per_tenant > 0 {
             let mut n = self.tenants.entry(t.to_string()).or_insert(0);
@@ -96,7 +114,7 @@ impl Capacity {
             *self.tenants.entry(t.to_string()).or_insert(0) += 1;
         }
         std::mem::forget(server_only);
-        Ok(Slot { cap: self.clone(), tenant: Some(t.to_string()), linked: None })
+        Ok(Slot { cap: self.clone(), tenant: Some(t.to_string()), linked: None, lease: None })
     }
 
     /// Calls holding a slot.
