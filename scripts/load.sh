@@ -12,6 +12,9 @@
 # ENGINE=cascaded runs loadtest's fake_cascade (FAKE Deepgram, ElevenLabs and backend, on
 # CPU 1), registers a number whose backend it is, and places every call through the voice
 # webhook so each caller turn is a blocking turn.user answered at once.
+# CLUSTER=1 runs the server in cluster mode against a redis-server of its own (on CPU 1 with
+# the generator, no persistence, stopped at the end) and saves Redis's per-command counts in
+# REPORT_DIR/redis-commandstats.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 calls=${1:?calls}
@@ -43,13 +46,22 @@ if [ "${ENGINE:-local}" = cascaded ]; then
   export DEEPGRAM_API_KEY=fake DEEPGRAM_URL="$dg" ELEVENLABS_API_KEY=fake ELEVENLABS_URL="$el"
   LOADTEST_ARGS="${LOADTEST_ARGS:-} --webhook http://127.0.0.1:$port/twilio/voice --to +15550100001"
 fi
+redis_pid=""
+if [ "${CLUSTER:-0}" = 1 ]; then
+  rport=$((20000 + RANDOM % 1000))
+  taskset -c 1 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no > /dev/null 2>&1 &
+  redis_pid=$!
+  for _ in $(seq 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  printf '[cluster]\nredis_url = "redis://127.0.0.1:%s/"\nnode_id = "load"\n' "$rport" >> "$cfg"
+fi
 mkdir -p "$(dirname "$out")"
 RUST_LOG=warn taskset -c 0 target/release/callbridge serve --config "$cfg" > "$out.server.log" 2>&1 &
 pid=$!
-trap 'kill $pid $fake_pid 2>/dev/null; wait $pid $fake_pid 2>/dev/null; rm -f "$cfg"' EXIT
+trap 'kill $pid $fake_pid $redis_pid 2>/dev/null; wait $pid $fake_pid $redis_pid 2>/dev/null; rm -f "$cfg"' EXIT
 for _ in $(seq 50); do curl -sf "127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 mkdir -p "$out"
 carrier=${CARRIER:-twilio}
 taskset -c 1 target/release/loadtest --url "ws://127.0.0.1:$port/$carrier/stream" --carrier "$carrier" --calls "$calls" \
   --ramp 10s --duration "$duration" --scenario "$scenario" --server-pid "$pid" --report-dir "$out" --quiet ${LOADTEST_ARGS:-}
 curl -s "127.0.0.1:$port/metrics" > "$out/server-metrics.txt" || true
+[ -n "$redis_pid" ] && redis-cli -p "$rport" info commandstats > "$out/redis-commandstats.txt" || true

@@ -795,6 +795,19 @@ mod tests {
     }
 
     #[test]
+    fn cluster_settings_that_cannot_work_are_refused_and_the_url_is_never_shown() {
+        let bad = |t: &str| Config::from_toml(&format!("[cluster]\n{t}\n"), "t").unwrap_err().to_string();
+        assert!(bad("heartbeat_ms = 1000\ncall_ttl_ms = 1500").contains("call_ttl_ms"));
+        assert!(bad("heartbeat_ms = 0").contains("heartbeat_ms"));
+        assert!(bad("node_id = \"a:b\"").contains("node_id"));
+        assert!(bad("key_prefix = \"\"").contains("key_prefix"));
+        let c = Config::from_toml("[cluster]\nredis_url = \"redis://:hunter2@10.0.0.9:6379/\"\n", "t").unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"), "Debug hides the password");
+        assert!(!toml::to_string(&c.redacted()).unwrap().contains("hunter2"), "the logged config hides it");
+        assert_eq!(Config::from_toml("", "t").unwrap().cluster, ClusterConfig::default(), "off by default");
+    }
+
+    #[test]
     fn partial_file_overrides_and_typos_are_errors() {
         let c = Config::from_toml("[turn]\nendpoint_silence_ms = 300\n", "t").unwrap();
         assert_eq!(c.turn.endpoint_silence_ms, 300);

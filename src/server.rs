@@ -143,8 +143,12 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
     let (cluster, cluster_requests) = if redis_url.trim().is_empty() {
         (None, None)
     } else {
-        let (c, rx) = crate::cluster::Cluster::new(&config.cluster, redis_url.trim())
-            .map_err(|e| ServerError::Setup(e.to_string()))?;
+        let (c, rx) = crate::cluster::Cluster::new(
+            &config.cluster,
+            redis_url.trim(),
+            config.cluster.max_calls > 0 || config.limits.max_calls_per_tenant > 0,
+        )
+        .map_err(|e| ServerError::Setup(e.to_string()))?;
         // A little longer than this node waits for a stream, so its sweep finds the copy.
         let ttl = Duration::from_millis(config.server.stream_wait_ms) + Duration::from_secs(5);
         call.pending.share_through(c.clone(), ttl, tenants.clone());

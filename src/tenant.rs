@@ -486,6 +486,47 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_index_follows_redis_but_never_overrides_a_declared_number() {
+        let declared = NumberConfig {
+            number: "+15550000001".into(),
+            callback_url: "https://b.example.com/cb".into(),
+            secret: "0123456789abcdef0".into(),
+            api_token: "declared-token".into(),
+            transfer_allow: Vec::new(),
+            carrier: String::new(),
+        };
+        let store = NumberStore::open("", std::slice::from_ref(&declared)).unwrap();
+        let (t, token) =
+            store.prepare("+15550000002", "https://b.example.com/cb", "0123456789abcdef0", &[], "").unwrap();
+        assert!(store.get("+15550000002").is_none(), "prepare stores nothing");
+        store.insert_shared(t.clone());
+        assert_eq!(store.by_token(&token).unwrap().number, "+15550000002", "its token works");
+        // The same entry again changes nothing; a re-registration (new token) replaces the old token.
+        let same = store.get("+15550000002").unwrap();
+        assert!(Arc::ptr_eq(&same, &store.insert_shared(t.clone())));
+        let mut again = t.clone();
+        again.token_hash = sha256_hex(b"new-token");
+        store.insert_shared(again);
+        assert!(store.by_token(&token).is_none(), "the old token is dead");
+        assert!(store.by_token("new-token").is_some());
+        // A cluster entry for a declared number does not displace the declaration.
+        let mut clash = t.clone();
+        clash.number = declared.number.clone();
+        store.insert_shared(clash);
+        assert_eq!(store.get(&declared.number).unwrap().source, Source::Config);
+        assert!(store.remove_shared(&declared.number).is_none(), "and the cluster cannot remove it");
+        // A full resync leaves exactly the cluster's numbers (plus the declared ones).
+        let mut other = t.clone();
+        other.number = "+15550000003".into();
+        other.token_hash = sha256_hex(b"third");
+        assert_eq!(store.replace_shared(vec![other]), 2, "one gone, one new");
+        assert!(store.get("+15550000002").is_none() && store.get("+15550000003").is_some());
+        assert!(store.by_token("new-token").is_none());
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.api_tenants().len(), 1);
+    }
+
+    #[test]
     fn e164_rules() {
         assert!(is_e164("+15551230000"));
         assert!(!is_e164("15551230000"));

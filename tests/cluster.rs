@@ -390,3 +390,95 @@ async fn a_draining_node_takes_no_new_calls_finishes_its_own_and_leaves_nothing_
     assert!(!keys.contains(":call:") && !keys.contains(":node:b") && !keys.contains(":slots"), "left behind: {keys}");
     assert!(listed(a.addr, tok).await.is_empty());
 }
+
+/// Measurement, not a check (run by hand, numbers in BENCHMARKS.md §10):
+/// `cargo test --release --test cluster -- --ignored --nocapture measure_`.
+/// The added latency of a control request routed to the node holding the
+/// call, against the same request sent to that node; and Redis commands per
+/// call, by command, over one call's life at the default 1 s heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run by hand"]
+async fn measure_routed_control_latency_and_redis_commands_per_call() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let backend = FakeBackend::start().await;
+    // Default heartbeat; the tenant limit on (admission leases counted), the API rate limit off.
+    let beat =
+        "heartbeat_ms = 1000\ncall_ttl_ms = 5000\n[limits]\nmax_calls_per_tenant = 100\napi_requests_per_second = 0\n";
+    let dflt = |name: &str| format!("[cluster]\nredis_url = \"{}\"\nnode_id = \"{name}\"\n{beat}", redis.url());
+    let start = async |name: &str| {
+        let dir = test_dir(&format!("cluster-m{name}"));
+        Binary::start_env(&dir, &tenant_config(&dir, &backend.url(), &dflt(name)), &[("CALLBRIDGE_ADMIN_TOKEN", ADMIN)])
+            .await
+    };
+    let a = start("a").await;
+    let b = start("b").await;
+    let tok = "tenant-a-token";
+    tokio::time::sleep(Duration::from_millis(500)).await; // both subscribed
+    // Redis commands over one call's life: the webhook on a, the stream on b, 10 s, hangup.
+    redis.command("CONFIG RESETSTAT").unwrap();
+    let mut tw = call_across(a.addr, b.addr, 81, NUMBER_A).await;
+    let t0 = Instant::now();
+    keep_talking(&mut tw, 400).await;
+    let (_, one) = get_json(b.addr, "/v1/calls", tok).await;
+    let id = one["calls"][0]["call_id"].as_str().unwrap().to_string();
+    post_json(b.addr, &format!("/v1/calls/{id}/hangup"), tok, json!(null)).await;
+    tw.closed(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let lived = t0.elapsed();
+    let with_call = redis.command("INFO commandstats").unwrap();
+    // The same time with no call: what two idle nodes cost.
+    redis.command("CONFIG RESETSTAT").unwrap();
+    tokio::time::sleep(lived).await;
+    let idle = redis.command("INFO commandstats").unwrap();
+    let calls_of = |stats: &str| -> Vec<(String, u64)> {
+        stats
+            .lines()
+            .filter_map(|l| {
+                let l = l.strip_prefix("cmdstat_")?;
+                let (name, rest) = l.split_once(':')?;
+                let n = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+                Some((name.to_string(), n))
+            })
+            .filter(|(n, _)| !["config", "info", "ping"].contains(&n.as_str()))
+            .collect()
+    };
+    let (w, i) = (calls_of(&with_call), calls_of(&idle));
+    let total = |v: &[(String, u64)]| v.iter().map(|(_, n)| n).sum::<u64>();
+    eprintln!("redis commands over {lived:?}: with one call {} {w:?}; idle {} {i:?}", total(&w), total(&i));
+    eprintln!("=> per call (call minus idle): {}", total(&w) as i64 - total(&i) as i64);
+    // Routed vs direct: 300 interrupts each, alternating, on a second call held by b.
+    let mut tw = call_across(b.addr, b.addr, 82, NUMBER_A).await;
+    keep_talking(&mut tw, 20).await;
+    let mut id = String::new();
+    within(Duration::from_secs(3), "a lists b's call", async || {
+        if let [one] = listed(a.addr, tok).await.as_slice() {
+            id = one["call_id"].as_str().unwrap().to_string();
+        }
+        !id.is_empty()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let (mut direct, mut routed) = (Vec::new(), Vec::new());
+    for i in 0..600 {
+        let node = if i % 2 == 0 { b.addr } else { a.addr };
+        let t = Instant::now();
+        let r = client.post(format!("http://{node}/v1/calls/{id}/interrupt")).bearer_auth(tok).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+        let us = t.elapsed().as_micros() as u64;
+        if i % 2 == 0 { direct.push(us) } else { routed.push(us) }
+    }
+    let pct = |v: &mut Vec<u64>, p: f64| {
+        v.sort_unstable();
+        v[((v.len() - 1) as f64 * p) as usize]
+    };
+    eprintln!(
+        "interrupt, 300 each: direct p50 {} µs p99 {} µs; routed p50 {} µs p99 {} µs",
+        pct(&mut direct, 0.5),
+        pct(&mut direct, 0.99),
+        pct(&mut routed, 0.5),
+        pct(&mut routed, 0.99)
+    );
+}

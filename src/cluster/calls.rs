@@ -82,8 +82,9 @@ impl Cluster {
         // ones it took at a webhook whose stream has not come yet.
         let slots = self.key("slots");
         let mut leased = HashSet::new();
+        let admission = self.admission;
         let mut lease = |p: &mut redis::Pipeline, id: CallId, tenant: Option<&str>| {
-            if !leased.insert(id) {
+            if !admission || !leased.insert(id) {
                 return;
             }
             p.cmd("ZADD").arg(&slots).arg("XX").arg(expires).arg(id.to_string()).ignore();
@@ -118,7 +119,7 @@ impl Cluster {
             p.cmd("DEL").arg(self.key(&format!("call:{id}"))).ignore();
             p.cmd("ZREM").arg(self.key(&format!("calls:{tenant}"))).arg(id.to_string()).ignore();
             // Its admission lease ends with it, whichever node took it.
-            if !self.leases.contains_key(id) {
+            if self.admission && !self.leases.contains_key(id) {
                 p.cmd("ZREM").arg(&slots).arg(id.to_string()).ignore();
                 p.cmd("ZREM").arg(self.key(&format!("slots:{tenant}"))).arg(id.to_string()).ignore();
             }

@@ -82,6 +82,8 @@ pub struct Cluster {
     /// Leases this node took and has not given back (their expiry is pushed
     /// on every heartbeat): call → tenant.
     pub(crate) leases: DashMap<crate::ids::CallId, Option<String>>,
+    /// Whether any cluster-wide call limit is set (leases exist at all).
+    pub(crate) admission: bool,
     /// Control requests for this node's calls, to the API layer.
     requests: mpsc::Sender<routing::Request>,
 }
@@ -99,7 +101,9 @@ impl Cluster {
     /// Link to the cluster at `url` (no I/O yet: the connection is made on
     /// first use and remade whenever it drops). Returns the request lane the
     /// API layer serves.
-    pub fn new(cfg: &ClusterConfig, url: &str) -> Result<(Arc<Self>, Requests), ClusterError> {
+    /// `admission`: whether a cluster-wide limit applies (`cluster.max_calls`
+    /// or `limits.max_calls_per_tenant` set).
+    pub fn new(cfg: &ClusterConfig, url: &str, admission: bool) -> Result<(Arc<Self>, Requests), ClusterError> {
         let client = redis::Client::open(url).map_err(|e| ClusterError::Redis(format!("cluster.redis_url: {e}")))?;
         let timeout = Duration::from_millis(cfg.command_timeout_ms);
         let mc = redis::aio::ConnectionManagerConfig::new()
@@ -124,6 +128,7 @@ impl Cluster {
             next_request: AtomicU64::new(1),
             replies: DashMap::new(),
             leases: DashMap::new(),
+            admission,
             requests: tx,
         });
         Ok((c, rx))
