@@ -408,6 +408,11 @@ pub struct ClusterConfig {
     pub route_timeout_ms: u64,
     /// How long one Redis command may take before it counts as failed, ms.
     pub command_timeout_ms: u64,
+    /// Where the other nodes reach this node's HTTP listener (e.g.
+    /// `http://10.0.0.5:8080`), for the call data it keeps (transcripts,
+    /// recordings): a request for it on another node is proxied here. ""
+    /// = other nodes cannot reach this node's call data.
+    pub advertise_url: String,
     /// Concurrent calls across the whole cluster (0 = no cluster-wide limit;
     /// each node still has `server.max_calls`). `limits.max_calls_per_tenant`
     /// counts across the cluster too.
@@ -426,6 +431,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("route_timeout_ms", &self.route_timeout_ms)
             .field("command_timeout_ms", &self.command_timeout_ms)
             .field("max_calls", &self.max_calls)
+            .field("advertise_url", &self.advertise_url)
             .finish()
     }
 }
@@ -440,6 +446,7 @@ impl Default for ClusterConfig {
             call_ttl_ms: 5000,
             route_timeout_ms: 3000,
             command_timeout_ms: 500,
+            advertise_url: String::new(),
             max_calls: 0,
         }
     }
@@ -656,6 +663,12 @@ impl Config {
         }
         if c.route_timeout_ms == 0 || c.command_timeout_ms == 0 {
             return bad("cluster.route_timeout_ms and command_timeout_ms must be > 0");
+        }
+        if !c.advertise_url.is_empty()
+            && !url::Url::parse(&c.advertise_url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.path() == "/")
+        {
+            return bad("cluster.advertise_url: an http(s) origin such as http://10.0.0.5:8080");
         }
         if c.key_prefix.is_empty() || c.node_id.contains([':', ' ', '*', '?', '[']) {
             return bad(

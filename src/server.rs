@@ -147,6 +147,8 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
             &config.cluster,
             redis_url.trim(),
             config.cluster.max_calls > 0 || config.limits.max_calls_per_tenant > 0,
+            (config.storage.retention_days > 0)
+                .then(|| Duration::from_secs(u64::from(config.storage.retention_days) * 86_400)),
         )
         .map_err(|e| ServerError::Setup(e.to_string()))?;
         // A little longer than this node waits for a stream, so its sweep finds the copy.
@@ -169,6 +171,7 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         dialing: crate::runtime::dialing::DialingCalls::new(),
         outbound: crate::runtime::capacity::Capacity::new(usize::MAX, outbound_limit),
         cluster,
+        cluster_http: rest_http.clone(),
         cluster_requests: std::sync::Mutex::new(cluster_requests),
     }))
 }

@@ -31,7 +31,7 @@ async fn node(backend: &FakeBackend, redis: &RedisServer, name: &str) -> Binary 
 async fn node_with(backend: &FakeBackend, redis: &RedisServer, name: &str, more: &str) -> Binary {
     let dir = test_dir(&format!("cluster-{name}"));
     let extra = format!(
-        "[cluster]\nredis_url = \"{}\"\nnode_id = \"{name}\"\nheartbeat_ms = 200\ncall_ttl_ms = 1500\n{more}",
+        "[cluster]\nredis_url = \"{}\"\nnode_id = \"{name}\"\nheartbeat_ms = 200\ncall_ttl_ms = 1500\nadvertise_url = \"http://{{ADDR}}\"\n{more}",
         redis.url()
     );
     Binary::start_env(&dir, &tenant_config(&dir, &backend.url(), &extra), &[("CALLBRIDGE_ADMIN_TOKEN", ADMIN)]).await
@@ -225,6 +225,23 @@ async fn a_call_taken_at_a_and_streamed_to_b_is_listed_on_a_and_c_and_hung_up_fr
         within(Duration::from_secs(2), "the ended call leaves the view", async || listed(n.addr, tok).await.is_empty())
             .await;
     }
+    // Its transcript and recording, kept by b, are served through any node (proxied, Range kept).
+    let (status, tr) = get_json(c.addr, &format!("/v1/calls/{id}/transcript"), tok).await;
+    assert_eq!(status, 200, "{tr}");
+    assert!(tr["events"].as_array().is_some_and(|e| e.iter().any(|e| e["type"] == "call.ended")), "{tr}");
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/v1/calls/{id}/recording", a.addr))
+        .bearer_auth(tok)
+        .header("Range", "bytes=0-43")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(r.headers()["content-type"], "audio/wav");
+    let head = r.bytes().await.unwrap();
+    assert_eq!((head.len(), &head[..4]), (44, &b"RIFF"[..]), "the WAV header, from b's disk");
+    let (status, _) = get_json(c.addr, &format!("/v1/calls/{id}/transcript"), "not-a-token").await;
+    assert_eq!(status, 401, "a token no node knows is refused before anything is proxied");
     // Commands for it now find nothing.
     let (status, _) = post_json(a.addr, &format!("/v1/calls/{id}/hangup"), tok, json!(null)).await;
     assert_eq!(status, 404);

@@ -105,3 +105,73 @@ async fn answer(s: &Arc<AppState>, req: &Request) -> Reply {
     };
     Reply { id: req.id, status, body }
 }
+
+/// Marks a request one node proxied to another (never proxied again).
+pub(super) const PROXIED: &str = "x-callbridge-proxied";
+
+/// Headers a proxied call-data answer keeps.
+const KEPT: [axum::http::HeaderName; 5] = [
+    axum::http::header::CONTENT_TYPE,
+    axum::http::header::CONTENT_LENGTH,
+    axum::http::header::CONTENT_RANGE,
+    axum::http::header::ACCEPT_RANGES,
+    axum::http::header::LAST_MODIFIED,
+];
+
+/// An ended call's data (`transcript`, `recording`, or the call itself for
+/// `DELETE`) this node does not keep: proxied from the node that does, with
+/// the request's own token (the owner checks it) and `Range`. `None`: no
+/// other node has it (the caller answers 404).
+pub(super) async fn proxy_call_data(
+    s: &Arc<AppState>,
+    method: axum::http::Method,
+    headers: &axum::http::HeaderMap,
+    id: &str,
+    rest: &str,
+) -> Option<Response> {
+    let c = s.cluster.as_ref()?;
+    if headers.contains_key(PROXIED) {
+        return None;
+    }
+    let call = id.parse::<CallId>().ok()?;
+    let (node, url) = match c.data_node(call).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return None,
+        Err(e) => return Some(unavailable(&e.to_string())),
+    };
+    if url.is_empty() {
+        return Some(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "data_node_unreachable",
+            format!("node {node} keeps this call's data and advertises no address (cluster.advertise_url)"),
+        ));
+    }
+    let mut req = s.cluster_http.request(method, format!("{url}/v1/calls/{id}{rest}")).header(PROXIED, "1");
+    for h in [axum::http::header::AUTHORIZATION, axum::http::header::RANGE, axum::http::header::IF_RANGE] {
+        if let Some(v) = headers.get(&h) {
+            req = req.header(h, v);
+        }
+    }
+    match req.send().await {
+        Ok(resp) => {
+            let mut out = Response::builder().status(resp.status().as_u16());
+            for h in &KEPT {
+                if let Some(v) = resp.headers().get(h) {
+                    out = out.header(h, v);
+                }
+            }
+            Some(
+                out.body(axum::body::Body::from_stream(resp.bytes_stream()))
+                    .unwrap_or_else(|_| error(StatusCode::BAD_GATEWAY, "proxy", "bad answer from the data's node")),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(node = %node, error = %e.without_url(), "cluster: call data not fetched from its node");
+            Some(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "data_node_unreachable",
+                format!("node {node} keeps this call's data and did not answer"),
+            ))
+        }
+    }
+}

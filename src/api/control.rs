@@ -619,11 +619,30 @@ async fn stored_call(s: &AppState, headers: &HeaderMap, id: &str) -> Result<crat
     }
 }
 
+/// A stored call this node does not have: in cluster mode, from the node
+/// that ran it; otherwise the error.
+async fn elsewhere(
+    s: &Arc<AppState>,
+    e: ApiError,
+    method: axum::http::Method,
+    headers: &HeaderMap,
+    id: &str,
+    rest: &str,
+) -> Response {
+    if e.status != StatusCode::NOT_FOUND {
+        return e.into_response();
+    }
+    match super::cluster_control::proxy_call_data(s, method, headers, id, rest).await {
+        Some(r) => r,
+        None => e.into_response(),
+    }
+}
+
 /// `GET /v1/calls/{id}/transcript` (tenant): the call's report and every event, in order.
 pub async fn transcript(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let row = match stored_call(&s, &headers, &id).await {
         Ok(r) => r,
-        Err(e) => return e.into_response(),
+        Err(e) => return elsewhere(&s, e, axum::http::Method::GET, &headers, &id, "/transcript").await,
     };
     let store = s.call.store.clone().expect("stored_call checked");
     let cid = row.call_id.clone();
@@ -655,7 +674,7 @@ pub async fn recording(
 ) -> Response {
     let row = match stored_call(&s, req.headers(), &id).await {
         Ok(r) => r,
-        Err(e) => return e.into_response(),
+        Err(e) => return elsewhere(&s, e, axum::http::Method::GET, req.headers(), &id, "/recording").await,
     };
     let Some(path) = row.recording.filter(|p| std::path::Path::new(p).exists()) else {
         return error(StatusCode::NOT_FOUND, "no_recording", "this call has no recording");
@@ -681,7 +700,7 @@ pub async fn delete_call(State(s): State<Arc<AppState>>, headers: HeaderMap, Pat
     }
     let row = match stored_call(&s, &headers, &id).await {
         Ok(r) => r,
-        Err(e) => return e.into_response(),
+        Err(e) => return elsewhere(&s, e, axum::http::Method::DELETE, &headers, &id, "").await,
     };
     let store = s.call.store.clone().expect("stored_call checked");
     match tokio::task::spawn_blocking(move || store.delete(&row.call_id)).await {

@@ -57,6 +57,8 @@ pub struct AppState {
     pub outbound: Arc<crate::runtime::capacity::Capacity>,
     /// This node's link to the cluster (`[cluster]`), if configured.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// HTTP to the other nodes (their `cluster.advertise_url`: operator addresses).
+    pub cluster_http: reqwest::Client,
     /// Requests other nodes route here, until [`crate::server::serve`] takes them.
     pub cluster_requests: std::sync::Mutex<Option<crate::cluster::Requests>>,
 }

@@ -116,6 +116,7 @@ impl Cluster {
             now.insert((id, tenant));
         }
         for (id, tenant) in beats.last.difference(&now) {
+            self.remember_data(&mut p, *id);
             p.cmd("DEL").arg(self.key(&format!("call:{id}"))).ignore();
             p.cmd("ZREM").arg(self.key(&format!("calls:{tenant}"))).arg(id.to_string()).ignore();
             // Its admission lease ends with it, whichever node took it.
@@ -125,8 +126,8 @@ impl Cluster {
             }
         }
         let live = now.len();
-        // A node's liveness, for diagnostics.
-        p.cmd("SET").arg(self.key(&format!("node:{}", self.node))).arg(unix_ms()).arg("PX").arg(ttl).ignore();
+        // A node's liveness, and where the others reach its call data.
+        p.cmd("SET").arg(self.key(&format!("node:{}", self.node))).arg(&self.advertise_url).arg("PX").arg(ttl).ignore();
         self.run(async move |c| p.query_async::<()>(c).await).await?;
         beats.last = now;
         Ok(live)
@@ -136,6 +137,7 @@ impl Cluster {
     pub async fn forget_calls(&self, beats: &mut Beats) -> Result<(), ClusterError> {
         let mut p = redis::pipe();
         for (id, tenant) in beats.last.drain() {
+            self.remember_data(&mut p, id);
             p.cmd("DEL").arg(self.key(&format!("call:{id}"))).ignore();
             p.cmd("ZREM").arg(self.key(&format!("calls:{tenant}"))).arg(id.to_string()).ignore();
             p.cmd("ZREM").arg(self.key("slots")).arg(id.to_string()).ignore();
@@ -150,6 +152,26 @@ impl Cluster {
         }
         p.cmd("DEL").arg(self.key(&format!("node:{}", self.node))).ignore();
         self.run(async move |c| p.query_async::<()>(c).await).await
+    }
+
+    /// Note that this node keeps the data of ended call `id`.
+    fn remember_data(&self, p: &mut redis::Pipeline, id: CallId) {
+        let c = p.cmd("SET").arg(self.key(&format!("data:{id}"))).arg(&self.node);
+        if let Some(ttl) = self.data_ttl {
+            c.arg("EX").arg(ttl.as_secs());
+        }
+        c.ignore();
+    }
+
+    /// The node keeping ended call `id`'s data, and where to reach it ("" if
+    /// it does not advertise an address; `None` if no live node has it).
+    pub async fn data_node(&self, id: CallId) -> Result<Option<(String, String)>, ClusterError> {
+        let key = self.key(&format!("data:{id}"));
+        let node: Option<String> = self.run(async move |c| redis::cmd("GET").arg(key).query_async(c).await).await?;
+        let Some(node) = node.filter(|n| *n != self.node) else { return Ok(None) };
+        let key = self.key(&format!("node:{node}"));
+        let url: Option<String> = self.run(async move |c| redis::cmd("GET").arg(key).query_async(c).await).await?;
+        Ok(url.map(|u| (node, u)))
     }
 
     /// The tenant's live calls on other nodes.

@@ -11,7 +11,9 @@
 //! - control requests for a call another node holds: published on the owner's
 //!   channel `node:{node}:control`, answered on `node:{node}:reply` ([`routing`]);
 //! - routes between a webhook and its stream: `pending:{carrier}:{id}:{token}`
-//!   with a TTL ([`pending`]).
+//!   with a TTL ([`pending`]);
+//! - which node keeps an ended call's data: `data:{id}` → node, and each live
+//!   node's `node:{node}` → its `advertise_url` ([`calls`]).
 //!
 //! Invariants: Redis is never on a call's per-frame path; every command has a
 //! timeout (`cluster.command_timeout_ms`), so Redis being down makes cluster
@@ -84,6 +86,11 @@ pub struct Cluster {
     pub(crate) leases: DashMap<crate::ids::CallId, Option<String>>,
     /// Whether any cluster-wide call limit is set (leases exist at all).
     pub(crate) admission: bool,
+    /// Where other nodes reach this node for its call data ("" = they cannot).
+    pub(crate) advertise_url: String,
+    /// How long the cluster remembers which node holds an ended call's data
+    /// (the store's retention; none = as long as Redis keeps it).
+    pub(crate) data_ttl: Option<Duration>,
     /// Control requests for this node's calls, to the API layer.
     requests: mpsc::Sender<routing::Request>,
 }
@@ -103,7 +110,13 @@ impl Cluster {
     /// API layer serves.
     /// `admission`: whether a cluster-wide limit applies (`cluster.max_calls`
     /// or `limits.max_calls_per_tenant` set).
-    pub fn new(cfg: &ClusterConfig, url: &str, admission: bool) -> Result<(Arc<Self>, Requests), ClusterError> {
+    /// `data_ttl`: the call store's retention.
+    pub fn new(
+        cfg: &ClusterConfig,
+        url: &str,
+        admission: bool,
+        data_ttl: Option<Duration>,
+    ) -> Result<(Arc<Self>, Requests), ClusterError> {
         let client = redis::Client::open(url).map_err(|e| ClusterError::Redis(format!("cluster.redis_url: {e}")))?;
         let timeout = Duration::from_millis(cfg.command_timeout_ms);
         let mc = redis::aio::ConnectionManagerConfig::new()
@@ -129,6 +142,8 @@ impl Cluster {
             replies: DashMap::new(),
             leases: DashMap::new(),
             admission,
+            advertise_url: cfg.advertise_url.trim_end_matches('/').to_string(),
+            data_ttl,
             requests: tx,
         });
         Ok((c, rx))

@@ -60,12 +60,14 @@ impl Binary {
         Self::start_env(dir, config, &[]).await
     }
 
-    /// [`Self::start`] with more environment variables (an admin token, say).
+    /// [`Self::start`] with more environment variables (an admin token, say);
+    /// `{ADDR}` in `config` becomes the address it listens on.
     pub async fn start_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Self {
         let cfg = dir.join("cb.toml");
-        std::fs::write(&cfg, config).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // `{ADDR}` in the config: the address the binary listens on.
+        std::fs::write(&cfg, config.replace("{ADDR}", &addr.to_string())).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_callbridge"))
             .args(["serve", "--config", cfg.to_str().unwrap(), "--listen", &addr.to_string()])
             .env("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
