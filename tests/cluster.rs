@@ -218,8 +218,7 @@ async fn a_call_taken_at_a_and_streamed_to_b_is_listed_on_a_and_c_and_hung_up_fr
         .collect();
     let mut sorted = seqs.clone();
     sorted.sort_unstable();
-    sorted.dedup();
-    assert_eq!(sorted, (1..=sorted.len() as u64).collect::<Vec<_>>(), "one sequence, no gap or repeat: {seqs:?}");
+    assert_eq!(sorted, (1..=seqs.len() as u64).collect::<Vec<_>>(), "one sequence, no gap or repeat: {seqs:?}");
     // Gone from the view everywhere.
     for n in [&a, &c] {
         within(Duration::from_secs(2), "the ended call leaves the view", async || listed(n.addr, tok).await.is_empty())
@@ -291,6 +290,14 @@ async fn a_redis_restart_mid_call_leaves_the_call_running_and_the_cluster_recove
     let a = node(&backend, &redis, "a").await;
     let b = node(&backend, &redis, "b").await;
     let tok = "tenant-a-token";
+    let (status, v) = post_json(
+        a.addr,
+        "/v1/numbers",
+        ADMIN,
+        json!({"number": NUMBER_B, "callback_url": backend.url(), "secret": "whsec_tenant_b_0123456789"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
     let mut tw = call_across(a.addr, b.addr, 51, NUMBER_A).await;
     assert!(keep_talking(&mut tw, 40).await > 0);
     let mut id = String::new();
@@ -319,6 +326,14 @@ async fn a_redis_restart_mid_call_leaves_the_call_running_and_the_cluster_recove
     })
     .await;
     eprintln!("routing recovered {back:?} after Redis came back");
+    // The number registered over the API survives Redis coming back empty (the nodes restore it).
+    within(Duration::from_secs(3), "the number is restored in Redis", async || {
+        redis.command("HEXISTS callbridge:numbers +15550002222").unwrap().starts_with(":1")
+    })
+    .await;
+    for n in [&a, &b] {
+        assert_eq!(get_json(n.addr, &format!("/v1/numbers/{NUMBER_B}"), ADMIN).await.0, 200);
+    }
     let (status, v) = post_json(a.addr, &format!("/v1/calls/{id}/hangup"), tok, json!(null)).await;
     assert_eq!(status, 202, "{v}");
     tw.closed(Duration::from_secs(5)).await;
@@ -332,41 +347,40 @@ async fn limits_hold_across_nodes_and_a_dead_nodes_places_come_back_within_the_t
     let redis = RedisServer::start();
     let backend = FakeBackend::start().await;
     let one_each = "[limits]\nmax_calls_per_tenant = 1\n";
-    let mut a = node_with(&backend, &redis, "a", one_each).await;
-    let b = node_with(&backend, &redis, "b", one_each).await;
-    // The tenant's one call runs on a (webhook and stream there).
-    let mut tw = call_across(a.addr, a.addr, 61, NUMBER_A).await;
+    let a = node_with(&backend, &redis, "a", one_each).await;
+    let mut b = node_with(&backend, &redis, "b", one_each).await;
+    // The tenant's one call: its webhook (and place) taken on a, its stream run on b.
+    let mut tw = call_across(a.addr, b.addr, 61, NUMBER_A).await;
     assert!(keep_talking(&mut tw, 20).await > 0);
-    // A second call to the same tenant through b: busy, though b itself is empty.
-    let mut probe =
-        FakeTwilio::connect_signed(&format!("ws://{}/twilio/stream", b.addr), 62, Some(&stream_signature()))
-            .await
-            .expect("upgrade");
-    let (status, twiml) = webhook_at(b.addr, &voice_params(&probe, NUMBER_A), None).await;
-    assert_eq!(status, 200);
-    assert!(twiml.contains(r#"<Reject reason="busy"/>"#), "the tenant's limit counts a's call: {twiml}");
-    // a dies with the call: its place comes back within the TTL, and b takes a call again.
-    a.signal("KILL");
-    a.wait_exit(Duration::from_secs(5));
+    // A second call to the same tenant is busy through either node; a has
+    // handed the call (and its place) to b by now.
+    let stream_a = format!("ws://{}/twilio/stream", a.addr);
+    let mut probe = FakeTwilio::connect_signed(&stream_a, 62, Some(&stream_signature())).await.expect("upgrade");
+    for n in [&a, &b] {
+        let (status, twiml) = webhook_at(n.addr, &voice_params(&probe, NUMBER_A), None).await;
+        assert_eq!(status, 200);
+        assert!(twiml.contains(r#"<Reject reason="busy"/>"#), "the tenant's limit counts the running call: {twiml}");
+    }
+    // b dies with the call: its place comes back within the TTL, and a takes a call again.
+    b.signal("KILL");
+    b.wait_exit(Duration::from_secs(5));
     let mut answered = String::new();
     let freed = within(Duration::from_secs(4), "the dead node's place is released", async || {
-        answered = webhook_at(b.addr, &voice_params(&probe, NUMBER_A), None).await.1;
+        answered = webhook_at(a.addr, &voice_params(&probe, NUMBER_A), None).await.1;
         answered.contains("cb_token")
     })
     .await;
     eprintln!("a killed node's admission place came back after {freed:?} (ttl 1.5 s)");
-    // That call runs on b; when it ends its place comes back at once (no TTL wait).
+    // That call runs on a; when it ends its place comes back at once (no TTL wait).
     let token = token_of(&answered);
     probe.start_with(&[("from", "+15557770000"), ("to", NUMBER_A), ("cb_token", &token)]).await;
     assert!(keep_talking(&mut probe, 20).await > 0);
     let stop = probe.peer.stop();
     probe.send(stop).await;
     probe.closed(Duration::from_secs(5)).await;
-    let next = FakeTwilio::connect_signed(&format!("ws://{}/twilio/stream", b.addr), 64, Some(&stream_signature()))
-        .await
-        .expect("upgrade");
+    let next = FakeTwilio::connect_signed(&stream_a, 64, Some(&stream_signature())).await.expect("upgrade");
     let after_end = within(Duration::from_secs(3), "an ended call's place is released", async || {
-        let (_, twiml) = webhook_at(b.addr, &voice_params(&next, NUMBER_A), None).await;
+        let (_, twiml) = webhook_at(a.addr, &voice_params(&next, NUMBER_A), None).await;
         twiml.contains("cb_token")
     })
     .await;
@@ -381,12 +395,15 @@ async fn a_draining_node_takes_no_new_calls_finishes_its_own_and_leaves_nothing_
     let redis = RedisServer::start();
     let backend = FakeBackend::start().await;
     let a = node(&backend, &redis, "a").await;
-    let mut b = node_with(&backend, &redis, "b", "[server]\nshutdown_grace_ms = 20000\n").await;
+    let mut b =
+        node_with(&backend, &redis, "b", "[server]\nshutdown_grace_ms = 20000\n[limits]\nmax_calls_per_tenant = 5\n")
+            .await;
     let tok = "tenant-a-token";
     let mut tw = call_across(b.addr, b.addr, 71, NUMBER_A).await;
     assert!(keep_talking(&mut tw, 20).await > 0);
     within(Duration::from_secs(2), "a lists b's call", async || listed(a.addr, tok).await.len() == 1).await;
-    assert!(redis.command("KEYS *").unwrap().contains("callbridge:call:"), "the call is in the view");
+    let keys = redis.command("KEYS *").unwrap();
+    assert!(keys.contains("callbridge:call:") && keys.contains("callbridge:slots"), "the call and its place: {keys}");
     b.signal("TERM");
     // Draining: the load balancer sees b out, b takes no new call, its call goes on.
     within(Duration::from_secs(2), "b reports draining", async || b.get("/healthz", None).await == 503).await;

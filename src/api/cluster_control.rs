@@ -35,11 +35,16 @@ pub(super) async fn route(s: &Arc<AppState>, t: &Tenant, id: &str, op: CallOp) -
             Err(e) => unavailable(&e.to_string()),
         };
     }
-    // A `say` with audio fetches it on the owner, within the fetch's own 10 s.
-    let budget = match &op {
-        CallOp::Say(b) if b.has_audio_url() => c.route_timeout + Duration::from_secs(10),
-        _ => c.route_timeout,
-    };
+    // Longer than the owner may take itself, so an answer in time is never
+    // given up on while the action still happens: a `say` waits up to 3 s for
+    // the call (+10 s fetching audio), a `transfer` for the carrier's API.
+    let budget = c.route_timeout
+        + match &op {
+            CallOp::Say(b) if b.has_audio_url() => Duration::from_secs(13),
+            CallOp::Say(_) => Duration::from_secs(3),
+            CallOp::Transfer(_) => Duration::from_secs(10),
+            _ => Duration::ZERO,
+        };
     let json = serde_json::to_value(&op).expect("serializes");
     match c.route(&t.id, &t.number, call, json, budget).await {
         Ok(reply) => {
@@ -143,7 +148,7 @@ pub(super) async fn proxy_call_data(
         return Some(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "data_node_unreachable",
-            format!("node {node} keeps this call's data and advertises no address (cluster.advertise_url)"),
+            format!("node {node} keeps this call's data and is down or advertises no address (cluster.advertise_url)"),
         ));
     }
     let mut req = s.cluster_http.request(method, format!("{url}/v1/calls/{id}{rest}")).header(PROXIED, "1");

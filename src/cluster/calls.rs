@@ -83,20 +83,32 @@ impl Cluster {
         let slots = self.key("slots");
         let mut leased = HashSet::new();
         let admission = self.admission;
-        let mut lease = |p: &mut redis::Pipeline, id: CallId, tenant: Option<&str>| {
+        // A call running here is (re)added: after Redis lost it (a restart, an
+        // outage past the TTL) it counts again. A route this node only holds is
+        // pushed on if still there (`XX`): another node may run, and end, it.
+        let mut lease = |p: &mut redis::Pipeline, id: CallId, tenant: Option<&str>, running: bool| {
             if !admission || !leased.insert(id) {
                 return;
             }
-            p.cmd("ZADD").arg(&slots).arg("XX").arg(expires).arg(id.to_string()).ignore();
+            let only_if_there = if running { None } else { Some("XX") };
+            p.cmd("ZADD").arg(&slots).arg(only_if_there).arg(expires).arg(id.to_string()).ignore();
             if let Some(t) = tenant {
-                p.cmd("ZADD").arg(self.key(&format!("slots:{t}"))).arg("XX").arg(expires).arg(id.to_string()).ignore();
+                p.cmd("ZADD")
+                    .arg(self.key(&format!("slots:{t}")))
+                    .arg(only_if_there)
+                    .arg(expires)
+                    .arg(id.to_string())
+                    .ignore();
             }
         };
-        for e in self.leases.iter() {
-            lease(&mut p, *e.key(), e.value().as_deref());
+        let live = registry.live_calls(None);
+        for (id, d, _) in &live {
+            lease(&mut p, *id, d.tenant.as_deref(), true);
         }
-        for (id, d, state) in registry.live_calls(None) {
-            lease(&mut p, id, d.tenant.as_deref());
+        for e in self.leases.iter() {
+            lease(&mut p, *e.key(), e.value().as_deref(), false);
+        }
+        for (id, d, state) in live {
             let Some(tenant) = d.tenant.clone() else { continue };
             let call = RemoteCall {
                 call_id: id.to_string(),
@@ -156,22 +168,22 @@ impl Cluster {
 
     /// Note that this node keeps the data of ended call `id`.
     fn remember_data(&self, p: &mut redis::Pipeline, id: CallId) {
-        let c = p.cmd("SET").arg(self.key(&format!("data:{id}"))).arg(&self.node);
-        if let Some(ttl) = self.data_ttl {
-            c.arg("EX").arg(ttl.as_secs());
-        }
-        c.ignore();
+        // The store's retention, or 30 days when it keeps calls for ever: the
+        // key must not outlive every use.
+        let ttl = self.data_ttl.unwrap_or(std::time::Duration::from_secs(30 * 86_400));
+        p.cmd("SET").arg(self.key(&format!("data:{id}"))).arg(&self.node).arg("EX").arg(ttl.as_secs()).ignore();
     }
 
     /// The node keeping ended call `id`'s data, and where to reach it ("" if
-    /// it does not advertise an address; `None` if no live node has it).
+    /// it is down or advertises no address; `None` if no other node has it).
     pub async fn data_node(&self, id: CallId) -> Result<Option<(String, String)>, ClusterError> {
         let key = self.key(&format!("data:{id}"));
         let node: Option<String> = self.run(async move |c| redis::cmd("GET").arg(key).query_async(c).await).await?;
         let Some(node) = node.filter(|n| *n != self.node) else { return Ok(None) };
         let key = self.key(&format!("node:{node}"));
+        // A node that is down has no `node:` key: "" (unreachable), not unknown.
         let url: Option<String> = self.run(async move |c| redis::cmd("GET").arg(key).query_async(c).await).await?;
-        Ok(url.map(|u| (node, u)))
+        Ok(Some((node, url.unwrap_or_default())))
     }
 
     /// The tenant's live calls on other nodes.

@@ -171,6 +171,11 @@ impl Cluster {
         }
     }
 
+    /// Whether the subscription is up (Redis reachable a moment ago).
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire)
+    }
+
     /// Whether Redis answers (and the subscription is up).
     pub async fn healthy(&self) -> bool {
         self.subscribed.load(Ordering::Acquire) && self.run(async |c| c.ping::<String>().await).await.is_ok()
@@ -181,11 +186,15 @@ impl Cluster {
     /// answers to this node's routed requests. Reconnects with backoff; every
     /// (re)connect resyncs all numbers (changes announced while it was down
     /// were missed). Runs until the process ends.
-    pub async fn subscribe(self: Arc<Self>, store: Arc<NumberStore>) {
+    pub async fn subscribe(
+        self: Arc<Self>,
+        store: Arc<NumberStore>,
+        pending: Arc<crate::runtime::admission::PendingCalls>,
+    ) {
         let mut backoff = Duration::from_millis(100);
         let mut was_down = false;
         loop {
-            match self.session(&store, &mut backoff, was_down).await {
+            match self.session(&store, &pending, &mut backoff, was_down).await {
                 Ok(()) => {}
                 Err(e) => {
                     if !was_down {
@@ -203,8 +212,9 @@ impl Cluster {
     }
 
     async fn session(
-        &self,
+        self: &Arc<Self>,
         store: &Arc<NumberStore>,
+        pending: &crate::runtime::admission::PendingCalls,
         backoff: &mut Duration,
         was_down: bool,
     ) -> Result<(), ClusterError> {
@@ -214,7 +224,8 @@ impl Cluster {
         let numbers_ch = self.key("numbers");
         let control_ch = self.key(&format!("node:{}:control", self.node));
         let reply_ch = self.key(&format!("node:{}:reply", self.node));
-        ps.subscribe(&[&numbers_ch, &control_ch, &reply_ch]).await?;
+        let taken_ch = self.key(&format!("node:{}:taken", self.node));
+        ps.subscribe(&[&numbers_ch, &control_ch, &reply_ch, &taken_ch]).await?;
         if !self.seeded.load(Ordering::Acquire) {
             numbers::seed(self, store).await?;
             self.seeded.store(true, Ordering::Release);
@@ -230,8 +241,14 @@ impl Cluster {
             let ch = msg.get_channel_name();
             let payload = msg.get_payload_bytes();
             if ch == numbers_ch {
+                // Off the loop: control requests and replies queued behind it go on.
                 let number = String::from_utf8_lossy(payload).into_owned();
-                numbers::refresh(self, store, &number).await;
+                let (c, st) = (self.clone(), store.clone());
+                tokio::spawn(async move { numbers::refresh(&c, &st, &number).await });
+            } else if ch == taken_ch {
+                if let Some((carrier, id)) = std::str::from_utf8(payload).ok().and_then(|p| p.split_once('\n')) {
+                    pending.forget_taken(carrier, id);
+                }
             } else if ch == control_ch {
                 match serde_json::from_slice::<routing::Request>(payload) {
                     Ok(req) => {

@@ -159,8 +159,16 @@ pub async fn seed(c: &Cluster, store: &std::sync::Arc<NumberStore>) -> Result<()
 }
 
 /// Make the index's API numbers exactly the cluster's.
-pub async fn resync(c: &Cluster, store: &NumberStore) -> Result<(), ClusterError> {
-    let all = c.all_numbers().await?;
+pub async fn resync(c: &Cluster, store: &std::sync::Arc<NumberStore>) -> Result<(), ClusterError> {
+    let mut all = c.all_numbers().await?;
+    if all.is_empty() && !store.api_tenants().is_empty() {
+        // Redis came back without any number (a restart without persistence, a
+        // flush): restore this node's copy rather than forget every tenant. A
+        // number deleted while this node was cut off may come back with it.
+        warn!(numbers = store.api_tenants().len(), "cluster: Redis holds no numbers; restoring this node's copy");
+        seed(c, store).await?;
+        all = c.all_numbers().await?;
+    }
     let changed = store.replace_shared(all);
     if changed > 0 {
         tracing::info!(changed, numbers = store.len(), "cluster: numbers synced");

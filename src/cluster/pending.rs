@@ -4,13 +4,15 @@
 //! and writes its portable part to `pending:{carrier}:{call}:{token hash}`
 //! with a TTL a little longer than `server.stream_wait_ms`.
 //!
-//! Whoever deletes the key owns the route, which keeps the stream token
-//! single-use across the cluster: a stream arriving on another node takes
-//! the key with `GETDEL` (only the right token names it); the webhook's node,
-//! claiming locally, deletes it first and refuses if another node already
-//! did; its sweep of an unclaimed route deletes it too, and one taken
-//! elsewhere is dropped without a `call.ended` (the taker reports the call).
-//! With Redis down a node falls back to its own routes.
+//! Whoever first replaces the copy with a tombstone owns the route, which
+//! keeps the stream token single-use across the cluster: a stream arriving
+//! on another node swaps in `taken` (`SET … XX GET`: only the right token
+//! names the key) and tells the webhook's node, which drops its own copy
+//! without a word; the webhook's node, claiming locally (or sweeping an
+//! unclaimed route), swaps in `owned` (`SET … GET`, made even if its copy
+//! is still on its way, which then finds the key and is not written: `NX`)
+//! and refuses if it finds `taken`. With Redis down a node falls back to its
+//! own routes.
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +52,10 @@ pub enum Owned {
     Unknown,
 }
 
+/// Tombstones: the route was taken by a stream on another node / by this one.
+const TAKEN: &[u8] = b"taken";
+const OWNED: &[u8] = b"owned";
+
 fn key(c: &Cluster, carrier: &str, carrier_call_id: &str, token: &str) -> String {
     c.key(&format!("pending:{carrier}:{carrier_call_id}:{}", &sha256_hex(token.as_bytes())[..32]))
 }
@@ -87,8 +93,10 @@ impl Cluster {
     ) -> Result<(), ClusterError> {
         let k = key(self, carrier, carrier_call_id, token);
         let ms = ttl.as_millis() as u64;
-        self.run(async move |c| redis::cmd("SET").arg(k).arg(portable).arg("PX").arg(ms).query_async::<()>(c).await)
-            .await
+        self.run(async move |c| {
+            redis::cmd("SET").arg(k).arg(portable).arg("NX").arg("PX").arg(ms).query_async::<()>(c).await
+        })
+        .await
     }
 
     /// Take the shared route a stream claims with `token`, if a node shared
@@ -101,8 +109,13 @@ impl Cluster {
         tenants: &NumberStore,
     ) -> Result<Option<Route>, ClusterError> {
         let k = key(self, carrier, carrier_call_id, token);
-        let json: Option<Vec<u8>> = self.run(async move |c| redis::cmd("GETDEL").arg(k).query_async(c).await).await?;
-        let Some(json) = json else { return Ok(None) };
+        let ms = self.call_ttl.as_millis() as u64 * 4;
+        let json: Option<Vec<u8>> = self
+            .run(async move |c| {
+                redis::cmd("SET").arg(k).arg(TAKEN).arg("XX").arg("GET").arg("PX").arg(ms).query_async(c).await
+            })
+            .await?;
+        let Some(json) = json.filter(|j| j != TAKEN && j != OWNED) else { return Ok(None) };
         let p: Portable = serde_json::from_slice(&json).map_err(|e| ClusterError::Data(e.to_string()))?;
         let call_id: CallId = p.call_id.parse().map_err(|_| ClusterError::Data("call id".into()))?;
         let tenant = match (&p.tenant_id, &p.tenant_number) {
@@ -124,15 +137,24 @@ impl Cluster {
         r.direction = if p.direction == "outbound" { "outbound" } else { "" };
         r.answered_by = p.answered_by;
         tracing::info!(call = %call_id, from_node = %p.node, "cluster: stream took a route another node's webhook decided");
+        // The webhook's node drops its copy now (not at its sweep): its slot, its lease.
+        let notice = format!("{carrier}\n{carrier_call_id}");
+        if let Err(e) = self.publish(&self.key(&format!("node:{}:taken", p.node)), notice.as_bytes()).await {
+            tracing::warn!(error = %e, "cluster: the webhook's node not told; it drops the route at its sweep");
+        }
         Ok(Some(r))
     }
 
     /// Make the shared copy of a local route this node's (see the module doc).
     pub async fn own_route(&self, carrier: &str, carrier_call_id: &str, token: &str) -> Owned {
         let k = key(self, carrier, carrier_call_id, token);
-        match self.run(async move |c| redis::cmd("DEL").arg(k).query_async::<usize>(c).await).await {
-            Ok(1) => Owned::Won,
-            Ok(_) => Owned::Lost,
+        let ms = self.call_ttl.as_millis() as u64 * 4;
+        let old: Result<Option<Vec<u8>>, _> = self
+            .run(async move |c| redis::cmd("SET").arg(k).arg(OWNED).arg("GET").arg("PX").arg(ms).query_async(c).await)
+            .await;
+        match old {
+            Ok(Some(v)) if v == TAKEN => Owned::Lost,
+            Ok(_) => Owned::Won,
             Err(_) => Owned::Unknown,
         }
     }

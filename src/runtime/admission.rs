@@ -10,7 +10,6 @@
 //! connect to another node ([`crate::cluster::pending`]); [`PendingCalls::claim_shared`]
 //! settles who owns it before the stream claims it here.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -108,8 +107,8 @@ struct Waiting {
     route: Route,
     token: String,
     at: Instant,
-    /// The route's copy reached Redis (the cluster knows it).
-    shared: Arc<AtomicBool>,
+    /// A copy went to Redis (the cluster may know it).
+    shared: bool,
 }
 
 /// Routes waiting for their stream.
@@ -151,16 +150,15 @@ impl PendingCalls {
     /// the single-use token the stream must present.
     pub fn insert(&self, carrier: &'static str, carrier_call_id: &str, route: Route) -> String {
         let token = crate::signature::random_hex();
-        let shared = Arc::new(AtomicBool::new(false));
-        if let Some((c, ttl, _)) = self.cluster.get().filter(|_| carrier != "webrtc") {
+        // Browser calls' media comes to the node that answered the offer; a call
+        // back from a failed transfer carries its event stream, which cannot travel.
+        let shared = self.cluster.get().is_some() && carrier != "webrtc" && route.resume.is_none();
+        if shared && let Some((c, ttl, _)) = self.cluster.get() {
             let (c, ttl, json) = (c.clone(), *ttl, c.portable(&route));
-            let (id, tok, flag) = (carrier_call_id.to_string(), token.clone(), shared.clone());
+            let (id, tok) = (carrier_call_id.to_string(), token.clone());
             tokio::spawn(async move {
-                match c.share_route(carrier, &id, &tok, json, ttl).await {
-                    Ok(()) => flag.store(true, Ordering::Release),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cluster: route not shared; its stream must come to this node")
-                    }
+                if let Err(e) = c.share_route(carrier, &id, &tok, json, ttl).await {
+                    tracing::warn!(error = %e, "cluster: route not shared; its stream must come to this node");
                 }
             });
         }
@@ -178,36 +176,32 @@ impl PendingCalls {
     pub async fn claim_shared(&self, carrier: &'static str, carrier_call_id: &str, token: &str) {
         let Some((c, _, tenants)) = self.cluster.get() else { return };
         let key = (carrier, carrier_call_id.to_string());
-        let local = self
-            .map
-            .get(&key)
-            .map(|w| (w.shared.load(Ordering::Acquire), bool::from(w.token.as_bytes().ct_eq(token.as_bytes()))));
+        let local = self.map.get(&key).map(|w| (w.shared, bool::from(w.token.as_bytes().ct_eq(token.as_bytes()))));
         match local {
-            // Ours, and the cluster knows it: whoever deletes the copy owns it.
+            // Ours: the tombstone we leave makes a copy still on its way (or a
+            // replay on another node) find nothing.
             Some((true, true)) => {
                 if c.own_route(carrier, carrier_call_id, token).await == Owned::Lost {
                     tracing::warn!(carrier, "cluster: the route was already taken on another node; refused here");
-                    self.map.remove(&key);
+                    self.forget_taken(carrier, carrier_call_id);
                 }
             }
-            Some(_) => {}
-            None => {
-                // Another node's webhook; its copy may be a moment behind the carrier.
+            Some((false, true)) => {}
+            // Not this node's webhook, or a webhook the carrier retried on another node.
+            Some((_, false)) | None => {
+                // Its copy may be a moment behind the carrier.
                 for attempt in 0..2 {
                     match c.take_route(carrier, carrier_call_id, token, tenants).await {
                         Ok(Some(route)) => {
                             self.map.insert(
                                 key,
-                                Waiting {
-                                    route,
-                                    token: token.to_string(),
-                                    at: Instant::now(),
-                                    shared: Arc::new(AtomicBool::new(false)),
-                                },
+                                Waiting { route, token: token.to_string(), at: Instant::now(), shared: false },
                             );
                             return;
                         }
-                        Ok(None) if attempt == 0 => tokio::time::sleep(Duration::from_millis(150)).await,
+                        Ok(None) if attempt == 0 && local.is_none() => {
+                            tokio::time::sleep(Duration::from_millis(150)).await
+                        }
                         Ok(None) => return,
                         Err(e) => {
                             tracing::warn!(error = %e, "cluster: shared route not taken");
@@ -216,6 +210,21 @@ impl PendingCalls {
                     }
                 }
             }
+        }
+    }
+
+    /// Another node took the stream of a route this node kept: drop it
+    /// without a word (that node reports the call) and leave it the call's
+    /// cluster lease.
+    pub fn forget_taken(&self, carrier: &str, carrier_call_id: &str) {
+        let Some(key) = self.map.iter().map(|e| e.key().clone()).find(|(c, id)| *c == carrier && id == carrier_call_id)
+        else {
+            return;
+        };
+        if let Some((_, w)) = self.map.remove(&key)
+            && let Some(slot) = &w.route.slot
+        {
+            slot.disarm_lease();
         }
     }
 
@@ -255,7 +264,7 @@ impl PendingCalls {
         old.into_iter()
             .filter_map(|k| self.map.remove(&k))
             .map(|((carrier, id), w)| Expired {
-                shared: w.shared.load(Ordering::Acquire).then(|| (carrier, id, w.token.clone())),
+                shared: w.shared.then(|| (carrier, id, w.token.clone())),
                 route: w.route,
             })
             .collect()
@@ -265,6 +274,8 @@ impl PendingCalls {
     /// another node took its stream and reports the call).
     pub async fn settle_expired(&self, e: &Expired) -> bool {
         match (&e.shared, self.cluster.get()) {
+            // Redis down: the route is ours to report (Unknown below would wait for nothing).
+            (Some(_), Some((c, _, _))) if !c.is_subscribed() => true,
             (Some((carrier, id, token)), Some((c, _, _))) => {
                 let lost = c.own_route(carrier, id, token).await == Owned::Lost;
                 if lost && let Some(slot) = &e.route.slot {
