@@ -72,6 +72,25 @@ async fn listed(addr: SocketAddr, token: &str) -> Vec<Value> {
     v["calls"].as_array().cloned().unwrap_or_default()
 }
 
+/// The id of the one call node `addr` lists for the tenant, waiting up to `within_`.
+async fn the_listed_call(addr: SocketAddr, token: &str, within_: Duration) -> String {
+    let mut id = String::new();
+    within(within_, "the node lists the call", async || {
+        if let [one] = listed(addr, token).await.as_slice() {
+            id = one["call_id"].as_str().unwrap().to_string();
+        }
+        !id.is_empty()
+    })
+    .await;
+    id
+}
+
+/// Register `NUMBER_B` (callback `backend`) on node `addr` with `secret`: the status and body.
+async fn register_b(addr: SocketAddr, backend: &FakeBackend, secret: &str) -> (u16, Value) {
+    post_json(addr, "/v1/numbers", ADMIN, json!({"number": NUMBER_B, "callback_url": backend.url(), "secret": secret}))
+        .await
+}
+
 /// The voice webhook on `webhook`, the media stream on `stream`.
 async fn call_across(webhook: SocketAddr, stream: SocketAddr, n: u64, to: &str) -> FakeTwilio {
     let url = format!("ws://{stream}/twilio/stream");
@@ -98,13 +117,7 @@ async fn a_number_registered_on_one_node_is_answered_on_the_others_and_its_delet
     let backend = FakeBackend::start().await;
     let a = node(&backend, &redis, "a").await;
     let b = node(&backend, &redis, "b").await;
-    let (status, created) = post_json(
-        a.addr,
-        "/v1/numbers",
-        ADMIN,
-        json!({"number": NUMBER_B, "callback_url": backend.url(), "secret": "whsec_tenant_b_0123456789"}),
-    )
-    .await;
+    let (status, created) = register_b(a.addr, &backend, "whsec_tenant_b_0123456789").await;
     assert_eq!(status, 201, "{created}");
     let token = created["api_token"].as_str().unwrap().to_string();
     // Visible on B within a second: the admin sees it, its token works, its calls are answered.
@@ -123,13 +136,7 @@ async fn a_number_registered_on_one_node_is_answered_on_the_others_and_its_delet
     tw.send(stop).await;
     tw.closed(Duration::from_secs(5)).await;
     // One node wins a number: b cannot register it again.
-    let (status, v) = post_json(
-        b.addr,
-        "/v1/numbers",
-        ADMIN,
-        json!({"number": NUMBER_B, "callback_url": backend.url(), "secret": "whsec_other_owner_01234567"}),
-    )
-    .await;
+    let (status, v) = register_b(b.addr, &backend, "whsec_other_owner_01234567").await;
     assert_eq!(status, 409, "{v}");
     // A node that joins later finds it.
     let c = node(&backend, &redis, "c").await;
@@ -258,15 +265,7 @@ async fn a_killed_nodes_calls_leave_the_view_within_the_ttl_and_routing_to_it_sa
     let tok = "tenant-a-token";
     let mut tw = call_across(b.addr, b.addr, 41, NUMBER_A).await;
     assert!(keep_talking(&mut tw, 40).await > 0);
-    let mut id = String::new();
-    within(Duration::from_secs(2), "a lists b's call", async || {
-        let calls = listed(a.addr, tok).await;
-        if let [one] = calls.as_slice() {
-            id = one["call_id"].as_str().unwrap().to_string();
-        }
-        !id.is_empty()
-    })
-    .await;
+    let id = the_listed_call(a.addr, tok, Duration::from_secs(2)).await;
     b.signal("KILL");
     b.wait_exit(Duration::from_secs(5));
     let (status, v) = post_json(a.addr, &format!("/v1/calls/{id}/hangup"), tok, json!(null)).await;
@@ -290,24 +289,11 @@ async fn a_redis_restart_mid_call_leaves_the_call_running_and_the_cluster_recove
     let a = node(&backend, &redis, "a").await;
     let b = node(&backend, &redis, "b").await;
     let tok = "tenant-a-token";
-    let (status, v) = post_json(
-        a.addr,
-        "/v1/numbers",
-        ADMIN,
-        json!({"number": NUMBER_B, "callback_url": backend.url(), "secret": "whsec_tenant_b_0123456789"}),
-    )
-    .await;
+    let (status, v) = register_b(a.addr, &backend, "whsec_tenant_b_0123456789").await;
     assert_eq!(status, 201, "{v}");
     let mut tw = call_across(a.addr, b.addr, 51, NUMBER_A).await;
     assert!(keep_talking(&mut tw, 40).await > 0);
-    let mut id = String::new();
-    within(Duration::from_secs(2), "a lists b's call", async || {
-        if let [one] = listed(a.addr, tok).await.as_slice() {
-            id = one["call_id"].as_str().unwrap().to_string();
-        }
-        !id.is_empty()
-    })
-    .await;
+    let id = the_listed_call(a.addr, tok, Duration::from_secs(2)).await;
     redis.stop();
     // The call goes on: b still answers the caller.
     let heard = media_count(&talk(&mut tw, &ulaw_fixture("caller_short_8k.wav"), 150).await);
@@ -450,7 +436,13 @@ async fn measure_routed_control_latency_and_redis_commands_per_call() {
     let a = start("a").await;
     let b = start("b").await;
     let tok = "tenant-a-token";
-    tokio::time::sleep(Duration::from_millis(500)).await; // both subscribed
+    // Both subscribed (each listens on its control channel), so no subscription lands in the counts.
+    for n in ["a", "b"] {
+        within(Duration::from_secs(3), "the node subscribed", async || {
+            redis.command(&format!("PUBSUB NUMSUB callbridge:node:{n}:control")).unwrap().ends_with(":1\r\n")
+        })
+        .await;
+    }
     // Redis commands over one call's life: the webhook on a, the stream on b, 10 s, hangup.
     redis.command("CONFIG RESETSTAT").unwrap();
     let mut tw = call_across(a.addr, b.addr, 81, NUMBER_A).await;
@@ -486,14 +478,7 @@ async fn measure_routed_control_latency_and_redis_commands_per_call() {
     // Routed vs direct: 300 interrupts each, alternating, on a second call held by b.
     let mut tw = call_across(b.addr, b.addr, 82, NUMBER_A).await;
     keep_talking(&mut tw, 20).await;
-    let mut id = String::new();
-    within(Duration::from_secs(3), "a lists b's call", async || {
-        if let [one] = listed(a.addr, tok).await.as_slice() {
-            id = one["call_id"].as_str().unwrap().to_string();
-        }
-        !id.is_empty()
-    })
-    .await;
+    let id = the_listed_call(a.addr, tok, Duration::from_secs(3)).await;
     let client = reqwest::Client::new();
     let (mut direct, mut routed) = (Vec::new(), Vec::new());
     for i in 0..600 {
