@@ -74,6 +74,8 @@ pub struct Secrets {
     pub turn_credential: Option<String>,
     /// `CALLBRIDGE_REDIS_URL`: wins over `cluster.redis_url` (it may hold a password).
     pub redis_url: Option<String>,
+    /// `CALLBRIDGE_POSTGRES_URL`: wins over `storage.postgres_url` (it may hold a password).
+    pub postgres_url: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -94,6 +96,7 @@ impl std::fmt::Debug for Secrets {
             .field("elevenlabs_api_key", &self.cascaded.elevenlabs_key.as_ref().map(|_| "<set>"))
             .field("turn_credential", &self.turn_credential.as_ref().map(|_| "<set>"))
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("postgres_url", &self.postgres_url.as_ref().map(|_| "<set>"))
             .finish()
     }
 }
@@ -127,6 +130,7 @@ impl Secrets {
             },
             turn_credential: var("CALLBRIDGE_TURN_CREDENTIAL"),
             redis_url: var("CALLBRIDGE_REDIS_URL"),
+            postgres_url: var("CALLBRIDGE_POSTGRES_URL"),
         }
     }
 }
@@ -261,15 +265,33 @@ pub enum UnknownNumbers {
 }
 
 /// `[storage]`
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// SQLite database file (created with its folder, owner-only); "" keeps data in memory.
+    /// Numbers live here (or in Redis in cluster mode); call data too unless `postgres_url` is set.
     pub database: String,
+    /// `postgres://user:password@host:port/db`: call reports and transcripts
+    /// in a PostgreSQL every node of a cluster shares ("" = in `database`).
+    /// `CALLBRIDGE_POSTGRES_URL` wins over it. Never logged.
+    #[serde(default)]
+    pub postgres_url: String,
     /// Delete call data (transcripts, recordings) older than this many days; 0 = keep.
     pub retention_days: u32,
     /// With no database file, keep at most this many calls in memory (oldest ended first out).
     pub memory_max_calls: usize,
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("StorageConfig")
+            .field("database", &self.database)
+            .field("postgres_url", &if self.postgres_url.is_empty() { "" } else { "<set>" })
+            .field("retention_days", &self.retention_days)
+            .field("memory_max_calls", &self.memory_max_calls)
+            .finish()
+    }
 }
 
 /// `[recording]`
@@ -623,6 +645,9 @@ impl Config {
         if !c.cluster.redis_url.is_empty() {
             c.cluster.redis_url = "<redacted>".into();
         }
+        if !c.storage.postgres_url.is_empty() {
+            c.storage.postgres_url = "<redacted>".into();
+        }
         for n in &mut c.numbers {
             for s in [&mut n.secret, &mut n.api_token] {
                 if !s.is_empty() {
@@ -818,6 +843,10 @@ mod tests {
         assert!(!format!("{c:?}").contains("hunter2"), "Debug hides the password");
         assert!(!toml::to_string(&c.redacted()).unwrap().contains("hunter2"), "the logged config hides it");
         assert_eq!(Config::from_toml("", "t").unwrap().cluster, ClusterConfig::default(), "off by default");
+        let c = Config::from_toml("[storage]\npostgres_url = \"postgres://cb:hunter2@10.0.0.9/cb\"\n", "t").unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"), "Debug hides the PostgreSQL password");
+        assert!(!toml::to_string(&c.redacted()).unwrap().contains("hunter2"), "the logged config hides it");
+        assert!(Config::from_toml("", "t").unwrap().storage.postgres_url.is_empty(), "SQLite by default");
     }
 
     #[test]

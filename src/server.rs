@@ -84,8 +84,18 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
     ));
     engines.check_default().map_err(|e| ServerError::Setup(format!("engine.kind = {:?}: {e}", config.engine.kind)))?;
     let tenants = Arc::new(NumberStore::open(&config.storage.database, &config.numbers)?);
-    let store = crate::callstore::CallStore::open(&config.storage.database, config.storage.memory_max_calls)
-        .map_err(|e| ServerError::Setup(format!("call store: {e}")))?;
+    // One id per process, for the cluster and for the call rows it writes.
+    let mut cluster_config = config.cluster.clone();
+    cluster_config.node_id = crate::cluster::node_id(&config.cluster);
+    // Call data: a PostgreSQL shared by the cluster (the environment's URL
+    // wins: it may hold a password), or this node's SQLite.
+    let postgres_url = secrets.postgres_url.clone().unwrap_or_else(|| config.storage.postgres_url.clone());
+    let store = if postgres_url.trim().is_empty() {
+        crate::callstore::CallStore::open(&config.storage.database, config.storage.memory_max_calls)
+    } else {
+        crate::callstore::CallStore::open_postgres(postgres_url.trim(), &cluster_config.node_id)
+    }
+    .map_err(|e| ServerError::Setup(format!("call store: {e}")))?;
     // The end-of-turn model: loaded when configured (the smart detector needs
     // it; a plan may also ask for it per call).
     let turn_pool = if config.turn_model.model.is_empty() {
@@ -144,7 +154,7 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         (None, None)
     } else {
         let (c, rx) = crate::cluster::Cluster::new(
-            &config.cluster,
+            &cluster_config,
             redis_url.trim(),
             config.cluster.max_calls > 0 || config.limits.max_calls_per_tenant > 0,
             (config.storage.retention_days > 0)
@@ -232,8 +242,10 @@ pub async fn serve(
         header_read_timeout: Duration::from_millis(l.header_read_timeout_ms),
         send_buffer: state.config.server.socket_send_buffer_bytes,
     };
-    // Calls a process that died left open are ended before any new one comes.
-    crate::runtime::recovery::recover(&state.call, &state.tenants);
+    // Calls a process that died left open are ended before any new one comes
+    // (store reads block: off the runtime's workers).
+    let st = state.clone();
+    let _ = tokio::task::spawn_blocking(move || crate::runtime::recovery::recover(&st.call, &st.tenants)).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut served =
         vec![tokio::spawn(crate::listener::run(listeners.public, router(state.clone()), limits, stop_rx.clone()))];

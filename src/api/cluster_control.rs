@@ -64,7 +64,7 @@ pub(super) async fn route(s: &Arc<AppState>, t: &Tenant, id: &str, op: CallOp) -
     }
 }
 
-fn unavailable(why: &str) -> Response {
+pub(super) fn unavailable(why: &str) -> Response {
     tracing::warn!(error = %why, "cluster: request for another node's call not routed");
     error(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -676,7 +676,15 @@ pub async fn recording(
         Ok(r) => r,
         Err(e) => return elsewhere(&s, e, axum::http::Method::GET, req.headers(), &id, "/recording").await,
     };
-    let Some(path) = row.recording.filter(|p| std::path::Path::new(p).exists()) else {
+    let Some(path) = row.recording.clone().filter(|p| std::path::Path::new(p).exists()) else {
+        // A shared store lists calls of every node; the file is on the one that ran it.
+        if row.recording.is_some()
+            && let Some(r) =
+                super::cluster_control::proxy_call_data(&s, axum::http::Method::GET, req.headers(), &id, "/recording")
+                    .await
+        {
+            return r;
+        }
         return error(StatusCode::NOT_FOUND, "no_recording", "this call has no recording");
     };
     use tower::ServiceExt;
@@ -702,6 +710,28 @@ pub async fn delete_call(State(s): State<Arc<AppState>>, headers: HeaderMap, Pat
         Ok(r) => r,
         Err(e) => return elsewhere(&s, e, axum::http::Method::DELETE, &headers, &id, "").await,
     };
+    // A shared store (PostgreSQL) also holds other nodes' calls: one still
+    // running there is not erased under it, and one recorded there is erased
+    // by that node, which has the file.
+    if let Some(c) = &s.cluster
+        && let Ok(cid) = row.call_id.parse::<CallId>()
+    {
+        if row.ended_at.is_none() {
+            match c.find_call(cid).await {
+                Ok(Some(_)) => {
+                    return error(StatusCode::CONFLICT, "call_live", "the call is still in progress; hang up first");
+                }
+                Ok(None) => {}
+                Err(e) => return super::cluster_control::unavailable(&e.to_string()),
+            }
+        }
+        if row.recording.as_deref().is_some_and(|p| !std::path::Path::new(p).exists())
+            && let Some(r) =
+                super::cluster_control::proxy_call_data(&s, axum::http::Method::DELETE, &headers, &id, "").await
+        {
+            return r;
+        }
+    }
     let store = s.call.store.clone().expect("stored_call checked");
     match tokio::task::spawn_blocking(move || store.delete(&row.call_id)).await {
         Ok(Ok(_)) => StatusCode::NO_CONTENT.into_response(),

@@ -281,6 +281,12 @@ impl Cluster {
     }
 }
 
+/// This node's id: `cluster.node_id`, or the host name and a random suffix
+/// (unique per process, readable in logs). Resolve it once per process.
+pub fn node_id(cfg: &ClusterConfig) -> String {
+    if cfg.node_id.is_empty() { default_node_id() } else { cfg.node_id.clone() }
+}
+
 /// Host name and a random suffix: unique per process, readable in logs.
 fn default_node_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

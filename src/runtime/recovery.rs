@@ -12,7 +12,11 @@
 //! the crash cost — numbered after the last event stored for it.
 //!
 //! The SQLite store is one node's: two processes must not share its file
-//! (every call of the other would look unfinished).
+//! (every call of the other would look unfinished). A PostgreSQL shared by a
+//! cluster marks each call with the node that ran it, and a node recovers
+//! only its own: a node that restarts keeps its `cluster.node_id` (a random
+//! default one leaves its calls unfinished). Store reads block: this runs on
+//! a blocking thread.
 
 use std::time::{Duration, SystemTime};
 

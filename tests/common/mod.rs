@@ -5,6 +5,7 @@ pub mod backend;
 pub mod binary;
 pub mod calls;
 pub mod net;
+pub mod pg;
 pub mod redis;
 
 #[allow(unused_imports)]

@@ -1,25 +1,31 @@
 //! Call data at rest: one row per call (who, when, how it ended, where its
 //! recording is, what was lost) and its conversation (every event, in `seq`
-//! order), in the embedded SQLite database, keyed by tenant id.
+//! order), keyed by tenant id: in the embedded SQLite database
+//! ([`sqlite`]: one node's file, or memory), or in a PostgreSQL every node of
+//! a cluster shares ([`postgres`], `storage.postgres_url`).
 //!
 //! Writes come from call tasks as messages to one store thread, so no call
-//! task ever waits on the disk. The writer batches whatever is queued into one
-//! transaction (WAL, `synchronous = NORMAL`) and retries a failed batch; what
-//! still fails is counted, never silently gone. A call's `Started` and `Ended`
-//! are never dropped; conversation events beyond `MAX_QUEUED_EVENTS` waiting
-//! are (and counted). Deletions go through the same writer, after everything
-//! queued before them, so a deletion right after a hang-up cannot be undone
-//! by the call's last events arriving late. Reads run on the read connection
-//! from blocking threads. With no database file (`storage.database = ""`) the
-//! data lives in memory and the oldest ended calls are evicted past
-//! `memory_max_calls`.
+//! task ever waits on the database. The writer batches whatever is queued into
+//! one transaction and retries a failed batch; what the database refuses
+//! (read-only, disk full, PostgreSQL away) is kept in a bounded backlog and
+//! written once it takes writes again, counted if it is ever lost. A call's
+//! `Started` and `Ended` are never dropped; conversation events beyond
+//! `MAX_QUEUED_EVENTS` waiting are (and counted). Deletions go through the
+//! same writer, after everything queued before them, so a deletion right
+//! after a hang-up cannot be undone by the call's last events arriving late.
+//! Reads are blocking: they run on the read connection from blocking threads
+//! (`spawn_blocking`), never on a runtime worker. With no database file
+//! (`storage.database = ""`) the data lives in memory and the oldest ended
+//! calls are evicted past `memory_max_calls`.
+
+mod postgres;
+mod sqlite;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 /// Conversation events waiting for the writer beyond which new ones are dropped.
@@ -59,20 +65,24 @@ pub struct CallRow {
     pub recording_loss: Option<String>,
 }
 
-enum Msg {
+/// A row for the writer to store.
+enum Row {
     Started(CallRow),
-    Event {
-        call_id: String,
-        seq: u64,
-        kind: String,
-        body: String,
-    },
-    Ended {
-        call_id: String,
-        ended_at: i64,
-        reason: String,
-        recording_loss: Option<String>,
-    },
+    Event { call_id: String, seq: u64, kind: String, body: String },
+    Ended { call_id: String, ended_at: i64, reason: String, recording_loss: Option<String> },
+}
+
+impl Row {
+    fn call_id(&self) -> &str {
+        match self {
+            Row::Started(r) => &r.call_id,
+            Row::Event { call_id, .. } | Row::Ended { call_id, .. } => call_id,
+        }
+    }
+}
+
+enum Msg {
+    Row(Row),
     Delete {
         call_id: String,
         ack: Sender<Result<bool, StoreError>>,
@@ -82,39 +92,62 @@ enum Msg {
         ack: Sender<Result<usize, StoreError>>,
     },
     Sync(Sender<()>),
-    /// Tests: make the writer's connection refuse writes (`PRAGMA query_only`),
-    /// as a database turned read-only does.
+    /// Tests: make the writer's connection refuse writes, as a database
+    /// turned read-only does.
     #[cfg(test)]
     ReadOnly(bool, Sender<()>),
 }
 
-/// The columns [`call_row`] reads, in its order.
-const ROW_COLUMNS: &str =
-    "call_id, tenant, from_number, to_number, started_at, ended_at, reason, recording, recording_loss";
-
-fn call_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CallRow> {
-    Ok(CallRow {
-        call_id: r.get(0)?,
-        tenant: r.get(1)?,
-        from: r.get(2)?,
-        to: r.get(3)?,
-        started_at: r.get(4)?,
-        ended_at: r.get(5)?,
-        reason: r.get(6)?,
-        recording: r.get(7)?,
-        recording_loss: r.get(8)?,
-    })
+/// What the store needs of a database (one connection).
+trait Db: Send {
+    /// Store `rows` in one transaction, in order.
+    fn write(&mut self, rows: &[&Row]) -> Result<(), StoreError>;
+    /// Delete a call's rows; whether it existed, and its recording file.
+    fn delete_call(&mut self, call_id: &str) -> Result<(bool, Option<String>), StoreError>;
+    /// Ids of `tenant`'s calls.
+    fn tenant_calls(&mut self, tenant: &str) -> Result<Vec<String>, StoreError>;
+    /// Ids of the calls that ended before `cutoff_ms`.
+    fn ended_before(&mut self, cutoff_ms: i64) -> Result<Vec<String>, StoreError>;
+    /// Ids of the `n` calls that ended first.
+    fn oldest_ended(&mut self, n: usize) -> Result<Vec<String>, StoreError>;
+    /// One call's row.
+    fn call(&mut self, call_id: &str) -> Result<Option<CallRow>, StoreError>;
+    /// This node's calls with no end, oldest first.
+    fn unfinished(&mut self) -> Result<Vec<CallRow>, StoreError>;
+    /// One call's event bodies in `seq` order.
+    fn events(&mut self, call_id: &str) -> Result<Vec<String>, StoreError>;
+    /// Calls stored.
+    fn count(&mut self) -> Result<usize, StoreError>;
+    /// Tests: refuse writes (`on`) or take them again.
+    #[cfg(test)]
+    fn read_only(&mut self, on: bool);
 }
 
 /// Errors of the call store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Database failure.
+    /// SQLite failure.
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// PostgreSQL failure, with its cause (never the URL).
+    #[error("postgresql: {0}")]
+    Postgres(String),
+    /// The store's settings are unusable.
+    #[error("{0}")]
+    Config(String),
     /// The writer thread is gone or did not answer in time.
     #[error("the call store's writer is not answering")]
     Writer,
+}
+
+impl From<::postgres::Error> for StoreError {
+    fn from(e: ::postgres::Error) -> Self {
+        use std::error::Error as _;
+        StoreError::Postgres(match e.source() {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        })
+    }
 }
 
 /// The store: a writer thread plus a read connection.
@@ -122,7 +155,7 @@ pub enum StoreError {
 pub struct CallStore {
     tx: Sender<Msg>,
     queued_events: Arc<AtomicUsize>,
-    read: Arc<Mutex<Connection>>,
+    read: Arc<Mutex<Box<dyn Db>>>,
 }
 
 impl std::fmt::Debug for CallStore {
@@ -131,24 +164,11 @@ impl std::fmt::Debug for CallStore {
     }
 }
 
-const SCHEMA: &str = "
-    PRAGMA journal_mode = WAL;
-    PRAGMA synchronous = NORMAL;
-    CREATE TABLE IF NOT EXISTS calls (
-        call_id TEXT PRIMARY KEY, tenant TEXT, from_number TEXT NOT NULL, to_number TEXT NOT NULL,
-        started_at INTEGER NOT NULL, ended_at INTEGER, reason TEXT, recording TEXT, recording_loss TEXT);
-    CREATE INDEX IF NOT EXISTS calls_ended ON calls (ended_at);
-    CREATE INDEX IF NOT EXISTS calls_tenant ON calls (tenant);
-    CREATE TABLE IF NOT EXISTS call_events (
-        call_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, body TEXT NOT NULL,
-        PRIMARY KEY (call_id, seq, type));
-";
-
 struct Writer {
-    conn: Connection,
+    db: Box<dyn Db>,
     /// Rows the database refused (read-only, disk full, locked): kept, oldest
     /// first, and written once it takes writes again (bounded: [`BACKLOG_MAX`]).
-    backlog: Vec<Msg>,
+    backlog: Vec<Row>,
     /// When the backlog was last tried.
     backlog_tried: Option<std::time::Instant>,
     queued_events: Arc<AtomicUsize>,
@@ -158,35 +178,36 @@ struct Writer {
 }
 
 impl CallStore {
-    /// Open the store in `path` ("" = in memory, shared by both connections,
-    /// holding at most `memory_max_calls` calls).
+    /// Open the store in the SQLite file `path` ("" = in memory, shared by
+    /// both connections, holding at most `memory_max_calls` calls).
     pub fn open(path: &str, memory_max_calls: usize) -> Result<Self, StoreError> {
-        let uri;
-        let (w, r) = if path.is_empty() {
-            // A named in-memory database both connections can see.
-            uri = format!("file:callstore-{}?mode=memory&cache=shared", crate::signature::random_hex());
-            let flags = rusqlite::OpenFlags::default() | rusqlite::OpenFlags::SQLITE_OPEN_URI;
-            (Connection::open_with_flags(&uri, flags)?, Connection::open_with_flags(&uri, flags)?)
-        } else {
-            (Connection::open(path)?, Connection::open(path)?)
-        };
-        w.execute_batch(SCHEMA)?;
-        w.busy_timeout(Duration::from_secs(5))?;
-        r.busy_timeout(Duration::from_secs(5))?;
+        let (w, r) = sqlite::open(path)?;
+        Self::start(Box::new(w), Box::new(r), path.is_empty().then_some(memory_max_calls.max(1)))
+    }
+
+    /// Open the store in the PostgreSQL at `url`, shared with the other
+    /// nodes; this node's calls are marked `node` (start-up recovery ends
+    /// only those). Fails if the database cannot be reached now.
+    pub fn open_postgres(url: &str, node: &str) -> Result<Self, StoreError> {
+        let (w, r) = postgres::open(url, node)?;
+        Self::start(Box::new(w), Box::new(r), None)
+    }
+
+    fn start(w: Box<dyn Db>, r: Box<dyn Db>, memory_max: Option<usize>) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel::<Msg>();
         let queued_events = Arc::new(AtomicUsize::new(0));
         let mut writer = Writer {
-            conn: w,
+            db: w,
             backlog: Vec::new(),
             backlog_tried: None,
             queued_events: queued_events.clone(),
-            memory_max: path.is_empty().then_some(memory_max_calls.max(1)),
+            memory_max,
             started_since_evict: 0,
         };
         std::thread::Builder::new()
             .name("call-store".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::Db(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+            .map_err(|e| StoreError::Config(format!("call store thread: {e}")))?;
         Ok(Self { tx, queued_events, read: Arc::new(Mutex::new(r)) })
     }
 
@@ -198,7 +219,7 @@ impl CallStore {
 
     /// A call started (never dropped).
     pub fn started(&self, row: CallRow) {
-        self.send(Msg::Started(row));
+        self.send(Msg::Row(Row::Started(row)));
     }
 
     /// One conversation event (the callback envelope, as JSON); dropped and
@@ -209,53 +230,43 @@ impl CallStore {
             metrics::counter!(crate::metrics::STORE_FAILED, "kind" => "queue_full").increment(1);
             return;
         }
-        self.send(Msg::Event { call_id: call_id.into(), seq, kind: kind.into(), body });
+        self.send(Msg::Row(Row::Event { call_id: call_id.into(), seq, kind: kind.into(), body }));
     }
 
     /// The call ended (never dropped).
     pub fn ended(&self, call_id: &str, reason: &str, recording_loss: Option<String>) {
-        self.send(Msg::Ended {
+        self.send(Msg::Row(Row::Ended {
             call_id: call_id.into(),
             ended_at: unix_ms(SystemTime::now()),
             reason: reason.into(),
             recording_loss,
-        });
+        }));
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Box<dyn Db>> {
+        self.read.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// One call's row (blocking).
     pub fn call(&self, call_id: &str) -> Result<Option<CallRow>, StoreError> {
-        let c = self.read.lock().expect("store lock");
-        Ok(c.query_row(&format!("SELECT {ROW_COLUMNS} FROM calls WHERE call_id = ?1"), params![call_id], call_row)
-            .optional()?)
+        self.reader().call(call_id)
     }
 
-    /// Calls with no end: what a process that died (`kill -9`, power loss)
-    /// left behind, for [`crate::runtime::recovery`] at the next start
-    /// (blocking; oldest first).
+    /// This node's calls with no end: what a process that died (`kill -9`,
+    /// power loss) left behind, for [`crate::runtime::recovery`] at the next
+    /// start (blocking; oldest first).
     pub fn unfinished(&self) -> Result<Vec<CallRow>, StoreError> {
-        let c = self.read.lock().expect("store lock");
-        let mut st =
-            c.prepare(&format!("SELECT {ROW_COLUMNS} FROM calls WHERE ended_at IS NULL ORDER BY started_at"))?;
-        let rows = st.query_map([], call_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.reader().unfinished()
     }
 
     /// One call's events in `seq` order (blocking).
     pub fn events(&self, call_id: &str) -> Result<Vec<Value>, StoreError> {
-        let c = self.read.lock().expect("store lock");
-        let mut st = c.prepare("SELECT body FROM call_events WHERE call_id = ?1 ORDER BY seq, rowid")?;
-        let rows = st.query_map(params![call_id], |r| r.get::<_, String>(0))?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(serde_json::from_str(&r?).unwrap_or(Value::Null));
-        }
-        Ok(out)
+        Ok(self.reader().events(call_id)?.iter().map(|b| serde_json::from_str(b).unwrap_or(Value::Null)).collect())
     }
 
     /// Calls stored (blocking; tests and diagnostics).
     pub fn count(&self) -> Result<usize, StoreError> {
-        let c = self.read.lock().expect("store lock");
-        Ok(c.query_row("SELECT COUNT(*) FROM calls", [], |r| r.get::<_, i64>(0))? as usize)
+        self.reader().count()
     }
 
     fn ask<T>(&self, make: impl FnOnce(Sender<Result<T, StoreError>>) -> Msg) -> Result<T, StoreError> {
@@ -277,12 +288,7 @@ impl CallStore {
 
     /// Delete every call that ended before `cutoff_ms` (blocking); returns how many.
     pub fn sweep(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
-        let ids: Vec<String> = {
-            let c = self.read.lock().expect("store lock");
-            let mut st = c.prepare("SELECT call_id FROM calls WHERE ended_at IS NOT NULL AND ended_at < ?1")?;
-            let rows = st.query_map(params![cutoff_ms], |r| r.get(0))?;
-            rows.collect::<Result<_, _>>()?
-        };
+        let ids = self.reader().ended_before(cutoff_ms)?;
         for id in &ids {
             self.delete(id)?;
         }
@@ -302,15 +308,12 @@ impl CallStore {
     }
 }
 
-fn delete_call(c: &Connection, call_id: &str) -> Result<bool, rusqlite::Error> {
-    let rec: Option<Option<String>> =
-        c.query_row("SELECT recording FROM calls WHERE call_id = ?1", params![call_id], |r| r.get(0)).optional()?;
-    c.execute("DELETE FROM call_events WHERE call_id = ?1", params![call_id])?;
-    let n = c.execute("DELETE FROM calls WHERE call_id = ?1", params![call_id])?;
-    if let Some(Some(p)) = rec {
+/// Remove a deleted call's recording file (a path another node wrote is
+/// not here, unless recordings go to shared storage).
+fn remove_recording(path: Option<String>) {
+    if let Some(p) = path {
         let _ = std::fs::remove_file(p);
     }
-    Ok(n > 0)
 }
 
 impl Writer {
@@ -353,17 +356,13 @@ impl Writer {
     /// the requests in it in order.
     fn write(&mut self, batch: Vec<Msg>) {
         let mut rows = Vec::with_capacity(batch.len());
-        let mut requests = Vec::new();
         for m in batch {
             match m {
-                Msg::Started(_) | Msg::Event { .. } | Msg::Ended { .. } => rows.push(m),
-                other => {
+                Msg::Row(r) => rows.push(r),
+                request => {
                     // A request is answered after the rows queued before it.
                     self.commit(std::mem::take(&mut rows));
-                    requests.push(other);
-                    for r in requests.drain(..) {
-                        self.answer(r);
-                    }
+                    self.answer(request);
                 }
             }
         }
@@ -373,13 +372,13 @@ impl Writer {
     /// Write `rows` after any backlog, in one transaction (retried). Rows the
     /// database refuses are kept in the backlog, never dropped unless it
     /// overflows; while it is failing it is tried at most every [`BACKLOG_RETRY`].
-    fn commit(&mut self, rows: Vec<Msg>) {
+    fn commit(&mut self, rows: Vec<Row>) {
         if rows.is_empty() && self.backlog.is_empty() {
             return;
         }
-        let events = rows.iter().filter(|m| matches!(m, Msg::Event { .. })).count();
+        let events = rows.iter().filter(|m| matches!(m, Row::Event { .. })).count();
         self.queued_events.fetch_sub(events, Ordering::AcqRel);
-        let started = rows.iter().filter(|m| matches!(m, Msg::Started(_))).count();
+        let started = rows.iter().filter(|m| matches!(m, Row::Started(_))).count();
         let failing = !self.backlog.is_empty();
         if failing && self.backlog_tried.is_some_and(|t| t.elapsed() < BACKLOG_RETRY) {
             self.keep(rows);
@@ -391,7 +390,8 @@ impl Writer {
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
-            match self.transaction(&all) {
+            let refs: Vec<&Row> = all.iter().collect();
+            match self.db.write(&refs) {
                 Ok(()) => break Ok(()),
                 Err(e) if attempt < attempts => {
                     tracing::debug!(error = %e, attempt, "call store write failed; retrying");
@@ -430,7 +430,7 @@ impl Writer {
     }
 
     /// Add refused rows to the backlog; past [`BACKLOG_MAX`] the oldest go (counted).
-    fn keep(&mut self, rows: Vec<Msg>) {
+    fn keep(&mut self, rows: Vec<Row>) {
         self.backlog.extend(rows);
         let over = self.backlog.len().saturating_sub(BACKLOG_MAX);
         if over > 0 {
@@ -442,40 +442,7 @@ impl Writer {
 
     /// Forget backlog rows of deleted calls (a deletion must not come back).
     fn purge(&mut self, deleted: &dyn Fn(&str) -> bool) {
-        self.backlog.retain(|m| match m {
-            Msg::Started(r) => !deleted(&r.call_id),
-            Msg::Event { call_id, .. } | Msg::Ended { call_id, .. } => !deleted(call_id),
-            _ => true,
-        });
-    }
-
-    fn transaction(&mut self, rows: &[Msg]) -> Result<(), rusqlite::Error> {
-        let tx = self.conn.transaction()?;
-        for m in rows {
-            match m {
-                Msg::Started(r) => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO calls (call_id, tenant, from_number, to_number, started_at, recording)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        params![r.call_id, r.tenant, r.from, r.to, r.started_at, r.recording],
-                    )?;
-                }
-                Msg::Event { call_id, seq, kind, body } => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO call_events (call_id, seq, type, body) VALUES (?1, ?2, ?3, ?4)",
-                        params![call_id, *seq as i64, kind, body],
-                    )?;
-                }
-                Msg::Ended { call_id, ended_at, reason, recording_loss } => {
-                    tx.execute(
-                        "UPDATE calls SET ended_at = ?2, reason = ?3, recording_loss = ?4 WHERE call_id = ?1",
-                        params![call_id, ended_at, reason, recording_loss],
-                    )?;
-                }
-                _ => {}
-            }
-        }
-        tx.commit()
+        self.backlog.retain(|m| !deleted(m.call_id()));
     }
 
     fn answer(&mut self, m: Msg) {
@@ -483,17 +450,17 @@ impl Writer {
             Msg::Delete { call_id, ack } => {
                 let kept = self.backlog.len();
                 self.purge(&|id| id == call_id);
-                let r = delete_call(&self.conn, &call_id).map(|n| n || self.backlog.len() < kept);
-                let _ = ack.send(r.map_err(StoreError::from));
+                let r = self.db.delete_call(&call_id).map(|(n, rec)| {
+                    remove_recording(rec);
+                    n || self.backlog.len() < kept
+                });
+                let _ = ack.send(r);
             }
             Msg::DeleteTenant { tenant, ack } => {
                 let r: Result<Vec<String>, StoreError> = (|| {
-                    let ids: Vec<String> = {
-                        let mut st = self.conn.prepare("SELECT call_id FROM calls WHERE tenant = ?1")?;
-                        st.query_map(params![tenant], |r| r.get(0))?.collect::<Result<_, _>>()?
-                    };
+                    let ids = self.db.tenant_calls(&tenant)?;
                     for id in &ids {
-                        delete_call(&self.conn, id)?;
+                        remove_recording(self.db.delete_call(id)?.1);
                     }
                     Ok(ids)
                 })();
@@ -502,7 +469,7 @@ impl Writer {
                     r.as_ref().map(|ids| ids.iter().cloned().collect()).unwrap_or_default();
                 let stored = theirs.len();
                 for m in &self.backlog {
-                    if let Msg::Started(row) = m
+                    if let Row::Started(row) = m
                         && row.tenant.as_deref() == Some(tenant.as_str())
                     {
                         theirs.insert(row.call_id.clone());
@@ -516,27 +483,22 @@ impl Writer {
             }
             #[cfg(test)]
             Msg::ReadOnly(on, ack) => {
-                self.conn.pragma_update(None, "query_only", on).expect("pragma");
+                self.db.read_only(on);
                 let _ = ack.send(());
             }
-            _ => {}
+            Msg::Row(_) => {}
         }
     }
 
     /// Keep at most `max` calls in memory: the oldest ended ones go first.
-    fn evict(&mut self, max: usize) -> Result<(), rusqlite::Error> {
-        let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM calls", [], |r| r.get(0))?;
-        let over = n as usize - (n as usize).min(max);
+    fn evict(&mut self, max: usize) -> Result<(), StoreError> {
+        let n = self.db.count()?;
+        let over = n - n.min(max);
         if over == 0 {
             return Ok(());
         }
-        let ids: Vec<String> = {
-            let mut st =
-                self.conn.prepare("SELECT call_id FROM calls WHERE ended_at IS NOT NULL ORDER BY ended_at LIMIT ?1")?;
-            st.query_map(params![over as i64], |r| r.get(0))?.collect::<Result<_, _>>()?
-        };
-        for id in &ids {
-            delete_call(&self.conn, id)?;
+        for id in self.db.oldest_ended(over)? {
+            remove_recording(self.db.delete_call(&id)?.1);
         }
         Ok(())
     }
@@ -650,13 +612,8 @@ mod tests {
         drop(s);
         let s = CallStore::open(path.to_str().unwrap(), 0).unwrap();
         assert_eq!(s.count().unwrap(), 10_000, "Started and Ended are never dropped");
-        let ended: i64 = s
-            .read
-            .lock()
-            .unwrap()
-            .query_row("SELECT COUNT(*) FROM calls WHERE reason = 'hangup'", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(ended, 10_000);
+        assert!(s.unfinished().unwrap().is_empty(), "every call's end was stored");
+        assert_eq!(s.call("c9999").unwrap().unwrap().reason.as_deref(), Some("hangup"));
         let _ = std::fs::remove_dir_all(dir);
     }
 
