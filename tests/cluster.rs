@@ -4,7 +4,10 @@
 //! webhook hit node A and whose stream hit node B is listed on A and C, and
 //! `hangup` sent to C ends it on B; a killed node's calls leave the view
 //! within the TTL and routing to it says `owner_gone`; a Redis restart
-//! mid-call leaves the call running and the cluster recovers.
+//! mid-call leaves the call running and the cluster recovers. With a shared
+//! PostgreSQL (Debian's, per test) an ended call's transcript is read on any
+//! node even after the node that ran it is gone, and a node's restart ends
+//! only the calls it left open.
 
 mod common;
 
@@ -15,6 +18,7 @@ use common::backend::FakeBackend;
 use common::binary::*;
 use common::calls::*;
 use common::net::*;
+use common::pg::PgServer;
 use common::redis::{RedisServer, available};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -198,6 +202,9 @@ async fn a_call_taken_at_a_and_streamed_to_b_is_listed_on_a_and_c_and_hung_up_fr
     let (status, one) = get_json(c.addr, &format!("/v1/calls/{id}"), tok).await;
     assert_eq!((status, one["node"].as_str()), (200, Some("b")), "{one}");
     assert_eq!(one["to"], NUMBER_A);
+    // Its data is not erased from another node while it runs.
+    let r = reqwest::Client::new().delete(format!("http://{}/v1/calls/{id}", c.addr)).bearer_auth(tok).send().await;
+    assert_eq!(r.unwrap().status().as_u16(), 409, "a call live on b is not erased from c");
     // A token no tenant has reaches nothing.
     assert_eq!(get_json(c.addr, &format!("/v1/calls/{id}"), "not-a-token").await.0, 401);
     // The owner's answer comes back: a bad say is refused by b's own check, an interrupt accepted.
@@ -416,6 +423,84 @@ async fn a_draining_node_takes_no_new_calls_finishes_its_own_and_leaves_nothing_
 /// The added latency of a control request routed to the node holding the
 /// call, against the same request sent to that node; and Redis commands per
 /// call, by command, over one call's life at the default 1 s heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_shared_postgresql_call_data_outlives_its_node_and_a_restart_ends_only_its_own_calls() {
+    if !available() || !common::pg::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    let store = format!("[storage]\npostgres_url = \"{}\"\n", pg.database("cb_cluster"));
+    let backend = FakeBackend::start().await;
+    let a = node_with(&backend, &redis, "a", &store).await;
+    let mut b = node_with(&backend, &redis, "b", &store).await;
+    let tok = "tenant-a-token";
+    // A call on b: still running, a refuses to erase it.
+    let mut tw = call_across(b.addr, b.addr, 61, NUMBER_A).await;
+    assert!(keep_talking(&mut tw, 40).await > 0);
+    let id = the_listed_call(a.addr, tok, Duration::from_secs(2)).await;
+    let del = |at: SocketAddr, id: String| async move {
+        let r = reqwest::Client::new().delete(format!("http://{at}/v1/calls/{id}")).bearer_auth(tok).send().await;
+        r.unwrap().status().as_u16()
+    };
+    assert_eq!(del(a.addr, id.clone()).await, 409, "a call live on b is not erased from a");
+    let stop = tw.peer.stop();
+    tw.send(stop).await;
+    tw.closed(Duration::from_secs(5)).await;
+    backend
+        .wait_received(Duration::from_secs(5), |r| {
+            r.iter().any(|e| e.kind() == "call.ended" && e.body["call_id"] == id)
+        })
+        .await;
+    // The recording is on b's disk: a fetches it from b.
+    let rec = reqwest::Client::new()
+        .get(format!("http://{}/v1/calls/{id}/recording", a.addr))
+        .bearer_auth(tok)
+        .header("Range", "bytes=0-3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rec.status().as_u16(), 206, "the recording comes from b");
+    // A second call on b, left open when b is killed.
+    let mut tw2 = call_across(b.addr, b.addr, 62, NUMBER_A).await;
+    assert!(keep_talking(&mut tw2, 40).await > 0);
+    let open = within(Duration::from_secs(3), "b's second call is stored", async || {
+        pg.query("cb_cluster", "SELECT call_id FROM callbridge_calls WHERE ended_at IS NULL").len() == 1
+    });
+    open.await;
+    let open_id = pg.query("cb_cluster", "SELECT call_id, node FROM callbridge_calls WHERE ended_at IS NULL");
+    assert_eq!(open_id[0][1].as_deref(), Some("b"), "the row names the node that runs the call");
+    let open_id = open_id[0][0].clone().unwrap();
+    b.signal("KILL");
+    b.wait_exit(Duration::from_secs(5));
+    drop(tw2);
+    // b is gone: its ended call's transcript is still read on a, from the shared store.
+    let (status, tr) = get_json(a.addr, &format!("/v1/calls/{id}/transcript"), tok).await;
+    assert_eq!(status, 200, "{tr}");
+    assert_eq!(tr["reason"], "caller_hangup", "{tr}");
+    assert!(tr["events"].as_array().is_some_and(|e| e.iter().any(|e| e["type"] == "turn.user")), "{tr}");
+    assert_eq!(get_json(a.addr, &format!("/v1/calls/{id}/transcript"), "not-a-token").await.0, 401);
+    // A node that restarts ends only the calls it left open: a's restart leaves b's.
+    drop(a);
+    let a = node_with(&backend, &redis, "a", &store).await;
+    let (status, tr) = get_json(a.addr, &format!("/v1/calls/{open_id}/transcript"), tok).await;
+    assert_eq!((status, tr["ended_at_ms"].is_null()), (200, true), "a did not end b's call: {tr}");
+    // b comes back under its id: its call is ended as interrupted, the backend told.
+    let _b = node_with(&backend, &redis, "b", &store).await;
+    let (status, tr) = get_json(a.addr, &format!("/v1/calls/{open_id}/transcript"), tok).await;
+    assert_eq!((status, tr["reason"].as_str()), (200, Some("interrupted")), "{tr}");
+    backend
+        .wait_received(Duration::from_secs(5), |r| {
+            r.iter()
+                .any(|e| e.kind() == "call.ended" && e.body["call_id"] == open_id && e.body["reason"] == "interrupted")
+        })
+        .await;
+    // Erased through a: rows from the shared store (the recording with them, by b).
+    assert_eq!(del(a.addr, id.clone()).await, 204);
+    assert_eq!(get_json(a.addr, &format!("/v1/calls/{id}/transcript"), tok).await.0, 404);
+    assert!(pg.query("cb_cluster", &format!("SELECT 1 FROM callbridge_call_events WHERE call_id = '{id}'")).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement; run by hand"]
 async fn measure_routed_control_latency_and_redis_commands_per_call() {

@@ -139,3 +139,72 @@ fn a_bad_url_or_an_unreachable_database_is_a_clear_error_without_the_password() 
     let e = CallStore::open_postgres("not a url at all ://", "n").unwrap_err().to_string();
     assert!(e.contains("postgres_url"), "{e}");
 }
+
+/// Whether `/healthz` on `port` answers 200.
+fn healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 200")
+}
+
+/// The binary at `RUST_LOG=trace` with `CALLBRIDGE_POSTGRES_URL` = `url`:
+/// run until `/healthz` answers (or it exits), then SIGTERM; everything it logged.
+fn run_binary_logs(url: &str) -> String {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let dir = std::env::temp_dir().join(format!("cb-pg-logs-{}", callbridge::signature::random_hex()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("cb.toml");
+    std::fs::write(&cfg, format!("[storage]\ndatabase = \"{}\"\n", dir.join("cb.db").display())).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_callbridge"))
+        .args(["serve", "--config", cfg.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "trace")
+        .env("CALLBRIDGE_POSTGRES_URL", url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(20) {
+        if healthy(port) {
+            let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the binary did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut out).unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    out
+}
+
+#[test]
+fn the_postgresql_password_never_reaches_the_logs() {
+    if !available() {
+        return;
+    }
+    const PASSWORD: &str = "pgpass_ENV_5f4e3d2c1b0a99887766";
+    let pg = PgServer::start();
+    // Trust authentication takes any password: the server starts on it.
+    let url = pg.database("cb_logs").replace("postgres://cb@", &format!("postgres://cb:{PASSWORD}@"));
+    let logs = run_binary_logs(&url);
+    assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "logs were captured: {logs}");
+    assert!(!logs.contains(PASSWORD), "the password is in the logs");
+    assert_eq!(pg.query("cb_logs", "SELECT 1 FROM callbridge_calls").len(), 0, "the store's tables exist");
+    // A database that is not there: the start fails, saying why, without the password.
+    let dead = format!("postgres://cb:{PASSWORD}@127.0.0.1:1/cb");
+    let logs = run_binary_logs(&dead);
+    assert!(logs.contains("call store") && logs.contains("postgresql"), "the failure says why: {logs}");
+    assert!(!logs.contains(PASSWORD), "the password is in the failure: {logs}");
+}

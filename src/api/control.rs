@@ -706,31 +706,27 @@ pub async fn delete_call(State(s): State<Arc<AppState>>, headers: HeaderMap, Pat
     {
         return error(StatusCode::CONFLICT, "call_live", "the call is still in progress; hang up first");
     }
+    // Nor one running on another node of the cluster.
+    if let (Some(c), Ok(cid), Ok(t)) = (&s.cluster, id.parse::<CallId>(), tenant(&s, &headers)) {
+        match c.find_call(cid).await {
+            Ok(Some(live)) if live.tenant == t.id => {
+                return error(StatusCode::CONFLICT, "call_live", "the call is still in progress; hang up first");
+            }
+            Ok(_) => {}
+            Err(e) => return super::cluster_control::unavailable(&e.to_string()),
+        }
+    }
     let row = match stored_call(&s, &headers, &id).await {
         Ok(r) => r,
         Err(e) => return elsewhere(&s, e, axum::http::Method::DELETE, &headers, &id, "").await,
     };
-    // A shared store (PostgreSQL) also holds other nodes' calls: one still
-    // running there is not erased under it, and one recorded there is erased
-    // by that node, which has the file.
-    if let Some(c) = &s.cluster
-        && let Ok(cid) = row.call_id.parse::<CallId>()
+    // A shared store (PostgreSQL) also holds other nodes' calls: one recorded
+    // there is erased by that node, which has the file.
+    if row.recording.as_deref().is_some_and(|p| !std::path::Path::new(p).exists())
+        && let Some(r) =
+            super::cluster_control::proxy_call_data(&s, axum::http::Method::DELETE, &headers, &id, "").await
     {
-        if row.ended_at.is_none() {
-            match c.find_call(cid).await {
-                Ok(Some(_)) => {
-                    return error(StatusCode::CONFLICT, "call_live", "the call is still in progress; hang up first");
-                }
-                Ok(None) => {}
-                Err(e) => return super::cluster_control::unavailable(&e.to_string()),
-            }
-        }
-        if row.recording.as_deref().is_some_and(|p| !std::path::Path::new(p).exists())
-            && let Some(r) =
-                super::cluster_control::proxy_call_data(&s, axum::http::Method::DELETE, &headers, &id, "").await
-        {
-            return r;
-        }
+        return r;
     }
     let store = s.call.store.clone().expect("stored_call checked");
     match tokio::task::spawn_blocking(move || store.delete(&row.call_id)).await {

@@ -66,6 +66,7 @@ pub struct CallRow {
 }
 
 /// A row for the writer to store.
+#[derive(Clone)]
 enum Row {
     Started(CallRow),
     Event { call_id: String, seq: u64, kind: String, body: String },
@@ -190,6 +191,7 @@ impl CallStore {
     /// only those). Fails if the database cannot be reached now.
     pub fn open_postgres(url: &str, node: &str) -> Result<Self, StoreError> {
         let (w, r) = postgres::open(url, node)?;
+        let r = OnThread::spawn(Box::new(r))?;
         Self::start(Box::new(w), Box::new(r), None)
     }
 
@@ -305,6 +307,80 @@ impl CallStore {
     /// [`Self::sync_within`] five seconds.
     pub fn sync(&self) {
         self.sync_within(Duration::from_secs(5));
+    }
+}
+
+/// A database owned by a thread of its own, used over a channel: a client
+/// that may not run, or be dropped, on a runtime's thread stays on it.
+struct OnThread {
+    jobs: Sender<Job>,
+}
+
+type Job = Box<dyn FnOnce(&mut dyn Db) + Send>;
+
+impl OnThread {
+    fn spawn(mut db: Box<dyn Db>) -> Result<Self, StoreError> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("call-store-read".into())
+            .spawn(move || {
+                for job in rx {
+                    job(db.as_mut());
+                }
+            })
+            .map_err(|e| StoreError::Config(format!("call store thread: {e}")))?;
+        Ok(Self { jobs })
+    }
+
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Db) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        self.jobs.send(Box::new(move |db| drop(tx.send(f(db))))).map_err(|_| StoreError::Writer)?;
+        rx.recv().map_err(|_| StoreError::Writer)?
+    }
+}
+
+impl Db for OnThread {
+    fn write(&mut self, rows: &[&Row]) -> Result<(), StoreError> {
+        let rows: Vec<Row> = rows.iter().map(|r| (*r).clone()).collect();
+        self.run(move |db| db.write(&rows.iter().collect::<Vec<_>>()))
+    }
+    fn delete_call(&mut self, call_id: &str) -> Result<(bool, Option<String>), StoreError> {
+        let id = call_id.to_string();
+        self.run(move |db| db.delete_call(&id))
+    }
+    fn tenant_calls(&mut self, tenant: &str) -> Result<Vec<String>, StoreError> {
+        let t = tenant.to_string();
+        self.run(move |db| db.tenant_calls(&t))
+    }
+    fn ended_before(&mut self, cutoff_ms: i64) -> Result<Vec<String>, StoreError> {
+        self.run(move |db| db.ended_before(cutoff_ms))
+    }
+    fn oldest_ended(&mut self, n: usize) -> Result<Vec<String>, StoreError> {
+        self.run(move |db| db.oldest_ended(n))
+    }
+    fn call(&mut self, call_id: &str) -> Result<Option<CallRow>, StoreError> {
+        let id = call_id.to_string();
+        self.run(move |db| db.call(&id))
+    }
+    fn unfinished(&mut self) -> Result<Vec<CallRow>, StoreError> {
+        self.run(|db| db.unfinished())
+    }
+    fn events(&mut self, call_id: &str) -> Result<Vec<String>, StoreError> {
+        let id = call_id.to_string();
+        self.run(move |db| db.events(&id))
+    }
+    fn count(&mut self) -> Result<usize, StoreError> {
+        self.run(|db| db.count())
+    }
+    #[cfg(test)]
+    fn read_only(&mut self, on: bool) {
+        let _ = self.run(move |db| {
+            db.read_only(on);
+            Ok(())
+        });
     }
 }
 

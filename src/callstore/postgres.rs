@@ -10,6 +10,12 @@
 //! store's writer keeps what it refuses and writes it once it is back. Every
 //! statement has a time limit (`statement_timeout`), so a stuck database
 //! fails a request instead of hanging it.
+//!
+//! The synchronous client drives a small runtime of its own, which must not
+//! start (connect, query, or close on drop) on a thread that runs async
+//! tasks: connections are opened on a thread of their own, the writer's lives
+//! on the store's writer thread, and the reader's on a thread of its own
+//! ([`super::OnThread`]) that callers reach over a channel.
 
 use std::time::Duration;
 
@@ -66,6 +72,10 @@ pub(super) struct Postgres {
 /// form) and open the writer's and the reader's connections, creating the
 /// tables if needed. The error never repeats the URL (it may hold a password).
 pub(super) fn open(url: &str, node: &str) -> Result<(Postgres, Postgres), StoreError> {
+    std::thread::scope(|s| s.spawn(|| connect(url, node)).join().map_err(|_| StoreError::Writer)?)
+}
+
+fn connect(url: &str, node: &str) -> Result<(Postgres, Postgres), StoreError> {
     let mut config: postgres::Config =
         url.parse().map_err(|e| StoreError::Config(format!("storage.postgres_url does not parse: {e}")))?;
     if config.get_ssl_mode() == postgres::config::SslMode::Require {

@@ -49,6 +49,12 @@ pub fn available() -> bool {
     ok
 }
 
+/// Run `f` on a thread of its own: the synchronous client runs a runtime of
+/// its own, which may not start inside a test's tokio runtime.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().expect("postgres client thread"))
+}
+
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
@@ -94,24 +100,28 @@ impl PgServer {
 
     /// A new empty database; its URL.
     pub fn database(&self, name: &str) -> String {
-        let mut c = postgres::Client::connect(&self.url("postgres"), postgres::NoTls).unwrap();
-        c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        off_runtime(|| {
+            let mut c = postgres::Client::connect(&self.url("postgres"), postgres::NoTls).unwrap();
+            c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        });
         self.url(name)
     }
 
     /// One SQL statement's rows on database `db`, each row's columns as text.
     pub fn query(&self, db: &str, sql: &str) -> Vec<Vec<Option<String>>> {
-        let mut c = postgres::Client::connect(&self.url(db), postgres::NoTls).unwrap();
-        c.simple_query(sql)
-            .unwrap()
-            .into_iter()
-            .filter_map(|m| match m {
-                postgres::SimpleQueryMessage::Row(r) => {
-                    Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-                }
-                _ => None,
-            })
-            .collect()
+        off_runtime(|| {
+            let mut c = postgres::Client::connect(&self.url(db), postgres::NoTls).unwrap();
+            c.simple_query(sql)
+                .unwrap()
+                .into_iter()
+                .filter_map(|m| match m {
+                    postgres::SimpleQueryMessage::Row(r) => {
+                        Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
     }
 
     /// Stop the server (fast shutdown: clients are cut off); its data stays.
@@ -143,7 +153,8 @@ impl PgServer {
             .expect("postgres starts");
         self.child = Some(child);
         let t0 = Instant::now();
-        while postgres::Client::connect(&self.url("postgres"), postgres::NoTls).is_err() {
+        let url = self.url("postgres");
+        while off_runtime(|| postgres::Client::connect(&url, postgres::NoTls).is_err()) {
             assert!(t0.elapsed() < Duration::from_secs(20), "postgres did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
