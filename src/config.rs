@@ -276,6 +276,10 @@ pub struct StorageConfig {
     /// `CALLBRIDGE_POSTGRES_URL` wins over it. Never logged.
     #[serde(default)]
     pub postgres_url: String,
+    /// CA certificates (PEM) that verify PostgreSQL's certificate when the URL
+    /// has `sslmode=require` ("" = the public roots).
+    #[serde(default)]
+    pub postgres_ca_file: String,
     /// Delete call data (transcripts, recordings) older than this many days; 0 = keep.
     pub retention_days: u32,
     /// With no database file, keep at most this many calls in memory (oldest ended first out).
@@ -288,6 +292,7 @@ impl std::fmt::Debug for StorageConfig {
         f.debug_struct("StorageConfig")
             .field("database", &self.database)
             .field("postgres_url", &if self.postgres_url.is_empty() { "" } else { "<set>" })
+            .field("postgres_ca_file", &self.postgres_ca_file)
             .field("retention_days", &self.retention_days)
             .field("memory_max_calls", &self.memory_max_calls)
             .finish()

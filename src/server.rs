@@ -93,7 +93,11 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
     let store = if postgres_url.trim().is_empty() {
         crate::callstore::CallStore::open(&config.storage.database, config.storage.memory_max_calls)
     } else {
-        crate::callstore::CallStore::open_postgres(postgres_url.trim(), &cluster_config.node_id)
+        crate::callstore::CallStore::open_postgres(
+            postgres_url.trim(),
+            &config.storage.postgres_ca_file,
+            &cluster_config.node_id,
+        )
     }
     .map_err(|e| ServerError::Setup(format!("call store: {e}")))?;
     // The end-of-turn model: loaded when configured (the smart detector needs

@@ -33,7 +33,7 @@ fn rows_events_and_deletions_on_postgresql() {
         return;
     }
     let pg = PgServer::start();
-    let s = CallStore::open_postgres(&pg.database("cb_rows"), "node-a").unwrap();
+    let s = CallStore::open_postgres(&pg.database("cb_rows"), "", "node-a").unwrap();
     let rec = std::env::temp_dir().join(format!("cb-pg-rec-{}.wav", callbridge::signature::random_hex()));
     std::fs::write(&rec, b"RIFF").unwrap();
     let mut old = row("old", "tn_a");
@@ -73,8 +73,8 @@ fn nodes_sharing_a_database_see_each_others_calls_and_recover_only_their_own() {
     let url = pg.database("cb_shared");
     // Both open the fresh database at the same moment: the tables are made once.
     let (a, b) = std::thread::scope(|sc| {
-        let ha = sc.spawn(|| CallStore::open_postgres(&url, "node-a"));
-        let hb = sc.spawn(|| CallStore::open_postgres(&url, "node-b"));
+        let ha = sc.spawn(|| CallStore::open_postgres(&url, "", "node-a"));
+        let hb = sc.spawn(|| CallStore::open_postgres(&url, "", "node-b"));
         (ha.join().unwrap().unwrap(), hb.join().unwrap().unwrap())
     });
     a.started(row("on-a", "tn_a"));
@@ -100,7 +100,7 @@ fn what_is_written_while_postgresql_is_down_is_written_once_it_is_back() {
         return;
     }
     let mut pg = PgServer::start();
-    let s = CallStore::open_postgres(&pg.database("cb_outage"), "node-a").unwrap();
+    let s = CallStore::open_postgres(&pg.database("cb_outage"), "", "node-a").unwrap();
     s.started(row("c1", "tn_a"));
     s.event("c1", 1, "call.started", r#"{"seq":1}"#.into());
     assert!(s.sync_within(Duration::from_secs(10)));
@@ -131,13 +131,42 @@ fn what_is_written_while_postgresql_is_down_is_written_once_it_is_back() {
 
 #[test]
 fn a_bad_url_or_an_unreachable_database_is_a_clear_error_without_the_password() {
-    let e = CallStore::open_postgres("postgres://cb:hunter2@127.0.0.1:1/cb", "n").unwrap_err().to_string();
+    let e = CallStore::open_postgres("postgres://cb:hunter2@127.0.0.1:1/cb", "", "n").unwrap_err().to_string();
     assert!(!e.contains("hunter2"), "{e}");
     assert!(e.contains("postgresql"), "{e}");
-    let e = CallStore::open_postgres("postgres://cb:hunter2@127.0.0.1:1/cb?sslmode=require", "n").unwrap_err();
-    assert!(e.to_string().contains("TLS") && !e.to_string().contains("hunter2"), "{e}");
-    let e = CallStore::open_postgres("not a url at all ://", "n").unwrap_err().to_string();
+    let e = CallStore::open_postgres("postgres://cb:hunter2@127.0.0.1:1/cb?sslmode=require", "", "n").unwrap_err();
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    let e = CallStore::open_postgres("not a url at all ://", "", "n").unwrap_err().to_string();
     assert!(e.contains("postgres_url"), "{e}");
+}
+
+#[test]
+fn sslmode_require_speaks_tls_and_verifies_the_servers_certificate() {
+    if !available() {
+        return;
+    }
+    let pg = PgServer::start_tls();
+    let ca = pg.ca_file.clone().unwrap().display().to_string();
+    let url = format!("{}?sslmode=require", pg.database("cb_tls"));
+    let s = CallStore::open_postgres(&url, &ca, "node-a").unwrap();
+    s.started(row("c1", "tn_a"));
+    assert!(s.sync_within(Duration::from_secs(10)));
+    assert!(s.call("c1").unwrap().is_some());
+    // The server sees the store's connections (writer and reader) encrypted.
+    let tls = pg.query(
+        "cb_tls",
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE s.ssl AND a.application_name = 'callbridge'",
+    );
+    assert_eq!(tls[0][0].as_deref(), Some("2"), "both connections use TLS");
+    // A certificate no trusted CA signed is refused (the public roots do not know the test CA).
+    let e = CallStore::open_postgres(&url, "", "node-a").unwrap_err().to_string();
+    assert!(e.contains("certificate"), "{e}");
+    // A CA file without sslmode=require, or one that is not there, is a clear error.
+    let e = CallStore::open_postgres(&pg.url("cb_tls"), &ca, "n").unwrap_err().to_string();
+    assert!(e.contains("sslmode=require"), "{e}");
+    let e = CallStore::open_postgres(&url, "/nonexistent/ca.pem", "n").unwrap_err().to_string();
+    assert!(e.contains("postgres_ca_file"), "{e}");
 }
 
 /// Whether `/healthz` on `port` answers 200.

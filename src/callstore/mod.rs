@@ -188,9 +188,11 @@ impl CallStore {
 
     /// Open the store in the PostgreSQL at `url`, shared with the other
     /// nodes; this node's calls are marked `node` (start-up recovery ends
-    /// only those). Fails if the database cannot be reached now.
-    pub fn open_postgres(url: &str, node: &str) -> Result<Self, StoreError> {
-        let (w, r) = postgres::open(url, node)?;
+    /// only those). `ca_file` (PEM; "" = public roots) verifies the server
+    /// when the URL has `sslmode=require`. Fails if the database cannot be
+    /// reached now.
+    pub fn open_postgres(url: &str, ca_file: &str, node: &str) -> Result<Self, StoreError> {
+        let (w, r) = postgres::open(url, ca_file, node)?;
         let r = OnThread::spawn(Box::new(r))?;
         Self::start(Box::new(w), Box::new(r), None)
     }

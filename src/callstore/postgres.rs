@@ -11,6 +11,11 @@
 //! statement has a time limit (`statement_timeout`), so a stuck database
 //! fails a request instead of hanging it.
 //!
+//! `sslmode=require` in the URL speaks TLS (rustls) and verifies the server's
+//! certificate against the public roots, or against `storage.postgres_ca_file`
+//! (a managed database's CA bundle); stricter than libpq's `require`, which
+//! checks nothing. Any other mode connects in the clear.
+//!
 //! The synchronous client drives a small runtime of its own, which must not
 //! start (connect, query, or close on drop) on a thread that runs async
 //! tasks: connections are opened on a thread of their own, the writer's lives
@@ -19,7 +24,11 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use postgres::config::SslMode;
 use postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{CallRow, Db, Row, StoreError};
 
@@ -63,6 +72,8 @@ fn call_row(r: &postgres::Row) -> CallRow {
 /// One connection (reopened when lost).
 pub(super) struct Postgres {
     config: postgres::Config,
+    /// TLS (`sslmode=require`), or none.
+    tls: Option<MakeRustlsConnect>,
     client: Option<Client>,
     /// This node's id, written on every call it starts.
     node: String,
@@ -71,20 +82,48 @@ pub(super) struct Postgres {
 /// Parse `url` (`postgres://user:password@host:port/db` or `key=value`
 /// form) and open the writer's and the reader's connections, creating the
 /// tables if needed. The error never repeats the URL (it may hold a password).
-pub(super) fn open(url: &str, node: &str) -> Result<(Postgres, Postgres), StoreError> {
-    std::thread::scope(|s| s.spawn(|| connect(url, node)).join().map_err(|_| StoreError::Writer)?)
+pub(super) fn open(url: &str, ca_file: &str, node: &str) -> Result<(Postgres, Postgres), StoreError> {
+    std::thread::scope(|s| s.spawn(|| connect(url, ca_file, node)).join().map_err(|_| StoreError::Writer)?)
 }
 
-fn connect(url: &str, node: &str) -> Result<(Postgres, Postgres), StoreError> {
+/// The TLS connector: public roots, or the CA certificates in `ca_file` (PEM).
+fn tls(ca_file: &str) -> Result<MakeRustlsConnect, StoreError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let bad = |e: String| StoreError::Config(format!("storage.postgres_ca_file {ca_file:?}: {e}"));
+    let mut roots = rustls::RootCertStore::empty();
+    if ca_file.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    } else {
+        for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| bad(e.to_string()))? {
+            roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("no certificate in it".into()));
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Config(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+fn connect(url: &str, ca_file: &str, node: &str) -> Result<(Postgres, Postgres), StoreError> {
     let mut config: postgres::Config =
         url.parse().map_err(|e| StoreError::Config(format!("storage.postgres_url does not parse: {e}")))?;
-    if config.get_ssl_mode() == postgres::config::SslMode::Require {
+    let tls = if config.get_ssl_mode() == SslMode::Require {
+        Some(tls(ca_file)?)
+    } else if !ca_file.is_empty() {
         return Err(StoreError::Config(
-            "storage.postgres_url asks for TLS (sslmode=require), which this build does not speak; \
-             reach PostgreSQL over a private network or a local TLS tunnel"
+            "storage.postgres_ca_file is set but storage.postgres_url does not ask for TLS (add ?sslmode=require)"
                 .into(),
         ));
-    }
+    } else {
+        // `prefer` (the default) and `disable`: in the clear.
+        config.ssl_mode(SslMode::Disable);
+        None
+    };
     if config.get_application_name().is_none() {
         config.application_name("callbridge");
     }
@@ -93,7 +132,7 @@ fn connect(url: &str, node: &str) -> Result<(Postgres, Postgres), StoreError> {
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30))
         .options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
-    let mut w = Postgres { config: config.clone(), client: None, node: node.to_string() };
+    let mut w = Postgres { config: config.clone(), tls: tls.clone(), client: None, node: node.to_string() };
     {
         let c = w.client()?;
         let mut tx = c.transaction()?;
@@ -101,7 +140,7 @@ fn connect(url: &str, node: &str) -> Result<(Postgres, Postgres), StoreError> {
         tx.batch_execute(SCHEMA)?;
         tx.commit()?;
     }
-    let mut r = Postgres { config, client: None, node: node.to_string() };
+    let mut r = Postgres { config, tls, client: None, node: node.to_string() };
     r.client()?;
     Ok((w, r))
 }
@@ -111,7 +150,10 @@ impl Postgres {
     fn client(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
-            self.client = Some(self.config.connect(NoTls)?);
+            self.client = Some(match &self.tls {
+                Some(tls) => self.config.connect(tls.clone())?,
+                None => self.config.connect(NoTls)?,
+            });
         }
         Ok(self.client.as_mut().expect("just opened"))
     }

@@ -15,8 +15,12 @@ use std::time::{Duration, Instant};
 
 pub struct PgServer {
     pub port: u16,
+    /// With TLS: the CA (PEM) that signed the server's certificate (for 127.0.0.1).
+    pub ca_file: Option<PathBuf>,
     dir: PathBuf,
     bin: PathBuf,
+    /// More `postgres` arguments (TLS settings).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -73,6 +77,79 @@ fn as_server_user(bin: &Path) -> Command {
 impl PgServer {
     /// A new cluster on a free port, started and answering.
     pub fn start() -> Self {
+        let mut p = Self::init();
+        p.restart();
+        p
+    }
+
+    /// [`Self::start`] with TLS on (`ssl = on`): a CA and a server
+    /// certificate for 127.0.0.1 made with `openssl`; plain connections are
+    /// still accepted.
+    pub fn start_tls() -> Self {
+        let mut p = Self::init();
+        let d = p.dir.clone();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(&d).output().expect("openssl runs");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2"]
+            .into_iter()
+            .chain(["-subj", "/CN=callbridge test CA"])
+            .collect::<Vec<_>>());
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(d.join("san.ext"), "subjectAltName = IP:127.0.0.1\n").unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(d.join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+            if is_root() {
+                for f in ["server.key", "server.pem"] {
+                    std::os::unix::fs::chown(d.join(f), Some(65534), Some(65534)).unwrap();
+                }
+            }
+        }
+        p.extra = vec![
+            "-c".into(),
+            "ssl=on".into(),
+            "-c".into(),
+            format!("ssl_cert_file={}", d.join("server.pem").display()),
+            "-c".into(),
+            format!("ssl_key_file={}", d.join("server.key").display()),
+        ];
+        p.ca_file = Some(d.join("ca.pem"));
+        p.restart();
+        p
+    }
+
+    /// `initdb` into a new folder; not started.
+    fn init() -> Self {
         let bin = bin_dir().expect("PostgreSQL installed");
         let dir = std::env::temp_dir().join(format!("cb-pg-{}", callbridge::signature::random_hex()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -88,9 +165,7 @@ impl PgServer {
             .expect("initdb runs");
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut p = Self { port, dir, bin, child: None };
-        p.restart();
-        p
+        Self { port, ca_file: None, dir, bin, extra: Vec::new(), child: None }
     }
 
     /// `postgres://cb@127.0.0.1:{port}/{db}`.
@@ -146,6 +221,7 @@ impl PgServer {
             .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-k"])
             .arg(&self.dir)
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+            .args(&self.extra)
             .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
