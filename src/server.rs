@@ -41,8 +41,17 @@ pub enum ServerError {
     Setup(String),
 }
 
+/// Install the process-wide TLS crypto provider (aws-lc-rs, as the HTTP
+/// client uses). rustls is linked with two providers here, and a client
+/// that takes the process default (the engines' `wss://` links, `rediss://`)
+/// panics while none is installed. The first call wins; later ones do nothing.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// Build the shared state for `config` and `secrets`.
 pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, ServerError> {
+    install_tls_provider();
     let policy =
         crate::netguard::NetPolicy::new(&config.callbacks.allow_private_networks).map_err(ServerError::Setup)?;
     let client = CallbackClient::new(config.callbacks.max_response_bytes, policy);

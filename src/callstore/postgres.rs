@@ -101,7 +101,7 @@ fn tls(ca_file: &str) -> Result<MakeRustlsConnect, StoreError> {
             return Err(bad("no certificate in it".into()));
         }
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| StoreError::Config(format!("TLS: {e}")))?
         .with_root_certificates(roots)
