@@ -420,6 +420,9 @@ pub struct ClusterConfig {
     /// environment's `CALLBRIDGE_REDIS_URL` wins over it (keeps a password
     /// out of the file). Never logged.
     pub redis_url: String,
+    /// CA certificates (PEM) that verify Redis's certificate for a
+    /// `rediss://` URL ("" = the public roots).
+    pub redis_ca_file: String,
     /// This node's name in the cluster ("" = host name and a random suffix).
     /// Unique per running process.
     pub node_id: String,
@@ -451,6 +454,7 @@ impl std::fmt::Debug for ClusterConfig {
         // The URL may carry a password.
         f.debug_struct("ClusterConfig")
             .field("redis_url", &if self.redis_url.is_empty() { "" } else { "<set>" })
+            .field("redis_ca_file", &self.redis_ca_file)
             .field("node_id", &self.node_id)
             .field("key_prefix", &self.key_prefix)
             .field("heartbeat_ms", &self.heartbeat_ms)
@@ -467,6 +471,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             redis_url: String::new(),
+            redis_ca_file: String::new(),
             node_id: String::new(),
             key_prefix: "callbridge:".into(),
             heartbeat_ms: 1000,

@@ -34,9 +34,10 @@ async fn node(backend: &FakeBackend, redis: &RedisServer, name: &str) -> Binary 
 /// [`node`] with more config.
 async fn node_with(backend: &FakeBackend, redis: &RedisServer, name: &str, more: &str) -> Binary {
     let dir = test_dir(&format!("cluster-{name}"));
+    // A Redis with TLS is reached over it (rediss://, the test CA).
+    let (url, ca) = if redis.tls.is_some() { redis.tls_url() } else { (redis.url(), String::new()) };
     let extra = format!(
-        "[cluster]\nredis_url = \"{}\"\nnode_id = \"{name}\"\nheartbeat_ms = 200\ncall_ttl_ms = 1500\nadvertise_url = \"http://{{ADDR}}\"\n{more}",
-        redis.url()
+        "[cluster]\nredis_url = \"{url}\"\nredis_ca_file = \"{ca}\"\nnode_id = \"{name}\"\nheartbeat_ms = 200\ncall_ttl_ms = 1500\nadvertise_url = \"http://{{ADDR}}\"\n{more}"
     );
     Binary::start_env(&dir, &tenant_config(&dir, &backend.url(), &extra), &[("CALLBRIDGE_ADMIN_TOKEN", ADMIN)]).await
 }
@@ -499,6 +500,40 @@ async fn with_a_shared_postgresql_call_data_outlives_its_node_and_a_restart_ends
     assert_eq!(del(a.addr, id.clone()).await, 204);
     assert_eq!(get_json(a.addr, &format!("/v1/calls/{id}/transcript"), tok).await.0, 404);
     assert!(pg.query("cb_cluster", &format!("SELECT 1 FROM callbridge_call_events WHERE call_id = '{id}'")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_rediss_shares_numbers_and_calls_and_refuses_an_unknown_certificate() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start_tls();
+    let backend = FakeBackend::start().await;
+    let a = node(&backend, &redis, "a").await;
+    let b = node(&backend, &redis, "b").await;
+    // Commands and the subscription both go over TLS (the nodes know only the TLS port).
+    let (status, created) = register_b(a.addr, &backend, "whsec_tenant_b_0123456789").await;
+    assert_eq!(status, 201, "{created}");
+    within(Duration::from_secs(2), "the number reaches node b over rediss", async || {
+        get_json(b.addr, &format!("/v1/numbers/{NUMBER_B}"), ADMIN).await.0 == 200
+    })
+    .await;
+    let mut tw = call_across(b.addr, b.addr, 71, NUMBER_A).await;
+    assert!(keep_talking(&mut tw, 40).await > 0);
+    the_listed_call(a.addr, "tenant-a-token", Duration::from_secs(2)).await;
+    // A node that does not trust the test CA (public roots only) cannot use this Redis.
+    let dir = test_dir("cluster-untrusting");
+    let extra = format!("[cluster]\nredis_url = \"{}\"\nnode_id = \"c\"\n", redis.tls_url().0);
+    let c = Binary::start_env(&dir, &tenant_config(&dir, &backend.url(), &extra), &[("CALLBRIDGE_ADMIN_TOKEN", ADMIN)])
+        .await;
+    let (status, v) = post_json(
+        c.addr,
+        "/v1/numbers",
+        ADMIN,
+        json!({"number": "+15550003333", "callback_url": backend.url(), "secret": "whsec_tenant_c_0123456789"}),
+    )
+    .await;
+    assert_eq!((status, v["error"].as_str()), (503, Some("cluster_unavailable")), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,7 +117,7 @@ impl Cluster {
         admission: bool,
         data_ttl: Option<Duration>,
     ) -> Result<(Arc<Self>, Requests), ClusterError> {
-        let client = redis::Client::open(url).map_err(|e| ClusterError::Redis(format!("cluster.redis_url: {e}")))?;
+        let client = client(url, &cfg.redis_ca_file)?;
         let timeout = Duration::from_millis(cfg.command_timeout_ms);
         let mc = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -279,6 +279,27 @@ impl Cluster {
         let msg = msg.to_vec();
         self.run(async move |c| c.publish::<_, _, usize>(ch, msg).await).await
     }
+}
+
+/// The Redis client for `url`: `rediss://` speaks TLS (rustls) and verifies
+/// the server against the public roots, or against the CA certificates in
+/// `ca_file` (PEM) when set. Errors never repeat the URL.
+fn client(url: &str, ca_file: &str) -> Result<redis::Client, ClusterError> {
+    let bad = |e: String| ClusterError::Redis(format!("cluster.redis_url: {e}"));
+    // rediss:// takes the process's TLS provider (`server::install_tls_provider`).
+    let tls = url.starts_with("rediss://");
+    if ca_file.is_empty() {
+        return redis::Client::open(url).map_err(|e| bad(e.to_string()));
+    }
+    if !tls {
+        return Err(ClusterError::Redis(
+            "cluster.redis_ca_file is set but cluster.redis_url is not rediss:// (TLS)".into(),
+        ));
+    }
+    let pem =
+        std::fs::read(ca_file).map_err(|e| ClusterError::Redis(format!("cluster.redis_ca_file {ca_file:?}: {e}")))?;
+    let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+    redis::Client::build_with_tls(url, certs).map_err(|e| bad(e.to_string()))
 }
 
 /// This node's id: `cluster.node_id`, or the host name and a random suffix

@@ -7,6 +7,7 @@ pub mod calls;
 pub mod net;
 pub mod pg;
 pub mod redis;
+pub mod tls;
 
 #[allow(unused_imports)]
 pub use callbridge_testkit::harness::*;

@@ -83,56 +83,15 @@ impl PgServer {
     }
 
     /// [`Self::start`] with TLS on (`ssl = on`): a CA and a server
-    /// certificate for 127.0.0.1 made with `openssl`; plain connections are
+    /// certificate for 127.0.0.1 ([`super::tls::test_certs`]); plain connections are
     /// still accepted.
     pub fn start_tls() -> Self {
         let mut p = Self::init();
         let d = p.dir.clone();
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl").args(args).current_dir(&d).output().expect("openssl runs");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2"]
-            .into_iter()
-            .chain(["-subj", "/CN=callbridge test CA"])
-            .collect::<Vec<_>>());
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        std::fs::write(d.join("san.ext"), "subjectAltName = IP:127.0.0.1\n").unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ]);
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(d.join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
-            if is_root() {
-                for f in ["server.key", "server.pem"] {
-                    std::os::unix::fs::chown(d.join(f), Some(65534), Some(65534)).unwrap();
-                }
+        crate::common::tls::test_certs(&d);
+        if is_root() {
+            for f in ["server.key", "server.pem"] {
+                std::os::unix::fs::chown(d.join(f), Some(65534), Some(65534)).unwrap();
             }
         }
         p.extra = vec![

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 pub struct RedisServer {
     pub port: u16,
+    /// With TLS: the TLS port, and the folder holding the CA (`ca.pem`).
+    pub tls: Option<(u16, std::path::PathBuf)>,
     child: Option<Child>,
 }
 
@@ -31,9 +33,27 @@ impl RedisServer {
     /// Start on a free port and wait until it answers.
     pub fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut r = Self { port, child: None };
+        let mut r = Self { port, tls: None, child: None };
         r.restart();
         r
+    }
+
+    /// [`Self::start`] with a TLS port too (test CA, certificate for 127.0.0.1).
+    pub fn start_tls() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("cb-redis-tls-{}", callbridge::signature::random_hex()));
+        std::fs::create_dir_all(&dir).unwrap();
+        super::tls::test_certs(&dir);
+        let mut r = Self { port, tls: Some((tls_port, dir)), child: None };
+        r.restart();
+        r
+    }
+
+    /// `rediss://127.0.0.1:{tls port}/` and the CA file that verifies it.
+    pub fn tls_url(&self) -> (String, String) {
+        let (port, dir) = self.tls.as_ref().expect("started with TLS");
+        (format!("rediss://127.0.0.1:{port}/"), dir.join("ca.pem").display().to_string())
     }
 
     /// `redis://127.0.0.1:{port}/`.
@@ -52,8 +72,22 @@ impl RedisServer {
     /// Start it again on the same port (empty).
     pub fn restart(&mut self) {
         self.stop();
+        let mut tls = Vec::new();
+        if let Some((port, dir)) = &self.tls {
+            tls = vec![
+                "--tls-port".to_string(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                dir.join("server.pem").display().to_string(),
+                "--tls-key-file".into(),
+                dir.join("server.key").display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ];
+        }
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&tls)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -86,5 +120,8 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        if let Some((_, dir)) = &self.tls {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
