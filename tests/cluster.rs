@@ -256,9 +256,13 @@ async fn a_call_taken_at_a_and_streamed_to_b_is_listed_on_a_and_c_and_hung_up_fr
     assert_eq!((head.len(), &head[..4]), (44, &b"RIFF"[..]), "the WAV header, from b's disk");
     let (status, _) = get_json(c.addr, &format!("/v1/calls/{id}/transcript"), "not-a-token").await;
     assert_eq!(status, 401, "a token no node knows is refused before anything is proxied");
-    // Commands for it now find nothing.
-    let (status, _) = post_json(a.addr, &format!("/v1/calls/{id}/hangup"), tok, json!(null)).await;
-    assert_eq!(status, 404);
+    // Commands for it now say it ended, on every node, as b itself does.
+    for n in [&a, &b, &c] {
+        let (status, v) = post_json(n.addr, &format!("/v1/calls/{id}/hangup"), tok, json!(null)).await;
+        assert_eq!((status, v["error"].as_str()), (410, Some("call_ended")), "{v}");
+    }
+    let (status, v) = get_json(c.addr, &format!("/v1/calls/{id}"), tok).await;
+    assert_eq!((status, v["error"].as_str()), (410, Some("call_ended")), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,7 +31,7 @@ pub(super) async fn route(s: &Arc<AppState>, t: &Tenant, id: &str, op: CallOp) -
     if let CallOp::Get = op {
         return match c.find_call(call).await {
             Ok(Some(r)) if r.tenant == t.id => Json(r.json()).into_response(),
-            Ok(_) => error(StatusCode::NOT_FOUND, "not_found", "no such call"),
+            Ok(_) => not_live(c, call, t).await,
             Err(e) => unavailable(&e.to_string()),
         };
     }
@@ -51,7 +51,7 @@ pub(super) async fn route(s: &Arc<AppState>, t: &Tenant, id: &str, op: CallOp) -
             let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
             (status, Json(reply.body)).into_response()
         }
-        Err(RouteError::NotFound) => error(StatusCode::NOT_FOUND, "not_found", "no such call"),
+        Err(RouteError::NotFound) => not_live(c, call, t).await,
         Err(RouteError::OwnerGone) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "owner_gone",
@@ -61,6 +61,15 @@ pub(super) async fn route(s: &Arc<AppState>, t: &Tenant, id: &str, op: CallOp) -
             error(StatusCode::GATEWAY_TIMEOUT, "owner_timeout", "the node holding the call did not answer in time")
         }
         Err(RouteError::Unavailable(e)) => unavailable(&e.to_string()),
+    }
+}
+
+/// No node holds call `id`: 410 if it ended lately (as its own node would
+/// answer), else 404.
+async fn not_live(c: &crate::cluster::Cluster, id: CallId, t: &Tenant) -> Response {
+    match c.ended_recently(id, &t.id).await {
+        Ok(true) => error(StatusCode::GONE, "call_ended", "the call has ended"),
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such call"),
     }
 }
 

@@ -129,6 +129,7 @@ impl Cluster {
         }
         for (id, tenant) in beats.last.difference(&now) {
             self.remember_data(&mut p, *id);
+            self.remember_ended(&mut p, *id, tenant);
             p.cmd("DEL").arg(self.key(&format!("call:{id}"))).ignore();
             p.cmd("ZREM").arg(self.key(&format!("calls:{tenant}"))).arg(id.to_string()).ignore();
             // Its admission lease ends with it, whichever node took it.
@@ -150,6 +151,7 @@ impl Cluster {
         let mut p = redis::pipe();
         for (id, tenant) in beats.last.drain() {
             self.remember_data(&mut p, id);
+            self.remember_ended(&mut p, id, &tenant);
             p.cmd("DEL").arg(self.key(&format!("call:{id}"))).ignore();
             p.cmd("ZREM").arg(self.key(&format!("calls:{tenant}"))).arg(id.to_string()).ignore();
             p.cmd("ZREM").arg(self.key("slots")).arg(id.to_string()).ignore();
@@ -172,6 +174,21 @@ impl Cluster {
         // key must not outlive every use.
         let ttl = self.data_ttl.unwrap_or(std::time::Duration::from_secs(30 * 86_400));
         p.cmd("SET").arg(self.key(&format!("data:{id}"))).arg(&self.node).arg("EX").arg(ttl.as_secs()).ignore();
+    }
+
+    /// Call `id` of `tenant` has ended: control requests for it on any node
+    /// answer 410 `call_ended` for as long as its own node would.
+    fn remember_ended(&self, p: &mut redis::Pipeline, id: CallId, tenant: &str) {
+        let ttl = crate::runtime::registry::ENDED_MEMORY.as_secs();
+        p.cmd("SET").arg(self.key(&format!("ended:{id}"))).arg(tenant).arg("EX").arg(ttl).ignore();
+    }
+
+    /// Whether call `id` of `tenant` ended in the last
+    /// [`crate::runtime::registry::ENDED_MEMORY`], on whichever node.
+    pub async fn ended_recently(&self, id: CallId, tenant: &str) -> Result<bool, ClusterError> {
+        let key = self.key(&format!("ended:{id}"));
+        let who: Option<String> = self.run(async move |c| redis::cmd("GET").arg(key).query_async(c).await).await?;
+        Ok(who.as_deref() == Some(tenant))
     }
 
     /// The node keeping ended call `id`'s data, and where to reach it ("" if

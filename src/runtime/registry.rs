@@ -76,7 +76,7 @@ pub struct CallHandle {
 }
 
 /// How long ended calls are remembered.
-const ENDED_MEMORY: Duration = Duration::from_secs(600);
+pub const ENDED_MEMORY: Duration = Duration::from_secs(600);
 
 /// Live calls.
 #[derive(Debug, Default)]
