@@ -302,7 +302,11 @@ pub async fn serve(
     let mut cluster_tasks = Vec::new();
     let mut heartbeat = None;
     if let Some(c) = state.cluster.clone() {
-        cluster_tasks.push(tokio::spawn(c.clone().subscribe(state.tenants.clone(), state.call.pending.clone())));
+        cluster_tasks.push(tokio::spawn(c.clone().subscribe(
+            state.tenants.clone(),
+            state.call.pending.clone(),
+            state.call.store.clone(),
+        )));
         if let Some(rx) = state.cluster_requests.lock().expect("requests lock").take() {
             cluster_tasks.push(tokio::spawn(crate::api::cluster_control::serve(state.clone(), c.clone(), rx)));
         }

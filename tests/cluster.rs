@@ -149,10 +149,16 @@ async fn a_number_registered_on_one_node_is_answered_on_the_others_and_its_delet
         get_json(c.addr, &format!("/v1/numbers/{NUMBER_B}"), ADMIN).await.0 == 200
     })
     .await;
-    // Deleted on b (once its call is over): gone from a and c within a second.
-    within(Duration::from_secs(10), "the number is deleted on b", async || {
+    let call_on_b =
+        started.iter().find(|e| e.kind() == "call.started").unwrap().body["call_id"].as_str().unwrap().to_string();
+    let transcript = format!("/v1/calls/{call_on_b}/transcript");
+    within(Duration::from_secs(3), "b stored the call", async || get_json(b.addr, &transcript, &token).await.0 == 200)
+        .await;
+    // Deleted on a (once b's call is over): gone from b and c within a second,
+    // and b erases the call data it keeps.
+    within(Duration::from_secs(10), "the number is deleted on a", async || {
         let r = reqwest::Client::new()
-            .delete(format!("http://{}/v1/numbers/{NUMBER_B}", b.addr))
+            .delete(format!("http://{}/v1/numbers/{NUMBER_B}", a.addr))
             .bearer_auth(ADMIN)
             .send()
             .await
@@ -163,13 +169,23 @@ async fn a_number_registered_on_one_node_is_answered_on_the_others_and_its_delet
         status == 204
     })
     .await;
-    for n in [&a, &c] {
+    for n in [&b, &c] {
         within(Duration::from_secs(1), "the deletion reaches every node", async || {
             get_json(n.addr, &format!("/v1/numbers/{NUMBER_B}"), ADMIN).await.0 == 404
         })
         .await;
     }
     assert_eq!(get_json(a.addr, "/v1/calls", &token).await.0, 401, "the old token is dead everywhere");
+    // b's copy of the call is gone from its own store (the tenant's token is
+    // dead, so look in b's SQLite file directly).
+    within(Duration::from_secs(3), "b erased the deleted number's call", async || {
+        let db = b.dir().join("cb.db");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let n: i64 =
+            conn.query_row("SELECT COUNT(*) FROM calls WHERE call_id = ?1", [&call_on_b], |r| r.get(0)).unwrap();
+        n == 0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

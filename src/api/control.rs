@@ -227,6 +227,10 @@ pub async fn delete_number(State(s): State<Arc<AppState>>, headers: HeaderMap, P
                 "the cluster cannot delete numbers right now; retry",
             );
         }
+        // Every node erases its part of the call data (now, or when it reconnects).
+        if let Err(e) = c.erase_tenant(&t.id).await {
+            tracing::warn!(error = %e, "cluster: the other nodes were not told to erase the number's call data");
+        }
     }
     let store = s.tenants.clone();
     let calls = s.call.store.clone();

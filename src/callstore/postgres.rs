@@ -5,7 +5,12 @@
 //! Tables `callbridge_calls` and `callbridge_call_events` are created at the
 //! first start (under an advisory lock, so nodes starting together do not
 //! race). Each call row names the node that ran it: start-up recovery ends
-//! only this node's unfinished calls, never another live node's. A lost
+//! only this node's unfinished calls, never another live node's, and the
+//! retention sweep and a tenant's erasure take only this node's calls, so
+//! each recording file is removed by the node whose disk holds it (the
+//! cluster tells every node of an erasure; a node id retired for good
+//! leaves its rows: `DELETE FROM callbridge_calls WHERE node = '…'`). One
+//! call's deletion (`DELETE /v1/calls/{id}`) works from any node. A lost
 //! connection is reopened on the next use; while the database is away the
 //! store's writer keeps what it refuses and writes it once it is back. Every
 //! statement has a time limit (`statement_timeout`), so a stuck database
@@ -240,11 +245,16 @@ impl Db for Postgres {
     }
 
     fn tenant_calls(&mut self, tenant: &str) -> Result<Vec<String>, StoreError> {
-        self.ids("SELECT call_id FROM callbridge_calls WHERE tenant = $1", &[&tenant])
+        let node = self.node.clone();
+        self.ids("SELECT call_id FROM callbridge_calls WHERE tenant = $1 AND node = $2", &[&tenant, &node])
     }
 
     fn ended_before(&mut self, cutoff_ms: i64) -> Result<Vec<String>, StoreError> {
-        self.ids("SELECT call_id FROM callbridge_calls WHERE ended_at IS NOT NULL AND ended_at < $1", &[&cutoff_ms])
+        let node = self.node.clone();
+        self.ids(
+            "SELECT call_id FROM callbridge_calls WHERE ended_at IS NOT NULL AND ended_at < $1 AND node = $2",
+            &[&cutoff_ms, &node],
+        )
     }
 
     fn oldest_ended(&mut self, n: usize) -> Result<Vec<String>, StoreError> {

@@ -190,11 +190,12 @@ impl Cluster {
         self: Arc<Self>,
         store: Arc<NumberStore>,
         pending: Arc<crate::runtime::admission::PendingCalls>,
+        calls: Option<crate::callstore::CallStore>,
     ) {
         let mut backoff = Duration::from_millis(100);
         let mut was_down = false;
         loop {
-            match self.session(&store, &pending, &mut backoff, was_down).await {
+            match self.session(&store, &pending, calls.as_ref(), &mut backoff, was_down).await {
                 Ok(()) => {}
                 Err(e) => {
                     if !was_down {
@@ -215,6 +216,7 @@ impl Cluster {
         self: &Arc<Self>,
         store: &Arc<NumberStore>,
         pending: &crate::runtime::admission::PendingCalls,
+        calls: Option<&crate::callstore::CallStore>,
         backoff: &mut Duration,
         was_down: bool,
     ) -> Result<(), ClusterError> {
@@ -225,12 +227,24 @@ impl Cluster {
         let control_ch = self.key(&format!("node:{}:control", self.node));
         let reply_ch = self.key(&format!("node:{}:reply", self.node));
         let taken_ch = self.key(&format!("node:{}:taken", self.node));
-        ps.subscribe(&[&numbers_ch, &control_ch, &reply_ch, &taken_ch]).await?;
+        let erased_ch = self.key("erased");
+        ps.subscribe(&[&numbers_ch, &control_ch, &reply_ch, &taken_ch, &erased_ch]).await?;
         if !self.seeded.load(Ordering::Acquire) {
             numbers::seed(self, store).await?;
             self.seeded.store(true, Ordering::Release);
         }
         numbers::resync(self, store).await?;
+        // Erasures announced while this node was away (idempotent: a tenant
+        // with nothing left here costs one query).
+        if let Some(calls) = calls {
+            let calls = calls.clone();
+            let erased = self.erased_tenants().await?;
+            tokio::spawn(async move {
+                for t in erased {
+                    numbers::erase_here(&calls, t).await;
+                }
+            });
+        }
         self.subscribed.store(true, Ordering::Release);
         *backoff = Duration::from_millis(100);
         if was_down {
@@ -245,6 +259,11 @@ impl Cluster {
                 let number = String::from_utf8_lossy(payload).into_owned();
                 let (c, st) = (self.clone(), store.clone());
                 tokio::spawn(async move { numbers::refresh(&c, &st, &number).await });
+            } else if ch == erased_ch {
+                if let Some(calls) = calls {
+                    let (calls, tenant) = (calls.clone(), String::from_utf8_lossy(payload).into_owned());
+                    tokio::spawn(async move { numbers::erase_here(&calls, tenant).await });
+                }
             } else if ch == taken_ch {
                 if let Some((carrier, id)) = std::str::from_utf8(payload).ok().and_then(|p| p.split_once('\n')) {
                     pending.forget_taken(carrier, id);

@@ -14,6 +14,25 @@ use tracing::warn;
 use super::{Cluster, ClusterError};
 use crate::tenant::{NumberStore, Source, Tenant};
 
+/// How long an erasure is remembered for nodes that were away, ms.
+const ERASED_KEPT_MS: u64 = 30 * 86_400_000;
+
+/// Erase `tenant`'s calls from this node's store (off the runtime's threads).
+pub async fn erase_here(calls: &crate::callstore::CallStore, tenant: String) {
+    let st = calls.clone();
+    let t = tenant.clone();
+    match tokio::task::spawn_blocking(move || st.delete_tenant(&t)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => {
+            tracing::info!(calls_erased = n, tenant = %tenant, "cluster: a deleted number's call data erased here")
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, tenant = %tenant, "cluster: call data of a deleted number not erased; retried on reconnect")
+        }
+        Err(_) => warn!(tenant = %tenant, "cluster: call data of a deleted number not erased"),
+    }
+}
+
 /// A tenant as the cluster stores it.
 #[derive(Debug, Serialize, Deserialize)]
 struct Stored {
@@ -85,6 +104,41 @@ impl Cluster {
             self.announce(number).await;
         }
         Ok(n > 0)
+    }
+
+    /// Tell every node to erase `tenant`'s call data (its number was
+    /// deleted): kept in the sorted set `erased` for 30 days, so a node that
+    /// is down now erases its part when it reconnects, and announced on the
+    /// `erased` channel.
+    pub async fn erase_tenant(&self, tenant: &str) -> Result<(), ClusterError> {
+        let (key, ch, id) = (self.key("erased"), self.key("erased"), tenant.to_string());
+        let now = super::unix_ms();
+        self.run(async move |c| {
+            redis::pipe()
+                .cmd("ZADD")
+                .arg(&key)
+                .arg(now)
+                .arg(&id)
+                .ignore()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(now.saturating_sub(ERASED_KEPT_MS))
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(&ch)
+                .arg(&id)
+                .ignore()
+                .query_async::<()>(c)
+                .await
+        })
+        .await
+    }
+
+    /// Tenants erased in the last 30 days.
+    pub async fn erased_tenants(&self) -> Result<Vec<String>, ClusterError> {
+        let key = self.key("erased");
+        self.run(async move |c| redis::cmd("ZRANGE").arg(key).arg(0).arg(-1).query_async(c).await).await
     }
 
     /// Tell every node `number` changed (best effort: a node that misses it

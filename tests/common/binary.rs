@@ -14,6 +14,7 @@ use super::calls::*;
 
 pub struct Binary {
     pub addr: SocketAddr,
+    dir: PathBuf,
     child: Child,
 }
 
@@ -77,13 +78,18 @@ impl Binary {
             .stderr(if std::env::var_os("CB_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
             .spawn()
             .unwrap();
-        let b = Self { addr, child };
+        let b = Self { addr, dir: dir.to_path_buf(), child };
         let t0 = std::time::Instant::now();
         while b.get("/healthz", None).await != 200 {
             assert!(t0.elapsed() < Duration::from_secs(20), "server did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         b
+    }
+
+    /// The folder its config (and, with `tenant_config`, its database) is in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// GET `path`; the status (0 if it did not answer).
