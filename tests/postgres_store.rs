@@ -237,3 +237,44 @@ fn the_postgresql_password_never_reaches_the_logs() {
     assert!(logs.contains("call store") && logs.contains("postgresql"), "the failure says why: {logs}");
     assert!(!logs.contains(PASSWORD), "the password is in the failure: {logs}");
 }
+
+/// By hand (`cargo test --release --test postgres_store -- --ignored --nocapture`):
+/// how fast the store's writer drains 1,000 calls of 40 events each into
+/// PostgreSQL (loopback, fsync off as in these tests) and into an SQLite file,
+/// three rounds each.
+#[test]
+#[ignore = "measurement; run by hand"]
+fn measure_store_write_rate_postgresql_against_sqlite() {
+    if !available() {
+        return;
+    }
+    let pg = PgServer::start();
+    let rate = |s: &CallStore, round: usize| {
+        let t0 = Instant::now();
+        for i in 0..1000 {
+            let id = format!("r{round}-c{i}");
+            s.started(row(&id, "tn_a"));
+            for seq in 1..=40 {
+                s.event(&id, seq, "turn.user", format!(r#"{{"seq":{seq},"text":"my water heater is leaking"}}"#));
+            }
+            s.ended(&id, "caller_hangup", None);
+        }
+        assert!(s.sync_within(Duration::from_secs(300)));
+        t0.elapsed()
+    };
+    for round in 0..3 {
+        let p = CallStore::open_postgres(&pg.database(&format!("cb_rate{round}")), "", "node-a").unwrap();
+        let took_pg = rate(&p, round);
+        let dir = std::env::temp_dir().join(format!("cb-rate-{}", callbridge::signature::random_hex()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let q = CallStore::open(dir.join("cb.db").to_str().unwrap(), 0).unwrap();
+        let took_sqlite = rate(&q, round);
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / 42_000.0;
+        eprintln!(
+            "round {round}: 42,000 rows — postgresql {took_pg:?} ({:.1} µs/row), sqlite {took_sqlite:?} ({:.1} µs/row)",
+            per(took_pg),
+            per(took_sqlite)
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
