@@ -112,6 +112,55 @@ tx = lambda kind, p: json.dumps({"data": {"id": "ev-" + kind, "event_type": kind
                                           "payload": dict({"call_control_id": "v3:abc", "connection_id": "c1",
                                                            "from": "+15557770000", "to": "+15550001111",
                                                            "direction": "incoming", "client_state": None}, **p)}})
+# WebRTC media as the shell frames it: the start message, then
+# [kind][RTP timestamp BE][payload] (binary, so 0x00 first). The Opus packets
+# are 20 ms of a tone encoded by libopus 1.3 (48 kHz mono, 24 kbit/s), chosen
+# to hold no newline byte so a session's lines stay whole.
+OPUS = [bytes.fromhex(h) for h in [
+    "78ada377927bc193a9a182da564cfd056427e889ee58888899c78321613706bf1597dc43b1ec2647c78709204a55fee5ac7401ba7391bd",
+    "78063a26830147971cc092076745f93f1fd35e367d8406efa02dc266c34e4f00a14f3ce84e440908f5f7b5",
+    "78381d41dc4cacfe931a399431665061e3a561ffc84163a689ae6e07ea15846fd86bea8ffa7a3c83fbd49bd723ae46",
+    "78063a26835c1ec643da1c4ab3a529a11326ee69ed124815e620323346e6d3464573827d70cd2117cee664af90bdeec6",
+]]
+
+
+def rtp(kind, ts, payload):
+    return b"\x00" + bytes([kind]) + struct.pack(">I", ts & 0xFFFFFFFF) + payload
+
+
+start = json.dumps({"event": "start", "session": "s1", "from": "browser", "to": "", "token": "t", "dtmf": True})
+write("webrtc_media", [start] + [rtp(1, 960 * i, p) for i, p in enumerate(OPUS)] + [
+    rtp(1, 960 * 7, OPUS[0]),            # three frames lost: concealed
+    rtp(1, 960 * 2, OPUS[1]),            # late: dropped
+    rtp(1, 960 * 8, b""),                # DTX gap marker
+    rtp(2, 960 * 9, bytes([5, 0x0C, 0, 160])),   # key 5
+    rtp(2, 960 * 9, bytes([5, 0x8C, 1, 64])),    # its end, repeated
+    rtp(2, 960 * 12, bytes([11, 0x0C, 0, 160])),  # '#'
+])
+
+offer = "\r\n".join([
+    "v=0", "o=- 4611731400430051336 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE 0",
+    "a=extmap-allow-mixed", "a=msid-semantic: WMS",
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
+    "c=IN IP4 0.0.0.0", "a=rtcp:9 IN IP4 0.0.0.0",
+    "a=ice-ufrag:Yk3x", "a=ice-pwd:7hQ0VUJbBd2q1sXb2A4o0l1u", "a=ice-options:trickle",
+    "a=fingerprint:sha-256 2B:7C:3A:5E:4F:61:8D:9A:0B:1C:2D:3E:4F:50:61:72:83:94:A5:B6:C7:D8:E9:FA:0B:1C:2D:3E:4F:50:61:72",
+    "a=setup:actpass", "a=mid:0",
+    "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+    "a=sendrecv", "a=msid:- 9f5a", "a=rtcp-mux",
+    "a=rtpmap:111 opus/48000/2", "a=rtcp-fb:111 transport-cc", "a=fmtp:111 minptime=10;useinbandfec=1",
+    "a=rtpmap:63 red/48000/2", "a=fmtp:63 111/111",
+    "a=rtpmap:9 G722/8000", "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000", "a=rtpmap:13 CN/8000",
+    "a=rtpmap:110 telephone-event/48000", "a=rtpmap:126 telephone-event/8000",
+    "a=ssrc:1001 cname:abc", "a=ssrc:1001 msid:- 9f5a",
+    "a=candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host generation 0",
+]) + "\r\n"
+d = root / "webrtc_offer"
+d.mkdir(parents=True, exist_ok=True)
+(d / "seed-00").write_text(offer)
+(d / "seed-01").write_text(offer.replace("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 PCMU/8000"))
+(d / "seed-02").write_text(offer.replace("m=audio", "m=video"))
+
 vq = {"to": "15550001111", "from": "15557770000", "uuid": "uu-1", "conversation_uuid": "CON-1"}
 hooks = [
     (0, "", urlencode(tw)),

@@ -51,7 +51,7 @@ fn every_corpus_input_and_its_mutations_pass_every_target() {
         }
         seen += 1;
     }
-    assert_eq!(seen, 10, "every target ran");
+    assert_eq!(seen, 12, "every target ran");
 }
 
 #[test]
@@ -80,4 +80,25 @@ fn every_webhook_route_the_harness_picks_reaches_its_handler() {
     let twiml = String::from_utf8_lossy(&body);
     assert_eq!(status, 200, "{twiml}");
     assert!(twiml.contains("<Stream"), "{twiml}");
+}
+
+#[test]
+fn the_webrtc_seeds_reach_the_opus_decoder_and_the_sdp_parser() {
+    // A browser call's seed session decodes to audio (five packets, three
+    // concealed frames; the late packet and the DTX marker add nothing) and
+    // two key presses (the repeated end packet is the same press).
+    let session = std::fs::read("fuzz/corpus/webrtc_media/seed-session").unwrap();
+    let got = callbridge_testkit::fuzz::webrtc_media_decoded(&session);
+    let rate = [16_000, 8_000, 12_000, 24_000, 48_000][session.len() % 5];
+    assert_eq!(got.samples, 8 * rate / 50, "{got:?} at {rate} Hz");
+    assert_eq!(got.keys, "5#");
+    // Media without the start message first is refused, not decoded.
+    let media_only: Vec<u8> = session.splitn(2, |&b| b == b'\n').nth(1).unwrap().to_vec();
+    assert_eq!(callbridge_testkit::fuzz::webrtc_media_decoded(&media_only).samples, 0);
+    // The offer seed is an SDP the stack parses and the server accepts.
+    let offer = std::fs::read_to_string("fuzz/corpus/webrtc_offer/seed-00").unwrap();
+    assert!(webrtc::peer_connection::RTCSessionDescription::offer(offer.clone()).is_ok());
+    assert!(callbridge::api::webrtc::looks_like_offer(&offer).is_ok());
+    let neg = callbridge::runtime::webrtc::negotiated(&offer).expect("opus in the offer");
+    assert_eq!((neg.opus, neg.dtmf), (111, Some(110)));
 }

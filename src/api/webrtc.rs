@@ -98,6 +98,19 @@ pub struct OfferQuery {
     from: String,
 }
 
+/// The checks an offer's body passes before the WebRTC stack sees it: a
+/// bounded SDP (`v=0` first) with an audio section. The error is the answer's
+/// code and message.
+pub fn looks_like_offer(body: &str) -> Result<(), (&'static str, &'static str)> {
+    if body.len() > MAX_OFFER_BYTES || !body.starts_with("v=0") {
+        return Err(("bad_offer", "the body is not an SDP offer"));
+    }
+    if !body.lines().any(|l| l.starts_with("m=audio ")) {
+        return Err(("no_audio", "the offer has no audio section"));
+    }
+    Ok(())
+}
+
 /// `POST /webrtc/offer`.
 pub async fn offer(
     State(s): State<Arc<AppState>>,
@@ -113,11 +126,8 @@ pub async fn offer(
     if !sdp_type.trim().to_ascii_lowercase().starts_with("application/sdp") {
         return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not_sdp", "the offer must be Content-Type: application/sdp");
     }
-    if body.len() > MAX_OFFER_BYTES || !body.starts_with("v=0") {
-        return error(StatusCode::BAD_REQUEST, "bad_offer", "the body is not an SDP offer");
-    }
-    if !body.lines().any(|l| l.starts_with("m=audio ")) {
-        return error(StatusCode::BAD_REQUEST, "no_audio", "the offer has no audio section");
+    if let Err((code, why)) = looks_like_offer(&body) {
+        return error(StatusCode::BAD_REQUEST, code, why);
     }
     if let Err((status, why)) = s.admit_stream() {
         return error(status, "unavailable", why);

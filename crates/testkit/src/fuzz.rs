@@ -26,6 +26,8 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("wav_clip", wav_clip),
     ("signatures", signatures),
     ("webhooks", webhooks),
+    ("webrtc_media", webrtc_media),
+    ("webrtc_offer", webrtc_offer),
 ];
 
 fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -42,15 +44,41 @@ fn message(m: &[u8]) -> WireIn<'_> {
     }
 }
 
-fn drive(mut codec: Box<dyn Carrier>, data: &[u8]) {
+/// What a driven codec produced: caller audio samples and key presses (for
+/// the tests that check a harness gets past its decoder's front door).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Decoded {
+    /// Caller audio samples, concealment included.
+    pub samples: usize,
+    /// Key presses, in order.
+    pub keys: String,
+}
+
+impl Decoded {
+    fn add(&mut self, ev: &callbridge::carrier::CarrierEvent<'_>) {
+        use callbridge::carrier::CarrierEvent;
+        match ev {
+            CarrierEvent::Audio(a) => self.samples += a.pcm.len(),
+            CarrierEvent::Dtmf(k) => self.keys.push(*k),
+            _ => {}
+        }
+    }
+}
+
+fn drive(mut codec: Box<dyn Carrier>, data: &[u8]) -> Decoded {
     let t0 = Instant::now();
+    let mut out = Decoded::default();
     for (i, m) in lines(data).enumerate() {
         let now = t0 + Duration::from_millis(20 * i as u64);
-        if codec.decode(now, message(m)).is_err() {
-            continue;
+        match codec.decode(now, message(m)) {
+            Ok(ev) => out.add(&ev),
+            Err(_) => continue,
         }
-        while codec.poll_event().is_some() {}
+        while let Some(ev) = codec.poll_event() {
+            out.add(&ev);
+        }
     }
+    out
 }
 
 /// Twilio Media Streams messages (text JSON), one per line.
@@ -68,6 +96,34 @@ pub fn telnyx_stream(data: &[u8]) {
 /// Vonage WebSocket messages (text JSON and binary PCM), one per line.
 pub fn vonage_stream(data: &[u8]) {
     drive(Box::new(callbridge::carrier::vonage::VonageCodec::new()), data);
+}
+
+/// A browser call's media as the WebRTC shell hands it to the codec: the
+/// start message (text JSON), then `[kind][RTP timestamp][payload]` binary
+/// messages whose payloads are what the browser put in its RTP packets
+/// (Opus packets for libopus to decode, with timestamp gaps to conceal, and
+/// RFC 4733 telephone-events), one per line.
+pub fn webrtc_media(data: &[u8]) {
+    let _ = webrtc_media_decoded(data);
+}
+
+/// [`webrtc_media`], with what the codec produced. The call's audio rate
+/// follows the input's length, so every rate Opus takes is reached.
+pub fn webrtc_media_decoded(data: &[u8]) -> Decoded {
+    use callbridge::carrier::webrtc::WebRtcCodec;
+    let rates = [16_000, 8_000, 12_000, 24_000, 48_000];
+    let rate = rates[data.len() % rates.len()];
+    drive(Box::new(WebRtcCodec::new(rate).expect("opus at a supported rate")), data)
+}
+
+/// A browser's SDP offer, as `POST /webrtc/offer` reads it before any
+/// socket is opened: the WebRTC stack's SDP parser, the server's own checks
+/// and the payload types read from the answer's `a=rtpmap` lines.
+pub fn webrtc_offer(data: &[u8]) {
+    let Ok(sdp) = std::str::from_utf8(data) else { return };
+    let _ = webrtc::peer_connection::RTCSessionDescription::offer(sdp.to_owned());
+    let _ = callbridge::runtime::webrtc::negotiated(sdp);
+    let _ = callbridge::api::webrtc::looks_like_offer(sdp);
 }
 
 /// OpenAI Realtime server events, one per line, after the session was sent.
