@@ -163,6 +163,14 @@ impl Call {
         }
     }
 
+    /// The peer went silent at `last_heard_from` and is given up at `now`:
+    /// the call ends as [`Call::on_carrier_gone`], a reply cut off heard only
+    /// up to `last_heard_from`.
+    pub fn on_carrier_silent(&mut self, now: Instant, last_heard_from: Instant, io: &mut impl CallIo) {
+        self.session.caller_unreachable_since(last_heard_from);
+        self.on_carrier_gone(now, io);
+    }
+
     /// The carrier's socket closed (or its stream ended without `stop`).
     pub fn on_carrier_gone(&mut self, now: Instant, io: &mut impl CallIo) {
         self.session.handle_input(now, Input::Carrier(CarrierEvent::Stop));

@@ -381,6 +381,14 @@ pub struct WebRtcConfig {
     pub ice_username: String,
     /// How long to wait for ICE candidate gathering before answering, ms.
     pub gather_timeout_ms: u64,
+    /// A browser call from which no media arrives for this long is over, ms
+    /// (`call.ended` reason `idle_timeout`, heard as of the last packet). A
+    /// browser sends a packet every 20 ms while its peer connection lives
+    /// (we never negotiate DTX), so silence means the tab closed, crashed or
+    /// lost its network: the WebRTC stack itself would notice only when ICE
+    /// fails, ≈ 30 s later. Keep it above the longest network hiccup a call
+    /// should survive.
+    pub media_timeout_ms: u64,
     /// Opus encoder bitrate for the agent's voice, bit/s.
     pub opus_bitrate: i32,
     /// The call's PCM rate: libopus decodes to it and encodes from it (8000,
@@ -404,6 +412,7 @@ impl Default for WebRtcConfig {
             ice_servers: Vec::new(),
             ice_username: String::new(),
             gather_timeout_ms: 2000,
+            media_timeout_ms: 5000,
             opus_bitrate: 32_000,
             audio_rate: crate::carrier::webrtc::DEFAULT_RATE,
             opus_complexity: 5,
@@ -691,6 +700,9 @@ impl Config {
         }
         if w.opus_complexity > 10 {
             return bad("webrtc.opus_complexity: 0 to 10");
+        }
+        if w.media_timeout_ms < 200 {
+            return bad("webrtc.media_timeout_ms: at least 200 (a browser sends media every 20 ms)");
         }
         let c = &self.cluster;
         if c.heartbeat_ms == 0 || c.call_ttl_ms < 2 * c.heartbeat_ms {

@@ -208,3 +208,51 @@ async fn a_peer_that_stops_reading_is_dropped_at_the_write_timeout() {
     let gone = gone.expect("the stuck peer was disconnected");
     assert!(gone >= Duration::from_millis(300) && gone < Duration::from_millis(1000), "dropped after {gone:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_gone_silent_mid_reply_is_reported_with_the_cut_off_reply_and_their_turn() {
+    // Idle timeout shorter than the reply: the call ends while the bot speaks.
+    let st = state("[server]\nidle_timeout_ms = 1000\n");
+    let reply_ms = callbridge::engine::local::load_clip("builtin:reply").unwrap().len() as u64 / 8;
+    assert!(reply_ms > 1500, "the reply ({reply_ms} ms) outlasts the idle timeout");
+    let mut ws = connect(&st, 64 * 1024).await;
+    let mut peer = TwilioPeer::new(4);
+    ws.send(Message::text(peer.start(&[]))).await.unwrap();
+    let speech = ulaw("caller_short_8k.wav");
+    let silence = [0xFFu8; 160];
+    let mut tick = interval(Duration::from_millis(20));
+    let mut reply_frames = 0;
+    let frames = speech.chunks_exact(160).chain(std::iter::repeat_n(&silence[..], 200));
+    for (i, f) in frames.enumerate() {
+        tick.tick().await;
+        ws.send(Message::text(peer.media(f, i as u64 * 20))).await.unwrap();
+        while let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(Duration::ZERO, ws.next()).await {
+            if let Ok(ServerMessage::Media(_)) = peer.parse(t.as_str()) {
+                reply_frames += 1;
+            }
+        }
+        if reply_frames >= 10 {
+            break;
+        }
+    }
+    assert!(reply_frames >= 10, "the bot answered");
+    let store = st.call.store.as_ref().expect("a call store");
+    let id = store.unfinished().unwrap().pop().expect("the call is live").call_id;
+    // The caller's line goes dead: nothing more is sent, what comes is read.
+    let t0 = Instant::now();
+    let (code, _) = close_of(&mut ws, t0).await;
+    assert_eq!(code, Some(1008), "closed at the idle timeout");
+    assert!(store.sync_within(Duration::from_secs(5)));
+    let row = store.call(&id).unwrap().expect("the call's row");
+    assert_eq!(row.reason.as_deref(), Some("idle_timeout"));
+    let events = store.events(&id).unwrap();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(kinds.contains(&"turn.user"), "the caller's turn is kept: {kinds:?}");
+    let agent = events.iter().find(|e| e["type"] == "turn.agent").unwrap_or_else(|| panic!("the reply: {kinds:?}"));
+    let heard = agent["heard_ms"].as_u64().unwrap();
+    // Heard as of the caller's last message, not of the close a second later.
+    eprintln!("heard {heard} ms; {reply_frames} reply frames had been sent before the line went dead");
+    assert!(heard < reply_ms, "heard {heard} of {reply_ms} ms: cut off");
+    assert!(heard <= 500, "heard {heard} ms: what played after the caller's last message is not counted");
+    assert_eq!(agent["interrupted"], true, "{agent}");
+}

@@ -12,25 +12,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use callbridge::audio::resample::Resampler;
-use callbridge_testkit::webrtc_peer::{FRAME, WebRtcPeer};
+use callbridge_testkit::webrtc_peer::{FRAME, WebRtcPeer, caller_48k};
 use common::backend::FakeBackend;
 use common::net::TestServer;
 use serde_json::Value;
-
-/// A caller fixture as 48 kHz PCM.
-fn caller_48k(name: &str) -> Vec<i16> {
-    let (rate, pcm) =
-        callbridge::audio::wav::read_wav_mono_i16(&std::fs::read(format!("fixtures/audio/{name}")).unwrap()).unwrap();
-    let mut rs = Resampler::new(rate, 48_000, 160).unwrap();
-    let mut out = Vec::with_capacity(pcm.len() * 6);
-    let mut buf = vec![0i16; rs.output_len(160)];
-    for chunk in pcm.chunks_exact(160) {
-        let n = rs.process(chunk, &mut buf);
-        out.extend_from_slice(&buf[..n]);
-    }
-    out
-}
 
 /// Loud enough to be speech (the fixtures' voices sit well above this).
 const LOUD: f32 = 300.0;

@@ -84,6 +84,13 @@ pub trait Transport: Send + Unpin + 'static {
     /// Whether written messages are still waiting to be flushed to the peer.
     fn flush_pending(&self) -> bool;
 
+    /// How long this peer may send nothing before it counts as gone, when
+    /// that is shorter than the server's `idle_timeout_ms` (a browser sends
+    /// media every 20 ms; a carrier's socket has its own close).
+    fn idle_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Send a close frame (if given) and close, within the caller's deadline.
     fn close(&mut self, frame: Option<(u16, String)>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }

@@ -86,6 +86,8 @@ pub struct PeerSettings {
     pub public_ips: Vec<String>,
     /// Bound on ICE gathering before answering.
     pub gather_timeout: Duration,
+    /// No media for this long: the browser is gone (`webrtc.media_timeout_ms`).
+    pub media_timeout: Duration,
     /// The UDP port range calls lease from.
     pub ports: Arc<crate::runtime::udp_ports::UdpPorts>,
 }
@@ -107,6 +109,7 @@ impl PeerSettings {
             ice_servers,
             public_ips: c.public_ips.clone(),
             gather_timeout: Duration::from_millis(c.gather_timeout_ms),
+            media_timeout: Duration::from_millis(c.media_timeout_ms),
             ports: crate::runtime::udp_ports::UdpPorts::new(c.udp_port_min, c.udp_port_max),
         }
     }
@@ -302,6 +305,7 @@ pub async fn answer(
         rtp: RtpClock::new(ssrc, neg.opus, rand_u32() as u16, rand_u32()),
         dropped_in: dropped,
         dropped_out: 0,
+        media_timeout: settings.media_timeout,
         _port: port,
     };
     Ok((local.sdp, transport))
@@ -381,6 +385,7 @@ pub struct WebRtcTransport {
     rtp: RtpClock,
     dropped_in: Arc<AtomicU64>,
     dropped_out: u64,
+    media_timeout: Duration,
     /// The call's UDP port, held until the transport drops.
     _port: Option<crate::runtime::udp_ports::PortLease>,
 }
@@ -430,6 +435,10 @@ impl Transport for WebRtcTransport {
 
     fn flush_pending(&self) -> bool {
         false
+    }
+
+    fn idle_timeout(&self) -> Option<Duration> {
+        Some(self.media_timeout)
     }
 
     fn close(&mut self, _frame: Option<(u16, String)>) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {

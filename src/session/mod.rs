@@ -364,6 +364,9 @@ pub struct Session {
     /// `say` marked not interruptible), and those that are playing.
     protect_next: u8,
     protected: Vec<ResponseId>,
+    /// The caller has been out of reach since then (nothing came from them):
+    /// a reply cut off by the end of the call was heard only up to it.
+    unreachable_since: Option<Instant>,
 }
 
 impl Session {
@@ -439,6 +442,7 @@ impl Session {
             limits,
             protect_next: u8::from(!cfg_greeting_interruptible),
             protected: Vec::new(),
+            unreachable_since: None,
         })
     }
 
@@ -830,9 +834,11 @@ impl Session {
             return;
         }
         if self.phase == Phase::Active {
-            // A response cut off by the end of the call: report what was heard.
+            // A response cut off by the end of the call: report what was
+            // heard (by a caller out of reach, only up to their last sign of life).
             self.interrupted.clear();
-            self.playback.interrupt(self.now, &mut self.interrupted);
+            let heard_at = self.unreachable_since.map_or(self.now, |t| t.min(self.now));
+            self.playback.interrupt(heard_at, &mut self.interrupted);
             let interrupted = std::mem::take(&mut self.interrupted);
             for i in &interrupted {
                 self.finished(i, true);
@@ -862,6 +868,12 @@ impl Session {
     /// events dropped, the logged conversation).
     pub fn summary(&self, reason: &str, now: Instant) -> CallSummary {
         self.agent.conversation.summary(reason, now, 0)
+    }
+
+    /// Nothing has come from the caller since `at` (the peer went silent):
+    /// if the call ends now, what was played after `at` was not heard.
+    pub fn caller_unreachable_since(&mut self, at: Instant) {
+        self.unreachable_since = Some(at);
     }
 
     /// What the caller has heard of the current response so far.

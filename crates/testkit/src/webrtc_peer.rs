@@ -151,6 +151,22 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
+/// A caller fixture (`fixtures/audio/{name}`, run from the repository root)
+/// as 48 kHz PCM, the browser's capture rate.
+pub fn caller_48k(name: &str) -> Vec<i16> {
+    use callbridge::audio::resample::Resampler;
+    let bytes = std::fs::read(format!("fixtures/audio/{name}")).expect("a fixture");
+    let (rate, pcm) = callbridge::audio::wav::read_wav_mono_i16(&bytes).expect("a WAV fixture");
+    let mut rs = Resampler::new(rate, 48_000, 160).expect("a resampler");
+    let mut out = Vec::with_capacity(pcm.len() * 6);
+    let mut buf = vec![0i16; rs.output_len(160)];
+    for chunk in pcm.chunks_exact(160) {
+        let n = rs.process(chunk, &mut buf);
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
 /// A browser call in progress.
 pub struct WebRtcPeer {
     pc: Arc<dyn PeerConnection>,

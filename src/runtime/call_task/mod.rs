@@ -190,6 +190,13 @@ pub async fn run_call<T: Transport>(
     let carrier_call_id = info.call_id.clone();
     call.start(Instant::now().into_std(), info, &mut io);
     let end = run_loop(&mut transport, &mut call, &mut io, &mut control, &mut links, &mut replies, &ctx).await;
+    if call.ended().is_none() {
+        // The stream ended under a live session (idle timeout, a fault, a
+        // failed write, a stalled peer): end the session as the caller gone,
+        // so the reply it cut off (with what was heard of it) and the
+        // caller's unfinished turn are in the report like any other end.
+        call.on_carrier_gone(Instant::now().into_std(), &mut io);
+    }
     end::goodbye(&mut transport, Some(&mut io), &end).await;
     let reason = end.reason();
     end::count(label, io.id, reason);
@@ -245,11 +252,12 @@ async fn run_loop<T: Transport>(
     let mut stalled: Option<Instant> = None;
     let mut control_open = true;
     let mut inbound = 0u64;
+    let idle_timeout = transport.idle_timeout().map_or(limits.idle_timeout, |t| t.min(limits.idle_timeout));
     loop {
         if let Some(r) = call.ended() {
             return CallEnd::Hangup(r);
         }
-        let mut deadline = last_rx + limits.idle_timeout;
+        let mut deadline = last_rx + idle_timeout;
         if let Some(t) = call.poll_timeout() {
             deadline = deadline.min(Instant::from_std(t));
         }
@@ -336,9 +344,12 @@ async fn run_loop<T: Transport>(
                     warn!(call = %io.id, "peer stopped reading; disconnecting");
                     return CallEnd::SlowConsumer;
                 }
-                if tnow >= last_rx + limits.idle_timeout {
+                if tnow >= last_rx + idle_timeout {
                     io.metrics.protocol_error("idle_timeout");
-                    warn!(call = %io.id, "peer sent nothing for {:?}; disconnecting", limits.idle_timeout);
+                    warn!(call = %io.id, "peer sent nothing for {idle_timeout:?}; disconnecting");
+                    // The peer's last sign of life is as far as the caller
+                    // can have heard: the call ends there.
+                    call.on_carrier_silent(now, last_rx.into_std(), io);
                     return CallEnd::Idle;
                 }
                 call.on_timeout(now, io);
