@@ -6,7 +6,8 @@
 //! engine gone silent in `tests/realtime.rs`, a speech-to-text drop in
 //! `tests/cascaded.rs`, failing/slow/hanging callbacks in `tests/backend.rs`
 //! and `tests/realtime.rs`, an unwritable recording in `tests/recording.rs`,
-//! a database that refuses writes in `src/callstore.rs`; the index is in
+//! a database that refuses writes in `src/callstore/`, the same faults
+//! on browser calls in `tests/webrtc_faults.rs`; the index is in
 //! BENCHMARKS.md §8.)
 
 mod common;
