@@ -82,7 +82,9 @@ pub const ENDED_MEMORY: Duration = Duration::from_secs(600);
 #[derive(Debug, Default)]
 pub struct Registry {
     calls: DashMap<CallId, CallHandle>,
-    ended: DashMap<CallId, (Option<String>, Instant)>,
+    /// Tenants' calls that ended, and when (a call without a tenant has
+    /// nobody to answer 410 to, so it is not kept).
+    ended: DashMap<CallId, (String, Instant)>,
     emptied: Notify,
 }
 
@@ -140,7 +142,7 @@ impl Registry {
 
     /// Whether `id` ended recently and belonged to `tenant`.
     pub fn ended_recently(&self, id: CallId, tenant: &str) -> bool {
-        self.ended.get(&id).is_some_and(|e| e.0.as_deref() == Some(tenant))
+        self.ended.get(&id).is_some_and(|e| e.0 == tenant)
     }
 
     /// Forget ended calls older than the memory window.
@@ -198,9 +200,9 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         if let Some((_, h)) = self.registry.calls.remove(&self.id)
-            && let Some(d) = h.details
+            && let Some(tenant) = h.details.as_ref().and_then(|d| d.tenant.clone())
         {
-            self.registry.ended.insert(self.id, (d.tenant.clone(), Instant::now()));
+            self.registry.ended.insert(self.id, (tenant, Instant::now()));
         }
         crate::metrics::calls_active().decrement(1.0);
         if self.registry.calls.is_empty() {
@@ -261,5 +263,20 @@ mod tests {
         assert!(r.ended_recently(CallId(9), "+15550001111"));
         assert!(!r.ended_recently(CallId(9), "+15550002222"));
         assert_eq!(r.len(), 1);
+        assert_eq!(r.ended.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_call_without_a_tenant_is_not_remembered_once_ended() {
+        // Nobody can ask for it (410 needs the tenant's token), so keeping it
+        // would only grow the map by every embedded-default call for 10 minutes.
+        let r = Registry::new();
+        let (tx, _rx) = mpsc::channel(1);
+        let mut g =
+            r.register(CallId(1), CallHandle { control: tx, carrier: "fake", details: None, live: LiveCall::new() });
+        g.admit(CallId(7), CallDetails { tenant: None, ..details("+15550001111") });
+        drop(g);
+        assert!(r.is_empty());
+        assert_eq!(r.ended.len(), 0);
     }
 }
