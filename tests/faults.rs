@@ -76,25 +76,8 @@ async fn sigterm_with_50_live_calls_drains_every_one_with_its_call_ended_and_a_v
     }
     bin.wait_exit(Duration::from_secs(20));
     // Every call has exactly one call.ended, as the shutdown, with the caller's turn in it.
-    let events = backend.received();
-    let ended: Vec<_> = events.iter().filter(|e| e.kind() == "call.ended").collect();
-    assert_eq!(ended.len(), N, "one call.ended per call");
-    let mut ids: Vec<&str> = ended.iter().map(|e| e.body["call_id"].as_str().unwrap()).collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), N, "no call reported twice");
-    for e in &ended {
-        assert_eq!(e.body["reason"], "shutdown");
-        let convo = e.body["conversation"].as_array().unwrap();
-        assert!(convo.iter().any(|t| t["type"] == "turn.user"), "the caller's turn is in the report");
-    }
-    verify_all(&events, SECRET_A);
     // The store has them all, ended; every recording is complete and as long as its call.
-    let conn = rusqlite::Connection::open(dir.join("cb.db")).unwrap();
-    let shut: i64 = conn
-        .query_row("SELECT COUNT(*) FROM calls WHERE reason = 'shutdown' AND ended_at IS NOT NULL", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(shut, N as i64);
+    let ids = drained_by_shutdown(&backend.received(), N, &dir.join("cb.db"));
     let spoken = (before[0].0 + after[0].0) as f64 * 0.02;
     for id in ids {
         let secs = valid_wav_secs(&dir.join("rec").join(format!("{id}.wav")));

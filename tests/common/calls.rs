@@ -214,3 +214,27 @@ pub fn verify_all(events: &[Received], secret: &str) {
         );
     }
 }
+
+/// After a drain: exactly one signed `call.ended` per call, each the
+/// shutdown and carrying the caller's turn, and `n` calls in the store at
+/// `db` ended as the shutdown. Returns the call ids.
+pub fn drained_by_shutdown(events: &[Received], n: usize, db: &std::path::Path) -> Vec<String> {
+    let ended: Vec<_> = events.iter().filter(|e| e.kind() == "call.ended").collect();
+    assert_eq!(ended.len(), n, "one call.ended per call");
+    let mut ids: Vec<String> = ended.iter().map(|e| e.body["call_id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "no call reported twice");
+    for e in &ended {
+        assert_eq!(e.body["reason"], "shutdown", "{}", e.body);
+        let convo = e.body["conversation"].as_array().unwrap();
+        assert!(convo.iter().any(|t| t["type"] == "turn.user"), "the caller's turn is in the report");
+    }
+    verify_all(events, SECRET_A);
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let shut: i64 = conn
+        .query_row("SELECT COUNT(*) FROM calls WHERE reason = 'shutdown' AND ended_at IS NOT NULL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(shut, n as i64, "the store has every call, ended");
+    ids
+}
