@@ -21,4 +21,4 @@ sleep 3
 pkill -9 -f "callbridge serve --config $dir/cfg.toml"
 sleep 5
 heaptrack_print -f "$dir"/srv*.zst --print-leaks 0 --print-peaks 0 --print-allocators 0 --print-temporary 0 \
-  --print-histogram 0 --print-flamegraph "$out" --flamegraph-cost-type leaked | grep -E 'total memory leaked'
+  --print-flamegraph "$out" --flamegraph-cost-type leaked | grep -E 'total memory leaked'
