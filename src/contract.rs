@@ -317,7 +317,8 @@ pub struct TurnLatency {
 pub struct CallSummary {
     /// Why it ended: `caller_hangup`, `hangup`, `transferred`, `shutdown`,
     /// `interrupted` (reported at the next start after the process died),
-    /// `engine_error`, `protocol_error`, `slow_consumer`, `idle_timeout`, `transport_error`, `unauthorized`;
+    /// `engine_error`, `protocol_error`, `slow_consumer`, `idle_timeout`, `transport_error`, `unauthorized`,
+    /// `stream_lost` (the media connection broke without a closing handshake);
     /// for an outbound call that never connected: `busy`, `no_answer`, `failed`, `canceled`, `machine`.
     pub reason: String,
     /// The carrier the call came through (`twilio`, `telnyx`, `vonage`), if known.

@@ -266,6 +266,73 @@ async fn a_telnyx_call_is_answered_talks_barges_in_and_hangs_up() {
     rig.srv.shutdown().await;
 }
 
+/// Streams silence until the greeting has played and gone quiet (bounded).
+async fn past_greeting(ws: &mut Ws, peer: &mut TelnyxPeer, ts: &mut u64) {
+    let silence = [0xFFu8; 160];
+    let mut tick = interval(Duration::from_millis(20));
+    let (mut heard, mut quiet) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (heard < 10 || quiet < 25) && Instant::now() < deadline {
+        tick.tick().await;
+        let (_, m) = peer.media(&silence, *ts);
+        *ts += 20;
+        send(ws, m).await;
+        let (got, closed) = drain(ws, peer, Duration::from_millis(1)).await;
+        assert!(closed.is_none(), "closed during greeting");
+        let loud = got.iter().filter(|m| matches!(m, ServerMessage::Media(p) if is_loud(p))).count();
+        heard += loud;
+        quiet = if loud > 0 { 0 } else { quiet + 1 };
+    }
+    assert!(heard >= 10 && quiet >= 25, "the greeting played and ended ({heard} loud messages)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telnyx_stream_that_vanishes_mid_reply_ends_the_call_with_what_the_caller_heard() {
+    let rig = rig().await;
+    let mut peer = TelnyxPeer::new(7);
+    let body = event("ev-v1", "call.initiated", initiated(&peer, NUMBER));
+    assert_eq!(post(&rig, &body, now_s(), None).await, 200);
+    let answer = rig.backend.wait_telnyx("answer", Duration::from_secs(5)).await;
+    let client_state = answer.body["client_state"].as_str().unwrap().to_string();
+    let mut ws = open(&rig).await;
+    send(&mut ws, peer.connected()).await;
+    send(&mut ws, peer.start("+15557770000", NUMBER, &client_state)).await;
+    let mut ts = 0;
+    past_greeting(&mut ws, &mut peer, &mut ts).await;
+
+    // Talk, then stream silence until the reply has played for ≈ 0.5 s; then the socket is gone
+    // (no stop event, no close frame).
+    let silence = [0xFFu8; 160];
+    let speech = ulaw_fixture("caller_short_8k.wav");
+    let mut tick = interval(Duration::from_millis(20));
+    let mut reply = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for f in speech.chunks_exact(160).chain(std::iter::repeat(&silence[..])) {
+        tick.tick().await;
+        let (_, m) = peer.media(f, ts);
+        ts += 20;
+        send(&mut ws, m).await;
+        let (got, _) = drain(&mut ws, &peer, Duration::from_millis(1)).await;
+        reply += got.iter().filter(|m| matches!(m, ServerMessage::Media(p) if is_loud(p))).count();
+        if reply >= 25 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the bot answered");
+    }
+    drop(ws);
+
+    let events = rig.backend.wait_for("call.ended", Duration::from_secs(10)).await;
+    let ended = events.iter().find(|e| e.kind() == "call.ended").unwrap();
+    assert_eq!(ended.body["reason"], "stream_lost", "the connection broke; the carrier did not end the call");
+    assert_eq!(ended.body["carrier"], "telnyx");
+    common::net::assert_cut_off_reply(&ended.body, 300);
+    // The phone call outlives its media stream at Telnyx: it is hung up through Call Control.
+    let hangup = rig.backend.wait_telnyx("hangup", Duration::from_secs(3)).await;
+    assert_eq!(hangup.call_control_id, peer.call_control_id);
+    rig.srv.wait_no_calls().await;
+    rig.srv.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_must_be_signed_fresh_and_streams_must_bring_their_token() {
     let rig = rig().await;

@@ -222,6 +222,53 @@ async fn a_vonage_call_is_connected_talks_barges_in_and_hangs_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vonage_socket_that_vanishes_mid_reply_ends_the_call_with_what_the_caller_heard() {
+    let rig = rig().await;
+    let peer = VonagePeer::new(7, 16000);
+    let (status, ncco) = answer(&rig, &peer, NUMBER, now_s()).await;
+    assert_eq!(status, 200);
+    let mut ws = connect(&rig, &peer, &ncco).await;
+    let silence = vec![0xFFu8; 160];
+    let mut tick = interval(Duration::from_millis(20));
+    // The greeting plays and ends.
+    let (mut heard, mut quiet) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (heard < 10 || quiet < 25) && Instant::now() < deadline {
+        tick.tick().await;
+        let l = loud(&frame(&mut ws, &peer, &silence).await);
+        heard += l;
+        quiet = if l > 0 { 0 } else { quiet + 1 };
+    }
+    assert!(heard >= 10 && quiet >= 25, "the greeting played and ended ({heard} loud frames)");
+
+    // Talk, then silence until the reply has played for ≈ 0.5 s; then the socket is gone
+    // (no close frame).
+    let speech = ulaw_fixture("caller_short_8k.wav");
+    let mut reply = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for f in speech.chunks_exact(160).chain(std::iter::repeat(&silence[..])) {
+        tick.tick().await;
+        reply += loud(&frame(&mut ws, &peer, f).await);
+        if reply >= 25 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the bot answered");
+    }
+    drop(ws);
+
+    let events = rig.backend.wait_for("call.ended", Duration::from_secs(10)).await;
+    let ended = events.iter().find(|e| e.kind() == "call.ended").unwrap();
+    assert_eq!(ended.body["reason"], "stream_lost", "the connection broke; the carrier did not end the call");
+    assert_eq!(ended.body["carrier"], "vonage");
+    common::net::assert_cut_off_reply(&ended.body, 300);
+    // The phone call outlives its WebSocket at Vonage: it is hung up through the Voice API.
+    let hangup = rig.backend.wait_vonage("hangup", Duration::from_secs(3)).await;
+    assert_eq!(hangup.call_control_id, peer.uuid);
+    rig.srv.wait_no_calls().await;
+    rig.srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_must_be_signed_and_fresh_and_websockets_must_bring_their_token() {
     let rig = rig().await;
     let peer = VonagePeer::new(2, 16000);

@@ -208,14 +208,8 @@ async fn a_carrier_that_vanishes_mid_reply_ends_the_call_with_what_the_caller_he
     tw.vanish().await;
     let events = backend.wait_for("call.ended", Duration::from_secs(10)).await;
     let ended = events.iter().find(|e| e.kind() == "call.ended").unwrap();
-    let convo = ended.body["conversation"].as_array().unwrap();
-    assert!(convo.iter().any(|t| t["type"] == "turn.user"), "the caller's turn is kept");
-    let agent = convo.iter().find(|t| t["type"] == "turn.agent").expect("the cut-off reply is reported");
-    let heard = agent["heard_ms"].as_u64().unwrap();
-    let reply_ms = callbridge::engine::local::load_clip("builtin:reply").unwrap().len() as u64 / 8;
-    assert!(heard < reply_ms, "heard {heard} ms of a {reply_ms} ms reply: not all of it");
-    assert!(heard >= 300, "heard {heard} ms: what was played before the drop counts");
-    assert_eq!(agent["interrupted"], true, "{agent}");
+    assert_eq!(ended.body["reason"], "stream_lost", "the connection broke; the carrier did not end the call");
+    assert_cut_off_reply(&ended.body, 300);
     let id = ended.body["call_id"].as_str().unwrap();
     srv.wait_no_calls().await;
     finished_wav_secs(&dir.join("rec").join(format!("{id}.wav")), Duration::from_secs(5)).await;

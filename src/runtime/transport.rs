@@ -50,6 +50,9 @@ pub enum Received {
     Control,
     /// The peer closed (or the stream ended).
     Closed,
+    /// The connection went away without a closing handshake (reset, EOF):
+    /// the network or the carrier's side broke, the phone call may be up.
+    Lost,
     /// A message over the size limit.
     TooBig,
     /// The socket failed.
@@ -96,15 +99,14 @@ pub trait Transport: Send + Unpin + 'static {
 }
 
 /// How a tungstenite read error ends the connection: a peer that vanished
-/// (reset without a closing handshake) is a close, not a failure.
+/// (reset without a closing handshake) is a lost stream, not a failure.
 fn read_error(e: tungstenite::Error) -> Received {
     use tungstenite::Error as E;
     use tungstenite::error::ProtocolError;
     match e {
         E::Capacity(_) => Received::TooBig,
-        E::ConnectionClosed | E::AlreadyClosed | E::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            Received::Closed
-        }
+        E::ConnectionClosed | E::AlreadyClosed => Received::Closed,
+        E::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Received::Lost,
         E::Io(io)
             if matches!(
                 io.kind(),
@@ -114,7 +116,7 @@ fn read_error(e: tungstenite::Error) -> Received {
                     | std::io::ErrorKind::ConnectionAborted
             ) =>
         {
-            Received::Closed
+            Received::Lost
         }
         other => Received::Failed(other.to_string()),
     }

@@ -24,6 +24,8 @@ pub enum CallEnd {
     Hangup(HangupReason),
     /// The peer closed the socket while the session was not live.
     PeerClosed,
+    /// The connection went away without a closing handshake mid-call.
+    Lost,
     /// A protocol error made the stream unusable.
     Fault(Fault),
     /// A message over the size limit.
@@ -50,6 +52,7 @@ impl CallEnd {
         match self {
             CallEnd::Hangup(r) => r.code(),
             CallEnd::PeerClosed => "peer_closed",
+            CallEnd::Lost => "stream_lost",
             CallEnd::Fault(_) | CallEnd::TooBig | CallEnd::Setup(_) => "protocol_error",
             CallEnd::SlowConsumer => "slow_consumer",
             CallEnd::Idle => "idle_timeout",
@@ -72,14 +75,14 @@ impl CallEnd {
             CallEnd::Unauthorized(_) => Some((close::POLICY, "unauthorized".into())),
             CallEnd::Busy => Some((close::TRY_AGAIN_LATER, "at capacity".into())),
             CallEnd::Setup(why) => Some((close::INTERNAL, why.clone())),
-            CallEnd::PeerClosed => None,
+            CallEnd::PeerClosed | CallEnd::Lost => None,
             CallEnd::SlowConsumer | CallEnd::Transport => None,
         }
     }
 
     /// Whether the socket can still take a goodbye.
     fn socket_usable(&self) -> bool {
-        !matches!(self, CallEnd::SlowConsumer | CallEnd::Transport)
+        !matches!(self, CallEnd::SlowConsumer | CallEnd::Transport | CallEnd::Lost)
     }
 }
 

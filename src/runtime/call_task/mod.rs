@@ -329,6 +329,14 @@ async fn run_loop<T: Transport>(
                             call.on_carrier_gone(now, io);
                             return call.ended().map_or(CallEnd::PeerClosed, CallEnd::Hangup);
                         }
+                        Received::Lost => {
+                            // Not the carrier ending the call: the connection broke.
+                            // The session ends as the caller gone (the reply it cut
+                            // off is reported), the reason says what happened, and a
+                            // carrier whose call outlives its stream hangs it up.
+                            call.on_carrier_gone(now, io);
+                            return CallEnd::Lost;
+                        }
                         Received::TooBig => {
                             io.metrics.protocol_error("message_too_big");
                             warn!(call = %io.id, "message over the size limit; closing");

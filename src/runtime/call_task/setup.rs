@@ -63,7 +63,7 @@ pub(super) async fn await_start<T: Transport>(
         let Some(wire) = received.wire() else {
             match received {
                 Received::Control => continue,
-                Received::Closed => return Err(CallEnd::PeerClosed),
+                Received::Closed | Received::Lost => return Err(CallEnd::PeerClosed),
                 Received::TooBig => {
                     metrics::counter!(crate::metrics::PROTOCOL_ERRORS, "carrier" => label, "kind" => "message_too_big")
                         .increment(1);
