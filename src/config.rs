@@ -307,8 +307,12 @@ pub struct RecordingConfig {
     pub enabled: bool,
     /// Folder for `<call_id>.wav` (created owner-only).
     pub dir: String,
-    /// 20 ms slots buffered per call between the call task and the writer thread.
+    /// 20 ms slots per call (at 8 kHz; scaled with the call's rate) between
+    /// the call task and the recording mixer, which drains them every 50 ms.
     pub ring_slots: usize,
+    /// Audio handed to the disk and not yet written, all calls together, in
+    /// MiB (what a disk stall can take); beyond it audio is recorded as silence.
+    pub max_buffered_mb: usize,
     /// How often the WAV header is rewritten (what survives a crash).
     pub header_update_ms: u64,
 }
@@ -703,6 +707,9 @@ impl Config {
         }
         if w.media_timeout_ms < 200 {
             return bad("webrtc.media_timeout_ms: at least 200 (a browser sends media every 20 ms)");
+        }
+        if self.recording.max_buffered_mb == 0 {
+            return bad("recording.max_buffered_mb: at least 1 (audio waiting for the disk)");
         }
         let c = &self.cluster;
         if c.heartbeat_ms == 0 || c.call_ttl_ms < 2 * c.heartbeat_ms {

@@ -143,8 +143,11 @@ pub fn build_state(config: Config, secrets: Secrets) -> Result<Arc<AppState>, Se
         callbacks: config.callbacks.clone(),
         recordings: Some(crate::recording::RecordingService::start(
             std::path::Path::new(&config.recording.dir),
-            config.recording.ring_slots,
-            Duration::from_millis(config.recording.header_update_ms),
+            crate::recording::Buffering {
+                ring_slots: config.recording.ring_slots,
+                max_buffered_bytes: config.recording.max_buffered_mb.saturating_mul(1 << 20),
+                header_update: Duration::from_millis(config.recording.header_update_ms),
+            },
         )?),
         record_by_default: config.recording.enabled,
         store: Some(store),

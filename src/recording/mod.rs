@@ -2,18 +2,24 @@
 //!
 //! Each recorded call task owns a [`Recorder`]: the producer end of a
 //! lock-free SPSC ring (`rtrb`) of fixed-size [`Slot`]s. Pushing never blocks
-//! and never allocates; a full ring drops the slot and counts it. One writer
-//! thread for the whole server drains every ring, aligns the two channels and
-//! writes a stereo 16-bit WAV (left: caller, right: bot) at the call's rate.
+//! and never allocates; a full ring drops the slot and counts it. Two threads
+//! serve every recording of the server:
+//! - the mixer ([`mixer`]) drains every ring each 50 ms, aligns the two
+//!   channels and turns what is due into stereo 16-bit frames (left: caller,
+//!   right: bot) at the call's rate; it never touches the disk, so the rings
+//!   only need to cover its period, not a disk's stalls;
+//! - the disk thread ([`disk`]) appends those frames to each call's WAV file.
+//!   What it has not written yet waits in memory shared by all recordings
+//!   (`recording.max_buffered_mb`); past that, audio is replaced by silence of
+//!   the same length, so the file stays aligned and the loss is counted.
 //!
 //! Alignment: positions are samples since the stream started, decided by the
 //! session ([`crate::session::record`]): caller audio sequentially as it
 //! arrived (the carrier's clock), bot audio where the carrier will *play* it,
 //! and a `clear` cuts everything scheduled from its position on, so a barge-in
-//! shows as bot audio stopping where the caller heard it stop. The writer
-//! commits audio up to 200 ms behind the caller's position
-//! (bot audio is at most the playback lead ahead of it, and the caller's frame
-//! clock may run a frame or two ahead of wall time).
+//! shows as bot audio stopping where the caller heard it stop. The mixer
+//! commits audio a little behind the caller's position (bot audio released
+//! after a burst of caller frames may be placed slightly in the past).
 //!
 //! Durability: the WAV header is rewritten every `header_update_ms` and at the
 //! end, so after a crash or `kill -9` the file opens and holds the audio up to
@@ -21,19 +27,17 @@
 //! the call goes on and its report says what was lost. Files are created
 //! owner-only (0600) in an owner-only folder.
 
-use std::collections::{HashMap, VecDeque};
+mod disk;
+mod mixer;
+
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Seek, Write};
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::ids::CallId;
-
-/// How often the writer drains the rings: long enough to write in batches,
-/// short against the ring's capacity (64 slots = 1.28 s by default).
-const WRITER_PERIOD: Duration = Duration::from_millis(100);
 
 /// Samples per slot (20 ms at 8 kHz; longer frames span several slots).
 pub const SLOT: usize = 160;
@@ -55,12 +59,13 @@ pub struct Slot {
     s: [i16; SLOT],
 }
 
-/// What a recording lost, shared between the call and the writer.
+/// What a recording lost, shared between the call and the writer threads.
 #[derive(Debug, Default)]
 pub struct RecordingStatus {
-    /// Slots dropped because the ring was full.
+    /// Slots dropped because the ring was full, or audio replaced by silence
+    /// because the disk was behind (counted in 20 ms slots too).
     pub dropped_slots: AtomicU64,
-    /// Samples (per channel) written to the file.
+    /// Samples (per channel) handed to the file.
     pub written_samples: AtomicU64,
     /// Samples of caller audio missing (filled with silence) in the file.
     pub gap_samples: AtomicU64,
@@ -68,6 +73,8 @@ pub struct RecordingStatus {
     pub disk_error: Mutex<Option<String>>,
     /// The writer finished the file.
     pub finished: AtomicBool,
+    /// Writing stopped (an error): nothing more goes to the file.
+    stopped: AtomicBool,
 }
 
 impl RecordingStatus {
@@ -80,6 +87,26 @@ impl RecordingStatus {
             (d, None) => Some(format!("{d} slots of 20 ms dropped (writer behind)")),
             (_, Some(e)) => Some(format!("recording stopped: {e}")),
         }
+    }
+
+    /// Stop the recording at its first error (the file keeps its last good header).
+    fn fail(&self, e: impl std::fmt::Display) {
+        let mut err = self.disk_error.lock().expect("status lock");
+        if err.is_none() {
+            *err = Some(e.to_string());
+            metrics::counter!(crate::metrics::RECORDING_FAILED).increment(1);
+            tracing::warn!(error = %e, "recording failed; the call continues unrecorded");
+        }
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    fn dropped(&self, slots: u64) {
+        self.dropped_slots.fetch_add(slots, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::RECORDING_DROPPED).increment(slots);
     }
 }
 
@@ -112,8 +139,7 @@ impl Recorder {
             let mut slot = Slot { kind, pos, n: chunk.len() as u16, s: [0; SLOT] };
             slot.s[..chunk.len()].copy_from_slice(chunk);
             if self.tx.push(slot).is_err() {
-                self.status.dropped_slots.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(crate::metrics::RECORDING_DROPPED).increment(1);
+                self.status.dropped(1);
             }
             pos += chunk.len() as u64;
             if chunk.len() < SLOT || chunks.len() == 0 {
@@ -149,7 +175,7 @@ impl Recorder {
 impl Drop for Recorder {
     fn drop(&mut self) {
         // Never wait here (this runs on the call task): if the ring is full the
-        // writer still sees the producer abandoned once it has drained the ring.
+        // mixer still sees the producer abandoned once it has drained the ring.
         let _ = self.tx.push(Slot { kind: Kind::End, pos: 0, n: 0, s: [0; SLOT] });
     }
 }
@@ -161,6 +187,8 @@ impl<T: Write + Seek + Send> Sink for T {}
 /// Opens the sink for a path.
 pub type SinkFactory = Arc<dyn Fn(&Path) -> std::io::Result<Box<dyn Sink>> + Send + Sync>;
 
+/// The file itself, unbuffered: the mixer hands over 50 ms of audio at a time,
+/// one `write` each, and a per-call buffer would cost 16 KiB a call.
 fn file_sink(path: &Path) -> std::io::Result<Box<dyn Sink>> {
     if let Some(dir) = path.parent() {
         crate::tenant::create_private_dir(dir)?;
@@ -173,23 +201,16 @@ fn file_sink(path: &Path) -> std::io::Result<Box<dyn Sink>> {
         o.mode(0o600);
     }
     let f: File = o.open(path)?;
-    Ok(Box::new(BufWriter::with_capacity(16 * 1024, f)))
+    Ok(Box::new(f))
 }
 
-struct NewRecording {
-    rx: rtrb::Consumer<Slot>,
-    path: PathBuf,
-    rate: u32,
-    status: Arc<RecordingStatus>,
-}
-
-/// Starts recordings and runs the writer thread.
+/// Starts recordings and runs the mixer and disk threads.
 #[derive(Clone)]
 pub struct RecordingService {
     dir: PathBuf,
     ring_slots: usize,
-    tx: mpsc::Sender<NewRecording>,
-    /// Recordings not yet finished by the writer.
+    tx: crossbeam_channel::Sender<mixer::NewRecording>,
+    /// Recordings not yet finished by the disk thread.
     live: Arc<AtomicUsize>,
 }
 
@@ -199,29 +220,41 @@ impl std::fmt::Debug for RecordingService {
     }
 }
 
+/// How a [`RecordingService`] buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffering {
+    /// 20 ms slots per call between the call task and the mixer (at least 8).
+    pub ring_slots: usize,
+    /// Audio the disk has not written yet, for all recordings together.
+    pub max_buffered_bytes: usize,
+    /// How often each WAV header is rewritten.
+    pub header_update: Duration,
+}
+
 impl RecordingService {
-    /// Recordings in `dir` (created owner-only), `ring_slots` per call, header
-    /// rewritten every `header_update`.
-    pub fn start(dir: &Path, ring_slots: usize, header_update: Duration) -> std::io::Result<Self> {
-        Self::start_with(dir, ring_slots, header_update, Arc::new(file_sink))
+    /// Recordings in `dir` (created owner-only with the first file).
+    pub fn start(dir: &Path, buffering: Buffering) -> std::io::Result<Self> {
+        Self::start_with(dir, buffering, Arc::new(file_sink))
     }
 
     /// [`Self::start`] with another sink (fault injection in tests).
-    pub fn start_with(
-        dir: &Path,
-        ring_slots: usize,
-        header_update: Duration,
-        sinks: SinkFactory,
-    ) -> std::io::Result<Self> {
+    pub fn start_with(dir: &Path, buffering: Buffering, sinks: SinkFactory) -> std::io::Result<Self> {
         // The folder is made with the first file; a folder that cannot be made is
         // reported per call (the call still goes on).
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (to_disk, from_mixer) = crossbeam_channel::unbounded();
         let live = Arc::new(AtomicUsize::new(0));
-        let l = live.clone();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (l, f) = (live.clone(), in_flight.clone());
+        let budget = buffering.max_buffered_bytes;
         std::thread::Builder::new()
-            .name("recording-writer".into())
-            .spawn(move || writer(rx, header_update, sinks, l))?;
-        Ok(Self { dir: dir.to_path_buf(), ring_slots: ring_slots.max(8), tx, live })
+            .name("recording-mixer".into())
+            .spawn(move || mixer::run(rx, to_disk, in_flight, budget))?;
+        let header_update = buffering.header_update;
+        std::thread::Builder::new()
+            .name("recording-disk".into())
+            .spawn(move || disk::run(from_mixer, f, header_update, sinks, l))?;
+        Ok(Self { dir: dir.to_path_buf(), ring_slots: buffering.ring_slots.max(8), tx, live })
     }
 
     /// Recordings the writer has not finished yet.
@@ -250,260 +283,27 @@ impl RecordingService {
     /// Start recording call `id` at `rate`.
     pub fn begin(&self, id: CallId, rate: u32) -> Recorder {
         // `rate` goes to the writer (the WAV header); the recorder counts samples.
-        let (ptx, prx) = rtrb::RingBuffer::new(self.ring_slots);
+        // A slot holds 20 ms at 8 kHz: a faster call needs more of them.
+        let (ptx, prx) = rtrb::RingBuffer::new(self.ring_slots * (rate as usize).div_ceil(8000).max(1));
         let status = Arc::new(RecordingStatus::default());
         let path = self.path_of(id);
         self.live.fetch_add(1, Ordering::AcqRel);
-        if self.tx.send(NewRecording { rx: prx, path: path.clone(), rate, status: status.clone() }).is_err() {
+        let new = mixer::NewRecording { rx: prx, path: path.clone(), rate, status: status.clone() };
+        if self.tx.send(new).is_err() {
             self.live.fetch_sub(1, Ordering::AcqRel);
         }
         Recorder { tx: ptx, caller_pos: 0, status, path }
     }
 }
 
-/// A sink that refuses everything once switched off, so dropping a failed
-/// writer cannot rewrite the header over the last good one.
-struct Guarded {
-    inner: Box<dyn Sink>,
-    off: Arc<AtomicBool>,
-}
-
-impl Guarded {
-    fn check(&self) -> std::io::Result<()> {
-        if self.off.load(Ordering::Relaxed) { Err(std::io::Error::other("recording stopped")) } else { Ok(()) }
-    }
-}
-
-impl Write for Guarded {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.check()?;
-        self.inner.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.flush()
-    }
-}
-
-impl Seek for Guarded {
-    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
-        self.check()?;
-        self.inner.seek(pos)
-    }
-}
-
-struct Active {
-    rx: rtrb::Consumer<Slot>,
-    wav: Option<hound::WavWriter<Guarded>>,
-    off: Arc<AtomicBool>,
-    status: Arc<RecordingStatus>,
-    written: u64,
-    caller: VecDeque<i16>,
-    bot: VecDeque<i16>,
-    last_flush: Instant,
-    ended: bool,
-    /// Caller audio kept uncommitted so bot audio placed slightly in the past
-    /// (the caller's frame clock runs a frame or two ahead of wall time) still lands.
-    holdback: usize,
-}
-
-impl Active {
-    fn fail(&mut self, e: impl std::fmt::Display) {
-        let mut err = self.status.disk_error.lock().expect("status lock");
-        if err.is_none() {
-            *err = Some(e.to_string());
-            metrics::counter!(crate::metrics::RECORDING_FAILED).increment(1);
-            tracing::warn!(error = %e, "recording failed; the call continues unrecorded");
-        }
-        // Drop the writer without touching the file again: its header holds the last good update.
-        self.off.store(true, Ordering::Relaxed);
-        self.wav = None;
-    }
-
-    fn apply(&mut self, s: &Slot) {
-        let samples = &s.s[..s.n as usize];
-        match s.kind {
-            Kind::Caller => {
-                let end = self.written + self.caller.len() as u64;
-                if s.pos > end {
-                    let gap = s.pos - end;
-                    self.status.gap_samples.fetch_add(gap, Ordering::Relaxed);
-                    self.caller.extend(std::iter::repeat_n(0, gap as usize));
-                }
-                let end = self.written + self.caller.len() as u64;
-                let skip = (end - s.pos.min(end)) as usize;
-                self.caller.extend(samples.iter().skip(skip));
-            }
-            Kind::Bot => {
-                // Skip what was already committed (arrived too late to place); a
-                // slot wholly in the committed past has nothing left to place.
-                if s.pos + samples.len() as u64 <= self.written {
-                    return;
-                }
-                let skip = self.written.saturating_sub(s.pos) as usize;
-                let samples = &samples[skip..];
-                let rel = (s.pos + skip as u64 - self.written) as usize;
-                if self.bot.len() < rel + samples.len() {
-                    self.bot.resize(rel + samples.len(), 0);
-                }
-                for (d, &v) in self.bot.range_mut(rel..rel + samples.len()).zip(samples) {
-                    *d = v;
-                }
-            }
-            Kind::Clear => {
-                let rel = s.pos.saturating_sub(self.written) as usize;
-                self.bot.truncate(rel);
-            }
-            Kind::End => self.ended = true,
-        }
-    }
-
-    /// Write `n` frames from the pending channels (one buffered write).
-    fn commit(&mut self, n: usize) {
-        if n == 0 {
-            return;
-        }
-        if self.bot.len() < n {
-            self.bot.resize(n, 0);
-        }
-        if self.caller.len() < n {
-            self.caller.resize(n, 0);
-        }
-        if let Some(w) = &mut self.wav {
-            let mut w16 = w.get_i16_writer(n as u32 * 2);
-            for (l, r) in self.caller.drain(..n).zip(self.bot.drain(..n)) {
-                w16.write_sample(l);
-                w16.write_sample(r);
-            }
-            if let Err(e) = w16.flush() {
-                self.fail(e);
-            }
-        } else {
-            self.caller.drain(..n);
-            self.bot.drain(..n);
-        }
-        self.written += n as u64;
-        if self.wav.is_some() {
-            self.status.written_samples.store(self.written, Ordering::Relaxed);
-        }
-    }
-
-    fn flush(&mut self) {
-        if let Some(w) = &mut self.wav
-            && let Err(e) = w.flush()
-        {
-            self.fail(e);
-        }
-        self.last_flush = Instant::now();
-    }
-
-    /// Drain the ring and write what is due; returns whether the recording is finished.
-    fn step(&mut self, header_update: Duration) -> bool {
-        while let Ok(s) = self.rx.pop() {
-            self.apply(&s);
-        }
-        if self.ended || self.rx.is_abandoned() && self.rx.is_empty() {
-            let n = self.caller.len().max(self.bot.len());
-            self.commit(n);
-            if let Some(w) = self.wav.take()
-                && let Err(e) = w.finalize()
-            {
-                self.fail(e);
-            }
-            self.status.finished.store(true, Ordering::Release);
-            return true;
-        }
-        let n = self.caller.len().saturating_sub(self.holdback);
-        self.commit(n);
-        if self.last_flush.elapsed() >= header_update {
-            self.flush();
-        }
-        false
-    }
-}
-
-fn writer(rx: mpsc::Receiver<NewRecording>, header_update: Duration, sinks: SinkFactory, live: Arc<AtomicUsize>) {
-    let mut active: HashMap<u64, Active> = HashMap::new();
-    let mut next = 0u64;
-    let mut closed = false;
-    loop {
-        loop {
-            match rx.try_recv() {
-                Ok(n) => {
-                    let spec = hound::WavSpec {
-                        channels: 2,
-                        sample_rate: n.rate,
-                        bits_per_sample: 16,
-                        sample_format: hound::SampleFormat::Int,
-                    };
-                    let mut a = Active {
-                        rx: n.rx,
-                        wav: None,
-                        off: Arc::new(AtomicBool::new(false)),
-                        status: n.status,
-                        written: 0,
-                        caller: VecDeque::with_capacity(n.rate as usize / 2),
-                        bot: VecDeque::with_capacity(n.rate as usize / 2),
-                        last_flush: Instant::now(),
-                        ended: false,
-                        holdback: (n.rate / 5) as usize,
-                    };
-                    let off = a.off.clone();
-                    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        sinks(&n.path).and_then(|inner| {
-                            hound::WavWriter::new(Guarded { inner, off }, spec).map_err(std::io::Error::other)
-                        })
-                    }));
-                    match opened {
-                        Ok(Ok(w)) => a.wav = Some(w),
-                        Ok(Err(e)) => a.fail(format!("cannot create {}: {e}", n.path.display())),
-                        Err(_) => {
-                            metrics::counter!(crate::metrics::RECORDING_FAILED, "kind" => "writer_panic").increment(1);
-                            a.fail("internal error in the recording writer");
-                        }
-                    }
-                    a.flush();
-                    active.insert(next, a);
-                    next += 1;
-                }
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    closed = true;
-                    break;
-                }
-            }
-        }
-        let mut done = Vec::new();
-        for (k, a) in active.iter_mut() {
-            // One recording's bug must not stop every other call's recording:
-            // a panic ends that recording (reported) and the writer goes on.
-            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| a.step(header_update)));
-            match step {
-                Ok(true) => done.push(*k),
-                Ok(false) => {}
-                Err(_) => {
-                    metrics::counter!(crate::metrics::RECORDING_FAILED, "kind" => "writer_panic").increment(1);
-                    tracing::error!("recording writer panicked on one recording; it is stopped, others go on");
-                    a.fail("internal error in the recording writer");
-                    a.status.finished.store(true, Ordering::Release);
-                    done.push(*k);
-                }
-            }
-        }
-        for k in done {
-            active.remove(&k);
-            live.fetch_sub(1, Ordering::AcqRel);
-        }
-        if closed && active.is_empty() {
-            return;
-        }
-        std::thread::sleep(WRITER_PERIOD);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
+
+    fn buffering(ring_slots: usize, header_ms: u64) -> Buffering {
+        Buffering { ring_slots, max_buffered_bytes: 8 << 20, header_update: Duration::from_millis(header_ms) }
+    }
 
     /// A FAKE disk that fills up after `limit` bytes.
     struct FullDisk {
@@ -544,7 +344,7 @@ mod tests {
     #[test]
     fn channels_align_and_a_clear_cuts_the_bot_where_it_was_heard() {
         let dir = std::env::temp_dir().join(format!("cb-rec-{}", crate::signature::random_hex()));
-        let svc = RecordingService::start(&dir, 256, Duration::from_millis(50)).unwrap();
+        let svc = RecordingService::start(&dir, buffering(256, 50)).unwrap();
         let mut r = svc.begin(CallId(7), 8000);
         let path = r.path.clone();
         // 1 s of caller audio (value 1); bot audio from 200 ms in 40 ms messages
@@ -591,9 +391,7 @@ mod tests {
             Ok(Box::new(FullDisk { inner: std::io::Cursor::new(Vec::new()), limit: 44 + 4 * 4000, shared: s2.clone() })
                 as Box<dyn Sink>)
         });
-        let svc =
-            RecordingService::start_with(Path::new("/nonexistent-unused"), 64, Duration::from_millis(30), factory)
-                .unwrap();
+        let svc = RecordingService::start_with(Path::new("/nonexistent-unused"), buffering(64, 30), factory).unwrap();
         let mut r = svc.begin(CallId(8), 8000);
         // 2 s of audio, fed in real time; the "disk" holds 0.5 s. (Faster than
         // real time, a writer thread scheduled late could meet the full disk
@@ -617,7 +415,7 @@ mod tests {
     #[test]
     fn a_bot_slot_wholly_in_the_committed_past_is_dropped_not_a_panic() {
         let dir = std::env::temp_dir().join(format!("cb-rec-{}", crate::signature::random_hex()));
-        let svc = RecordingService::start(&dir, 256, Duration::from_millis(30)).unwrap();
+        let svc = RecordingService::start(&dir, buffering(256, 30)).unwrap();
         let mut r = svc.begin(CallId(21), 8000);
         for _ in 0..50 {
             r.caller(&[1; 160]);
@@ -675,7 +473,7 @@ mod tests {
                 file_sink(&good_dir.join(p.file_name().unwrap()))
             }
         });
-        let svc = RecordingService::start_with(&dir, 64, Duration::from_millis(30), factory).unwrap();
+        let svc = RecordingService::start_with(&dir, buffering(64, 30), factory).unwrap();
         let mut bad = svc.begin(CallId(0x31), 8000);
         let mut good = svc.begin(CallId(0x32), 8000);
         for _ in 0..20 {
@@ -691,5 +489,102 @@ mod tests {
         let rd = hound::WavReader::open(svc.path_of(CallId(0x32))).unwrap();
         assert_eq!(rd.len() / 2, 20 * 160);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A FAKE disk whose writes stall for `stall` once the file holds `after`
+    /// bytes (a disk busy writing back), then go on; it keeps what it was given.
+    struct StallingDisk {
+        inner: std::io::Cursor<Vec<u8>>,
+        after: usize,
+        stall: Duration,
+        stalled: bool,
+        shared: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for StallingDisk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if !self.stalled && self.inner.get_ref().len() >= self.after {
+                self.stalled = true;
+                std::thread::sleep(self.stall);
+            }
+            let n = self.inner.write(buf)?;
+            *self.shared.lock().unwrap() = self.inner.get_ref().clone();
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Seek for StallingDisk {
+        fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+            self.inner.seek(pos)
+        }
+    }
+
+    /// Records `secs` of caller audio (value 5) and bot audio (value 6) at
+    /// `rate`, in real time, onto a disk that stalls for 800 ms after 0.25 s;
+    /// returns the status and the file's frames.
+    fn record_through_a_stall(rate: u32, budget: usize, secs: usize) -> (Arc<RecordingStatus>, Vec<(i16, i16)>) {
+        let shared = Arc::new(Mutex::new(Vec::new()));
+        let s2 = shared.clone();
+        let after = 44 + rate as usize; // 0.25 s of stereo frames
+        let factory: SinkFactory = Arc::new(move |_p: &Path| {
+            Ok(Box::new(StallingDisk {
+                inner: std::io::Cursor::new(Vec::new()),
+                after,
+                stall: Duration::from_millis(800),
+                stalled: false,
+                shared: s2.clone(),
+            }) as Box<dyn Sink>)
+        });
+        let b = Buffering { ring_slots: 16, max_buffered_bytes: budget, header_update: Duration::from_millis(30) };
+        let svc = RecordingService::start_with(Path::new("/nonexistent-unused"), b, factory).unwrap();
+        let mut r = svc.begin(CallId(40), rate);
+        let frame = rate as usize / 50;
+        let (caller, bot) = (vec![5i16; frame], vec![6i16; frame]);
+        let mut clock = crate::session::record::RecordClock::default();
+        let t0 = Instant::now();
+        for i in 0..secs * 50 {
+            let pos = clock.bot(frame as u64, i > 0);
+            r.bot(&bot, pos);
+            clock.caller(frame as u64);
+            r.caller(&caller);
+            let next = t0 + Duration::from_millis(20 * (i as u64 + 1));
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        let st = r.status().clone();
+        drop(r);
+        wait_finished(&st);
+        let bytes = shared.lock().unwrap().clone();
+        let mut rd = hound::WavReader::new(std::io::Cursor::new(bytes)).expect("a valid WAV");
+        assert_eq!(rd.spec().sample_rate, rate);
+        let s: Vec<i16> = rd.samples::<i16>().map(Result::unwrap).collect();
+        (st, s.chunks(2).map(|f| (f[0], f[1])).collect())
+    }
+
+    #[test]
+    fn a_disk_that_stalls_loses_nothing_the_mixer_keeps_draining_the_small_rings() {
+        // 16 slots per call hold 160 ms; the disk stalls 800 ms. At 48 kHz the
+        // ring is six times larger (a slot holds 20 ms at 8 kHz).
+        for rate in [8000, 48000] {
+            let (st, frames) = record_through_a_stall(rate, 8 << 20, 2);
+            assert!(st.loss().is_none(), "{rate} Hz: {:?}", st.loss());
+            assert_eq!(frames.len(), 2 * rate as usize, "{rate} Hz: every frame is in the file");
+            assert!(frames.iter().all(|&f| f == (5, 6)), "{rate} Hz: both sides, aligned, nothing lost");
+        }
+    }
+
+    #[test]
+    fn past_the_buffer_budget_audio_becomes_silence_of_the_same_length_and_is_counted() {
+        // A budget of 16 KiB is 0.5 s at 8 kHz: most of the 800 ms stall is dropped.
+        let (st, frames) = record_through_a_stall(8000, 16 << 10, 2);
+        let loss = st.loss().expect("the loss is reported");
+        assert!(loss.contains("dropped"), "{loss}");
+        assert_eq!(frames.len(), 16000, "the file keeps the call's length: later audio stays in place");
+        let silent = frames.iter().filter(|&&f| f == (0, 0)).count();
+        assert!(silent >= 1600, "silence where audio was dropped ({silent} frames)");
+        assert_eq!(frames.last(), Some(&(5, 6)), "audio after the stall is written where it belongs");
+        assert_eq!(frames.iter().filter(|&&f| f != (0, 0) && f != (5, 6)).count(), 0);
     }
 }
