@@ -611,6 +611,9 @@ pub struct OpenAiRealtimeConfig {
     /// A response asked for with nothing from the engine for this long is
     /// given up (the caller hears the fallback; the call goes on).
     pub answer_timeout_ms: u64,
+    /// Caller audio per `input_audio_buffer.append` in local turn mode, ms
+    /// (sent whole at the end of the turn; 0 = every frame).
+    pub append_ms: u32,
 }
 
 /// `[engine.local]`
@@ -707,6 +710,9 @@ impl Config {
         }
         if w.media_timeout_ms < 200 {
             return bad("webrtc.media_timeout_ms: at least 200 (a browser sends media every 20 ms)");
+        }
+        if self.engine.openai_realtime.append_ms > 1000 {
+            return bad("engine.openai_realtime.append_ms: at most 1000");
         }
         if self.recording.max_buffered_mb == 0 {
             return bad("recording.max_buffered_mb: at least 1 (audio waiting for the disk)");

@@ -144,6 +144,7 @@ pub fn realtime_events(data: &[u8]) {
         connect_timeout: Duration::from_secs(5),
         max_queued: 64,
         answer_timeout: Duration::from_secs(5),
+        append_ms: 100,
     });
     for m in lines(data) {
         let Ok(text) = std::str::from_utf8(m) else { continue };

@@ -115,6 +115,10 @@ pub struct RealtimeConfig {
     /// A response asked for (or under way) with nothing from the engine for
     /// this long is given up: the caller hears the fallback, the call goes on.
     pub answer_timeout: Duration,
+    /// Caller audio gathered into one `input_audio_buffer.append` in local
+    /// turn mode, in ms (the engine needs it only by our commit, which sends
+    /// what is gathered first); 0 = every frame. Server VAD gets every frame.
+    pub append_ms: u32,
 }
 
 impl std::fmt::Debug for RealtimeConfig {
@@ -194,7 +198,10 @@ pub struct RealtimeEngine {
     out: VecDeque<String>,
     events: VecDeque<EngineEvent>,
     b64: String,
-    pcm_bytes: Vec<u8>,
+    /// Caller audio not yet appended (wire bytes: µ-law, or 16-bit LE PCM).
+    pending: Vec<u8>,
+    /// Wire bytes that make one append ([`RealtimeConfig::append_ms`]).
+    append_bytes: usize,
     /// Audio appended since the last commit (local turn mode).
     uncommitted: bool,
     /// The `response.create` in flight, if any.
@@ -233,6 +240,11 @@ fn is_fatal(kind: &str, code: &str) -> bool {
 impl RealtimeEngine {
     /// An engine for one call.
     pub fn new(cfg: RealtimeConfig) -> Self {
+        let bytes_per_ms = match cfg.audio {
+            WireAudio::Pcmu => 8,
+            WireAudio::Pcm24k => 48,
+        };
+        let append_bytes = cfg.append_ms as usize * bytes_per_ms;
         Self {
             cfg,
             next_id: 0,
@@ -240,7 +252,8 @@ impl RealtimeEngine {
             out: VecDeque::with_capacity(8),
             events: VecDeque::with_capacity(8),
             b64: String::with_capacity(512),
-            pcm_bytes: Vec::with_capacity(1024),
+            pending: Vec::with_capacity(append_bytes + 1024),
+            append_bytes,
             uncommitted: false,
             creating: None,
             active: false,
@@ -344,21 +357,29 @@ impl RealtimeEngine {
         }
     }
 
+    /// Gather caller audio; append it once there is [`RealtimeConfig::append_ms`] of it.
     fn append(&mut self, audio: AudioRef<'_>) {
-        self.b64.clear();
         match audio {
-            AudioRef::Encoded(ulaw) => B64.encode_string(ulaw, &mut self.b64),
+            AudioRef::Encoded(ulaw) => self.pending.extend_from_slice(ulaw),
             AudioRef::Pcm(pcm) => {
-                self.pcm_bytes.clear();
                 for s in pcm {
-                    self.pcm_bytes.extend_from_slice(&s.to_le_bytes());
+                    self.pending.extend_from_slice(&s.to_le_bytes());
                 }
-                B64.encode_string(&self.pcm_bytes, &mut self.b64);
             }
         }
-        if self.b64.is_empty() {
+        if self.pending.len() >= self.append_bytes || self.cfg.turn == TurnMode::ServerVad {
+            self.flush_audio();
+        }
+    }
+
+    /// Send the gathered caller audio as one `input_audio_buffer.append`.
+    fn flush_audio(&mut self) {
+        if self.pending.is_empty() {
             return;
         }
+        self.b64.clear();
+        B64.encode_string(&self.pending, &mut self.b64);
+        self.pending.clear();
         let mut m = String::with_capacity(self.b64.len() + 48);
         m.push_str(r#"{"type":"input_audio_buffer.append","audio":""#);
         m.push_str(&self.b64);
@@ -431,6 +452,7 @@ impl RealtimeEngine {
         }
         self.responses.clear();
         self.uncommitted = false;
+        self.pending.clear();
         self.out.clear();
         self.creating = None;
         self.active = false;
@@ -701,6 +723,7 @@ impl super::registry::EngineFactory for RealtimeFactory {
             connect_timeout: Duration::from_millis(rc.connect_timeout_ms),
             max_queued: rc.max_queued_messages,
             answer_timeout: Duration::from_millis(rc.answer_timeout_ms),
+            append_ms: rc.append_ms,
         })))
     }
 }
@@ -759,6 +782,7 @@ impl Engine for RealtimeEngine {
             EngineCommand::Audio(a) => self.append(a),
             EngineCommand::EndOfTurn => {
                 if self.cfg.turn == TurnMode::Local {
+                    self.flush_audio();
                     if self.uncommitted {
                         self.send(json!({"type": "input_audio_buffer.commit"}));
                         self.uncommitted = false;

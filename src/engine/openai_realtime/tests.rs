@@ -20,6 +20,7 @@ fn cfg(turn: TurnMode) -> RealtimeConfig {
         connect_timeout: Duration::from_secs(5),
         max_queued: 64,
         answer_timeout: Duration::from_secs(5),
+        append_ms: 0,
     }
 }
 
@@ -116,6 +117,41 @@ fn a_turn_in_local_mode_commits_creates_and_maps_deltas() {
     let mut s = RealtimeEngine::new(cfg(TurnMode::ServerVad));
     s.handle_command(now(), EngineCommand::EndOfTurn);
     assert!(s.poll_message().is_none());
+}
+
+#[test]
+fn local_turns_append_caller_audio_in_100_ms_batches_and_send_the_rest_before_the_commit() {
+    let mut c = RealtimeEngine::new(RealtimeConfig { append_ms: 100, ..cfg(TurnMode::Local) });
+    // Seven 20 ms frames, each its own bytes: one append of the first five, in order.
+    for i in 0..7u8 {
+        c.handle_command(now(), EngineCommand::Audio(AudioRef::Encoded(&[i; 160])));
+        if i < 4 {
+            assert!(c.poll_message().is_none(), "frame {i}: gathered, not sent yet");
+        }
+    }
+    let a = drain(&mut c);
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(a[0]["type"], "input_audio_buffer.append");
+    let sent = B64.decode(a[0]["audio"].as_str().unwrap()).unwrap();
+    assert_eq!(sent, (0..5u8).flat_map(|i| [i; 160]).collect::<Vec<_>>(), "100 ms, byte for byte, in order");
+    // The end of the turn sends the two frames still gathered, then commits.
+    c.handle_command(now(), EngineCommand::EndOfTurn);
+    let m = drain(&mut c);
+    let kinds: Vec<&str> = m.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["input_audio_buffer.append", "input_audio_buffer.commit", "response.create"]);
+    let rest = B64.decode(m[0]["audio"].as_str().unwrap()).unwrap();
+    assert_eq!(rest, [[5u8; 160], [6u8; 160]].concat());
+    // Server VAD hears every frame as it comes (its VAD runs on what it has).
+    let mut s = RealtimeEngine::new(RealtimeConfig { append_ms: 100, ..cfg(TurnMode::ServerVad) });
+    s.handle_command(now(), EngineCommand::Audio(AudioRef::Encoded(&[9; 160])));
+    assert_eq!(types(&mut s), ["input_audio_buffer.append"]);
+    // 24 kHz PCM counts 48 bytes per ms: 100 ms is 2,400 samples.
+    let mut p =
+        RealtimeEngine::new(RealtimeConfig { append_ms: 100, audio: WireAudio::Pcm24k, ..cfg(TurnMode::Local) });
+    p.handle_command(now(), EngineCommand::Audio(AudioRef::Pcm(&[1; 1920])));
+    assert!(p.poll_message().is_none(), "80 ms gathered");
+    p.handle_command(now(), EngineCommand::Audio(AudioRef::Pcm(&[1; 480])));
+    assert_eq!(B64.decode(drain(&mut p)[0]["audio"].as_str().unwrap()).unwrap().len(), 4800);
 }
 
 #[test]
