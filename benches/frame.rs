@@ -220,6 +220,7 @@ fn realtime_bench(c: &mut Criterion) {
         connect_timeout: std::time::Duration::from_secs(5),
         max_queued: 64,
         answer_timeout: std::time::Duration::from_secs(5),
+        append_ms: 0, // every frame its own append: the per-frame cost as it was measured
     };
     let mut engine = RealtimeEngine::new(cfg);
     engine.on_message(r#"{"type":"response.created","response":{"id":"resp_1"}}"#).unwrap();
