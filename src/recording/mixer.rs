@@ -23,8 +23,10 @@ use super::{Kind, RecordingStatus, SLOT, Slot};
 pub(super) const PERIOD: Duration = Duration::from_millis(50);
 
 /// Caller audio kept uncommitted, in ms: bot audio queued behind the bot audio
-/// before it is placed where that ends, which after a burst of caller frames
-/// (network jitter) can be a little behind the caller's position.
+/// before it is placed where that ends, which is normally the playback lead
+/// (120 ms) ahead of the caller's position but falls behind it after a burst
+/// of caller frames longer than the lead (network jitter); this much more is
+/// still placed exactly.
 const HOLDBACK_MS: u32 = 100;
 
 /// A recording to start.
@@ -79,8 +81,9 @@ impl Active {
                     self.caller.extend(std::iter::repeat_n(0, gap as usize));
                 }
                 let end = self.written + self.caller.len() as u64;
-                let skip = (end - s.pos.min(end)) as usize;
-                self.caller.extend(samples.iter().skip(skip));
+                let skip = ((end - s.pos.min(end)) as usize).min(samples.len());
+                // A slice iterator: VecDeque copies it in one go.
+                self.caller.extend(samples[skip..].iter());
             }
             Kind::Bot => {
                 // Skip what was already committed (arrived too late to place); a
@@ -128,11 +131,13 @@ impl Active {
             self.status.dropped(n.div_ceil(SLOT) as u64);
             disk.send(ToDisk::Silence { key: self.key, frames: n });
         } else {
-            let mut out = Vec::with_capacity(bytes);
-            for (l, r) in self.caller.drain(..n).zip(self.bot.drain(..n)) {
-                out.extend_from_slice(&l.to_le_bytes());
-                out.extend_from_slice(&r.to_le_bytes());
+            let mut out = vec![0u8; bytes];
+            for ((f, l), r) in out.chunks_exact_mut(4).zip(self.caller.range(..n)).zip(self.bot.range(..n)) {
+                f[..2].copy_from_slice(&l.to_le_bytes());
+                f[2..].copy_from_slice(&r.to_le_bytes());
             }
+            self.caller.drain(..n);
+            self.bot.drain(..n);
             disk.in_flight.fetch_add(bytes, Ordering::AcqRel);
             disk.send(ToDisk::Audio { key: self.key, bytes: out });
         }
