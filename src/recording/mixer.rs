@@ -142,7 +142,9 @@ impl Active {
             disk.send(ToDisk::Audio { key: self.key, bytes: out });
         }
         self.written += n as u64;
-        self.status.written_samples.store(self.written, Ordering::Relaxed);
+        if !self.status.is_stopped() {
+            self.status.written_samples.store(self.written, Ordering::Relaxed);
+        }
     }
 
     /// Drain the ring and hand over what is due; returns whether the recording

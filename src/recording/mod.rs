@@ -305,15 +305,37 @@ mod tests {
         Buffering { ring_slots, max_buffered_bytes: 8 << 20, header_update: Duration::from_millis(header_ms) }
     }
 
-    /// A FAKE disk that fills up after `limit` bytes.
-    struct FullDisk {
+    /// A FAKE disk: it keeps what it was given (in `shared`), fills up after
+    /// `limit` bytes, and once it holds `stall.0` bytes stalls one write for
+    /// `stall.1` (a disk busy writing back).
+    struct FakeDisk {
         inner: std::io::Cursor<Vec<u8>>,
         limit: usize,
+        stall: Option<(usize, Duration)>,
         shared: Arc<Mutex<Vec<u8>>>,
     }
 
-    impl Write for FullDisk {
+    impl FakeDisk {
+        /// A sink factory making such disks, and what they were given.
+        fn factory(limit: usize, stall: Option<(usize, Duration)>) -> (SinkFactory, Arc<Mutex<Vec<u8>>>) {
+            let shared = Arc::new(Mutex::new(Vec::new()));
+            let s2 = shared.clone();
+            let factory: SinkFactory = Arc::new(move |_p: &Path| {
+                let inner = std::io::Cursor::new(Vec::new());
+                Ok(Box::new(FakeDisk { inner, limit, stall, shared: s2.clone() }) as Box<dyn Sink>)
+            });
+            (factory, shared)
+        }
+    }
+
+    impl Write for FakeDisk {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Some((after, pause)) = self.stall
+                && self.inner.get_ref().len() >= after
+            {
+                self.stall = None;
+                std::thread::sleep(pause);
+            }
             let pos = self.inner.position() as usize;
             if pos + buf.len() > self.limit {
                 return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device"));
@@ -327,7 +349,7 @@ mod tests {
         }
     }
 
-    impl Seek for FullDisk {
+    impl Seek for FakeDisk {
         fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
             self.inner.seek(pos)
         }
@@ -385,12 +407,7 @@ mod tests {
 
     #[test]
     fn a_full_disk_stops_the_recording_but_not_the_call_and_the_file_stays_valid() {
-        let shared = Arc::new(Mutex::new(Vec::new()));
-        let s2 = shared.clone();
-        let factory: SinkFactory = Arc::new(move |_p: &Path| {
-            Ok(Box::new(FullDisk { inner: std::io::Cursor::new(Vec::new()), limit: 44 + 4 * 4000, shared: s2.clone() })
-                as Box<dyn Sink>)
-        });
+        let (factory, shared) = FakeDisk::factory(44 + 4 * 4000, None);
         let svc = RecordingService::start_with(Path::new("/nonexistent-unused"), buffering(64, 30), factory).unwrap();
         let mut r = svc.begin(CallId(8), 8000);
         // 2 s of audio, fed in real time; the "disk" holds 0.5 s. (Faster than
@@ -491,53 +508,12 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    /// A FAKE disk whose writes stall for `stall` once the file holds `after`
-    /// bytes (a disk busy writing back), then go on; it keeps what it was given.
-    struct StallingDisk {
-        inner: std::io::Cursor<Vec<u8>>,
-        after: usize,
-        stall: Duration,
-        stalled: bool,
-        shared: Arc<Mutex<Vec<u8>>>,
-    }
-
-    impl Write for StallingDisk {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            if !self.stalled && self.inner.get_ref().len() >= self.after {
-                self.stalled = true;
-                std::thread::sleep(self.stall);
-            }
-            let n = self.inner.write(buf)?;
-            *self.shared.lock().unwrap() = self.inner.get_ref().clone();
-            Ok(n)
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Seek for StallingDisk {
-        fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
-            self.inner.seek(pos)
-        }
-    }
-
     /// Records `secs` of caller audio (value 5) and bot audio (value 6) at
     /// `rate`, in real time, onto a disk that stalls for 800 ms after 0.25 s;
     /// returns the status and the file's frames.
     fn record_through_a_stall(rate: u32, budget: usize, secs: usize) -> (Arc<RecordingStatus>, Vec<(i16, i16)>) {
-        let shared = Arc::new(Mutex::new(Vec::new()));
-        let s2 = shared.clone();
-        let after = 44 + rate as usize; // 0.25 s of stereo frames
-        let factory: SinkFactory = Arc::new(move |_p: &Path| {
-            Ok(Box::new(StallingDisk {
-                inner: std::io::Cursor::new(Vec::new()),
-                after,
-                stall: Duration::from_millis(800),
-                stalled: false,
-                shared: s2.clone(),
-            }) as Box<dyn Sink>)
-        });
+        // 0.25 s of stereo frames, then one write stalls for 800 ms.
+        let (factory, shared) = FakeDisk::factory(usize::MAX, Some((44 + rate as usize, Duration::from_millis(800))));
         let b = Buffering { ring_slots: 16, max_buffered_bytes: budget, header_update: Duration::from_millis(30) };
         let svc = RecordingService::start_with(Path::new("/nonexistent-unused"), b, factory).unwrap();
         let mut r = svc.begin(CallId(40), rate);

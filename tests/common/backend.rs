@@ -238,6 +238,26 @@ impl FakeBackend {
     }
 
     /// Wait (bounded) until an event of `kind` arrived; returns all received so far.
+    /// The `call.ended` of a call whose `carrier` connection broke while the
+    /// built-in reply played: reason `stream_lost`, the caller's turn kept,
+    /// the cut-off reply reported `interrupted` and heard at least
+    /// `min_heard_ms` but not all of it. Returns its body.
+    pub async fn ended_lost_mid_reply(&self, carrier: &str, min_heard_ms: u64) -> serde_json::Value {
+        let events = self.wait_for("call.ended", Duration::from_secs(10)).await;
+        let ended = events.iter().find(|e| e.kind() == "call.ended").unwrap().body.clone();
+        assert_eq!(ended["reason"], "stream_lost", "the connection broke; the carrier did not end the call");
+        assert_eq!(ended["carrier"], carrier);
+        let convo = ended["conversation"].as_array().expect("call.ended carries the conversation");
+        let user = convo.iter().position(|t| t["type"] == "turn.user").expect("the caller's turn is kept");
+        let agent = convo[user..].iter().find(|t| t["type"] == "turn.agent").expect("the cut-off reply is reported");
+        let heard = agent["heard_ms"].as_u64().unwrap();
+        let reply_ms = callbridge::engine::local::load_clip("builtin:reply").unwrap().len() as u64 / 8;
+        assert!(heard < reply_ms, "heard {heard} ms of a {reply_ms} ms reply: not all of it");
+        assert!(heard >= min_heard_ms, "heard {heard} ms: what was played before the drop counts");
+        assert_eq!(agent["interrupted"], true, "{agent}");
+        ended
+    }
+
     pub async fn wait_for(&self, kind: &str, within: Duration) -> Vec<Received> {
         let deadline = Instant::now() + within;
         let arrived = self.inner.lock().unwrap().arrived.clone();

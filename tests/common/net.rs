@@ -218,22 +218,6 @@ pub fn is_loud(ulaw: &[u8]) -> bool {
     callbridge::audio::vad::EnergyGate::level_dbfs(&pcm) > -45.0
 }
 
-/// Checks a `call.ended` body of a call whose carrier vanished while the
-/// built-in reply played: the caller's turn is kept and the cut-off reply is
-/// reported `interrupted`, heard at least `min_heard_ms` and less than all of
-/// it. Returns what was heard.
-pub fn assert_cut_off_reply(ended: &serde_json::Value, min_heard_ms: u64) -> u64 {
-    let convo = ended["conversation"].as_array().expect("call.ended carries the conversation");
-    let user = convo.iter().position(|t| t["type"] == "turn.user").expect("the caller's turn is kept");
-    let agent = convo[user..].iter().find(|t| t["type"] == "turn.agent").expect("the cut-off reply is reported");
-    let heard = agent["heard_ms"].as_u64().unwrap();
-    let reply_ms = callbridge::engine::local::load_clip("builtin:reply").unwrap().len() as u64 / 8;
-    assert!(heard < reply_ms, "heard {heard} ms of a {reply_ms} ms reply: not all of it");
-    assert!(heard >= min_heard_ms, "heard {heard} ms: what was played before the drop counts");
-    assert_eq!(agent["interrupted"], true, "{agent}");
-    heard
-}
-
 /// The first live call the tenant with `token` sees, waiting up to 3 s for it:
 /// its id and its listing.
 pub async fn first_live_call(addr: SocketAddr, token: &str) -> (String, serde_json::Value) {
