@@ -3,7 +3,7 @@
 //! threshold is exercised on both sides: pause lengths around the silence
 //! rule and the smart detector's candidate, deadline and maximum wait; the
 //! resume grace; echo at −10/−20 dB and 40–300 ms with the check on and off;
-//! a real caller talking over the bot through the echo.
+//! a real caller talking over the bot through the echo, also 6 dB quieter.
 
 mod common;
 
@@ -268,7 +268,12 @@ fn without_the_echo_check_the_same_echo_interrupts_the_bot() {
 /// Barge-in latencies (first loud caller frame → clear) over echo at `db`
 /// (`NEG_INFINITY`: none), for each delay and each point in the reply.
 fn barge_in_latencies(db: f32) -> Vec<Duration> {
-    let speech = caller_speech();
+    barge_in_latencies_of(db, 1.0)
+}
+
+/// [`barge_in_latencies`] with the caller's voice scaled by `gain`.
+fn barge_in_latencies_of(db: f32, gain: f32) -> Vec<Duration> {
+    let speech: Vec<i16> = caller_speech().iter().map(|&s| (s as f32 * gain) as i16).collect();
     let loud = |f: &[i16]| callbridge::audio::vad::EnergyGate::level_dbfs(f) > -45.0;
     let mut out = vec![];
     for delay in [40u32, 120, 300] {
@@ -310,6 +315,19 @@ fn a_caller_talking_over_the_bot_is_heard_at_once_with_and_without_echo() {
         l.sort();
         let p95 = l[(l.len() * 95).div_ceil(100) - 1];
         assert!(p95 <= MS(60), "echo {db} dB: barge-in p95 {p95:?}: {l:?}");
+    }
+}
+
+#[test]
+fn a_caller_quieter_than_the_echo_under_them_is_heard_at_once() {
+    // A caller 6 dB quieter than the clip, under −10 dB of echo: the block
+    // check alone took their first frames for echo (p95 80 ms, max 140 ms);
+    // the sample-domain canceller hears them at once.
+    for db in [-10.0, -20.0] {
+        let mut l = barge_in_latencies_of(db, 0.5);
+        l.sort();
+        let p95 = l[(l.len() * 95).div_ceil(100) - 1];
+        assert!(p95 <= MS(60), "echo {db} dB, caller −6 dB: barge-in p95 {p95:?}: {l:?}");
     }
 }
 

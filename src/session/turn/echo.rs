@@ -23,6 +23,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::canceller::Canceller;
+
 /// Echo check tuning (`[turn.echo]`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -116,6 +118,12 @@ pub struct EchoCheck {
     /// The last search's path, waiting for a second search to agree.
     candidate: Option<Path>,
     since_search: u32,
+    /// Caller frame length in samples.
+    frame: usize,
+    /// Whether the sample-domain canceller may run (rate ≤ 16 kHz).
+    cancel: bool,
+    /// Made when the first echo path is found: calls without echo never pay.
+    canceller: Option<Box<Canceller>>,
 }
 
 impl EchoCheck {
@@ -140,6 +148,9 @@ impl EchoCheck {
             path: None,
             candidate: None,
             since_search: 0,
+            frame: (rate / 50) as usize,
+            cancel: rate <= super::canceller::MAX_RATE,
+            canceller: None,
         }
     }
 
@@ -161,6 +172,9 @@ impl EchoCheck {
             }
         }
         self.partial = (acc, n);
+        if let Some(c) = &mut self.canceller {
+            c.on_caller(pcm);
+        }
     }
 
     /// Bot audio released now that plays `ahead` samples after the caller
@@ -170,6 +184,9 @@ impl EchoCheck {
             return;
         }
         let start = self.caller_samples + self.partial.1 as u64 + ahead;
+        if let Some(c) = &mut self.canceller {
+            c.on_played(start, pcm);
+        }
         let first = start / self.block as u64;
         for (i, chunk) in pcm.chunks(self.block).enumerate() {
             let p = chunk.iter().map(|&s| (s as f64) * (s as f64)).sum::<f64>() / chunk.len().max(1) as f64;
@@ -203,7 +220,25 @@ impl EchoCheck {
     /// fixed (±1 block of lag), explains both the last `window_ms` and the
     /// newest frame. A caller talking adds power the fixed-gain echo cannot
     /// explain, so their first frame fails.
+    ///
+    /// When the block powers call a frame echo and a path is held, the
+    /// sample-domain [`Canceller`] has the last word: a caller starting to
+    /// talk under the echo leaves a residual the echo cannot explain.
     pub fn explains(&mut self, frame: usize) -> bool {
+        if !self.explains_blocks(frame) {
+            return false;
+        }
+        let Some(path) = self.path.filter(|_| self.cancel) else { return true };
+        let (block, total) = (self.block, self.caller_samples + self.partial.1 as u64);
+        let max_delay = self.max_lag * block;
+        let c = self
+            .canceller
+            .get_or_insert_with(|| Box::new(Canceller::new(block, self.frame, max_delay, AHEAD_BLOCKS * block, total)));
+        c.set_path(path.lag * block as u64, block);
+        c.confirms_echo()
+    }
+
+    fn explains_blocks(&mut self, frame: usize) -> bool {
         if !self.active() {
             return false;
         }

@@ -15,6 +15,7 @@
 //! The detector only counts; it never reads a clock (frame times come in as
 //! arguments) and allocates nothing.
 
+pub mod canceller;
 pub mod echo;
 
 use std::time::{Duration, Instant};

@@ -1,0 +1,281 @@
+//! A sample-domain echo canceller that can overrule the block-power echo
+//! check when a real caller starts talking under the bot's echo.
+//!
+//! The block check ([`super::echo::EchoCheck`]) judges 5 ms powers, so a
+//! caller whose first syllable is quieter than the echo under it is taken for
+//! echo for a few frames, and barge-in starts counting late. Once the block
+//! check has found an echo path, this canceller runs an NLMS filter
+//! (3 blocks of taps around the path's lag) over what was played and
+//! subtracts the predicted echo from what came in. On frames the block check
+//! calls echo it learns; once it cancels well (residual ≤ −10 dB of the
+//! input, smoothed), a frame whose residual is ≥ 6 dB above that learned
+//! floor carries something the echo cannot explain, and the frame is not echo.
+//!
+//! Invariants: it only ever turns an echo verdict into "not echo" (the block
+//! check stays the guard against false barge-ins); it allocates once, when
+//! the first path is found (calls without echo never pay for it); it runs at
+//! ≤ 16 kHz only (browsers cancel their own echo; 48 kHz would cost 36× the
+//! 8 kHz work); nothing is done on frames the block check does not call echo.
+
+/// Residual/input power below which the canceller counts as converged.
+const CONVERGED: f32 = 0.01;
+/// A frame is caller speech when its residual ratio is this many times the
+/// learned one (6 dB).
+const VETO: f32 = 4.0;
+/// Whatever the learned floor, a residual below this share of the input
+/// (−13 dB) is echo the filter has not quite caught.
+const MIN_VETO: f32 = 0.05;
+/// Echo frames learned before the canceller may overrule anything.
+const MIN_LEARNED: u32 = 10;
+/// NLMS step size.
+const MU: f32 = 0.5;
+/// A residual below this power (≈ −50 dBFS) is never caller speech.
+const QUIET: f32 = 10.0 * 10.0 * 10.0;
+/// Highest caller rate it runs at.
+pub const MAX_RATE: u32 = 16_000;
+
+/// NLMS state: the played audio on the caller's timeline and the filter.
+#[derive(Debug, Clone)]
+pub struct Canceller {
+    /// Played samples by caller-timeline position modulo the ring length.
+    ring: Box<[f32]>,
+    mask: u64,
+    /// Caller samples received.
+    now: u64,
+    /// Positions before this have no played audio recorded (start-up).
+    valid_from: u64,
+    /// The newest caller frame.
+    last: Box<[f32]>,
+    last_len: usize,
+    /// Delay of tap 0, in samples.
+    base: u64,
+    w: Box<[f32]>,
+    /// Contiguous played audio for one frame's regressors.
+    scratch: Box<[f32]>,
+    /// Smoothed residual/input power ratio over learned frames.
+    ratio: f32,
+    learned: u32,
+}
+
+impl Canceller {
+    /// A canceller for blocks of `block` samples, frames up to `frame`, echo
+    /// delays up to `max_delay` samples and audio placed up to `ahead` ahead.
+    pub fn new(block: usize, frame: usize, max_delay: usize, ahead: usize, now: u64) -> Self {
+        let taps = 3 * block;
+        let len = (max_delay + 2 * taps + frame + ahead).next_power_of_two();
+        Self {
+            ring: vec![0.0; len].into_boxed_slice(),
+            mask: len as u64 - 1,
+            now,
+            valid_from: now,
+            last: vec![0.0; frame].into_boxed_slice(),
+            last_len: 0,
+            base: 0,
+            w: vec![0.0; taps].into_boxed_slice(),
+            scratch: vec![0.0; frame + taps].into_boxed_slice(),
+            ratio: 1.0,
+            learned: 0,
+        }
+    }
+
+    /// Centre the filter on an echo path of `lag_samples`; a lag more than a
+    /// block away from the one learned starts learning again.
+    pub fn set_path(&mut self, lag_samples: u64, block: usize) {
+        let base = lag_samples.saturating_sub(block as u64);
+        if self.learned > 0 && base.abs_diff(self.base) <= block as u64 {
+            return;
+        }
+        if self.learned > 0 {
+            self.w.fill(0.0);
+            self.ratio = 1.0;
+            self.learned = 0;
+        }
+        self.base = base;
+    }
+
+    /// Bot audio that plays from caller-timeline position `at`.
+    pub fn on_played(&mut self, at: u64, pcm: &[i16]) {
+        let limit = self.now + self.ring.len() as u64 - self.lookback();
+        for (i, &s) in pcm.iter().enumerate() {
+            let p = at + i as u64;
+            if p >= limit {
+                break; // further ahead than the ring holds
+            }
+            self.ring[(p & self.mask) as usize] = s as f32;
+        }
+    }
+
+    fn lookback(&self) -> u64 {
+        self.base + self.w.len() as u64 + self.last.len() as u64
+    }
+
+    /// The newest caller frame.
+    pub fn on_caller(&mut self, pcm: &[i16]) {
+        let n = pcm.len().min(self.last.len());
+        for (d, &s) in self.last.iter_mut().zip(pcm) {
+            *d = s as f32;
+        }
+        self.last_len = n;
+        // Slots falling out of the look-back are cleared for reuse ahead.
+        let keep = self.lookback();
+        let from = self.now.saturating_sub(keep);
+        self.now += pcm.len() as u64;
+        let to = self.now.saturating_sub(keep);
+        for p in from..to {
+            self.ring[(p & self.mask) as usize] = 0.0;
+        }
+    }
+
+    /// Fill `scratch` with the played audio the newest frame's regressors use:
+    /// `scratch[j]` is played(frame start − base − taps + 1 + j).
+    fn gather(&mut self) -> bool {
+        let n = self.last_len as u64;
+        let taps = self.w.len() as u64;
+        let Some(first) = (self.now - n).checked_sub(self.base + taps - 1) else { return false };
+        if first < self.valid_from || n == 0 {
+            return false;
+        }
+        for j in 0..(n + taps - 1) as usize {
+            self.scratch[j] = self.ring[((first + j as u64) & self.mask) as usize];
+        }
+        true
+    }
+
+    /// Residual and input power of the newest frame under the current filter.
+    fn residual(&self) -> (f32, f32) {
+        let taps = self.w.len();
+        let (mut res, mut inp) = (0f32, 0f32);
+        for i in 0..self.last_len {
+            let x = &self.scratch[i..i + taps];
+            // w[k] weighs played(n − base − k): x is oldest first.
+            let y: f32 = self.w.iter().rev().zip(x).map(|(w, x)| w * x).sum();
+            let e = self.last[i] - y;
+            res += e * e;
+            inp += self.last[i] * self.last[i];
+        }
+        let n = self.last_len.max(1) as f32;
+        (res / n, inp / n)
+    }
+
+    fn learn(&mut self) {
+        let taps = self.w.len();
+        for i in 0..self.last_len {
+            let x = &self.scratch[i..i + taps];
+            let y: f32 = self.w.iter().rev().zip(x).map(|(w, x)| w * x).sum();
+            let e = self.last[i] - y;
+            let norm: f32 = x.iter().map(|x| x * x).sum::<f32>() + taps as f32 * QUIET;
+            let step = MU * e / norm;
+            for (w, x) in self.w.iter_mut().rev().zip(x) {
+                *w += step * x;
+            }
+        }
+    }
+
+    /// The block check called the newest frame echo: is it? Learns from it
+    /// when it is; `false` means the frame carries more than the echo.
+    pub fn confirms_echo(&mut self) -> bool {
+        if !self.gather() {
+            return true;
+        }
+        let (res, inp) = self.residual();
+        if inp <= 0.0 {
+            return true;
+        }
+        let converged = self.learned >= MIN_LEARNED && self.ratio <= CONVERGED;
+        if converged && res > (VETO * self.ratio).max(MIN_VETO) * inp && res > QUIET {
+            return false;
+        }
+        // The ratio before learning: what the veto compares against.
+        let r = (res / inp).min(1.0);
+        self.ratio = if self.learned == 0 { r } else { 0.8 * self.ratio + 0.2 * r };
+        self.learned = self.learned.saturating_add(1);
+        self.learn();
+        true
+    }
+
+    /// Smoothed residual/input power ratio over learned frames.
+    pub fn ratio(&self) -> f32 {
+        self.ratio
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BLOCK: usize = 40;
+    const FRAME: usize = 160;
+
+    /// Pseudo-random speech-band noise.
+    fn noise(seed: u64, n: usize, amp: f32) -> Vec<i16> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (((x >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 2.0 * amp) as i16
+            })
+            .collect()
+    }
+
+    /// Plays `bot` with an echo `delay` samples later at `gain`, plus
+    /// `caller`; the block check is assumed to call every frame echo.
+    /// Returns each frame's verdict.
+    fn run(bot: &[i16], caller: &[i16], delay: usize, gain: f32) -> Vec<bool> {
+        let mut c = Canceller::new(BLOCK, FRAME, 80 * BLOCK, 64 * BLOCK, 0);
+        c.set_path(delay as u64, BLOCK);
+        let mut out = vec![];
+        for f in 0..bot.len() / FRAME {
+            let s = f * FRAME;
+            c.on_played(s as u64, &bot[s..s + FRAME]);
+            let heard: Vec<i16> = (s..s + FRAME)
+                .map(|i| {
+                    let e = i.checked_sub(delay).map_or(0.0, |j| bot[j] as f32 * gain);
+                    (e + caller.get(i).copied().unwrap_or(0) as f32) as i16
+                })
+                .collect();
+            c.on_caller(&heard);
+            out.push(c.confirms_echo());
+        }
+        out
+    }
+
+    #[test]
+    fn a_pure_echo_is_learned_and_always_confirmed() {
+        let bot = noise(1, 8000 * 3, 8000.0);
+        let v = run(&bot, &[], 1000, 0.3);
+        assert!(v.iter().all(|&e| e), "pure echo was overruled");
+    }
+
+    #[test]
+    fn a_caller_10_db_under_a_learned_echo_is_not_echo() {
+        let bot = noise(1, 8000 * 3, 8000.0);
+        let mut caller = vec![0i16; 8000 * 2];
+        caller.extend(noise(9, 8000, 8000.0 * 0.3 * 0.32));
+        let v = run(&bot, &caller, 1000, 0.3);
+        assert!(v[..100].iter().all(|&e| e), "the echo before the caller");
+        assert!(v[100..].iter().all(|&e| !e), "the caller under the echo was taken for echo");
+    }
+
+    #[test]
+    fn an_echo_longer_than_the_filter_never_overrules_the_block_check() {
+        // A reflection 40 ms after the direct path: the filter cannot cancel
+        // it, so it never counts as converged and never says "not echo".
+        let bot = noise(1, 8000 * 3, 8000.0);
+        let mut c = Canceller::new(BLOCK, FRAME, 80 * BLOCK, 64 * BLOCK, 0);
+        c.set_path(1000, BLOCK);
+        for f in 0..bot.len() / FRAME {
+            let s = f * FRAME;
+            c.on_played(s as u64, &bot[s..s + FRAME]);
+            let heard: Vec<i16> = (s..s + FRAME)
+                .map(|i| {
+                    let d = i.checked_sub(1000).map_or(0.0, |j| bot[j] as f32 * 0.3);
+                    let r = i.checked_sub(1320).map_or(0.0, |j| bot[j] as f32 * 0.2);
+                    (d + r) as i16
+                })
+                .collect();
+            c.on_caller(&heard);
+            assert!(c.confirms_echo(), "frame {f}: overruled with ratio {}", c.ratio());
+        }
+        assert!(c.ratio() > CONVERGED);
+    }
+}
