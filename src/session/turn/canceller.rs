@@ -40,6 +40,9 @@ pub struct Canceller {
     /// Played samples by caller-timeline position modulo the ring length.
     ring: Box<[f32]>,
     mask: u64,
+    /// Played audio kept behind the caller's timeline: the longest delay,
+    /// the taps and a frame, whatever the current lag.
+    keep: u64,
     /// Caller samples received.
     now: u64,
     /// Positions before this have no played audio recorded (start-up).
@@ -62,10 +65,12 @@ impl Canceller {
     /// delays up to `max_delay` samples and audio placed up to `ahead` ahead.
     pub fn new(block: usize, frame: usize, max_delay: usize, ahead: usize, now: u64) -> Self {
         let taps = 3 * block;
-        let len = (max_delay + 2 * taps + frame + ahead).next_power_of_two();
+        let keep = max_delay + 2 * taps + frame;
+        let len = (keep + ahead).next_power_of_two();
         Self {
             ring: vec![0.0; len].into_boxed_slice(),
             mask: len as u64 - 1,
+            keep: keep as u64,
             now,
             valid_from: now,
             last: vec![0.0; frame].into_boxed_slice(),
@@ -95,7 +100,7 @@ impl Canceller {
 
     /// Bot audio that plays from caller-timeline position `at`.
     pub fn on_played(&mut self, at: u64, pcm: &[i16]) {
-        let limit = self.now + self.ring.len() as u64 - self.lookback();
+        let limit = self.now + self.ring.len() as u64 - self.keep;
         for (i, &s) in pcm.iter().enumerate() {
             let p = at + i as u64;
             if p >= limit {
@@ -103,10 +108,6 @@ impl Canceller {
             }
             self.ring[(p & self.mask) as usize] = s as f32;
         }
-    }
-
-    fn lookback(&self) -> u64 {
-        self.base + self.w.len() as u64 + self.last.len() as u64
     }
 
     /// The newest caller frame.
@@ -117,7 +118,7 @@ impl Canceller {
         }
         self.last_len = n;
         // Slots falling out of the look-back are cleared for reuse ahead.
-        let keep = self.lookback();
+        let keep = self.keep;
         let from = self.now.saturating_sub(keep);
         self.now += pcm.len() as u64;
         let to = self.now.saturating_sub(keep);
