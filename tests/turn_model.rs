@@ -74,9 +74,12 @@ fn the_model_agrees_with_onnxruntime_on_human_pauses() {
         let want = case["probability"].as_f64().unwrap() as f32;
         let spread = case["spread"].as_array().unwrap();
         let (lo, hi) = (spread[0].as_f64().unwrap() as f32, spread[1].as_f64().unwrap() as f32);
-        // 8-bit activations: evaluators of the same graph differ by up to 0.15;
-        // the decision must be the robust one.
-        assert!(p >= lo - 0.1 && p <= hi + 0.1, "{name}: p = {p}, onnxruntime {want} ({lo}..{hi})");
+        // 8-bit activations: the same graph gives different answers on
+        // different CPUs (onnxruntime picks its int8 kernels by instruction
+        // set). The spread was measured here (AVX2); a CI machine gave 0.679
+        // for `better` (0.799 here). So the band is wide and the decision is
+        // the robust check.
+        assert!(p >= lo - 0.2 && p <= hi + 0.2, "{name}: p = {p}, onnxruntime {want} ({lo}..{hi})");
         assert_eq!(p > 0.5, case["decision"] == "COMPLETE", "{name}: p = {p}");
     }
     // Through the phone path: 8 kHz in, resampled to 16 kHz inside.
