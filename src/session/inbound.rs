@@ -77,6 +77,7 @@ impl Session {
         let now = self.now;
         let d = self.vad.process(&self.in_acc);
         self.echo.on_caller(&self.in_acc);
+        self.echo_caller_at = now;
         self.turn_audio.push(&self.in_acc);
         if let InputAudio::Pcm { .. } = self.engine.input {
             let start = self.engine_audio.len();

@@ -334,6 +334,9 @@ pub struct Session {
     /// The caller's recent audio for end-of-turn questions (smart detector only).
     turn_audio: inbound::TurnAudio,
     echo: EchoCheck,
+    /// When the newest whole caller frame arrived: the echo check's caller
+    /// timeline is that frame's end, and moves on with the clock from there.
+    echo_caller_at: Instant,
     /// A run of frames is being ignored as echo.
     in_echo: bool,
     /// When the last caller turn ended, and what decided it.
@@ -423,6 +426,7 @@ impl Session {
             turn,
             turn_audio,
             echo,
+            echo_caller_at: now,
             in_echo: false,
             turn_ended: None,
             playback,
@@ -602,8 +606,15 @@ impl Session {
             let pos = self.rec.bot(self.playback.frame().len() as u64, play_at > now);
             self.pending.push_back(Pending::RecordBot { pos });
         }
-        let ahead =
-            play_at.saturating_duration_since(now).as_micros() as u64 * self.caps.format.rate as u64 / 1_000_000;
+        // Ahead of the caller audio received so far, whose end is where the
+        // caller's timeline stood when its newest frame arrived: measuring
+        // from `now` instead would misplace the frame by up to a whole frame,
+        // by where the release falls between two arrivals. (A caller stream
+        // that stalls counts as one frame late at most.)
+        let rate = self.caps.format.rate as u64;
+        let frame_time = Duration::from_micros(self.frame as u64 * 1_000_000 / rate);
+        let from = self.echo_caller_at.max(now.checked_sub(frame_time).unwrap_or(now));
+        let ahead = play_at.saturating_duration_since(from).as_micros() as u64 * rate / 1_000_000;
         self.echo.on_played(ahead, self.playback.frame());
         if released.first {
             let speech = self.agent.live().speech;

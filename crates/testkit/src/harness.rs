@@ -405,6 +405,10 @@ pub struct Harness {
     /// with the caller frames (20 ms of bot audio played per caller frame).
     far_queue: VecDeque<i16>,
     far_played: Vec<i16>,
+    /// Network jitter on caller frames: (largest delay, xorshift state), and
+    /// the delay the last frame had.
+    jitter: Option<(Duration, u64)>,
+    last_jitter: Duration,
 }
 
 impl Harness {
@@ -431,6 +435,8 @@ impl Harness {
             answered: 0,
             far_queue: VecDeque::new(),
             far_played: Vec::new(),
+            jitter: None,
+            last_jitter: Duration::ZERO,
         };
         let now = h.now;
         h.call.start(now, stream_info(), &mut h.io);
@@ -520,11 +526,27 @@ impl Harness {
         self.frame_with_echo(pcm, 0, f32::NEG_INFINITY);
     }
 
+    /// From now on each caller frame arrives up to `max` (< 20 ms) late, a
+    /// pseudo-random amount per frame from `seed`, as over a network; the far
+    /// end still plays and captures on its own steady clock.
+    pub fn set_arrival_jitter(&mut self, max: Duration, seed: u64) {
+        assert!(max < FRAME, "jitter must stay below a frame to keep frames in order");
+        self.jitter = Some((max, seed | 1));
+    }
+
     /// A caller frame with the far end's played audio leaking back into it:
     /// delayed by `delay_ms` (from when it played) and `echo_db` quieter
     /// (`NEG_INFINITY`: no echo).
     pub fn frame_with_echo(&mut self, pcm: &[i16], delay_ms: u32, echo_db: f32) {
-        let t = self.now + FRAME;
+        let mut t = self.now + FRAME;
+        if let Some((max, state)) = &mut self.jitter {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            let j = max.mul_f64((*state % 1_000_000) as f64 / 1_000_000.0);
+            t = t - self.last_jitter + j;
+            self.last_jitter = j;
+        }
         self.advance_to(t);
         let start = self.far_played.len();
         for _ in 0..pcm.len() {

@@ -124,6 +124,8 @@ pub struct EchoCheck {
     cancel: bool,
     /// Made when the first echo path is found: calls without echo never pay.
     canceller: Option<Box<Canceller>>,
+    /// Where the last released bot frame ends on the caller's timeline.
+    played_end: Option<u64>,
 }
 
 impl EchoCheck {
@@ -151,6 +153,7 @@ impl EchoCheck {
             frame: (rate / 50) as usize,
             cancel: rate <= super::canceller::MAX_RATE,
             canceller: None,
+            played_end: None,
         }
     }
 
@@ -183,7 +186,19 @@ impl EchoCheck {
         if !self.enabled {
             return;
         }
-        let start = self.caller_samples + self.partial.1 as u64 + ahead;
+        let estimate = self.caller_samples + self.partial.1 as u64 + ahead;
+        // The far end plays its buffer without gaps, on the same clock it
+        // captures the caller with: a frame released while the previous one
+        // is still due plays right after it. The estimate from arrival times
+        // jitters with the network (and by a whole frame when a caller frame
+        // arrives just before or just after the release), which would smear
+        // the echo path; only a jump of more than a frame (a gap, an underrun,
+        // a new reply after a clear) starts a new run.
+        let start = match self.played_end {
+            Some(end) if estimate.abs_diff(end) <= pcm.len() as u64 => end,
+            _ => estimate,
+        };
+        self.played_end = Some(start + pcm.len() as u64);
         if let Some(c) = &mut self.canceller {
             c.on_played(start, pcm);
         }
