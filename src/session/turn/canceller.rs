@@ -7,9 +7,13 @@
 //! check has found an echo path, this canceller runs an NLMS filter
 //! (3 blocks of taps around the path's lag) over what was played and
 //! subtracts the predicted echo from what came in. On frames the block check
-//! calls echo it learns; once it cancels well (residual ≤ −10 dB of the
+//! calls echo it learns; once it cancels well (residual ≤ −20 dB of the
 //! input, smoothed), a frame whose residual is ≥ 6 dB above that learned
-//! floor carries something the echo cannot explain, and the frame is not echo.
+//! floor (and ≥ −13 dB of the input) carries something the echo cannot
+//! explain, and the frame is not echo. A frame above the learned floor but
+//! under −13 dB is not learned from, for up to `MAX_HELD` frames in a row
+//! (double talk: a caller's quiet onset would otherwise fit the filter to
+//! their voice and hide the louder frames after it).
 //!
 //! Invariants: it only ever turns an echo verdict into "not echo" (the block
 //! check stays the guard against false barge-ins); it allocates once, when
@@ -27,9 +31,14 @@ const VETO: f32 = 4.0;
 const MIN_VETO: f32 = 0.05;
 /// Echo frames learned before the canceller may overrule anything.
 const MIN_LEARNED: u32 = 10;
+/// Frames in a row a converged filter stops learning for when their residual
+/// is above the veto ratio but under the floor (a caller may be starting to
+/// talk: learning on them would fit the filter to the caller's voice and hide
+/// the next frames); after that the echo path is taken to have changed.
+const MAX_HELD: u32 = 10;
 /// NLMS step size.
 const MU: f32 = 0.5;
-/// A residual below this power (≈ −50 dBFS) is never caller speech.
+/// A residual below this power (≈ −60 dBFS) is never caller speech.
 const QUIET: f32 = 10.0 * 10.0 * 10.0;
 /// Highest caller rate it runs at.
 pub const MAX_RATE: u32 = 16_000;
@@ -58,6 +67,8 @@ pub struct Canceller {
     /// Smoothed residual/input power ratio over learned frames.
     ratio: f32,
     learned: u32,
+    /// Frames in a row not learned from (see [`MAX_HELD`]).
+    held: u32,
 }
 
 impl Canceller {
@@ -80,6 +91,7 @@ impl Canceller {
             scratch: vec![0.0; frame + taps].into_boxed_slice(),
             ratio: 1.0,
             learned: 0,
+            held: 0,
         }
     }
 
@@ -94,8 +106,17 @@ impl Canceller {
             self.w.fill(0.0);
             self.ratio = 1.0;
             self.learned = 0;
+            self.held = 0;
         }
         self.base = base;
+    }
+
+    /// Played audio starts a new run, placed afresh: the filter is kept (it
+    /// is a good start) but must converge again before it may overrule.
+    pub fn new_run(&mut self) {
+        self.ratio = 1.0;
+        self.learned = 0;
+        self.held = 0;
     }
 
     /// Bot audio that plays from caller-timeline position `at`.
@@ -188,6 +209,12 @@ impl Canceller {
         }
         // The ratio before learning: what the veto compares against.
         let r = (res / inp).min(1.0);
+        if converged && r > VETO * self.ratio && res > QUIET && self.held < MAX_HELD {
+            // Double talk, perhaps: echo by the verdict, but not learned from.
+            self.held += 1;
+            return true;
+        }
+        self.held = 0;
         self.ratio = if self.learned == 0 { r } else { 0.8 * self.ratio + 0.2 * r };
         self.learned = self.learned.saturating_add(1);
         self.learn();
@@ -255,6 +282,50 @@ mod tests {
         let v = run(&bot, &caller, 1000, 0.3);
         assert!(v[..100].iter().all(|&e| e), "the echo before the caller");
         assert!(v[100..].iter().all(|&e| !e), "the caller under the echo was taken for echo");
+    }
+
+    #[test]
+    fn a_callers_quiet_onset_is_not_learned_so_their_louder_frames_are_heard() {
+        // 8 frames 14 dB under the echo (between the learned floor and the
+        // −13 dB veto floor), then 10 dB under: learning on the onset would
+        // raise the learned floor past the louder frames' residual.
+        let bot = noise(1, 8000 * 3, 8000.0);
+        let echo_amp = 8000.0 * 0.3;
+        let mut caller = vec![0i16; 8000 * 2];
+        caller.extend(noise(9, 8 * FRAME, echo_amp * 0.2));
+        caller.extend(noise(11, 8000 - 8 * FRAME, echo_amp * 0.32));
+        let v = run(&bot, &caller, 1000, 0.3);
+        assert!(v[..108].iter().all(|&e| e), "the echo and the quiet onset: {:?}", &v[95..110]);
+        assert!(v[108..].iter().all(|&e| !e), "the louder caller was taken for echo: {:?}", &v[105..]);
+    }
+
+    #[test]
+    fn a_new_run_must_converge_again_before_it_overrules() {
+        let bot = noise(1, 8000 * 3, 8000.0);
+        let mut c = Canceller::new(BLOCK, FRAME, 80 * BLOCK, 64 * BLOCK, 0);
+        c.set_path(1000, BLOCK);
+        let gain = 0.3;
+        let mut verdicts = vec![];
+        for f in 0..bot.len() / FRAME {
+            let s = f * FRAME;
+            if f == 100 {
+                c.new_run();
+            }
+            c.on_played(s as u64, &bot[s..s + FRAME]);
+            // From frame 100 the far end plays 3 samples later than placed,
+            // and a caller talks 10 dB under the echo from frame 100 on.
+            let shift = if f >= 100 { 3 } else { 0 };
+            let talk = noise(9 + f as u64, FRAME, 8000.0 * gain * 0.32);
+            let heard: Vec<i16> = (s..s + FRAME)
+                .map(|i| {
+                    let e = i.checked_sub(1000 + shift).map_or(0.0, |j| bot[j] as f32 * gain);
+                    (e + if f >= 100 { talk[i - s] as f32 } else { 0.0 }) as i16
+                })
+                .collect();
+            c.on_caller(&heard);
+            verdicts.push(c.confirms_echo());
+        }
+        assert!(verdicts[100..100 + MIN_LEARNED as usize].iter().all(|&e| e), "overruled before learning again");
     }
 
     #[test]

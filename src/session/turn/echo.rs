@@ -194,12 +194,18 @@ impl EchoCheck {
         // arrives just before or just after the release), which would smear
         // the echo path; only a jump of more than a frame (a gap, an underrun,
         // a new reply after a clear) starts a new run.
-        let start = match self.played_end {
-            Some(end) if estimate.abs_diff(end) <= pcm.len() as u64 => end,
-            _ => estimate,
+        let (start, new_run) = match self.played_end {
+            Some(end) if estimate.abs_diff(end) <= pcm.len() as u64 => (end, false),
+            _ => (estimate, true),
         };
         self.played_end = Some(start + pcm.len() as u64);
         if let Some(c) = &mut self.canceller {
+            if new_run {
+                // A new run's estimate is only as good as one arrival time:
+                // the filter learned on the last run may be a few samples
+                // off for this one, and must show it still cancels first.
+                c.new_run();
+            }
             c.on_played(start, pcm);
         }
         let first = start / self.block as u64;
