@@ -606,15 +606,7 @@ impl Session {
             let pos = self.rec.bot(self.playback.frame().len() as u64, play_at > now);
             self.pending.push_back(Pending::RecordBot { pos });
         }
-        // Ahead of the caller audio received so far, whose end is where the
-        // caller's timeline stood when its newest frame arrived: measuring
-        // from `now` instead would misplace the frame by up to a whole frame,
-        // by where the release falls between two arrivals. (A caller stream
-        // that stalls counts as one frame late at most.)
-        let rate = self.caps.format.rate as u64;
-        let frame_time = Duration::from_micros(self.frame as u64 * 1_000_000 / rate);
-        let from = self.echo_caller_at.max(now.checked_sub(frame_time).unwrap_or(now));
-        let ahead = play_at.saturating_duration_since(from).as_micros() as u64 * rate / 1_000_000;
+        let ahead = self.echo_ahead(play_at);
         self.echo.on_played(ahead, self.playback.frame());
         if released.first {
             let speech = self.agent.live().speech;
@@ -625,6 +617,19 @@ impl Session {
             self.telemetry(Telemetry::ResponseLatency(now.saturating_duration_since(speech_end)));
         }
         Some(Output::ToCarrier(CarrierCommand::Audio(self.playback.frame())))
+    }
+
+    /// How far `at` lies ahead of the caller audio received so far, in
+    /// caller samples. That audio ends where the caller's timeline stood when
+    /// its newest frame arrived: measuring from `now` instead would misplace
+    /// bot audio by up to a whole frame, by where the release falls between
+    /// two arrivals. (A caller stream that stalls counts as one frame late at
+    /// most.)
+    fn echo_ahead(&self, at: Instant) -> u64 {
+        let rate = self.caps.format.rate as u64;
+        let frame_time = Duration::from_micros(self.frame as u64 * 1_000_000 / rate);
+        let from = self.echo_caller_at.max(self.now.checked_sub(frame_time).unwrap_or(self.now));
+        at.saturating_duration_since(from).as_micros() as u64 * rate / 1_000_000
     }
 
     fn pending_output(&mut self, p: Pending) -> Output<'_> {
@@ -754,6 +759,9 @@ impl Session {
         self.playback.interrupt(now, &mut self.interrupted);
         if carrier_had_audio && self.caps.clear {
             self.pending.push_back(Pending::Clear);
+            // What the carrier held from now on never plays.
+            let ahead = self.echo_ahead(now);
+            self.echo.cut(ahead);
         }
         if carrier_had_audio && self.cfg.record {
             let pos = self.rec.clear();

@@ -27,8 +27,10 @@ const CONVERGED: f32 = 0.01;
 /// learned one (6 dB).
 const VETO: f32 = 4.0;
 /// Whatever the learned floor, a residual below this share of the input
-/// (−13 dB) is echo the filter has not quite caught.
-const MIN_VETO: f32 = 0.05;
+/// (−17 dB) is echo the filter has not quite caught.
+const MIN_VETO: f32 = 0.02;
+/// Nor is a residual below this power (rms 150, ≈ −47 dBFS) a caller.
+const MIN_VETO_POWER: f32 = 150.0 * 150.0;
 /// Echo frames learned before the canceller may overrule anything.
 const MIN_LEARNED: u32 = 10;
 /// Frames in a row a converged filter stops learning for when their residual
@@ -131,6 +133,15 @@ impl Canceller {
         }
     }
 
+    /// The far end stopped playing at caller-timeline position `at` (a
+    /// clear): audio placed from there on never plays.
+    pub fn cut(&mut self, at: u64) {
+        let limit = self.now + self.ring.len() as u64 - self.keep;
+        for p in at.max(self.now)..limit {
+            self.ring[(p & self.mask) as usize] = 0.0;
+        }
+    }
+
     /// The newest caller frame.
     pub fn on_caller(&mut self, pcm: &[i16]) {
         let n = pcm.len().min(self.last.len());
@@ -204,7 +215,7 @@ impl Canceller {
             return true;
         }
         let converged = self.learned >= MIN_LEARNED && self.ratio <= CONVERGED;
-        if converged && res > (VETO * self.ratio).max(MIN_VETO) * inp && res > QUIET {
+        if converged && res > (VETO * self.ratio).max(MIN_VETO) * inp && res > MIN_VETO_POWER {
             return false;
         }
         // The ratio before learning: what the veto compares against.
@@ -286,17 +297,38 @@ mod tests {
 
     #[test]
     fn a_callers_quiet_onset_is_not_learned_so_their_louder_frames_are_heard() {
-        // 8 frames 14 dB under the echo (between the learned floor and the
-        // −13 dB veto floor), then 10 dB under: learning on the onset would
+        // 8 frames 20 dB under the echo (between the learned floor and the
+        // −17 dB veto floor), then 10 dB under: learning on the onset would
         // raise the learned floor past the louder frames' residual.
         let bot = noise(1, 8000 * 3, 8000.0);
         let echo_amp = 8000.0 * 0.3;
         let mut caller = vec![0i16; 8000 * 2];
-        caller.extend(noise(9, 8 * FRAME, echo_amp * 0.2));
+        caller.extend(noise(9, 8 * FRAME, echo_amp * 0.1));
         caller.extend(noise(11, 8000 - 8 * FRAME, echo_amp * 0.32));
         let v = run(&bot, &caller, 1000, 0.3);
         assert!(v[..108].iter().all(|&e| e), "the echo and the quiet onset: {:?}", &v[95..110]);
         assert!(v[108..].iter().all(|&e| !e), "the louder caller was taken for echo: {:?}", &v[105..]);
+    }
+
+    #[test]
+    fn a_caller_14_db_under_the_echo_is_heard_from_their_first_frame() {
+        let bot = noise(1, 8000 * 3, 8000.0);
+        let mut caller = vec![0i16; 8000 * 2];
+        caller.extend(noise(9, 8000, 8000.0 * 0.3 * 0.2));
+        let v = run(&bot, &caller, 1000, 0.3);
+        assert!(v[..100].iter().all(|&e| e), "the echo before the caller");
+        assert!(v[100..].iter().all(|&e| !e), "the caller 14 dB under was taken for echo: {:?}", &v[100..]);
+    }
+
+    #[test]
+    fn a_residual_under_the_power_floor_is_never_a_caller() {
+        // A caller 20 dB under a quiet echo (−30 dBFS): their residual share
+        // is above the veto floor, their power under rms 150.
+        let bot = noise(1, 8000 * 3, 2000.0);
+        let mut caller = vec![0i16; 8000 * 2];
+        caller.extend(noise(9, 8000, 2000.0 * 0.3 * 0.25));
+        let v = run(&bot, &caller, 1000, 0.3);
+        assert!(v.iter().all(|&e| e), "a residual under rms 150 overruled the echo verdict");
     }
 
     #[test]

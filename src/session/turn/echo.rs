@@ -220,6 +220,34 @@ impl EchoCheck {
         }
     }
 
+    /// The far end stopped playing (a clear) `ahead` samples after the
+    /// caller audio received so far: bot audio placed from there on never
+    /// plays, so it is forgotten (it would keep the check active and feed
+    /// the canceller a reference nobody heard), and the next release starts
+    /// a new run.
+    pub fn cut(&mut self, ahead: u64) {
+        if !self.enabled {
+            return;
+        }
+        let at = self.caller_samples + self.partial.1 as u64 + ahead;
+        // A block the far end began to play stays.
+        let first = at.div_ceil(self.block as u64);
+        if let Some(last) = self.last_played.filter(|&l| l >= first) {
+            for b in first..=last {
+                let slot = &mut self.played[(b & self.mask) as usize];
+                if slot.0 == b as u32 {
+                    *slot = (u32::MAX, 0.0);
+                }
+            }
+            // It played up to the cut.
+            self.last_played = first.checked_sub(1);
+        }
+        self.played_end = None;
+        if let Some(c) = &mut self.canceller {
+            c.cut(first * self.block as u64);
+        }
+    }
+
     fn played_at(&self, b: u64) -> f32 {
         let (tag, p) = self.played[(b & self.mask) as usize];
         if tag == b as u32 { p } else { 0.0 }
@@ -525,5 +553,32 @@ mod tests {
     fn nothing_is_echo_when_the_bot_was_silent() {
         let caller = voice(3, RATE as usize * 2, 0.3);
         assert!(run(&[], &caller, 120, -10.0).iter().all(|j| !j.echo));
+    }
+
+    #[test]
+    fn a_clear_forgets_the_bot_audio_placed_after_it() {
+        let cfg = EchoConfig::default();
+        let mut c = EchoCheck::new(&cfg, RATE);
+        let bot = voice(1, 12 * FRAME, 0.3);
+        // 12 frames (240 ms) released at once, queued at the far end.
+        for f in 0..12 {
+            c.on_played((f * FRAME) as u64, &bot[f * FRAME..(f + 1) * FRAME]);
+        }
+        let silence = [0i16; FRAME];
+        for _ in 0..2 {
+            c.on_caller(&silence);
+        }
+        c.cut(0);
+        assert!(c.active(), "what played before the clear still echoes");
+        // Inactive once the longest echo delay has passed since the clear,
+        // not since the end of the 240 ms that never played.
+        let frames = (cfg.max_delay_ms / 20 + 1) as usize;
+        for _ in 0..frames {
+            c.on_caller(&silence);
+        }
+        assert!(!c.active(), "audio cut by the clear still counts as played");
+        // The next release starts a new run where the caller's timeline is.
+        c.on_played(FRAME as u64, &bot[..FRAME]);
+        assert_eq!(c.played_end, Some(c.caller_samples + 2 * FRAME as u64));
     }
 }
