@@ -278,6 +278,50 @@ fn network_jitter_on_the_callers_frames_does_not_make_the_echo_interrupt() {
     }
 }
 
+/// [`echo_call`] with a stretch of `stalled` caller frames held back by the
+/// network 1 s into the reply, then delivered in a burst or (`lost`) never.
+fn echo_call_stalled(delay_ms: u32, echo_db: f32, stalled: usize, lost: bool) -> (usize, usize) {
+    let mut h = Harness::new(echo_cfg(true), speech_reply());
+    let speech = caller_speech();
+    for f in speech.chunks_exact(160).take(75) {
+        h.frame_with_echo(f, delay_ms, echo_db);
+    }
+    let reply_frames = speech_reply().reply.len() / 160;
+    for i in 0..reply_frames + 40 + frames_of(800) {
+        if (frames_of(1800)..frames_of(1800) + stalled).contains(&i) {
+            h.hold_frame_with_echo(&silence(), delay_ms, echo_db);
+            continue;
+        }
+        if lost {
+            h.lose_held();
+        } else {
+            h.deliver_held();
+        }
+        h.frame_with_echo(&silence(), delay_ms, echo_db);
+    }
+    (h.clears().len(), h.turns_answered())
+}
+
+#[test]
+fn a_stalled_or_lost_stretch_of_caller_frames_does_not_make_the_echo_interrupt() {
+    // A stall shifts the caller's timeline against the played audio: frames
+    // delivered in a burst arrive late all at once, and lost ones never
+    // arrive, so everything played after them is placed a stretch early.
+    let mut failed = vec![];
+    for (stalled, lost) in [(5, false), (15, false), (1, true), (5, true), (15, true)] {
+        for delay in [40, 120, 300] {
+            for db in [-10.0, -20.0] {
+                let (clears, answered) = echo_call_stalled(delay, db, stalled, lost);
+                if clears != 0 || answered != 1 {
+                    let what = if lost { "lost" } else { "stalled" };
+                    failed.push(format!("{db} dB at {delay} ms, {stalled} {what}: {clears} clears, {answered} turns"));
+                }
+            }
+        }
+    }
+    assert!(failed.is_empty(), "the echo interrupted: {failed:#?}");
+}
+
 #[test]
 fn without_the_echo_check_the_same_echo_interrupts_the_bot() {
     // The check is what makes the test above pass: off, the echo barges in.

@@ -8,6 +8,10 @@
 
 use std::time::Duration;
 
+/// Longest gap in the caller's timestamps taken for lost audio; a longer
+/// jump is a new count, not a loss.
+const MAX_GAP_MS: u64 = 10_000;
+
 use super::{Cold, HangupReason, Pending, Phase, Session, Telemetry, turn};
 use crate::carrier::CarrierEvent;
 use crate::engine::InputAudio;
@@ -52,6 +56,9 @@ impl Session {
                     }
                     self.rec_caller.extend_from_slice(a.pcm);
                 }
+                if let Some(ts) = a.timestamp_ms {
+                    self.on_caller_timestamp(ts, a.pcm.len());
+                }
                 let mut pcm = a.pcm;
                 while !pcm.is_empty() {
                     let take = (self.frame - self.in_acc.len()).min(pcm.len());
@@ -70,6 +77,24 @@ impl Session {
             CarrierEvent::Mark(None) | CarrierEvent::Connected | CarrierEvent::Ignored => {}
             CarrierEvent::Stop => self.end(HangupReason::CarrierStop),
         }
+    }
+
+    /// Caller audio of `len` samples stamped `ts` ms by the carrier. A gap of
+    /// a frame or more is audio lost before it reached us: the echo check's
+    /// timeline skips it, as the far end's clock did. (Frames out of order
+    /// are not gaps; a jump back of more than a second is a new count.)
+    fn on_caller_timestamp(&mut self, ts: u64, len: usize) {
+        let rate = self.caps.format.rate as u64;
+        let frame_ms = (self.frame as u64 * 1000 / rate).max(1);
+        let end = ts + len as u64 * 1000 / rate;
+        self.caller_ts_next = match self.caller_ts_next {
+            Some(next) if ts >= next + frame_ms && ts - next <= MAX_GAP_MS => {
+                self.echo.skip((ts - next) * rate / 1000);
+                Some(end)
+            }
+            Some(next) if ts + 1000 >= next => Some(next.max(end)),
+            _ => Some(end),
+        };
     }
 
     /// One whole 20 ms caller frame is in `in_acc`.

@@ -337,6 +337,8 @@ pub struct Session {
     /// When the newest whole caller frame arrived: the echo check's caller
     /// timeline is that frame's end, and moves on with the clock from there.
     echo_caller_at: Instant,
+    /// The carrier timestamp (ms) the next caller audio should carry.
+    caller_ts_next: Option<u64>,
     /// A run of frames is being ignored as echo.
     in_echo: bool,
     /// When the last caller turn ended, and what decided it.
@@ -427,6 +429,7 @@ impl Session {
             turn_audio,
             echo,
             echo_caller_at: now,
+            caller_ts_next: None,
             in_echo: false,
             turn_ended: None,
             playback,
@@ -607,7 +610,7 @@ impl Session {
             self.pending.push_back(Pending::RecordBot { pos });
         }
         let ahead = self.echo_ahead(play_at);
-        self.echo.on_played(ahead, self.playback.frame());
+        self.echo.on_played(ahead, self.playback.frame(), play_at > now);
         if released.first {
             let speech = self.agent.live().speech;
             self.live(speech, |at_ms| Event::SpeechStarted { who: "agent".into(), at_ms }, play_at);

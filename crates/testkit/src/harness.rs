@@ -114,9 +114,14 @@ impl Carrier for FakeCarrier {
     fn decode(&mut self, _now: Instant, msg: WireIn<'_>) -> Result<CarrierEvent<'_>, CarrierError> {
         match msg {
             WireIn::Binary(b) => {
+                // [timestamp ms, u64 LE][PCM, i16 LE]
+                let (ts, pcm) = b.split_at_checked(8).ok_or_else(|| {
+                    CarrierError::new("fake_short", Severity::Skip, "a frame shorter than its timestamp".to_string())
+                })?;
                 self.pcm.clear();
-                self.pcm.extend(b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])));
-                Ok(CarrierEvent::Audio(AudioIn { pcm: &self.pcm, encoded: &[], timestamp_ms: None }))
+                self.pcm.extend(pcm.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])));
+                let timestamp_ms = Some(u64::from_le_bytes(ts.try_into().expect("8 bytes")));
+                Ok(CarrierEvent::Audio(AudioIn { pcm: &self.pcm, encoded: &[], timestamp_ms }))
             }
             WireIn::Text("start") => Ok(CarrierEvent::Start(stream_info())),
             WireIn::Text("stop") => Ok(CarrierEvent::Stop),
@@ -409,6 +414,10 @@ pub struct Harness {
     /// the delay the last frame had.
     jitter: Option<(Duration, u64)>,
     last_jitter: Duration,
+    /// Caller frames the network holds back.
+    held: Vec<Vec<u8>>,
+    /// Caller frames the far end captured.
+    captured: u64,
 }
 
 impl Harness {
@@ -437,6 +446,8 @@ impl Harness {
             far_played: Vec::new(),
             jitter: None,
             last_jitter: Duration::ZERO,
+            held: Vec::new(),
+            captured: 0,
         };
         let now = h.now;
         h.call.start(now, stream_info(), &mut h.io);
@@ -538,6 +549,34 @@ impl Harness {
     /// delayed by `delay_ms` (from when it played) and `echo_db` quieter
     /// (`NEG_INFINITY`: no echo).
     pub fn frame_with_echo(&mut self, pcm: &[i16], delay_ms: u32, echo_db: f32) {
+        let bytes = self.capture(pcm, delay_ms, echo_db);
+        self.deliver(&bytes);
+    }
+
+    /// As [`Harness::frame_with_echo`], but the network holds the frame back:
+    /// it arrives with [`Harness::deliver_held`] or is lost with
+    /// [`Harness::lose_held`]. The far end goes on playing and capturing.
+    pub fn hold_frame_with_echo(&mut self, pcm: &[i16], delay_ms: u32, echo_db: f32) {
+        let bytes = self.capture(pcm, delay_ms, echo_db);
+        self.held.push(bytes);
+    }
+
+    /// The held frames arrive now, back to back.
+    pub fn deliver_held(&mut self) {
+        for bytes in std::mem::take(&mut self.held) {
+            self.deliver(&bytes);
+        }
+    }
+
+    /// The held frames never arrive.
+    pub fn lose_held(&mut self) {
+        self.held.clear();
+    }
+
+    /// The far end's next 20 ms: virtual time advances a frame (plus this
+    /// frame's jitter), the far end plays 20 ms of bot audio and captures
+    /// `pcm` with the echo of what it played; returns the frame's bytes.
+    fn capture(&mut self, pcm: &[i16], delay_ms: u32, echo_db: f32) -> Vec<u8> {
         let mut t = self.now + FRAME;
         if let Some((max, state)) = &mut self.jitter {
             *state ^= *state << 13;
@@ -555,15 +594,25 @@ impl Harness {
         }
         let g = if echo_db.is_finite() { 10f32.powf(echo_db / 20.0) } else { 0.0 };
         let d = (delay_ms * 8) as usize;
-        let bytes: Vec<u8> = (0..pcm.len())
-            .map(|i| {
-                let e = (start + i).checked_sub(d).and_then(|j| self.far_played.get(j)).copied().unwrap_or(0);
-                (pcm[i] as f32 + g * e as f32).clamp(-32768.0, 32767.0) as i16
-            })
-            .flat_map(|s| s.to_le_bytes())
-            .collect();
+        // Stamped by the far end's clock, as Twilio and Telnyx stamp frames.
+        let ts = self.captured * 20;
+        self.captured += 1;
+        ts.to_le_bytes()
+            .into_iter()
+            .chain(
+                (0..pcm.len())
+                    .map(|i| {
+                        let e = (start + i).checked_sub(d).and_then(|j| self.far_played.get(j)).copied().unwrap_or(0);
+                        (pcm[i] as f32 + g * e as f32).clamp(-32768.0, 32767.0) as i16
+                    })
+                    .flat_map(|s| s.to_le_bytes()),
+            )
+            .collect()
+    }
+
+    fn deliver(&mut self, bytes: &[u8]) {
         let now = self.now;
-        self.call.on_wire(now, WireIn::Binary(&bytes), &mut self.io).expect("fake frames are valid");
+        self.call.on_wire(now, WireIn::Binary(bytes), &mut self.io).expect("fake frames are valid");
         self.drain();
     }
 

@@ -149,11 +149,24 @@ impl Canceller {
             *d = s as f32;
         }
         self.last_len = n;
+        self.advance(pcm.len() as u64);
+    }
+
+    /// The caller's stream lost `n` samples: the timeline moves on without
+    /// them, and the filter must show it still cancels before it overrules.
+    pub fn skip(&mut self, n: u64) {
+        self.advance(n);
+        self.last_len = 0;
+        self.new_run();
+    }
+
+    /// Move the caller's timeline on by `n` samples.
+    fn advance(&mut self, n: u64) {
         // Slots falling out of the look-back are cleared for reuse ahead.
         let keep = self.keep;
         let from = self.now.saturating_sub(keep);
-        self.now += pcm.len() as u64;
-        let to = self.now.saturating_sub(keep);
+        self.now += n;
+        let to = self.now.saturating_sub(keep).min(from + self.ring.len() as u64);
         for p in from..to {
             self.ring[(p & self.mask) as usize] = 0.0;
         }

@@ -180,9 +180,33 @@ impl EchoCheck {
         }
     }
 
+    /// The caller's stream lost `n` samples on the way (a gap in the
+    /// carrier's timestamps): the timeline moves on as the far end's clock
+    /// did, or everything played from then on would be placed early by the
+    /// gap. The lost blocks are taken to be what the echo path predicts: not
+    /// heard, they neither confirm nor contradict it.
+    pub fn skip(&mut self, n: u64) {
+        if !self.enabled || n == 0 {
+            return;
+        }
+        let block = self.block as u64;
+        let blocks = (n + block / 2) / block;
+        let first = self.caller_samples / block;
+        let end = first + blocks;
+        for b in end.saturating_sub(self.mask + 1).max(first)..end {
+            let predicted = self.path.filter(|p| b >= p.lag).map_or(0.0, |p| p.gain * self.played_at(b - p.lag) as f64);
+            self.heard[(b & self.mask) as usize] = predicted as f32;
+        }
+        self.caller_samples += blocks * block;
+        if let Some(c) = &mut self.canceller {
+            c.skip(blocks * block);
+        }
+    }
+
     /// Bot audio released now that plays `ahead` samples after the caller
-    /// audio received so far.
-    pub fn on_played(&mut self, ahead: u64, pcm: &[i16]) {
+    /// audio received so far; `continues` when the far end still holds
+    /// earlier bot audio to play before it.
+    pub fn on_played(&mut self, ahead: u64, pcm: &[i16], continues: bool) {
         if !self.enabled {
             return;
         }
@@ -190,12 +214,14 @@ impl EchoCheck {
         // The far end plays its buffer without gaps, on the same clock it
         // captures the caller with: a frame released while the previous one
         // is still due plays right after it. The estimate from arrival times
-        // jitters with the network (and by a whole frame when a caller frame
-        // arrives just before or just after the release), which would smear
-        // the echo path; only a jump of more than a frame (a gap, an underrun,
-        // a new reply after a clear) starts a new run.
+        // jitters with the network (by a whole frame when a caller frame
+        // arrives just before or just after the release, by the whole stall
+        // when the caller's stream stalls), which would smear the echo path;
+        // only a frame released into an empty far-end buffer that is more than
+        // a frame off (an underrun, a new reply, the first after a clear)
+        // starts a new run.
         let (start, new_run) = match self.played_end {
-            Some(end) if estimate.abs_diff(end) <= pcm.len() as u64 => (end, false),
+            Some(end) if continues || estimate.abs_diff(end) <= pcm.len() as u64 => (end, false),
             _ => (estimate, true),
         };
         self.played_end = Some(start + pcm.len() as u64);
@@ -460,7 +486,7 @@ mod tests {
         for f in 0..n / FRAME {
             let s = f * FRAME;
             if s + FRAME <= bot.len() {
-                c.on_played(FRAME as u64, &bot[s..s + FRAME]);
+                c.on_played(FRAME as u64, &bot[s..s + FRAME], true);
             }
             // The frame released at f plays at f+1: echo of sample j arrives at j + FRAME + d.
             let e: Vec<f32> = (s..s + FRAME)
@@ -525,7 +551,7 @@ mod tests {
             let (mut audible, mut missed) = (0, 0);
             for f in 0..bot.len() / FRAME {
                 let s = f * FRAME;
-                c.on_played(FRAME as u64, &bot[s..s + FRAME]);
+                c.on_played(FRAME as u64, &bot[s..s + FRAME], true);
                 let frame: Vec<i16> = (s..s + FRAME)
                     .map(|i| {
                         let e: f32 = taps
@@ -562,7 +588,7 @@ mod tests {
         let bot = voice(1, 12 * FRAME, 0.3);
         // 12 frames (240 ms) released at once, queued at the far end.
         for f in 0..12 {
-            c.on_played((f * FRAME) as u64, &bot[f * FRAME..(f + 1) * FRAME]);
+            c.on_played((f * FRAME) as u64, &bot[f * FRAME..(f + 1) * FRAME], f > 0);
         }
         let silence = [0i16; FRAME];
         for _ in 0..2 {
@@ -578,7 +604,7 @@ mod tests {
         }
         assert!(!c.active(), "audio cut by the clear still counts as played");
         // The next release starts a new run where the caller's timeline is.
-        c.on_played(FRAME as u64, &bot[..FRAME]);
+        c.on_played(FRAME as u64, &bot[..FRAME], false);
         assert_eq!(c.played_end, Some(c.caller_samples + 2 * FRAME as u64));
     }
 }
