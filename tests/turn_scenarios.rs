@@ -251,6 +251,26 @@ fn echo_call(check: bool, delay_ms: u32, echo_db: f32) -> (usize, usize) {
 }
 
 #[test]
+fn stamps_in_other_units_than_ms_are_not_taken_for_lost_audio() {
+    // An 8 kHz RTP clock advances 160 per frame: read as ms, every frame
+    // would be 140 ms of lost audio, and the echo check's timeline would run
+    // away from the played audio.
+    for delay in [40, 120, 300] {
+        for db in [-10.0, -20.0] {
+            let mut h = Harness::new(echo_cfg(true), speech_reply());
+            h.set_stamp_step(160);
+            for f in caller_speech().chunks_exact(160).take(75) {
+                h.frame_with_echo(f, delay, db);
+            }
+            for _ in 0..speech_reply().reply.len() / 160 + 40 + frames_of(800) {
+                h.frame_with_echo(&silence(), delay, db);
+            }
+            assert_eq!((h.clears().len(), h.turns_answered()), (0, 1), "echo {db} dB at {delay} ms");
+        }
+    }
+}
+
+#[test]
 fn the_bots_own_echo_never_interrupts_it() {
     for delay in [40, 120, 300] {
         for db in [-10.0, -20.0] {

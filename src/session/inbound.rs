@@ -11,6 +11,9 @@ use std::time::Duration;
 /// Longest gap in the caller's timestamps taken for lost audio; a longer
 /// jump is a new count, not a loss.
 const MAX_GAP_MS: u64 = 10_000;
+/// Stamps in a row that advanced by exactly their audio's length before a
+/// gap is believed.
+const STEADY_STAMPS: u8 = 3;
 
 use super::{Cold, HangupReason, Pending, Phase, Session, Telemetry, turn};
 use crate::carrier::CarrierEvent;
@@ -81,19 +84,26 @@ impl Session {
 
     /// Caller audio of `len` samples stamped `ts` ms by the carrier. A gap of
     /// a frame or more is audio lost before it reached us: the echo check's
-    /// timeline skips it, as the far end's clock did. (Frames out of order
-    /// are not gaps; a jump back of more than a second is a new count.)
+    /// timeline skips it, as the far end's clock did. Only a carrier whose
+    /// stamps have been advancing by exactly the audio's length (ms on the
+    /// stream's clock) is believed: stamps in other units, or a wall clock
+    /// that jitters, never skip. (Frames out of order are not gaps; a jump
+    /// back of more than a second is a new count.)
     fn on_caller_timestamp(&mut self, ts: u64, len: usize) {
         let rate = self.caps.format.rate as u64;
         let frame_ms = (self.frame as u64 * 1000 / rate).max(1);
         let end = ts + len as u64 * 1000 / rate;
-        self.caller_ts_next = match self.caller_ts_next {
+        let (next, steady) = self.caller_ts;
+        self.caller_ts = match next {
+            Some(next) if ts == next => (Some(end), steady.saturating_add(1)),
             Some(next) if ts >= next + frame_ms && ts - next <= MAX_GAP_MS => {
-                self.echo.skip((ts - next) * rate / 1000);
-                Some(end)
+                if steady >= STEADY_STAMPS {
+                    self.echo.skip((ts - next) * rate / 1000);
+                }
+                (Some(end), 0)
             }
-            Some(next) if ts + 1000 >= next => Some(next.max(end)),
-            _ => Some(end),
+            Some(next) if ts + 1000 >= next => (Some(next.max(end)), 0),
+            _ => (Some(end), 0),
         };
     }
 

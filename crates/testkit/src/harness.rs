@@ -418,6 +418,8 @@ pub struct Harness {
     held: Vec<Vec<u8>>,
     /// Caller frames the far end captured.
     captured: u64,
+    /// What the carrier's stamp advances by per 20 ms frame (20: ms).
+    stamp_step: u64,
 }
 
 impl Harness {
@@ -448,6 +450,7 @@ impl Harness {
             last_jitter: Duration::ZERO,
             held: Vec::new(),
             captured: 0,
+            stamp_step: 20,
         };
         let now = h.now;
         h.call.start(now, stream_info(), &mut h.io);
@@ -537,6 +540,12 @@ impl Harness {
         self.frame_with_echo(pcm, 0, f32::NEG_INFINITY);
     }
 
+    /// The carrier stamps frames in other units than ms: `step` per frame
+    /// (160 for an 8 kHz RTP clock).
+    pub fn set_stamp_step(&mut self, step: u64) {
+        self.stamp_step = step;
+    }
+
     /// From now on each caller frame arrives up to `max` (< 20 ms) late, a
     /// pseudo-random amount per frame from `seed`, as over a network; the far
     /// end still plays and captures on its own steady clock.
@@ -595,7 +604,7 @@ impl Harness {
         let g = if echo_db.is_finite() { 10f32.powf(echo_db / 20.0) } else { 0.0 };
         let d = (delay_ms * 8) as usize;
         // Stamped by the far end's clock, as Twilio and Telnyx stamp frames.
-        let ts = self.captured * 20;
+        let ts = self.captured * self.stamp_step;
         self.captured += 1;
         ts.to_le_bytes()
             .into_iter()
