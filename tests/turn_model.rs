@@ -128,3 +128,21 @@ fn the_pool_answers_sheds_load_and_skips_late_questions() {
     );
     assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap(), (9, None));
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_workers_run_at_idle_priority_so_calls_come_first() {
+    use thread_priority::unix::{NormalThreadSchedulePolicy, ThreadSchedulePolicy, thread_schedule_policy};
+    let Some((rt, path)) = models() else { return };
+    let cfg =
+        TurnModelConfig { model: path.display().to_string(), runtime: rt.display().to_string(), workers: 1, queue: 1 };
+    let pool = TurnPool::start(&cfg).expect("pool starts");
+    // The answer runs on the worker: it reads the worker's own policy.
+    let (tx, rx) = mpsc::channel();
+    let q = TurnQuery { id: 1, audio: wav16k("hope_16k.wav"), rate: 16_000 };
+    pool.ask(q, Duration::from_secs(10), 0.5, Box::new(move |_| tx.send(thread_schedule_policy().unwrap()).unwrap()));
+    let policy = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(policy, ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle));
+    // The thread asking is untouched.
+    assert_eq!(thread_schedule_policy().unwrap(), ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other));
+}
