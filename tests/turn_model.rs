@@ -99,12 +99,17 @@ fn missing_files_are_clear_errors() {
     assert!(e.to_string().contains("model not found"), "{e}");
 }
 
-#[test]
-fn the_pool_answers_sheds_load_and_skips_late_questions() {
-    let Some((rt, path)) = models() else { return };
+/// A pool of one worker with a queue of one (None without the model files).
+fn one_worker_pool() -> Option<std::sync::Arc<TurnPool>> {
+    let (rt, path) = models()?;
     let cfg =
         TurnModelConfig { model: path.display().to_string(), runtime: rt.display().to_string(), workers: 1, queue: 1 };
-    let pool = TurnPool::start(&cfg).expect("pool starts");
+    Some(TurnPool::start(&cfg).expect("pool starts"))
+}
+
+#[test]
+fn the_pool_answers_sheds_load_and_skips_late_questions() {
+    let Some(pool) = one_worker_pool() else { return };
     let audio = wav16k("hope_16k.wav");
     let (tx, rx) = mpsc::channel();
     // Five questions at once at one worker with a queue of one: at most two
@@ -133,10 +138,7 @@ fn the_pool_answers_sheds_load_and_skips_late_questions() {
 #[test]
 fn the_workers_run_at_idle_priority_so_calls_come_first() {
     use thread_priority::unix::{NormalThreadSchedulePolicy, ThreadSchedulePolicy, thread_schedule_policy};
-    let Some((rt, path)) = models() else { return };
-    let cfg =
-        TurnModelConfig { model: path.display().to_string(), runtime: rt.display().to_string(), workers: 1, queue: 1 };
-    let pool = TurnPool::start(&cfg).expect("pool starts");
+    let Some(pool) = one_worker_pool() else { return };
     // The answer runs on the worker: it reads the worker's own policy.
     let (tx, rx) = mpsc::channel();
     let q = TurnQuery { id: 1, audio: wav16k("hope_16k.wav"), rate: 16_000 };

@@ -91,23 +91,17 @@ impl TurnPool {
 /// calls on one core that starved the call path (116,022 underruns). Idle,
 /// a question that cannot be answered before its deadline is answered
 /// "late" and the silence rule decides, which is what the deadline is for.
-fn yield_to_calls() -> bool {
+fn yield_to_calls() {
     #[cfg(target_os = "linux")]
     {
         use thread_priority::unix::{
             NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
         };
         let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-        match set_thread_priority_and_policy(thread_native_id(), thread_priority::ThreadPriority::Min, idle) {
-            Ok(()) => true,
-            Err(e) => {
-                warn!(error = ?e, "cannot lower the end-of-turn model's priority; it competes with calls for CPU");
-                false
-            }
+        if let Err(e) = set_thread_priority_and_policy(thread_native_id(), thread_priority::ThreadPriority::Min, idle) {
+            warn!(error = ?e, "cannot lower the end-of-turn model's priority; it competes with calls for CPU");
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    false
 }
 
 fn work(mut model: SmartTurnModel, rx: Receiver<Job>) {

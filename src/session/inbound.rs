@@ -8,6 +8,10 @@
 
 use std::time::Duration;
 
+use super::{Cold, HangupReason, Pending, Phase, Session, Telemetry, turn};
+use crate::carrier::CarrierEvent;
+use crate::engine::InputAudio;
+
 /// Longest gap in the caller's timestamps taken for lost audio; a longer
 /// jump is a new count, not a loss.
 const MAX_GAP_MS: u64 = 10_000;
@@ -15,9 +19,38 @@ const MAX_GAP_MS: u64 = 10_000;
 /// gap is believed.
 const STEADY_STAMPS: u8 = 3;
 
-use super::{Cold, HangupReason, Pending, Phase, Session, Telemetry, turn};
-use crate::carrier::CarrierEvent;
-use crate::engine::InputAudio;
+/// The carrier's stamps on caller audio (ms since the stream began), read to
+/// tell audio lost on the way from frames that are late or out of order.
+#[derive(Debug, Default)]
+pub(super) struct CallerStamps {
+    /// The stamp the next caller audio should carry.
+    next: Option<u64>,
+    /// Stamps in a row that were exactly `next`.
+    steady: u8,
+}
+
+impl CallerStamps {
+    /// Audio stamped `ts` lasting `len_ms`: the ms lost just before it, when
+    /// the gap is a frame (`frame_ms`) or more and the stamps have been
+    /// advancing by exactly their audio's length (ms on the stream's clock).
+    /// Stamps in other units, or a wall clock that jitters, never report a
+    /// loss. Frames out of order are not gaps; a jump back of more than a
+    /// second is a new count.
+    fn on_audio(&mut self, ts: u64, len_ms: u64, frame_ms: u64) -> Option<u64> {
+        let end = ts + len_ms;
+        let mut lost = None;
+        (self.next, self.steady) = match self.next {
+            Some(next) if ts == next => (Some(end), self.steady.saturating_add(1)),
+            Some(next) if ts >= next + frame_ms && ts - next <= MAX_GAP_MS => {
+                lost = (self.steady >= STEADY_STAMPS).then_some(ts - next);
+                (Some(end), 0)
+            }
+            Some(next) if ts + 1000 >= next => (Some(next.max(end)), 0),
+            _ => (Some(end), 0),
+        };
+        lost
+    }
+}
 
 impl Session {
     pub(super) fn on_carrier(&mut self, ev: CarrierEvent<'_>) {
@@ -82,29 +115,15 @@ impl Session {
         }
     }
 
-    /// Caller audio of `len` samples stamped `ts` ms by the carrier. A gap of
-    /// a frame or more is audio lost before it reached us: the echo check's
-    /// timeline skips it, as the far end's clock did. Only a carrier whose
-    /// stamps have been advancing by exactly the audio's length (ms on the
-    /// stream's clock) is believed: stamps in other units, or a wall clock
-    /// that jitters, never skip. (Frames out of order are not gaps; a jump
-    /// back of more than a second is a new count.)
+    /// Caller audio of `len` samples stamped `ts` ms by the carrier: audio
+    /// lost before it reached us moves the echo check's timeline on, as the
+    /// far end's clock did.
     fn on_caller_timestamp(&mut self, ts: u64, len: usize) {
         let rate = self.caps.format.rate as u64;
         let frame_ms = (self.frame as u64 * 1000 / rate).max(1);
-        let end = ts + len as u64 * 1000 / rate;
-        let (next, steady) = self.caller_ts;
-        self.caller_ts = match next {
-            Some(next) if ts == next => (Some(end), steady.saturating_add(1)),
-            Some(next) if ts >= next + frame_ms && ts - next <= MAX_GAP_MS => {
-                if steady >= STEADY_STAMPS {
-                    self.echo.skip((ts - next) * rate / 1000);
-                }
-                (Some(end), 0)
-            }
-            Some(next) if ts + 1000 >= next => (Some(next.max(end)), 0),
-            _ => (Some(end), 0),
-        };
+        if let Some(lost_ms) = self.caller_stamps.on_audio(ts, len as u64 * 1000 / rate, frame_ms) {
+            self.echo.skip(lost_ms * rate / 1000);
+        }
     }
 
     /// One whole 20 ms caller frame is in `in_acc`.

@@ -337,9 +337,8 @@ pub struct Session {
     /// When the newest whole caller frame arrived: the echo check's caller
     /// timeline is that frame's end, and moves on with the clock from there.
     echo_caller_at: Instant,
-    /// The carrier timestamp (ms) the next caller audio should carry, and
-    /// how many stamps in a row were exactly that.
-    caller_ts: (Option<u64>, u8),
+    /// The carrier's stamps on caller audio.
+    caller_stamps: inbound::CallerStamps,
     /// A run of frames is being ignored as echo.
     in_echo: bool,
     /// When the last caller turn ended, and what decided it.
@@ -430,7 +429,7 @@ impl Session {
             turn_audio,
             echo,
             echo_caller_at: now,
-            caller_ts: (None, 0),
+            caller_stamps: inbound::CallerStamps::default(),
             in_echo: false,
             turn_ended: None,
             playback,
